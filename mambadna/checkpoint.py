@@ -1,0 +1,115 @@
+"""Checkpoint directories: config.json (config, tokenizer, version, model class) + model.safetensors (no pickle).
+
+safetensors refuses tensors that share memory, so a weight tied to another (the LM head tied to the embedding)
+is written once and recorded under "tied_weights"; loading rebuilds the model from its config, which re-ties it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mambadna import __version__
+from mambadna.config import MambaConfig
+from mambadna.tokenizer import tokenizer_from_name
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def save_pretrained(model: torch.nn.Module, directory) -> None:
+    """Write `model` (a MambaLM or MambaClassifier) to `directory`, creating it if needed."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors, tied, first_key_at = {}, {}, {}
+    for key, tensor in model.state_dict(keep_vars=False).items():
+        ptr = (tensor.device, tensor.data_ptr())
+        if ptr in first_key_at:
+            tied[key] = first_key_at[ptr]
+            continue
+        first_key_at[ptr] = key
+        tensors[key] = tensor.detach().cpu().contiguous()
+    meta = {
+        "model_class": type(model).__name__,
+        "mambadna_version": __version__,
+        "config": model.config.to_dict(),
+        "tokenizer": tokenizer_from_name(model.config.tokenizer).to_dict(),
+        "init_kwargs": model.init_kwargs(),
+        "tied_weights": tied,
+    }
+    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "mambadna_version": __version__})
+
+
+def read_config(directory) -> dict:
+    """The parsed config.json of a checkpoint directory."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a mambadna checkpoint directory")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    missing = [k for k in ("model_class", "config", "tokenizer") if k not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks required keys {missing}")
+    return meta
+
+
+def load_pretrained(cls, directory, config: MambaConfig | None = None, map_location="cpu"):
+    """Build `cls` from `directory`. If `config` is given it must equal the saved one; every mismatch (class,
+    config keys, tokenizer, weight names, shapes) raises ValueError naming exactly what differs."""
+    directory = Path(directory)
+    meta = read_config(directory)
+    if meta["model_class"] != cls.__name__:
+        raise ValueError(
+            f"{directory} holds a {meta['model_class']}, not a {cls.__name__}; load it with "
+            f"{meta['model_class']}.from_pretrained"
+        )
+    saved = MambaConfig.from_dict(meta["config"])
+    if config is not None and config != saved:
+        diffs = {k: (v, getattr(config, k)) for k, v in saved.to_dict().items() if getattr(config, k) != v}
+        listed = ", ".join(f"{k}: saved {a!r} vs given {b!r}" for k, (a, b) in diffs.items())
+        raise ValueError(f"config mismatch with {directory / CONFIG_NAME}: {listed}")
+    tok = meta["tokenizer"]
+    if tok.get("name") != saved.tokenizer:
+        raise ValueError(
+            f"{directory / CONFIG_NAME}: tokenizer {tok.get('name')!r} but config says {saved.tokenizer!r}"
+        )
+    if tokenizer_from_name(**tok).vocab_size > saved.vocab_size:
+        raise ValueError(f"{directory}: tokenizer vocabulary exceeds config vocab_size {saved.vocab_size}")
+
+    model = cls(saved, **meta.get("init_kwargs", {}))
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
+    state = load_file(str(weights), device=str(map_location))
+    expected = model.state_dict()
+    tied = meta.get("tied_weights", {})
+    missing = sorted(k for k in expected if k not in state and k not in tied)
+    unexpected = sorted(k for k in state if k not in expected)
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(state)
+        if k in expected and state[k].shape != expected[k].shape
+    ]
+    bad_ties = sorted(
+        k for k, src in tied.items()
+        if k not in expected or src not in expected or expected[k].data_ptr() != expected[src].data_ptr()
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing weights {missing}")
+    if unexpected:
+        problems.append(f"unexpected weights {unexpected}")
+    if shapes:
+        problems.append("shape mismatches " + "; ".join(shapes))
+    if bad_ties:
+        problems.append(f"weights saved as tied but not tied in this model {bad_ties}")
+    if problems:
+        raise ValueError(f"{weights} does not match {cls.__name__}({saved}): " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+    return model.to(map_location)

@@ -1,0 +1,107 @@
+"""MambaConfig: the hyper-parameters of a Mamba language model, validated once at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from mambadna.tokenizer import tokenizer_from_name
+
+SCAN_BACKENDS = (None, "ref", "chunked", "triton")
+
+
+@dataclass
+class MambaConfig:
+    """Sizes follow the Mamba paper / mamba_ssm: d_inner = expand * d_model, dt_rank = ceil(d_model / 16)."""
+
+    d_model: int
+    n_layer: int
+    vocab_size: int = 16
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | str = "auto"
+    dt_min: float = 1e-3
+    dt_max: float = 1e-1
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
+    tie_embeddings: bool = True
+    pad_vocab_multiple: int = 8
+    norm_eps: float = 1e-5
+    residual_in_fp32: bool = True
+    tokenizer: str = "nucleotide"
+    scan_backend: str | None = field(default=None)
+
+    def __post_init__(self):
+        for name in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "pad_vocab_multiple"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MambaConfig.{name} must be a positive int, got {value!r}")
+        if self.dt_rank != "auto" and (
+            isinstance(self.dt_rank, bool) or not isinstance(self.dt_rank, int) or self.dt_rank < 1
+        ):
+            raise ValueError(f"MambaConfig.dt_rank must be 'auto' or a positive int, got {self.dt_rank!r}")
+        for name in ("dt_min", "dt_max", "dt_init_floor", "norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"MambaConfig.{name} must be a positive number, got {value!r}")
+        if not self.dt_min < self.dt_max:
+            raise ValueError(f"MambaConfig.dt_min ({self.dt_min}) must be smaller than dt_max ({self.dt_max})")
+        if self.vocab_size % self.pad_vocab_multiple:
+            raise ValueError(
+                f"MambaConfig.vocab_size ({self.vocab_size}) must be a multiple of pad_vocab_multiple "
+                f"({self.pad_vocab_multiple}); use {math.ceil(self.vocab_size / self.pad_vocab_multiple) * self.pad_vocab_multiple}"
+            )
+        for name in ("conv_bias", "bias", "tie_embeddings", "residual_in_fp32"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"MambaConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        tokenizer = tokenizer_from_name(self.tokenizer)
+        if self.vocab_size < tokenizer.vocab_size:
+            raise ValueError(
+                f"MambaConfig.vocab_size ({self.vocab_size}) is smaller than the {self.tokenizer!r} tokenizer's "
+                f"vocabulary ({tokenizer.vocab_size}); pass vocab_size={tokenizer.vocab_size}"
+            )
+        if self.scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"MambaConfig.scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def dt_rank_resolved(self) -> int:
+        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else self.dt_rank
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MambaConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown MambaConfig keys: {unknown}; known keys are {sorted(known)}")
+        missing = [name for name in ("d_model", "n_layer") if name not in d]
+        if missing:
+            raise ValueError(f"MambaConfig.from_dict is missing required keys: {missing}")
+        return cls(**d)
+
+
+def tiny(**overrides) -> MambaConfig:
+    """d_model 64, 2 layers (~0.1M parameters): seconds-scale CPU demos and tests."""
+    return MambaConfig(**{"d_model": 64, "n_layer": 2, **overrides})
+
+
+def small(**overrides) -> MambaConfig:
+    """d_model 128, 6 layers: the size of the Mamba paper's ~1.4M-parameter long-context DNA model."""
+    return MambaConfig(**{"d_model": 128, "n_layer": 6, **overrides})
+
+
+def base(**overrides) -> MambaConfig:
+    """d_model 256, 8 layers (~3.5M parameters)."""
+    return MambaConfig(**{"d_model": 256, "n_layer": 8, **overrides})
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base}

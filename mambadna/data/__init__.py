@@ -1,0 +1,31 @@
+"""Genomes in, batches out: pyfaidx-backed genome access, window / species / labelled datasets, DataModules.
+
+Importing this package does not import Lightning; the DataModules (``GenomeDataModule``, ``SpeciesDataModule``,
+``LabelledDataModule``) load mambadna.data.datamodules on first attribute access.
+"""
+
+from mambadna.data.batching import LengthBucketBatchSampler, PadCollate
+from mambadna.data.bundled import bundled_genomes, bundled_path, data_dir
+from mambadna.data.errors import DataError, DataWarning
+from mambadna.data.genome import ContigStats, Genome
+from mambadna.data.labelled import LabelledSequenceDataset
+from mambadna.data.normalize import normalize_fasta
+from mambadna.data.regions import Interval, read_bed, split_regions
+from mambadna.data.species import SpeciesWindowDataset, read_manifest
+from mambadna.data.windows import GenomeWindowDataset
+
+_LIGHTNING = ("GenomeDataModule", "SpeciesDataModule", "LabelledDataModule")
+
+__all__ = [
+    "ContigStats", "DataError", "DataWarning", "Genome", "GenomeWindowDataset", "Interval", "LabelledSequenceDataset",
+    "LengthBucketBatchSampler", "PadCollate", "SpeciesWindowDataset", "bundled_genomes", "bundled_path", "data_dir",
+    "normalize_fasta", "read_bed", "read_manifest", "split_regions", *_LIGHTNING,
+]
+
+
+def __getattr__(name):
+    if name in _LIGHTNING:
+        from mambadna.data import datamodules
+
+        return getattr(datamodules, name)
+    raise AttributeError(f"module 'mambadna.data' has no attribute {name!r}")

@@ -1,0 +1,189 @@
+"""Lightning DataModules for the three datasets. The only module of mambadna.data that imports Lightning.
+
+Changing ``window_bp`` between epochs (sequence-length warmup): call ``datamodule.set_window(window_bp,
+batch_size)`` and build the Trainer with ``reload_dataloaders_every_n_epochs=1``. Lightning then calls
+``train_dataloader()`` at the start of every epoch, and it builds a fresh dataset with the current window, batch
+size and the trainer's epoch (used as the dataset's sampling epoch). Lightning reloads *before*
+``on_train_epoch_start`` runs, so a warmup callback must call ``set_window`` in ``on_train_epoch_end`` (for the
+next epoch) or before ``fit`` (for epoch 0). The default number of windows per epoch is bases // window_bp, so
+an epoch covers the same number of bases whatever the window. Validation windows are fixed (epoch 0) so the
+metric is comparable across epochs; they use the current ``window_bp``.
+
+DDP: leave Lightning's ``use_distributed_sampler=True`` (default). Dataset index g always maps to its own stratum
+of the genome, so the DistributedSampler's disjoint index split gives disjoint windows across ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from mambadna.data.batching import LengthBucketBatchSampler, PadCollate
+from mambadna.data.errors import DataError, DataWarning
+from mambadna.data.genome import Genome
+from mambadna.data.labelled import LabelledSequenceDataset
+from mambadna.data.species import SpeciesWindowDataset, read_manifest
+from mambadna.data.windows import GenomeWindowDataset
+
+
+class _WindowDataModule(pl.LightningDataModule):
+    def __init__(self, window_bp: int, batch_size: int, num_workers: int, seed: int, val_windows: int | None,
+                 test_windows: int | None, train_windows: int | None, pin_memory: bool):
+        super().__init__()
+        self.window_bp, self.batch_size = int(window_bp), int(batch_size)
+        self.num_workers, self.seed, self.pin_memory = num_workers, seed, pin_memory
+        self.num_windows = {"train": train_windows, "val": val_windows, "test": test_windows}
+        self._warned = False
+        self.set_window(window_bp, batch_size)
+
+    def set_window(self, window_bp: int, batch_size: int | None = None) -> None:
+        """Use ``window_bp`` (and ``batch_size``) from the next ``train_dataloader()`` call on."""
+        if int(window_bp) < 1:
+            raise DataError(f"window_bp must be >= 1, got {window_bp}")
+        if batch_size is not None and int(batch_size) < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        self.window_bp = int(window_bp)
+        if batch_size is not None:
+            self.batch_size = int(batch_size)
+
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
+    def _loader(self, split: str, epoch: int) -> DataLoader:
+        dataset = self._make(split)
+        dataset.set_epoch(epoch)
+        # the dataset shuffles itself from (seed, epoch); persistent workers would keep a stale epoch/window
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=False, drop_last=split == "train")
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.reload_dataloaders_every_n_epochs != 1 and not self._warned:
+            warnings.warn("build the Trainer with reload_dataloaders_every_n_epochs=1: without it every epoch "
+                          "reuses epoch 0's windows and set_window() has no effect", DataWarning, stacklevel=2)
+            self._warned = True
+        return self._loader("train", self._epoch())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", 0)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", 0)
+
+
+class GenomeDataModule(_WindowDataModule):
+    """Pretraining windows from one genome file (see GenomeWindowDataset for the sampling and split options)."""
+
+    def __init__(self, genome: str | os.PathLike, window_bp: int = 1024, batch_size: int = 8, num_workers: int = 0,
+                 seed: int = 0, max_n_fraction: float = 0.1, reverse_complement: bool = False, bed=None,
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, split_by: str = "auto", val_contigs=None,
+                 test_contigs=None, train_windows: int | None = None, val_windows: int | None = None,
+                 test_windows: int | None = None, pin_memory: bool = False, tokenizer=None):
+        self.genome = Genome(genome)
+        self.options = dict(max_n_fraction=max_n_fraction, reverse_complement=reverse_complement, bed=bed,
+                            val_fraction=val_fraction, test_fraction=test_fraction, split_by=split_by,
+                            val_contigs=val_contigs, test_contigs=test_contigs, tokenizer=tokenizer)
+        super().__init__(window_bp, batch_size, num_workers, seed, val_windows, test_windows, train_windows,
+                         pin_memory)
+
+    def _make(self, split: str) -> GenomeWindowDataset:
+        opts = dict(self.options)
+        if split != "train":
+            opts["reverse_complement"] = False  # evaluation sees the genome as written
+        return GenomeWindowDataset(self.genome, self.window_bp, split=split, num_windows=self.num_windows[split],
+                                   seed=self.seed, **opts)
+
+
+class SpeciesDataModule(_WindowDataModule):
+    """Species-classification windows from a manifest TSV or a folder of FASTAs (see SpeciesWindowDataset)."""
+
+    def __init__(self, manifest: str | os.PathLike, window_bp: int = 1024, batch_size: int = 8,
+                 num_workers: int = 0, seed: int = 0, max_n_fraction: float = 0.1, reverse_complement: bool = False,
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, split_by: str = "auto",
+                 train_windows: int | None = None, val_windows: int | None = None, test_windows: int | None = None,
+                 pin_memory: bool = False, tokenizer=None):
+        self.manifest = manifest
+        self.class_names = sorted({r.species for r in read_manifest(manifest)})
+        self.options = dict(max_n_fraction=max_n_fraction, reverse_complement=reverse_complement,
+                            val_fraction=val_fraction, test_fraction=test_fraction, split_by=split_by,
+                            tokenizer=tokenizer)
+        super().__init__(window_bp, batch_size, num_workers, seed, val_windows, test_windows, train_windows,
+                         pin_memory)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _make(self, split: str) -> SpeciesWindowDataset:
+        opts = dict(self.options)
+        if split != "train":
+            opts["reverse_complement"] = False
+        return SpeciesWindowDataset(self.manifest, self.window_bp, split=split, num_windows=self.num_windows[split],
+                                    seed=self.seed, **opts)
+
+
+class LabelledDataModule(pl.LightningDataModule):
+    """Labelled sequences: ``train``/``val``/``test`` files, each a CSV/TSV table or a FASTA with labels in headers.
+
+    Batches are right-padded with an attention mask; ``bucket=True`` groups similar lengths (LengthBucketBatchSampler).
+    ``set_window`` only changes the batch size (and a truncation length) so the warmup callback can call it too.
+    """
+
+    def __init__(self, train, val=None, test=None, batch_size: int = 8, num_workers: int = 0, seed: int = 0,
+                 bucket: bool = True, sequence_column: str = "sequence", label_column: str = "label",
+                 label_regex: str | None = None, label_key: str | None = None, pad_to_multiple_of: int | None = None,
+                 tokenizer=None):
+        super().__init__()
+        self.batch_size, self.num_workers, self.seed, self.bucket = batch_size, num_workers, seed, bucket
+        self.max_length: int | None = None
+        self.pad_to_multiple_of = pad_to_multiple_of
+        read = dict(tokenizer=tokenizer)
+        self.datasets: dict[str, LabelledSequenceDataset] = {}
+        for split, path in (("train", train), ("val", val), ("test", test)):
+            if path is None:
+                continue
+            names = self.datasets["train"].class_names if "train" in self.datasets else None
+            if str(path).lower().endswith((".csv", ".tsv", ".txt")):
+                ds = LabelledSequenceDataset.from_table(path, sequence_column, label_column, class_names=names, **read)
+            else:
+                ds = LabelledSequenceDataset.from_fasta(path, label_regex, label_key, class_names=names, **read)
+            self.datasets[split] = ds
+        self.class_names = self.datasets["train"].class_names
+        self.pad_id = getattr(self.datasets["train"].tokenizer, "pad_id", 0)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def set_window(self, window_bp: int | None, batch_size: int | None = None) -> None:
+        """Truncate sequences to ``window_bp`` (None: no truncation) and use ``batch_size`` from the next loader."""
+        self.max_length = None if window_bp is None else int(window_bp)
+        if batch_size is not None:
+            self.batch_size = int(batch_size)
+
+    def _loader(self, split: str, train: bool) -> DataLoader | None:
+        if split not in self.datasets:
+            return None
+        ds = self.datasets[split]
+        collate = PadCollate(self.pad_id, self.pad_to_multiple_of, self.max_length)
+        trainer = getattr(self, "trainer", None)
+        epoch = int(trainer.current_epoch) if trainer is not None else 0
+        if self.bucket:
+            sampler = LengthBucketBatchSampler(ds.lengths, self.batch_size, shuffle=train, seed=self.seed)
+            sampler.set_epoch(epoch)
+            return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=train, collate_fn=collate,
+                          num_workers=self.num_workers)
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False) or []
+
+    def test_dataloader(self):
+        return self._loader("test", False) or []

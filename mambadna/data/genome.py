@@ -1,0 +1,266 @@
+"""A genome on disk: any FASTA (plain, gzip, bgzip), GenBank, EMBL or MAF, read through a pyfaidx index.
+
+Nothing is loaded into memory. The file handle is opened lazily in the process that reads, so a Genome can be
+pickled into DataLoader workers and each worker gets its own handle.
+
+Where derived files go (see mambadna.data.cache):
+- ``.fai``/``.gzi`` next to the FASTA when that folder is writable, else in ``<cache>/index/``.
+- A user's existing ``.fai`` that is corrupt, stale (older than the FASTA) or disagrees with the FASTA is left
+  untouched: a fresh index is built in ``<cache>/index/`` and a DataWarning says so.
+- Plain gzip, GenBank, EMBL and MAF are converted once to ``<cache>/converted/`` (see convert.py).
+- Per-contig length / N / soft-masked counts are computed in one pass and kept in ``<cache>/stats/*.json``; the
+  same pass rejects letters that are not DNA, naming the contig and the 0-based offset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mambadna.data.cache import atomic_write_target, cached_path, file_key, is_writable_dir, path_key
+from mambadna.data.convert import converted_fasta
+from mambadna.data.errors import DataError, DataWarning
+from mambadna.data.fai import fai_problem
+from mambadna.data.formats import is_bgzf, sniff_format
+
+DNA_LETTERS = b"ACGTNRYKMSWBDHV"  # the tokenizer contract: IUPAC ambiguity codes read as N
+N_LETTERS = b"NRYKMSWBDHV"
+_VALID = np.zeros(256, dtype=bool)
+_VALID[np.frombuffer(DNA_LETTERS + DNA_LETTERS.lower(), dtype=np.uint8)] = True
+_IS_N = np.zeros(256, dtype=bool)
+_IS_N[np.frombuffer(N_LETTERS + N_LETTERS.lower(), dtype=np.uint8)] = True
+_IS_LOWER = np.zeros(256, dtype=bool)
+_IS_LOWER[np.frombuffer(DNA_LETTERS.lower(), dtype=np.uint8)] = True
+STATS_CHUNK_BP = 1 << 24
+STATS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ContigStats:
+    length_bp: int
+    n_bp: int
+    soft_masked_bp: int
+
+    @property
+    def n_fraction(self) -> float:
+        return self.n_bp / self.length_bp if self.length_bp else 1.0
+
+
+class Genome:
+    """Random access to the contigs of one genome file.
+
+    ``Genome(path).fetch(contig, start_bp, end_bp) -> bytes`` (0-based, half-open). ``contigs`` maps name to
+    length in order of the file; ``stats`` adds N and soft-masked counts (one pass, cached on disk).
+    ``validate=True`` runs that pass at open, so a non-DNA letter is reported before training starts.
+    """
+
+    def __init__(self, path: str | os.PathLike, validate: bool = True):
+        self.source_path = Path(path).expanduser()
+        if not self.source_path.exists():
+            raise DataError(f"{self.source_path}: no such file")
+        if not self.source_path.is_file():
+            raise DataError(f"{self.source_path}: not a file")
+        if self.source_path.stat().st_size == 0:
+            raise DataError(f"{self.source_path}: the file is empty (no FASTA records)")
+        self.format = sniff_format(self.source_path)
+        self.fasta_path, self.compressed = self._indexable_fasta()
+        self.fai_path, self.gzi_path = self._index_paths()
+        faidx = self._open_faidx()
+        self._records = OrderedDict((name, rec) for name, rec in faidx.index.items())
+        faidx.close()
+        self.contigs: OrderedDict[str, int] = OrderedDict((n, int(r.rlen)) for n, r in self._records.items())
+        if sum(self.contigs.values()) == 0:
+            raise DataError(f"{self.source_path}: every record is empty (headers but no sequence)")
+        self._stats: dict[str, ContigStats] | None = None
+        self._handle = None
+        self._handle_pid = None
+        if validate:  # the one pass both caches the counts and rejects non-DNA letters
+            self._stats = self._load_or_compute_stats()
+
+    def __repr__(self) -> str:
+        return f"Genome({str(self.source_path)!r}, {len(self.contigs)} contigs, {self.total_bp} bp)"
+
+    @property
+    def total_bp(self) -> int:
+        return sum(self.contigs.values())
+
+    @property
+    def name(self) -> str:
+        return self.source_path.name
+
+    def _indexable_fasta(self) -> tuple[Path, bool]:
+        path = self.source_path
+        if self.format == "fasta":
+            if is_bgzf(path) and path.name.lower().endswith((".gz", ".bgz")):
+                return path, True
+            with open(path, "rb") as fh:
+                gz = fh.read(2) == b"\x1f\x8b"
+            if not gz:
+                return path, False
+        return converted_fasta(path, self.format), False
+
+    def _index_paths(self) -> tuple[Path, Path | None]:
+        fasta = self.fasta_path
+        gzi = Path(str(fasta) + ".gzi") if self.compressed else None
+        beside = Path(str(fasta) + ".fai")
+        in_cache = Path(cached_path("index", path_key(fasta), fasta.name + ".fai"))
+        cache_gzi = Path(str(in_cache)[: -len(".fai")] + ".gzi") if self.compressed else None
+        if beside.exists():
+            problem = fai_problem(beside, fasta, self.compressed)
+            if problem is None and (gzi is None or gzi.exists()):
+                return beside, gzi
+            if problem is not None:
+                warnings.warn(f"{beside}: {problem}; leaving it untouched and building a fresh index in {in_cache} "
+                              "(delete or rebuild it with `samtools faidx` to silence this)", DataWarning,
+                              stacklevel=3)
+                return in_cache, cache_gzi
+        if is_writable_dir(fasta.parent):
+            return beside, gzi
+        return in_cache, cache_gzi
+
+    def _open_faidx(self):
+        import pyfaidx
+
+        existed = self.fai_path.exists()
+        kwargs = dict(indexname=str(self.fai_path), as_raw=True, strict_bounds=True)
+        if self.gzi_path is not None:
+            kwargs["gzi_indexname"] = str(self.gzi_path)
+        try:
+            return pyfaidx.Faidx(str(self.fasta_path), **kwargs)
+        except pyfaidx.FastaIndexingError as exc:
+            self._discard_new_index(existed)
+            text = str(exc)
+            if "does not contain a valid sequence" in text:
+                raise DataError(f"{self.source_path}: no FASTA record (no line starting with '>')") from exc
+            if "Line length" in text or "Unexpected text" in text or "Bad sequence name" in text:
+                raise DataError(
+                    f"{self.source_path}: pyfaidx cannot index this FASTA ({text.strip()}). Lines must all have the "
+                    "same length within a contig and the same line ending; blank lines are not allowed. Rewrite it "
+                    f"with mambadna.data.normalize_fasta({str(self.source_path)!r}, 'fixed.fa') and use the copy."
+                ) from exc
+            raise DataError(f"{self.source_path}: pyfaidx cannot index it ({text.strip()})") from exc
+        except ValueError as exc:
+            self._discard_new_index(existed)
+            if "Duplicate key" in str(exc):
+                name = str(exc).split('"')[1] if '"' in str(exc) else "?"
+                raise DataError(f"{self.source_path}: contig name {name!r} appears more than once; contig names "
+                                "(the header up to the first space) must be unique") from exc
+            raise DataError(f"{self.source_path}: pyfaidx cannot index it ({exc})") from exc
+        except OSError as exc:
+            self._discard_new_index(existed)
+            raise DataError(f"{self.source_path}: cannot read or index it ({exc})") from exc
+
+    def _discard_new_index(self, existed_before: bool) -> None:
+        """An index pyfaidx half-wrote for a file it then rejected would only mislead the next attempt."""
+        if not existed_before and self.fai_path.exists():
+            self.fai_path.unlink()
+
+    # Reading ---------------------------------------------------------------------------------------------
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        state["_handle_pid"] = None
+        return state
+
+    def _reader(self):
+        if self._handle is None or self._handle_pid != os.getpid():
+            if self.compressed:
+                self._handle = self._open_faidx()
+            else:
+                self._handle = os.open(self.fasta_path, os.O_RDONLY)
+            self._handle_pid = os.getpid()
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None and self._handle_pid == os.getpid():
+            if self.compressed:
+                self._handle.close()
+            else:
+                os.close(self._handle)
+        self._handle = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: os/pyfaidx may already be gone
+            pass
+
+    def check_region(self, contig: str, start_bp: int, end_bp: int) -> None:
+        if contig not in self.contigs:
+            raise DataError(f"{self.source_path}: no contig {contig!r} (contigs: {_preview(self.contigs)})")
+        if not 0 <= start_bp <= end_bp <= self.contigs[contig]:
+            raise DataError(f"{self.source_path}: region {contig}:{start_bp}-{end_bp} is outside the contig "
+                            f"(length {self.contigs[contig]} bp; coordinates are 0-based half-open)")
+
+    def fetch(self, contig: str, start_bp: int, end_bp: int) -> bytes:
+        """Bases ``[start_bp, end_bp)`` of ``contig`` as bytes, case preserved."""
+        rec = self._records.get(contig)
+        if rec is None or not 0 <= start_bp <= end_bp <= rec.rlen:
+            self.check_region(contig, start_bp, end_bp)
+        if start_bp == end_bp:
+            return b""
+        handle = self._reader()
+        if self.compressed:
+            return handle.from_file(contig, start_bp + 1, end_bp).encode("ascii")
+        lenc, lenb = rec.lenc, rec.lenb
+        first = rec.offset + (start_bp // lenc) * lenb + start_bp % lenc
+        last = rec.offset + (end_bp // lenc) * lenb + end_bp % lenc
+        raw = os.pread(handle, last - first, first)
+        return raw.translate(None, b"\r\n") if lenb != lenc else raw
+
+    # Statistics ------------------------------------------------------------------------------------------
+
+    @property
+    def stats(self) -> dict[str, ContigStats]:
+        """{contig: ContigStats}; one pass over the sequence the first time, then read from the sidecar JSON."""
+        if self._stats is None:
+            self._stats = self._load_or_compute_stats()
+        return self._stats
+
+    def _stats_path(self) -> Path:
+        return cached_path("stats", file_key(self.source_path), self.source_path.name + ".json")
+
+    def _load_or_compute_stats(self) -> dict[str, ContigStats]:
+        path = self._stats_path()
+        if path.exists():
+            try:
+                data = json.loads(path.read_text())
+                if data.get("version") == STATS_VERSION and list(data["contigs"]) == list(self.contigs):
+                    return {k: ContigStats(**v) for k, v in data["contigs"].items()}
+            except (ValueError, KeyError, TypeError):
+                pass  # a damaged sidecar is only a cache: recompute it
+        stats = {name: self._scan_contig(name) for name in self.contigs}
+        tmp = atomic_write_target(path)
+        tmp.write_text(json.dumps({"version": STATS_VERSION, "source": str(self.source_path.resolve()),
+                                   "contigs": {k: v.__dict__ for k, v in stats.items()}}))
+        os.replace(tmp, path)
+        return stats
+
+    def _scan_contig(self, name: str) -> ContigStats:
+        length_bp = self.contigs[name]
+        n_bp = lower_bp = 0
+        for start in range(0, length_bp, STATS_CHUNK_BP):
+            chunk = np.frombuffer(self.fetch(name, start, min(start + STATS_CHUNK_BP, length_bp)), dtype=np.uint8)
+            bad = ~_VALID[chunk]
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                letter = chr(chunk[i])
+                raise DataError(f"{self.source_path}: contig {name!r} has a non-DNA letter {letter!r} at offset "
+                                f"{start + i} (0-based); allowed are ACGTN, IUPAC ambiguity codes and their "
+                                "lowercase (soft-masked) forms")
+            n_bp += int(_IS_N[chunk].sum())
+            lower_bp += int(_IS_LOWER[chunk].sum())
+        return ContigStats(length_bp=length_bp, n_bp=n_bp, soft_masked_bp=lower_bp)
+
+
+def _preview(names, limit: int = 5) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")

@@ -1,0 +1,136 @@
+"""Labelled variable-length sequences from a CSV/TSV (sequence, label) or a FASTA whose headers carry the label.
+
+Labels are kept as strings; ``class_names`` is their sorted set (numeric labels sort numerically) and an item's
+``label`` is the index into it. Sequences are checked for non-DNA letters at load (row/record and offset named).
+Batch them with mambadna.data.batching.PadCollate, optionally with LengthBucketBatchSampler.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mambadna.data.errors import DataError
+from mambadna.data.genome import _VALID, Genome
+
+
+def _check_dna(seq: bytes, where: str) -> None:
+    bad = ~_VALID[np.frombuffer(seq, dtype=np.uint8)]
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{where} has a non-DNA letter {chr(seq[i])!r} at offset {i} (0-based)")
+
+
+def _label_sort_key(label: str):
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+class LabelledSequenceDataset(Dataset):
+    """``{"input_ids": LongTensor (l_i,), "label": int}`` per sequence; ``class_names``, ``lengths``."""
+
+    def __init__(self, sequences: list[bytes], labels: list[str], tokenizer=None, class_names=None, source="?"):
+        if len(sequences) != len(labels):
+            raise DataError(f"{source}: {len(sequences)} sequences but {len(labels)} labels")
+        if not sequences:
+            raise DataError(f"{source}: no labelled sequences")
+        if tokenizer is None:
+            from mambadna.tokenizer import NucleotideTokenizer
+
+            tokenizer = NucleotideTokenizer()
+        self.tokenizer = tokenizer
+        self.class_names = list(class_names) if class_names is not None else sorted(set(labels), key=_label_sort_key)
+        index = {name: i for i, name in enumerate(self.class_names)}
+        unknown = sorted(set(labels) - set(index))
+        if unknown:
+            raise DataError(f"{source}: labels {unknown[:5]} are not among class_names {self.class_names[:10]}")
+        self.labels = [index[label] for label in labels]
+        self.sequences = sequences
+        self.lengths = [len(s) for s in sequences]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, index: int) -> dict:
+        ids = np.asarray(self.tokenizer.encode(self.sequences[index]), dtype=np.int64)
+        return {"input_ids": torch.from_numpy(ids), "label": self.labels[index]}
+
+    @classmethod
+    def from_table(cls, path: str | os.PathLike, sequence_column: str = "sequence", label_column: str = "label",
+                   tokenizer=None, class_names=None) -> "LabelledSequenceDataset":
+        """A CSV (``.csv``) or TSV (anything else) with a header naming the two columns."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        delimiter = "," if path.suffix.lower() == ".csv" else "\t"
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            header = reader.fieldnames or []
+            missing = [c for c in (sequence_column, label_column) if c not in header]
+            if missing:
+                raise DataError(f"{path}: missing column(s) {missing}; header is {header} (delimiter "
+                                f"{delimiter!r}, chosen from the file extension)")
+            seqs, labels = [], []
+            for line_no, row in enumerate(reader, start=2):
+                seq = (row[sequence_column] or "").strip().encode()
+                if not seq:
+                    raise DataError(f"{path}: line {line_no}: empty sequence")
+                _check_dna(seq, f"{path}: line {line_no}")
+                seqs.append(seq)
+                labels.append((row[label_column] or "").strip())
+        return cls(seqs, labels, tokenizer, class_names, source=str(path))
+
+    @classmethod
+    def from_fasta(cls, path: str | os.PathLike, label_regex: str | None = None, label_key: str | None = None,
+                   tokenizer=None, class_names=None) -> "LabelledSequenceDataset":
+        """Records of a FASTA; the label is the one group of ``label_regex`` searched in the header line, or
+        the value of ``label_key=value`` in it."""
+        if (label_regex is None) == (label_key is None):
+            raise DataError("give exactly one of label_regex (a regex with one group) or label_key (for key=value)")
+        if label_key is not None:
+            pattern = re.compile(rf"(?:^|[\s;|]){re.escape(label_key)}=([^\s;|]+)")
+        else:
+            try:
+                pattern = re.compile(label_regex)
+            except re.error as exc:
+                raise DataError(f"label_regex {label_regex!r} is not a valid regex ({exc})") from exc
+            if pattern.groups != 1:
+                raise DataError(f"label_regex {label_regex!r} must have exactly one group, it has {pattern.groups}")
+        genome = Genome(path, validate=True)
+        headers = _headers(genome.fasta_path if not genome.compressed else genome.source_path)
+        seqs, labels = [], []
+        for name, length_bp in genome.contigs.items():
+            header = headers.get(name, name)
+            match = pattern.search(header)
+            if match is None:
+                how = f"label_key {label_key!r}" if label_key else f"label_regex {label_regex!r}"
+                raise DataError(f"{path}: no label in header {header[:80]!r} ({how} does not match)")
+            seqs.append(genome.fetch(name, 0, length_bp))
+            labels.append(match.group(1))
+        return cls(seqs, labels, tokenizer, class_names, source=str(path))
+
+
+def _headers(path: Path) -> dict[str, str]:
+    """{contig name: full header line without '>'}; pyfaidx keeps only the name, labels live in the rest."""
+    import gzip
+
+    opener = gzip.open if path.name.endswith((".gz", ".bgz")) else open
+    out = {}
+    with opener(path, "rt") as fh:
+        for line in fh:
+            if line.startswith(">"):
+                header = line[1:].rstrip("\r\n")
+                out[header.split()[0] if header.split() else ""] = header
+    return out

@@ -1,0 +1,143 @@
+"""Genomic intervals: BED input, train/val/test splits, and intersecting the two.
+
+Splits never overlap, so windows drawn inside one split can never overlap windows of another:
+- by contig name (``val_contigs``/``test_contigs``, or ``by="contig"``: whole contigs are assigned by a stable
+  hash of their name until each held-out split holds its fraction of the bases);
+- by coordinate blocks (``by="block"``, the default for genomes of fewer than ``CONTIG_SPLIT_MIN`` contigs):
+  every contig is cut at fixed fractions into a train block, then a val block, then a test block.
+The split depends only on the genome and the fractions, never on ``window_bp``, so changing the window length
+between epochs cannot leak held-out bases into training.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from mambadna.data.errors import DataError
+
+SPLITS = ("train", "val", "test")
+CONTIG_SPLIT_MIN = 20
+
+
+@dataclass(frozen=True, order=True)
+class Interval:
+    contig: str
+    start_bp: int
+    end_bp: int
+
+    @property
+    def length_bp(self) -> int:
+        return self.end_bp - self.start_bp
+
+
+def read_bed(path: str | Path, contigs: dict[str, int] | None = None) -> list[Interval]:
+    """BED intervals (first three columns; header/track/comment lines skipped), checked against ``contigs``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such BED file")
+    intervals = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip() or line.startswith(("#", "track", "browser")):
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        if len(fields) < 3:
+            raise DataError(f"{path}: line {line_no}: a BED line needs at least 3 columns (contig, start, end)")
+        try:
+            start_bp, end_bp = int(fields[1]), int(fields[2])
+        except ValueError as exc:
+            raise DataError(f"{path}: line {line_no}: start/end are not integers: {line[:80]!r}") from exc
+        contig = fields[0]
+        if not 0 <= start_bp <= end_bp:
+            raise DataError(f"{path}: line {line_no}: need 0 <= start <= end, got {start_bp}-{end_bp}")
+        if contigs is not None:
+            if contig not in contigs:
+                raise DataError(f"{path}: line {line_no}: contig {contig!r} is not in the genome")
+            if end_bp > contigs[contig]:
+                raise DataError(f"{path}: line {line_no}: end {end_bp} is past the end of {contig!r} "
+                                f"({contigs[contig]} bp)")
+        intervals.append(Interval(contig, start_bp, end_bp))
+    if not intervals:
+        raise DataError(f"{path}: no intervals in the BED file")
+    return merge(intervals)
+
+
+def merge(intervals: list[Interval]) -> list[Interval]:
+    """Sorted, with overlapping intervals of one contig merged. Touching ones stay apart: a BED of adjacent
+    blocks (e.g. alignment blocks) means "windows must not cross these boundaries"."""
+    out: list[Interval] = []
+    for iv in sorted(intervals):
+        if out and out[-1].contig == iv.contig and iv.start_bp < out[-1].end_bp:
+            last = out.pop()
+            iv = Interval(iv.contig, last.start_bp, max(last.end_bp, iv.end_bp))
+        out.append(iv)
+    return out
+
+
+def intersect(a: list[Interval], b: list[Interval]) -> list[Interval]:
+    """Bases covered by both lists (each merged first)."""
+    by_contig: dict[str, list[Interval]] = {}
+    for iv in merge(b):
+        by_contig.setdefault(iv.contig, []).append(iv)
+    out = []
+    for iv in merge(a):
+        for other in by_contig.get(iv.contig, ()):
+            lo, hi = max(iv.start_bp, other.start_bp), min(iv.end_bp, other.end_bp)
+            if lo < hi:
+                out.append(Interval(iv.contig, lo, hi))
+    return out
+
+
+def split_regions(contigs: dict[str, int], val_fraction: float = 0.1, test_fraction: float = 0.1,
+                  by: str = "auto", val_contigs=None, test_contigs=None) -> dict[str, list[Interval]]:
+    """{"train", "val", "test"} -> disjoint intervals covering the genome (see the module docstring)."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DataError(f"val_fraction + test_fraction must be in [0, 1), got {val_fraction} + {test_fraction}")
+    if by not in ("auto", "contig", "block"):
+        raise DataError(f"split by must be 'auto', 'contig' or 'block', got {by!r}")
+    if val_contigs is not None or test_contigs is not None:
+        return _split_by_names(contigs, list(val_contigs or ()), list(test_contigs or ()))
+    if by == "auto":
+        by = "contig" if len(contigs) >= CONTIG_SPLIT_MIN else "block"
+    if by == "contig":
+        return _split_by_hash(contigs, val_fraction, test_fraction)
+    out: dict[str, list[Interval]] = {s: [] for s in SPLITS}
+    for name, length_bp in contigs.items():
+        train_end = round(length_bp * (1 - val_fraction - test_fraction))
+        val_end = round(length_bp * (1 - test_fraction))
+        for split, lo, hi in (("train", 0, train_end), ("val", train_end, val_end), ("test", val_end, length_bp)):
+            if hi > lo:
+                out[split].append(Interval(name, lo, hi))
+    return out
+
+
+def _split_by_names(contigs: dict[str, int], val: list[str], test: list[str]) -> dict[str, list[Interval]]:
+    for name in val + test:
+        if name not in contigs:
+            raise DataError(f"held-out contig {name!r} is not in the genome (contigs: {', '.join(list(contigs)[:8])})")
+    if set(val) & set(test):
+        raise DataError(f"contigs {sorted(set(val) & set(test))} are in both val_contigs and test_contigs")
+    held = set(val) | set(test)
+    return {"train": [Interval(n, 0, l) for n, l in contigs.items() if n not in held],
+            "val": [Interval(n, 0, contigs[n]) for n in val],
+            "test": [Interval(n, 0, contigs[n]) for n in test]}
+
+
+def _split_by_hash(contigs: dict[str, int], val_fraction: float, test_fraction: float) -> dict[str, list[Interval]]:
+    # crc32 of the name, not Python's salted hash(): the same genome must split the same way in every process
+    order = sorted(contigs, key=lambda n: (zlib.crc32(n.encode()), n))
+    total = sum(contigs.values())
+    out: dict[str, list[Interval]] = {s: [] for s in SPLITS}
+    held = {"test": 0, "val": 0}
+    for name in order:
+        if held["test"] < test_fraction * total:
+            split = "test"
+        elif held["val"] < val_fraction * total:
+            split = "val"
+        else:
+            split = "train"
+        if split in held:
+            held[split] += contigs[name]
+        out[split].append(Interval(name, 0, contigs[name]))
+    return out

@@ -1,0 +1,102 @@
+"""Turning "a window somewhere in these regions" into (genome, contig, start) and then into token ids.
+
+``RegionWindows`` numbers every valid window start in a list of regions (windows never cross a region's end),
+so drawing k uniformly in [0, n_starts) is the length-weighted choice of contig followed by a uniform start.
+``WindowReader`` fetches, checks the N fraction and encodes, with optional reverse-complement augmentation.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from mambadna.data.errors import DataError
+from mambadna.data.genome import _IS_N, Genome
+from mambadna.data.regions import Interval
+
+# how many redraws stay inside the item's own stratum before falling back to the whole region list
+STRATUM_TRIES = 8
+MAX_TRIES = 64
+
+
+class RegionWindows:
+    """All starts of ``window_bp`` windows that fit inside the given regions of one or more genomes."""
+
+    def __init__(self, parts: Sequence[tuple[Genome, list[Interval]]], window_bp: int, what: str = "region"):
+        if not isinstance(window_bp, (int, np.integer)) or isinstance(window_bp, bool) or window_bp < 1:
+            raise DataError(f"window_bp must be a positive integer, got {window_bp!r}")
+        self.window_bp = int(window_bp)
+        self.genomes = [g for g, _ in parts]
+        self.slots: list[tuple[int, Interval]] = []
+        longest = 0
+        for gi, (_, intervals) in enumerate(parts):
+            for iv in intervals:
+                longest = max(longest, iv.length_bp)
+                if iv.length_bp >= window_bp:
+                    self.slots.append((gi, iv))
+        if not self.slots:
+            names = ", ".join(str(g.source_path) for g in self.genomes)
+            raise DataError(f"window_bp {window_bp} is longer than every {what} of {names} (the longest is "
+                            f"{longest} bp); use a smaller window_bp")
+        counts = np.array([iv.length_bp - self.window_bp + 1 for _, iv in self.slots], dtype=np.int64)
+        self._cum = np.cumsum(counts)
+        self.n_starts = int(self._cum[-1])
+        self.total_bp = int(sum(iv.length_bp for _, iv in self.slots))
+
+    def locate(self, k: int) -> tuple[Genome, str, int]:
+        """The k-th window start (0 <= k < n_starts) as (genome, contig, start_bp)."""
+        i = int(np.searchsorted(self._cum, k, side="right"))
+        before = int(self._cum[i - 1]) if i else 0
+        gi, iv = self.slots[i]
+        return self.genomes[gi], iv.contig, iv.start_bp + (int(k) - before)
+
+
+class WindowReader:
+    """Fetch a window, measure its N fraction, encode it and maybe reverse-complement it."""
+
+    def __init__(self, tokenizer=None, max_n_fraction: float = 0.1, reverse_complement: bool = False):
+        if not 0.0 <= max_n_fraction <= 1.0:
+            raise DataError(f"max_n_fraction must be in [0, 1], got {max_n_fraction}")
+        if tokenizer is None:
+            from mambadna.tokenizer import NucleotideTokenizer
+
+            tokenizer = NucleotideTokenizer()
+        if reverse_complement and not hasattr(tokenizer, "reverse_complement"):
+            raise DataError(f"reverse-complement augmentation needs a tokenizer with reverse_complement(); "
+                            f"{type(tokenizer).__name__} has none")
+        self.tokenizer = tokenizer
+        self.max_n_fraction = max_n_fraction
+        self.reverse_complement = reverse_complement
+
+    def too_many_n(self, raw: bytes) -> bool:
+        if self.max_n_fraction >= 1.0:
+            return False
+        n_bp = int(np.count_nonzero(_IS_N[np.frombuffer(raw, dtype=np.uint8)]))
+        return n_bp > self.max_n_fraction * len(raw)
+
+    def encode(self, raw: bytes, rng: np.random.Generator) -> torch.Tensor:
+        ids = self.tokenizer.encode(raw)
+        if self.reverse_complement and rng.random() < 0.5:
+            ids = self.tokenizer.reverse_complement(ids)
+        return torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
+
+    def draw(self, windows: RegionWindows, rng: np.random.Generator, lo: int, hi: int):
+        """A window start drawn in [lo, hi) with at most ``max_n_fraction`` N, redrawing deterministically.
+
+        After STRATUM_TRIES failures inside [lo, hi) the draw widens to all starts. Returns
+        (genome, contig, start_bp, raw bytes).
+        """
+        for attempt in range(MAX_TRIES):
+            if attempt < STRATUM_TRIES and hi > lo:
+                k = lo + int(rng.integers(hi - lo))
+            else:
+                k = int(rng.integers(windows.n_starts))
+            genome, contig, start = windows.locate(k)
+            raw = genome.fetch(contig, start, start + windows.window_bp)
+            if not self.too_many_n(raw):
+                return genome, contig, start, raw
+        raise DataError(f"no window of {windows.window_bp} bp with at most {self.max_n_fraction:.0%} N found in "
+                        f"{MAX_TRIES} draws from {', '.join(str(g.source_path) for g in windows.genomes)}; the "
+                        "regions are mostly N: raise max_n_fraction or choose other regions")

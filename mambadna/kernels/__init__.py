@@ -1,0 +1,130 @@
+"""Selective-scan backends behind one entry point, ``selective_scan``.
+
+Backends: "ref" (sequential definition), "chunked" (exact two-level PyTorch scan, the CPU default) and
+"triton" (GPU kernel). Triton is imported lazily so that ``import mambadna`` never fails on machines where
+Triton or the kernel module is missing or broken; auto-selection then falls back to "chunked".
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from mambadna.kernels.scan_chunked import selective_scan_chunked
+from mambadna.kernels.scan_ref import selective_scan_ref
+
+__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "available_backends", "BACKENDS"]
+
+BACKENDS = ("ref", "chunked", "triton")
+ENV_VAR = "MAMBADNA_SCAN_BACKEND"
+
+_triton_fn = None
+_triton_error: str | None = None
+_triton_tried = False
+
+
+def _load_triton():
+    """Import the Triton scan once; remember why it failed so the error can be shown when it is asked for."""
+    global _triton_fn, _triton_error, _triton_tried
+    if not _triton_tried:
+        _triton_tried = True
+        try:
+            from mambadna.kernels.scan_triton import selective_scan_triton
+        except Exception as exc:  # Triton raises more than ImportError when its driver or compiler is unusable
+            _triton_error = f"{type(exc).__name__}: {exc}"
+        else:
+            _triton_fn = selective_scan_triton
+    return _triton_fn
+
+
+def available_backends() -> list[str]:
+    """Backends usable in this process: "ref" and "chunked" always, "triton" when it imports and CUDA is present."""
+    names = ["ref", "chunked"]
+    if torch.cuda.is_available() and _load_triton() is not None:
+        names.append("triton")
+    return names
+
+
+def _shape(x) -> str:
+    return "None" if x is None else str(tuple(x.shape))
+
+
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
+    """Raise ValueError naming the first argument whose shape breaks the contract in docs/ARCHITECTURE.md."""
+    if u.dim() != 3:
+        raise ValueError(f"u must be (b, d, l); got {_shape(u)}")
+    b, d, l = u.shape
+    if l < 1:
+        raise ValueError(f"u must have sequence length l >= 1; got {_shape(u)}")
+    if delta.shape != u.shape:
+        raise ValueError(f"delta must be (b, d, l) = {tuple(u.shape)} like u; got {_shape(delta)}")
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f"A must be (d, n) with d = {d}; got {_shape(A)}")
+    n = A.shape[1]
+    for name, M in (("B", B), ("C", C)):
+        ok = (M.dim() == 3 and tuple(M.shape) == (b, n, l)) or (
+            M.dim() == 4 and M.shape[0] == b and M.shape[2:] == (n, l) and M.shape[1] >= 1 and d % M.shape[1] == 0
+        )
+        if not ok:
+            raise ValueError(
+                f"{name} must be (b, n, l) or (b, g, n, l) with d divisible by g; "
+                f"got {_shape(M)} for b={b}, d={d}, n={n}, l={l}"
+            )
+    if B.dim() == 4 and C.dim() == 4 and B.shape[1] != C.shape[1]:
+        raise ValueError(f"grouped B and C must have the same number of groups g; got B {_shape(B)}, C {_shape(C)}")
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None and tuple(v.shape) != (d,):
+            raise ValueError(f"{name} must be (d,) = ({d},); got {_shape(v)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"z must be (b, d, l) = {tuple(u.shape)} like u; got {_shape(z)}")
+    if initial_state is not None and tuple(initial_state.shape) != (b, d, n):
+        raise ValueError(f"initial_state must be (b, d, n) = ({b}, {d}, {n}); got {_shape(initial_state)}")
+    for name, x in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("delta_bias", delta_bias), ("initial_state", initial_state)):
+        if x is not None and not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor; got {x.dtype}")
+        if x is not None and x.device != u.device:
+            raise ValueError(f"{name} is on {x.device} but u is on {u.device}; all inputs must share one device")
+
+
+def _resolve_backend(backend: str | None, u: torch.Tensor) -> str:
+    source = "backend argument"
+    if backend is None:
+        backend = os.environ.get(ENV_VAR) or None
+        source = f"environment variable {ENV_VAR}"
+    if backend is None:
+        return "triton" if u.is_cuda and _load_triton() is not None else "chunked"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown scan backend {backend!r} from the {source}; choose one of {', '.join(BACKENDS)}")
+    if backend == "triton":
+        if not u.is_cuda:
+            raise ValueError(f"scan backend 'triton' (from the {source}) needs CUDA tensors; u is on {u.device}")
+        if _load_triton() is None:
+            raise ValueError(f"scan backend 'triton' (from the {source}) is unavailable: {_triton_error}")
+    return backend
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+    backend: str | None = None,
+):
+    """Selective scan with the semantics of docs/ARCHITECTURE.md; ``backend`` picks the implementation
+    (None: "triton" for CUDA tensors when it imports, else "chunked"; MAMBADNA_SCAN_BACKEND overrides auto)."""
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    name = _resolve_backend(backend, u)
+    fn = {"ref": selective_scan_ref, "chunked": selective_scan_chunked}.get(name) or _load_triton()
+    return fn(
+        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+        initial_state=initial_state, return_final_state=return_final_state,
+    )
