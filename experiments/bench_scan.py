@@ -29,7 +29,8 @@ SHAPES = [(1, 512, 2**20, 16), (8, 512, 2**17, 16), (8, 1536, 4096, 16), (32, 20
 # mamba_ssm's CUDA selective scan on an H100 80GB HBM3, same configuration (from the issue): fwd, bwd, peak GiB.
 MAMBA_SSM = {(1, 512, 2**20, 16): (11.77, 60.66, 9.5), (8, 512, 2**17, 16): (11.40, 44.14, 9.5),
              (8, 1536, 4096, 16): (0.886, 3.633, 1.1), (32, 2048, 2048, 16): (2.317, 9.465, 2.5)}
-CONFIGS = [(64, 32, 4), (128, 16, 4), (128, 32, 4), (128, 32, 8), (128, 64, 8), (256, 16, 4), (256, 32, 8)]
+# (chunk T, channels per program, warps, pipeline stages of the forward's loop over states)
+CONFIGS = [(32, 32, 2, 2), (64, 32, 4, 2), (32, 64, 4, 2)]
 
 
 @triton.jit
@@ -125,7 +126,7 @@ def main():
         from mambadna.kernels.scan_chunked import selective_scan_chunked
     except ImportError:
         selective_scan_chunked = None
-    head = ("| shape (b, d, l, n) | launch (T, BLOCK_D, warps) | fwd ms | bwd ms | fwd+bwd ms | peak GiB | % of floor "
+    head = ("| shape (b, d, l, n) | launch (T, BLOCK_D, warps, stages) | fwd ms | bwd ms | fwd+bwd ms | peak GiB | % of floor "
             "| floor ms | mamba_ssm fwd+bwd ms | speed-up | chunked PyTorch fwd+bwd ms |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     sweep = []
@@ -134,8 +135,9 @@ def main():
         xs, dy = make_inputs(*shape)
         best = None
         for cfg in CONFIGS:
-            T, BD, W = cfg
-            fn = lambda *a, **k: selective_scan_triton(*a, chunk_size=T, block_d=BD, num_warps=W, **k)  # noqa: E731
+            T, BD, W, S = cfg
+            fn = lambda *a, **k: selective_scan_triton(  # noqa: E731
+                *a, chunk_size=T, block_d=BD, num_warps=W, stages=S, **k)
             try:
                 res = time_scan(fn, xs, dy, rep=100)
             except Exception as exc:  # a launch shape that does not fit (registers, shared memory) is skipped
@@ -146,8 +148,8 @@ def main():
             if best is None or sum(res[:2]) < sum(best[1][:2]):
                 best = (cfg, res)
         cfg, (t_f, t_b, peak) = best
-        T, BD, W = cfg
-        fn = lambda *a, **k: selective_scan_triton(*a, chunk_size=T, block_d=BD, num_warps=W, **k)  # noqa: E731
+        T, BD, W, S = cfg
+        fn = lambda *a, **k: selective_scan_triton(*a, chunk_size=T, block_d=BD, num_warps=W, stages=S, **k)  # noqa: E731
         t_f, t_b, peak = time_scan(fn, xs, dy, rep=500)
         bytes_min = 22 * b * d * l + 12 * b * n * l
         floor_ms = max(bytes_min / bw, 2 * b * d * l * n / exp_rate) * 1e3
@@ -165,7 +167,7 @@ def main():
             torch.cuda.empty_cache()
         total = t_f + t_b
         lines.append(
-            f"| {b}, {d}, 2^{l.bit_length() - 1}, {n} | {T}, {BD}, {W} | {t_f:.3f} | {t_b:.3f} | {total:.3f} | "
+            f"| {b}, {d}, 2^{l.bit_length() - 1}, {n} | {T}, {BD}, {W}, {S} | {t_f:.3f} | {t_b:.3f} | {total:.3f} | "
             f"{peak:.2f} | {100 * floor_ms / total:.0f}% | {floor_ms:.2f} | "
             f"{'-' if ref is None else f'{ref[0] + ref[1]:.2f}'} | "
             f"{'-' if ref is None else f'{(ref[0] + ref[1]) / total:.2f}x'} | {chunked} |"

@@ -17,7 +17,8 @@ from mambadna.kernels import scan_triton
 from mambadna.kernels.scan_triton import selective_scan_triton
 
 KERNELS = ("_fwd_chunk_summary", "_carry_scan", "_fwd_chunk_scan", "_bwd_chunk_summary", "_bwd_chunk_scan")
-CONFIGS = [(64, 32, 4), (32, 32, 2), (32, 16, 2), (32, 32, 4), (16, 64, 4), (16, 32, 2), (32, 64, 8), (16, 128, 8)]
+CONFIGS = [(32, 32, 2, None, None), (32, 32, 2, None, 2), (32, 32, 2, 2, None), (32, 32, 2, None, 4),
+           (64, 32, 4, None, 2), (32, 64, 4, None, 2), (64, 32, 2, None, None)]
 SHAPES = [(1, 512, 2**20, 16), (8, 1536, 4096, 16)]
 stats: dict[str, tuple[int, int]] = {}
 
@@ -51,15 +52,15 @@ def inputs(b, d, l, n):
 
 for shape in SHAPES:
     xs, dy = inputs(*shape)
-    for T, BD, W in CONFIGS:
+    for T, BD, W, S, U in CONFIGS:
         def step():
             y = selective_scan_triton(*xs[:7], delta_bias=xs[7], delta_softplus=True, chunk_size=T, block_d=BD,
-                                      num_warps=W)
+                                      num_warps=W, stages=S, unroll=U)
             torch.autograd.grad(y, xs, dy)
         try:
             step()
         except Exception as exc:
-            print(shape, (T, BD, W), "failed:", str(exc)[:200])
+            print(shape, (T, BD, W, S, U), "failed:", str(exc)[:300])
             continue
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -75,4 +76,4 @@ for shape in SHAPES:
                 times["other"] += ev.device_time_total / 3 / 1e3
         row = "  ".join(f"{k.strip('_')} {times[k]:.2f}ms r{stats.get(k, ('?', '?'))[0]}/s{stats.get(k, ('?', '?'))[1]}"
                         for k in KERNELS)
-        print(f"{shape} T{T} BD{BD} W{W}: {row}  other {times['other']:.2f}ms", flush=True)
+        print(f"{shape} T{T} BD{BD} W{W} S{S} U{U}: {row}  other {times['other']:.2f}ms", flush=True)

@@ -109,7 +109,7 @@ def chunked_loss_aligned(
     model: "MambaLM",
     input_ids: torch.Tensor,
     targets: torch.Tensor,
-    chunk_bp: int,
+    chunk_bp: int | None,
     states: LayerStates | None = None,
     ignore_index: int = IGNORE_INDEX,
 ):
@@ -117,15 +117,19 @@ def chunked_loss_aligned(
 
     input_ids, targets (b, l); `states` continue an earlier window (None: start of sequence). Returns
     (loss_sum (), every layer's states after position l-1). With grad enabled each chunk is one non-reentrant
-    checkpoint region; without grad the chunks just run one after another.
+    checkpoint region; without grad the chunks just run one after another. `chunk_bp=None` runs the whole
+    length as one chunk without checkpointing (no recomputation, activation memory O(l)).
     """
-    check_chunk_bp(chunk_bp)
+    if chunk_bp is not None:
+        check_chunk_bp(chunk_bp)
+    recompute = chunk_bp is not None and torch.is_grad_enabled()
+    chunk_bp = chunk_bp or input_ids.shape[1]
     flat = [None] if states is None else [t for pair in states for t in pair]
     total = None
     for start in range(0, input_ids.shape[1], chunk_bp):
         ids = input_ids[:, start : start + chunk_bp]  # (b, chunk)
         tgt = targets[:, start : start + chunk_bp]  # (b, chunk)
-        if torch.is_grad_enabled():
+        if recompute:
             out = checkpoint(_chunk_loss, model, ignore_index, ids, tgt, *flat, use_reentrant=False)
         else:
             out = _chunk_loss(model, ignore_index, ids, tgt, *flat)
@@ -137,7 +141,7 @@ def chunked_loss_aligned(
 def chunked_lm_loss(
     model: "MambaLM",
     input_ids: torch.Tensor,
-    chunk_bp: int,
+    chunk_bp: int | None,
     labels: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
 ):
@@ -147,7 +151,8 @@ def chunked_lm_loss(
     against labels[:, t+1] (default: input_ids, i.e. plain next-token prediction); entries equal to
     `ignore_index` are skipped. The last token of chunk k is scored against the first label of chunk k+1.
     Returns (loss_sum () fp32, n_tokens () int64): sum over scored positions and their count, so that losses of
-    several calls (or DDP ranks) combine exactly; `chunked_lm_loss_mean` divides.
+    several calls (or DDP ranks) combine exactly; `chunked_lm_loss_mean` divides. `chunk_bp=None` is one plain
+    pass (no chunks, no recomputation), so callers can keep a single code path.
     """
     model._check_ids(input_ids)
     if input_ids.shape[1] < 2:
@@ -162,7 +167,7 @@ def chunked_lm_loss(
     return loss_sum, (targets != ignore_index).sum()
 
 
-def chunked_lm_loss_mean(model: "MambaLM", input_ids, chunk_bp: int, labels=None, ignore_index: int = IGNORE_INDEX):
+def chunked_lm_loss_mean(model: "MambaLM", input_ids, chunk_bp: int | None, labels=None, ignore_index: int = IGNORE_INDEX):
     """Mean next-token loss over scored positions (the unchunked `F.cross_entropy(..., reduction="mean")`)."""
     loss_sum, n_tokens = chunked_lm_loss(model, input_ids, chunk_bp, labels, ignore_index)
     return loss_sum / n_tokens.clamp_min(1)

@@ -125,7 +125,9 @@ def _carry_scan(
     else:
         tl.store(p_o, b_x, mask=m_r)
     o_k = tl.arange(0, K).to(tl.int64)
-    for i_blk in range(tl.cdiv(NC, K)):
+    # Only x is carried between iterations, so the next tiles' loads can be issued early (software pipelining):
+    # at batch 1 this scan has few programs and was bound by load latency (3.5 ms at (1, 512, 2^20) unpipelined).
+    for i_blk in tl.range(0, tl.cdiv(NC, K), num_stages=3):
         if REVERSE:
             o_c = NC - 1 - (i_blk * K + o_k)
             m_c = o_c >= 0
@@ -150,7 +152,7 @@ def _fwd_chunk_scan(
     L, NC, N, DPG,
     s_ub, s_ud, s_bb, s_bg, s_bn, s_cb, s_cg, s_cn,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    BLOCK_D: tl.constexpr, T: tl.constexpr,
+    BLOCK_D: tl.constexpr, T: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr,
 ):
     i_c, i_dblk, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     D_ = tl.num_programs(1) * BLOCK_D
@@ -166,7 +168,7 @@ def _fwd_chunk_scan(
     p_C = p_C_base + i_b * s_cb + i_g * s_cg + o_t
     p_h0 = p_H + (i_b * (NC + 1) + i_c) * N * D_ + o_d
     b_y = tl.zeros([BLOCK_D, T], dtype=tl.float32)
-    for i_n in range(N):
+    for i_n in tl.range(0, N, num_stages=STAGES, loop_unroll_factor=UNROLL):
         b_A2 = tl.load(p_A2 + i_n * D_ + o_d)
         b_B = tl.load(p_B + i_n * s_bn, mask=m_t, other=0.0).to(tl.float32)
         b_C = tl.load(p_C + i_n * s_cn, mask=m_t, other=0.0).to(tl.float32)
@@ -226,7 +228,7 @@ def _bwd_chunk_scan(
     L, NC, N, DPG,
     s_ub, s_ud, s_bb, s_bg, s_bn, s_cb, s_cg, s_cn,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    BLOCK_D: tl.constexpr, T: tl.constexpr,
+    BLOCK_D: tl.constexpr, T: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr,
 ):
     i_c, i_dblk, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     D_ = tl.num_programs(1) * BLOCK_D
@@ -254,7 +256,7 @@ def _bwd_chunk_scan(
     b_y = tl.zeros([BLOCK_D, T], dtype=tl.float32)  # pre-gate output, for dz
     b_gB = tl.zeros([BLOCK_D, T], dtype=tl.float32)  # Σ_n g·B
     b_gdec = tl.zeros([BLOCK_D, T], dtype=tl.float32)  # Σ_n A·g·a_t·h_{t-1}
-    for i_n in range(N):
+    for i_n in tl.range(0, N, num_stages=STAGES, loop_unroll_factor=UNROLL):
         b_A2 = tl.load(p_A2 + i_n * D_ + o_d)
         b_B = tl.load(p_B + i_n * s_bn, mask=m_t, other=0.0).to(tl.float32)
         b_C = tl.load(p_C + i_n * s_cn, mask=m_t, other=0.0).to(tl.float32)
@@ -310,8 +312,9 @@ def _alloc(shape, dtype, device):
 
 
 def _pick_blocks(
-    d: int, dpg: int, chunk_size: int | None, block_d: int | None, num_warps: int | None = None
-) -> tuple[int, int, int]:
+    d: int, dpg: int, chunk_size: int | None, block_d: int | None, num_warps: int | None = None,
+    stages: int | None = None, unroll: int | None = None,
+) -> tuple[int, int, int, int, int]:
     """Chunk length T, channels per program BLOCK_D (a power of two dividing d/g) and warps.
 
     Defaults from the launch-shape sweeps on an H100 (experiments/BENCHMARKS.md): 32 positions × 32 channels on
@@ -325,7 +328,9 @@ def _pick_blocks(
     bd = 1
     while bd * 2 <= want and dpg % (bd * 2) == 0:
         bd *= 2
-    return t, bd, num_warps or (2 if bd * t <= 1024 else 4)
+    # The forward scan's loop over states gained 15% from two pipeline stages (8.4 vs 9.9 ms at
+    # (1, 512, 2^20, 16)); the backward's did not, and unrolling helped neither (experiments/results/).
+    return t, bd, num_warps or (2 if bd * t <= 1024 else 4), stages or 2, unroll if unroll and unroll > 1 else None
 
 
 def _as_grouped(x: torch.Tensor) -> torch.Tensor:
@@ -346,7 +351,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         Df = D.float().contiguous() if D is not None else None
         bias = delta_bias.float().contiguous() if delta_bias is not None else None
         h0 = initial_state.float().transpose(1, 2).contiguous() if initial_state is not None else None  # (b, n, d)
-        T, BD, warps = _pick_blocks(d, d // g, *launch)
+        T, BD, warps, stages, unroll = _pick_blocks(d, d // g, *launch)
         nc = triton.cdiv(l, T)
         dev = u.device
         dsum = _alloc((b, nc, d), torch.float32, dev)
@@ -368,16 +373,16 @@ class _SelectiveScanTriton(torch.autograd.Function):
             u.stride(0), u.stride(1), B4.stride(0), B4.stride(1), B4.stride(2),
             C4.stride(0), C4.stride(1), C4.stride(2),
             HAS_BIAS=bias is not None, SOFTPLUS=softplus, HAS_D=Df is not None, HAS_Z=z is not None,
-            BLOCK_D=BD, T=T, num_warps=warps,
+            BLOCK_D=BD, T=T, STAGES=stages, UNROLL=unroll, num_warps=warps,
         )
         ctx.save_for_backward(u, delta, A, A2, B4, C4, D, Df, z, delta_bias, bias, dsum, H)
-        ctx.cfg = (softplus, T, BD, warps, B.shape, C.shape, initial_state is not None)
+        ctx.cfg = (softplus, T, BD, warps, stages, unroll, B.shape, C.shape, initial_state is not None)
         return y, H[:, nc].transpose(1, 2).contiguous()
 
     @staticmethod
     def backward(ctx, dy, dh_last):
         u, delta, A, A2, B4, C4, D, Df, z, delta_bias, bias, dsum, H = ctx.saved_tensors
-        softplus, T, BD, warps, B_shape, C_shape, has_h0 = ctx.cfg
+        softplus, T, BD, warps, stages, unroll, B_shape, C_shape, has_h0 = ctx.cfg
         b, d, l = u.shape
         g, n = B4.shape[1], B4.shape[2]
         nc = dsum.shape[1]
@@ -412,7 +417,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
             u.stride(0), u.stride(1), B4.stride(0), B4.stride(1), B4.stride(2),
             C4.stride(0), C4.stride(1), C4.stride(2),
             HAS_BIAS=bias is not None, SOFTPLUS=softplus, HAS_D=Df is not None, HAS_Z=z is not None,
-            BLOCK_D=BD, T=T, num_warps=warps,
+            BLOCK_D=BD, T=T, STAGES=None, UNROLL=unroll, num_warps=warps,
         )
         # channel blocks never straddle groups (BLOCK_D divides d / g), so block i belongs to group i // (nblk / g)
         dB = _ungroup(dB_part.view(b, g, nblk // g, n, l).sum(2), B_shape).to(B4.dtype)
@@ -444,16 +449,19 @@ def _launch_carry(A2, dsum, buf, init, b, d, n, nc, reverse):
 
 def selective_scan_triton(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    initial_state=None, return_final_state=False, *, chunk_size=None, block_d=None, num_warps=None,
+    initial_state=None, return_final_state=False, *, chunk_size=None, block_d=None, num_warps=None, stages=None,
+    unroll=None,
 ):
     """The selective scan on Triton; arguments and result as ``scan_ref.selective_scan_ref``.
 
-    ``chunk_size`` (power of two ≥ 16), ``block_d`` and ``num_warps`` override the launch shape; tests use small
-    chunks so that chunk boundaries fall inside short sequences, the benchmark sweeps them.
+    ``chunk_size`` (power of two ≥ 16), ``block_d``, ``num_warps``, and the software-pipelining ``stages`` and
+    ``unroll`` factor of the loop over states override the launch shape; tests use small chunks so that chunk
+    boundaries fall inside short sequences, the benchmark sweeps them.
     """
     if u.shape[-1] == 0:
         raise ValueError("selective_scan_triton needs a sequence length of at least 1")
     y, h_last = _SelectiveScanTriton.apply(
-        u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), (chunk_size, block_d, num_warps)
+        u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus),
+        (chunk_size, block_d, num_warps, stages, unroll),
     )
     return (y, h_last) if return_final_state else y

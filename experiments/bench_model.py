@@ -1,0 +1,446 @@
+"""Million-base contexts on one GPU: MambaLM training and generation against a same-size Transformer.
+
+    python experiments/bench_model.py --out experiments/results/bench_model          # full run, ~6 min on an H100
+    python experiments/bench_model.py --out /tmp/bench --quick                         # ~1 min
+    python experiments/bench_model.py --out /tmp/bench --cpu-smoke                     # tiny sizes on the CPU
+
+Sections, in this order (training series in the order of --models, by default base, transformer, small, so a
+budget cut trims the least needed):
+1. exactness: loss and gradients of `chunked_lm_loss` (chunk 2^16) against the unchunked model at l = 2^18, in fp32
+   and under bf16 autocast; the unchunked bf16-vs-fp32 difference is the rounding floor bf16 is judged against.
+2. generation: decode tokens/s of the recurrent step (MambaLM) vs the Transformer with a static KV cache, after an
+   8k and a 64k prompt, batch 1 and 64 (the prompt is prefilled at batch 1 and its state copied to every row).
+3. training: tokens/s, step time and peak memory of one AdamW step (batch 1, bf16 autocast, fp32 weights) at
+   l = 2^14 ... 2^23, for MambaLM "base" (d 256 x 8, 3.5M parameters) and "small" (d 128 x 6) in three modes:
+   plain, per-block activation checkpointing (`long_context.checkpointed_forward`) and sequence chunking
+   (`long_context.chunked_lm_loss`, --chunk-bp); and the Transformer (experiments/transformer_baseline.py) plain,
+   switching to per-block checkpointing from the first length where plain runs out of memory, up to 2^20.
+   Each configuration: one warm-up step, then 2 timed steps (1 when the warm-up took over 3 s). A CUDA OOM is
+   recorded as "OOM" and ends that series; so does a step over --step-limit-s, or the --budget-s being spent.
+
+Writes bench_model.md (tables), bench_model.json (raw rows) and bench_model.png (time per token vs context,
+log-log) to --out, and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from transformer_baseline import TransformerConfig, TransformerLM  # noqa: E402
+
+from mambadna import inference  # noqa: E402
+from mambadna.config import MambaConfig  # noqa: E402
+from mambadna.inference import InferenceCache  # noqa: E402
+from mambadna.long_context import checkpointed_forward, chunked_lm_loss_mean  # noqa: E402
+from mambadna.model import MambaLM  # noqa: E402
+
+# mamba_ssm's CUDA scan on an H100 80GB, same 3.5M model, batch 1, bf16 (from the issue): l -> (M tok/s, GB)
+ANCHOR_MAMBA = {2**14: "0.60 M/s 1.4 GB", 2**16: "0.96 M/s 5.2 GB", 2**18: "0.95 M/s 20.5 GB",
+                2**20: "OOM; ckpt 0.50 M/s 21.0 GB", 2**21: "ckpt 0.50 M/s 41.9 GB", 2**22: "OOM"}
+ANCHOR_TRANSFORMER = {2**14: "1.53 M/s", 2**16: "0.66 M/s", 2**18: "0.17 M/s", 2**20: "0.043 M/s 48.8 GB"}
+
+
+@dataclass
+class Settings:
+    device: torch.device
+    amp: torch.dtype | None  # autocast dtype, None for full fp32
+    lengths: list[int]
+    transformer_max_l: int
+    chunk_bp: int
+    exact_l: int
+    prompts: list[int]
+    batches: list[int]
+    new_tokens: int
+    step_limit_s: float
+    budget_s: float
+    models: dict[str, MambaConfig]
+    transformer: TransformerConfig
+    simulate_oom_above: int | None
+
+
+def settings_from_args(args) -> Settings:
+    cuda = not args.cpu_smoke
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: use --cpu-smoke for the tiny CPU run")
+    if args.cpu_smoke:
+        return Settings(torch.device("cpu"), None, [2**8, 2**9, 2**10], 2**10, 2**7, 2**10, [2**7, 2**9], [1, 4], 8,
+                        args.step_limit_s, args.budget_s,
+                        {"base": MambaConfig(d_model=32, n_layer=2), "small": MambaConfig(d_model=16, n_layer=2)},
+                        TransformerConfig(d_model=32, n_layer=2, n_head=2), simulate_oom_above=2**9)
+    models = {"base": MambaConfig(d_model=256, n_layer=8), "small": MambaConfig(d_model=128, n_layer=6)}
+    if args.quick:
+        return Settings(torch.device("cuda"), torch.bfloat16, [2**14, 2**16, 2**18], 2**16, args.chunk_bp, 2**18,
+                        [2**13], [1, 64], 64, args.step_limit_s, args.budget_s, {"base": models["base"]},
+                        TransformerConfig(), None)
+    return Settings(torch.device("cuda"), torch.bfloat16, [2**k for k in range(14, 24)], 2**20, args.chunk_bp,
+                    2**18, [2**13, 2**16], [1, 64], 256, args.step_limit_s, args.budget_s, models,
+                    TransformerConfig(), None)
+
+
+class Clock:
+    def __init__(self, s: Settings):
+        self.s, self.start = s, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def sync(self) -> None:
+        if self.s.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=self.s.amp) if self.s.amp is not None else nullcontext()
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def dna(b: int, l: int, device, seed: int = 0) -> torch.Tensor:
+    """Random bases (ids 5..8, A C G T): the cost of a step does not depend on the content."""
+    return torch.randint(5, 9, (b, l), generator=torch.Generator().manual_seed(seed)).to(device)
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+# 1. exactness ------------------------------------------------------------------------------------------------
+
+GRAD_NAMES = ("embedding.weight", "layers.0.mixer.in_proj.weight", "layers.3.mixer.dt_proj.bias",
+              "layers.7.mixer.A_log", "layers.7.mixer.out_proj.weight", "norm_f.weight")
+
+
+def exactness(clock: Clock) -> list[dict]:
+    s = clock.s
+    torch.manual_seed(0)
+    model = MambaLM(s.models["base"]).to(s.device)
+    names = [n for n in GRAD_NAMES if n in dict(model.named_parameters())]
+    params = dict(model.named_parameters())
+    ids = dna(1, s.exact_l, s.device, seed=1)
+
+    def run(chunked: bool, amp: bool):
+        model.zero_grad(set_to_none=True)
+        with clock.autocast() if amp else nullcontext():
+            if chunked:
+                loss = chunked_lm_loss_mean(model, ids, s.chunk_bp)
+            else:
+                loss = F.cross_entropy(model(ids)[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+        loss.backward()
+        return float(loss), {n: params[n].grad.float().clone() for n in names}
+
+    def rel(a: dict, b: dict) -> float:
+        return max(float((a[n] - b[n]).norm() / b[n].norm().clamp_min(1e-30)) for n in names)
+
+    ref32, chk32 = run(False, False), run(True, False)
+    rows = [dict(comparison="chunked vs unchunked, fp32", loss_a=chk32[0], loss_b=ref32[0],
+                 loss_rel=abs(chk32[0] - ref32[0]) / abs(ref32[0]), grad_rel=rel(chk32[1], ref32[1]))]
+    rows[-1]["ok"] = rows[-1]["loss_rel"] < 1e-5 and rows[-1]["grad_rel"] < 1e-3
+    if s.amp is not None:
+        ref16, chk16 = run(False, True), run(True, True)
+        floor = rel(ref16[1], ref32[1])
+        rows.append(dict(comparison="unchunked bf16 vs fp32 (rounding floor)", loss_a=ref16[0], loss_b=ref32[0],
+                         loss_rel=abs(ref16[0] - ref32[0]) / abs(ref32[0]), grad_rel=floor, ok=True))
+        rows.append(dict(comparison="chunked vs unchunked, bf16", loss_a=chk16[0], loss_b=ref16[0],
+                         loss_rel=abs(chk16[0] - ref16[0]) / abs(ref16[0]), grad_rel=rel(chk16[1], ref16[1])))
+        rows[-1]["ok"] = rows[-1]["loss_rel"] < 1e-3 and rows[-1]["grad_rel"] <= max(2 * floor, 1e-2)
+    for r in rows:
+        log(f"exactness l={s.exact_l} chunk={s.chunk_bp}: {r['comparison']}: loss rel {r['loss_rel']:.2e}, "
+            f"max grad rel {r['grad_rel']:.2e} over {len(names)} tensors -> {'PASS' if r['ok'] else 'FAIL'}")
+    del model
+    free_memory()
+    return rows
+
+
+# 2. generation -----------------------------------------------------------------------------------------------
+
+def time_decode(clock: Clock, step, first_token: torch.Tensor, n: int) -> float:
+    """Seconds for n greedy decode steps after 4 untimed ones; `step(token, i) -> logits (b, V)`."""
+    token = first_token
+    for i in range(4 + n):
+        if i == 4:
+            clock.sync()
+            start = time.perf_counter()
+        token = step(token, i).argmax(-1)
+    clock.sync()
+    return time.perf_counter() - start
+
+
+def generation(clock: Clock) -> list[dict]:
+    s = clock.s
+    rows = []
+    torch.manual_seed(0)
+    mamba = MambaLM(s.models["base"]).to(s.device).eval()
+    transformer = TransformerLM(s.transformer).to(s.device).eval()
+    for prompt_len in s.prompts:
+        prompt = dna(1, prompt_len, s.device, seed=2)
+        with torch.no_grad(), clock.autocast():
+            cache1 = mamba.allocate_cache(1)
+            clock.sync()
+            t0 = time.perf_counter()
+            logits = inference.prefill(mamba, prompt, cache1)[:, -1]  # (1, V)
+            clock.sync()
+            mamba_prefill = time.perf_counter() - t0
+            kv_len = prompt_len + 4 + s.new_tokens
+            kv1 = transformer.allocate_cache(1, kv_len, dtype=s.amp or torch.float32)
+            clock.sync()
+            t0 = time.perf_counter()
+            tf_logits = transformer.prefill(prompt, kv1)  # (1, V)
+            clock.sync()
+            tf_prefill = time.perf_counter() - t0
+        for b in s.batches:
+            for name, prefill_s in (("mamba", mamba_prefill), ("transformer", tf_prefill)):
+                row = dict(model=name, prompt=prompt_len, batch=b, prefill_s=prefill_s)
+                try:
+                    with torch.no_grad(), clock.autocast():
+                        if name == "mamba":
+                            cache = InferenceCache([c.repeat(b, 1, 1) for c in cache1.conv_states],
+                                                   [h.repeat(b, 1, 1) for h in cache1.ssm_states], prompt_len)
+                            first = logits.argmax(-1).repeat(b)
+
+                            def step(tok, i, cache=cache):
+                                return mamba.step(tok, cache)
+                        else:
+                            cache = [(k.repeat(b, 1, 1, 1), v.repeat(b, 1, 1, 1)) for k, v in kv1]
+                            first = tf_logits.argmax(-1).repeat(b)
+
+                            def step(tok, i, cache=cache):
+                                return transformer.step(tok, prompt_len + i, cache)
+                        secs = time_decode(clock, step, first, s.new_tokens)
+                    row.update(tok_s=b * s.new_tokens / secs, ms_per_step=1e3 * secs / s.new_tokens, status="ok")
+                except RuntimeError as exc:
+                    if not is_oom(exc):
+                        raise
+                    row.update(status="OOM")
+                cache = step = None
+                free_memory()
+                rows.append(row)
+                log(f"generation {name:11s} prompt {prompt_len:>6} batch {b:>3}: " + (
+                    f"{row['tok_s']:,.0f} tok/s, {row['ms_per_step']:.2f} ms/step, prefill {prefill_s:.2f} s"
+                    if row["status"] == "ok" else "OOM"))
+        del cache1, kv1
+        free_memory()
+    del mamba, transformer
+    free_memory()
+    return rows
+
+
+# 3. training -------------------------------------------------------------------------------------------------
+
+def train_step(model, opt, ids, mode: str, clock: Clock, simulate_oom: bool) -> None:
+    if simulate_oom:
+        raise torch.cuda.OutOfMemoryError("simulated out of memory (--cpu-smoke exercises the OOM path)")
+    with clock.autocast():
+        if mode == "chunked":
+            loss = chunked_lm_loss_mean(model, ids, clock.s.chunk_bp)
+        else:
+            if isinstance(model, TransformerLM):
+                logits = model(ids, checkpoint_blocks=mode == "block-ckpt")
+            else:
+                logits = checkpointed_forward(model, ids) if mode == "block-ckpt" else model(ids)  # (1, l, V)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+            del logits
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def measure(model, opt, l: int, mode: str, clock: Clock) -> dict:
+    s = clock.s
+    row = dict(l=l, mode=mode)
+    simulate = s.simulate_oom_above is not None and mode == "plain" and l > s.simulate_oom_above
+    if s.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        ids = dna(1, l, s.device, seed=l)
+        times = []
+        while len(times) < (2 if not times or times[0] < 3.0 else 1) + 1:
+            clock.sync()
+            t0 = time.perf_counter()
+            train_step(model, opt, ids, mode, clock, simulate)
+            clock.sync()
+            times.append(time.perf_counter() - t0)
+        step_s = min(times[1:])
+        row.update(status="ok", step_s=step_s, tok_s=l / step_s, timed_steps=len(times) - 1)
+        if s.device.type == "cuda":
+            row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    except RuntimeError as exc:
+        if not is_oom(exc):
+            raise
+        row["status"] = "OOM"
+    opt.zero_grad(set_to_none=True)
+    ids = None
+    free_memory()
+    return row
+
+
+def series(label: str, make_model, modes: list[str], lengths: list[int], clock: Clock, fallback: bool) -> list[dict]:
+    """One configuration over growing l. With `fallback`, modes[0] is used until it runs out of memory and
+    modes[1] from then on (the Transformer); otherwise the series is one mode."""
+    s = clock.s
+    rows, mode = [], modes[0]
+    torch.manual_seed(0)
+    model = make_model().to(s.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    for l in lengths:
+        if clock.elapsed() > s.budget_s:
+            rows.append(dict(model=label, l=l, mode=mode, status="skipped (budget)"))
+            log(f"train {label} {mode} l=2^{int(math.log2(l))}: skipped, --budget-s {s.budget_s:.0f} spent")
+            continue
+        row = measure(model, opt, l, mode, clock)
+        if row["status"] == "OOM" and fallback and mode == modes[0]:
+            rows.append(dict(model=label, **row))
+            log(f"train {label} {mode} l=2^{int(math.log2(l))}: OOM, retrying with {modes[1]}")
+            mode = modes[1]
+            row = measure(model, opt, l, mode, clock)
+        rows.append(dict(model=label, **row))
+        if row["status"] == "ok":
+            log(f"train {label} {mode} l=2^{int(math.log2(l))}: {row['tok_s'] / 1e6:.3f} M tok/s, "
+                f"{row['step_s']:.3f} s/step" + (f", peak {row['peak_gib']:.1f} GiB" if "peak_gib" in row else ""))
+        else:
+            log(f"train {label} {mode} l=2^{int(math.log2(l))}: {row['status']}")
+        if row["status"] != "ok" or row["step_s"] > s.step_limit_s:
+            break
+    del model, opt
+    free_memory()
+    return rows
+
+
+def training(clock: Clock, which: list[str]) -> list[dict]:
+    """Series in the order of `which` (base, transformer, small by default: a budget cut trims the least needed)."""
+    s = clock.s
+    rows = []
+    for name in which:
+        if name == "transformer":
+            tf_lengths = [l for l in s.lengths if l <= s.transformer_max_l]
+            rows += series("transformer", lambda: TransformerLM(s.transformer), ["plain", "block-ckpt"], tf_lengths,
+                           clock, fallback=True)
+        elif name in s.models:
+            for mode in ("plain", "block-ckpt", "chunked"):
+                rows += series(f"mamba-{name}", lambda cfg=s.models[name]: MambaLM(cfg), [mode], s.lengths, clock,
+                               fallback=False)
+    return rows
+
+
+# report ------------------------------------------------------------------------------------------------------
+
+def fmt_l(l: int) -> str:
+    return f"2^{int(math.log2(l))}"
+
+
+def report(s: Settings, exact: list[dict], gen: list[dict], train: list[dict], env: str) -> str:
+    out = [f"# bench_model\n\n{env}\n", "## Exactness (chunked_lm_loss vs unchunked)\n",
+           "| comparison | loss A | loss B | loss rel | max grad rel | verdict |", "|---|---|---|---|---|---|"]
+    out += [f"| {r['comparison']} | {r['loss_a']:.6f} | {r['loss_b']:.6f} | {r['loss_rel']:.2e} | "
+            f"{r['grad_rel']:.2e} | {'PASS' if r['ok'] else 'FAIL'} |" for r in exact]
+    out += ["\n## Generation (greedy decode after a prompt)\n",
+            "| model | prompt | batch | decode tok/s | ms/step | prefill s (batch 1) |", "|---|---|---|---|---|---|"]
+    out += [f"| {r['model']} | {r['prompt']} | {r['batch']} | " + (
+        f"{r['tok_s']:,.0f} | {r['ms_per_step']:.2f} | {r['prefill_s']:.2f} |" if r["status"] == "ok"
+        else f"{r['status']} | | {r['prefill_s']:.2f} |") for r in gen]
+    out += ["\n## Training (batch 1, one AdamW step)\n",
+            "| model | mode | l | M tok/s | s/step | peak GiB | status | anchor (mamba_ssm, H100) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in train:
+        anchor = (ANCHOR_MAMBA if r["model"] == "mamba-base" else
+                  ANCHOR_TRANSFORMER if r["model"] == "transformer" else {}).get(r["l"], "")
+        if r["status"] == "ok":
+            peak = f"{r['peak_gib']:.1f}" if "peak_gib" in r else "n/a"
+            out.append(f"| {r['model']} | {r['mode']} | {fmt_l(r['l'])} | {r['tok_s'] / 1e6:.3f} | "
+                       f"{r['step_s']:.3f} | {peak} | ok | {anchor} |")
+        else:
+            out.append(f"| {r['model']} | {r['mode']} | {fmt_l(r['l'])} | | | | {r['status']} | {anchor} |")
+    out += ["\n## Longest context that trained\n", "| model | mode | longest l | M tok/s there |", "|---|---|---|---|"]
+    seen = {}
+    for r in train:
+        if r["status"] == "ok":
+            seen[(r["model"], r["mode"])] = r
+        else:
+            seen.setdefault((r["model"], r["mode"]), None)
+    for (model, mode), r in seen.items():
+        out.append(f"| {model} | {mode} | " + (f"{fmt_l(r['l'])} | {r['tok_s'] / 1e6:.3f} |" if r else "none | |"))
+    return "\n".join(out) + "\n"
+
+
+def plot(train: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    keys = list(dict.fromkeys((r["model"], r["mode"]) for r in train))
+    for model, mode in keys:
+        pts = [(r["l"], 1e6 * r["step_s"] / r["l"]) for r in train
+               if (r["model"], r["mode"]) == (model, mode) and r["status"] == "ok"]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=f"{model} {mode}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context length l (tokens)")
+    ax.set_ylabel("training step time per token (µs)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="directory for bench_model.{md,json,png}")
+    parser.add_argument("--quick", action="store_true", help="base model, l up to 2^18, 8k prompt only")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny models and lengths on the CPU")
+    parser.add_argument("--chunk-bp", type=int, default=2**16, help="sequence chunk of the chunked mode")
+    parser.add_argument("--step-limit-s", type=float, default=60.0, help="end a series after a slower step")
+    parser.add_argument("--budget-s", type=float, default=330.0, help="skip training configurations after this")
+    parser.add_argument("--sections", default="exact,gen,train", help="comma-separated subset of exact,gen,train")
+    parser.add_argument("--models", default="base,transformer,small",
+                        help="training series to run, in this order: subset of base,transformer,small")
+    args = parser.parse_args()
+    sections, which = set(args.sections.split(",")), args.models.split(",")
+    if not sections <= {"exact", "gen", "train"}:
+        raise SystemExit(f"--sections takes exact, gen, train; got {args.sections}")
+    if not set(which) <= {"base", "transformer", "small"}:
+        raise SystemExit(f"--models takes base, transformer, small; got {args.models}")
+    s = settings_from_args(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    clock = Clock(s)
+    device_name = torch.cuda.get_device_name() if s.device.type == "cuda" else "CPU"
+    env = (f"device {device_name}, torch {torch.__version__}, autocast {s.amp}, chunk_bp {s.chunk_bp}, "
+           f"{'cpu-smoke' if args.cpu_smoke else 'quick' if args.quick else 'full'} run")
+    log(env)
+    exact = exactness(clock) if "exact" in sections else []
+    gen = generation(clock) if "gen" in sections else []
+    train = training(clock, which) if "train" in sections else []
+    text = report(s, exact, gen, train, env + f", wall {clock.elapsed():.0f} s")
+    (args.out / "bench_model.md").write_text(text)
+    (args.out / "bench_model.json").write_text(json.dumps(dict(env=env, exactness=exact, generation=gen,
+                                                               training=train), indent=1))
+    if train:
+        plot(train, args.out / "bench_model.png")
+    log("\n" + text)
+    if any(not r["ok"] for r in exact):
+        raise SystemExit("exactness check FAILED")
+
+
+if __name__ == "__main__":
+    main()

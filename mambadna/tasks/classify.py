@@ -1,0 +1,76 @@
+"""Sequence classification: a MambaClassifier (pooled features -> Linear) with accuracy, macro-F1 and a
+confusion matrix."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from mambadna.model import MambaClassifier
+from mambadna.tasks.memory import enable_activation_checkpointing, maybe_compile
+from mambadna.tasks.optim import build_optimizer
+from mambadna.tasks.run_config import OptimSpec
+
+
+class ClassifyTask(pl.LightningModule):
+    def __init__(self, model: MambaClassifier, optim: OptimSpec, class_names: list[str],
+                 freeze_backbone: bool = False, activation_checkpointing: bool = False, compile: bool = False):
+        super().__init__()
+        if len(class_names) < 2:
+            raise ValueError(f"classification needs at least 2 classes, the data has {len(class_names)}: "
+                             f"{class_names}")
+        self.model, self.optim, self.class_names = model, optim, list(class_names)
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            for p in self.model.backbone.parameters():
+                p.requires_grad_(False)
+        if activation_checkpointing:
+            enable_activation_checkpointing(self.model.backbone.layers)
+        object.__setattr__(self, "_forward", maybe_compile(self.model, compile))
+        k = len(class_names)
+        self.metrics = torch.nn.ModuleDict({
+            split: torch.nn.ModuleDict({
+                "accuracy": MulticlassAccuracy(k, average="micro"),
+                "macro_f1": MulticlassF1Score(k, average="macro"),
+            }) for split in ("train_", "val_", "test_")  # "train" is a reserved ModuleDict key prefix clash
+        })
+        self.confusion = MulticlassConfusionMatrix(k)
+
+    def on_train_epoch_start(self):
+        if self.freeze_backbone:
+            self.model.backbone.eval()  # frozen features: no dropout-like train behaviour, fixed statistics
+
+    def forward(self, input_ids, attention_mask=None):
+        return self._forward(input_ids, attention_mask)
+
+    def _step(self, split: str, batch) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch.get("attention_mask"))  # (b, k)
+        labels = batch["label"]
+        loss = F.cross_entropy(logits.float(), labels)
+        preds = logits.argmax(-1)
+        on_step = split == "train"
+        kw = dict(on_step=on_step, on_epoch=not on_step, batch_size=labels.shape[0], sync_dist=not on_step)
+        self.log(f"{split}/loss", loss, prog_bar=True, **kw)
+        for name, metric in self.metrics[split + "_"].items():
+            metric(preds, labels)
+            self.log(f"{split}/{name}", metric, on_step=on_step, on_epoch=not on_step, prog_bar=name == "accuracy")
+        if split == "test":
+            self.confusion.update(preds, labels)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step("train", batch)
+
+    def validation_step(self, batch, batch_idx):
+        return self._step("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        return self._step("test", batch)
+
+    def on_test_epoch_start(self):
+        self.confusion.reset()
+
+    def configure_optimizers(self):
+        return build_optimizer(self.model, self.optim, int(self.trainer.max_steps))

@@ -1,0 +1,88 @@
+"""Two CPU processes on gloo: DDP gradients equal one process on the same global batch; ranks draw disjoint
+windows."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.utils.data.distributed import DistributedSampler
+
+from mambadna.config import tiny
+from mambadna.data import GenomeDataModule, GenomeWindowDataset, bundled_path
+from mambadna.tasks.lm import LMTask
+from mambadna.tasks.run_config import OptimSpec
+
+WORLD = 2
+
+
+def make_task_and_batch():
+    torch.manual_seed(0)
+    task = LMTask(tiny(d_model=16, d_state=4), OptimSpec())
+    ds = GenomeWindowDataset(bundled_path("lambda"), 48, num_windows=8, seed=3)
+    batch = torch.stack([ds[i]["input_ids"] for i in range(len(ds))])  # (8, 48)
+    return task, batch
+
+
+def _worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    task, batch = make_task_and_batch()
+    ddp = torch.nn.parallel.DistributedDataParallel(task.model)
+    local = batch[rank::WORLD]  # each rank sees half of the global batch, as a DistributedSampler would
+    logits = ddp(local)
+    from mambadna.tasks.lm import next_token_loss
+
+    loss = next_token_loss(logits, local, None, task.pad_id)
+    loss.backward()
+    mean_loss = loss.detach().clone()
+    dist.all_reduce(mean_loss)
+    if rank == 0:
+        grads = {n: p.grad for n, p in task.model.named_parameters()}
+        torch.save({"loss": mean_loss / WORLD, "grads": grads}, os.path.join(out_dir, "ddp.pt"))
+    dist.destroy_process_group()
+
+
+def spawn_workers(out_dir: str) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(port, out_dir), nprocs=WORLD, join=True)
+
+
+@pytest.mark.timeout(300)
+def test_ddp_gradients_equal_single_process(tmp_path):
+    # a fresh interpreter: spawning from inside pytest's process (capture, plugins) can hang the workers
+    # (with its own pipes: workers inheriting pytest's captured file descriptors hang)
+    proc = subprocess.run([sys.executable, __file__, str(tmp_path)], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = torch.load(tmp_path / "ddp.pt", weights_only=True)
+
+    task, batch = make_task_and_batch()
+    loss = task.loss({"input_ids": batch})
+    loss.backward()
+    torch.testing.assert_close(result["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
+    for name, param in task.model.named_parameters():
+        torch.testing.assert_close(result["grads"][name], param.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_ranks_draw_disjoint_windows():
+    dm = GenomeDataModule(bundled_path("lambda"), window_bp=100, batch_size=4, train_windows=64)
+    dataset = dm.train_dataloader().dataset
+    starts = []
+    for rank in range(WORLD):  # what Lightning's DistributedSampler gives each rank under strategy="ddp"
+        sampler = DistributedSampler(dataset, num_replicas=WORLD, rank=rank, shuffle=False)
+        starts.append({dataset.window(i)[:2] for i in sampler})
+    assert len(starts[0]) == len(starts[1]) == 32
+    assert not starts[0] & starts[1]
+
+
+if __name__ == "__main__":
+    spawn_workers(sys.argv[1])

@@ -1,0 +1,68 @@
+"""--resume continues the exact run: optimizer, scheduler, sampling epoch and warmup stage."""
+
+import pytest
+import pytorch_lightning as pl
+
+from mambadna.tasks import run_config as rc
+from mambadna.tasks import train
+
+
+class Interrupt(Exception):
+    pass
+
+
+class Record(pl.Callback):
+    def __init__(self, stop_at=None):
+        self.losses, self.shapes, self.stop_at = {}, {}, stop_at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.stop_at is not None and trainer.global_step == self.stop_at:
+            raise Interrupt
+        self.shapes[trainer.global_step + 1] = tuple(batch["input_ids"].shape)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses[trainer.global_step] = float(outputs["loss"])
+
+
+REAL_BUILD_TRAINER = train.build_trainer
+
+
+def run(monkeypatch, out_dir, recorder, resume=False):
+    monkeypatch.setattr(train, "build_trainer",
+                        lambda t, o, clip, extra=(): REAL_BUILD_TRAINER(t, o, clip, [*extra, recorder]))
+    cfg = rc.apply_overrides(rc.PretrainConfig(), [
+        f"out_dir={out_dir}", "model.d_model=16", "model.d_state=4", "data.window_bp=64", "data.batch_size=4",
+        "data.train_windows=16", "data.val_windows=4", "train.max_steps=8", "train.ckpt_every_n_steps=100",
+        "train.log_every_n_steps=1", "train.progress_bar=false", "train.seqlen_warmup_from_bp=32"])
+    try:
+        train.run_pretrain(cfg, resume=resume)
+    except Interrupt:
+        pass
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
+    full = Record()
+    run(monkeypatch, tmp_path / "full", full)
+    # warmup: epoch 0 = 32 bp x 8 (2 steps), then 64 bp x 4 (4 steps per epoch)
+    assert full.shapes[1] == (8, 32) and full.shapes[3] == (4, 64) and full.shapes[8] == (4, 64)
+
+    first = Record(stop_at=6)  # killed at the start of step 7, after epoch 1's end-of-epoch checkpoint
+    run(monkeypatch, tmp_path / "cut", first)
+    assert sorted(first.losses) == [1, 2, 3, 4, 5, 6]
+    assert (tmp_path / "cut" / "checkpoints" / "last.ckpt").is_file()
+
+    resumed = Record()
+    run(monkeypatch, tmp_path / "cut", resumed, resume=True)
+    assert sorted(resumed.losses) == [7, 8]
+    for step in (7, 8):
+        assert resumed.shapes[step] == full.shapes[step]
+        assert resumed.losses[step] == pytest.approx(full.losses[step], rel=1e-4, abs=1e-5)
+    assert (tmp_path / "cut" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "cut" / "logs.part1" / "metrics.csv").is_file()  # the interrupted part's log is kept
+    assert (tmp_path / "cut" / "curves.png").is_file()
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path):
+    cfg = rc.PretrainConfig(out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="no checkpoint to resume"):
+        train.run_pretrain(cfg, resume=True)
