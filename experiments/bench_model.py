@@ -12,9 +12,9 @@ budget cut trims the least needed):
    8k and a 64k prompt, batch 1 and 64 (the prompt is prefilled at batch 1 and its state copied to every row).
 3. training: tokens/s, step time and peak memory of one AdamW step (batch 1, bf16 autocast, fp32 weights) at
    l = 2^14 ... 2^23, for MambaLM "base" (d 256 x 8, 3.5M parameters) and "small" (d 128 x 6) in three modes:
-   plain, per-block activation checkpointing (`long_context.checkpointed_forward`) and sequence chunking
-   (`long_context.chunked_lm_loss`, --chunk-bp); and the Transformer (experiments/transformer_baseline.py) plain,
-   switching to per-block checkpointing from the first length where plain runs out of memory, up to 2^20.
+   plain, per-block activation checkpointing (`tasks.memory.enable_activation_checkpointing`) and sequence
+   chunking (`long_context.chunked_lm_loss`, --chunk-bp); and the Transformer (experiments/transformer_baseline.py)
+   plain, switching to per-block checkpointing from the first length where plain runs out of memory, up to 2^20.
    Each configuration: one warm-up step, then 2 timed steps (1 when the warm-up took over 3 s). A CUDA OOM is
    recorded as "OOM" and ends that series; so does a step over --step-limit-s, or the --budget-s being spent.
 
@@ -43,8 +43,9 @@ from transformer_baseline import TransformerConfig, TransformerLM  # noqa: E402
 from mambadna import inference  # noqa: E402
 from mambadna.config import MambaConfig  # noqa: E402
 from mambadna.inference import InferenceCache  # noqa: E402
-from mambadna.long_context import checkpointed_forward, chunked_lm_loss_mean  # noqa: E402
+from mambadna.long_context import chunked_lm_loss_mean  # noqa: E402
 from mambadna.model import MambaLM  # noqa: E402
+from mambadna.tasks.memory import enable_activation_checkpointing  # noqa: E402
 
 # mamba_ssm's CUDA scan on an H100 80GB, same 3.5M model, batch 1, bf16 (from the issue): l -> (M tok/s, GB)
 ANCHOR_MAMBA = {2**14: "0.60 M/s 1.4 GB", 2**16: "0.96 M/s 5.2 GB", 2**18: "0.95 M/s 20.5 GB",
@@ -245,6 +246,14 @@ def generation(clock: Clock) -> list[dict]:
 
 # 3. training -------------------------------------------------------------------------------------------------
 
+def mamba_for_mode(config: MambaConfig, mode: str) -> MambaLM:
+    """A fresh MambaLM; for "block-ckpt" with the training tasks' per-block activation checkpointing switched on."""
+    model = MambaLM(config)
+    if mode == "block-ckpt":
+        enable_activation_checkpointing(model.layers)
+    return model
+
+
 def train_step(model, opt, ids, mode: str, clock: Clock, simulate_oom: bool) -> None:
     if simulate_oom:
         raise torch.cuda.OutOfMemoryError("simulated out of memory (--cpu-smoke exercises the OOM path)")
@@ -255,7 +264,7 @@ def train_step(model, opt, ids, mode: str, clock: Clock, simulate_oom: bool) -> 
             if isinstance(model, TransformerLM):
                 logits = model(ids, checkpoint_blocks=mode == "block-ckpt")
             else:
-                logits = checkpointed_forward(model, ids) if mode == "block-ckpt" else model(ids)  # (1, l, V)
+                logits = model(ids)  # (1, l, V); a "block-ckpt" MambaLM was built checkpointed (mamba_for_mode)
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
             del logits
     loss.backward()
@@ -335,8 +344,8 @@ def training(clock: Clock, which: list[str]) -> list[dict]:
                            clock, fallback=True)
         elif name in s.models:
             for mode in ("plain", "block-ckpt", "chunked"):
-                rows += series(f"mamba-{name}", lambda cfg=s.models[name]: MambaLM(cfg), [mode], s.lengths, clock,
-                               fallback=False)
+                rows += series(f"mamba-{name}", lambda cfg=s.models[name], m=mode: mamba_for_mode(cfg, m), [mode],
+                               s.lengths, clock, fallback=False)
     return rows
 
 

@@ -24,7 +24,7 @@ SHORTCUTS = {
     "accelerator": "train.accelerator", "accumulate": "train.accumulate_grad_batches",
     "ckpt_every": "train.ckpt_every_n_steps", "seed": "train.seed", "num_workers": "data.num_workers",
     "genome": "data.genome", "manifest": "data.manifest", "train": "data.train", "val": "data.val",
-    "test": "data.test", "pretrained": "pretrained", "pooling": "pooling",
+    "test": "data.test", "pretrained": "pretrained", "pooling": "pooling", "chunk_bp": "train.chunk_bp",
 }
 
 
@@ -69,6 +69,12 @@ def _add_run_flags(p: argparse.ArgumentParser, finetune: bool) -> None:
         p.add_argument("--freeze-backbone", action="store_true", help="train only the classification head")
     else:
         p.add_argument("--genome", metavar="FASTA", help="genome to pretrain on (default: the bundled genomes)")
+        p.add_argument("--chunk-bp", type=int, metavar="INT", help="run each sequence through all layers in chunks "
+                       "of this many bases, carrying conv and SSM state and recomputing each chunk in the backward: "
+                       "peak memory grows with the chunk, not the window; exact (train.chunk_bp)")
+        p.add_argument("--tbptt", action="store_true", help="truncated BPTT: train over whole contigs in "
+                       "consecutive windows of --window-bp, carrying the state forward without gradient; "
+                       "--batch-size is the number of parallel streams (train.tbptt)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-regex", default="", help="regex with one group taking a label from FASTA names")
     p.add_argument("--max-length-bp", type=int, help="truncate sequences to this many bases")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
+    p.add_argument("--chunk-bp", type=int, metavar="INT", help="run long sequences through the model in chunks of "
+                   "this many bases, carrying the state: memory grows with the chunk, not the sequence; same output")
 
     p = sub.add_parser("generate", help="sample DNA from a prompt with the recurrent step; writes FASTA")
     p.add_argument("checkpoint", help="save_pretrained MambaLM folder")
@@ -141,6 +149,8 @@ def _run_config(args, finetune: bool):
         sets.append("train.progress_bar=false")
     if finetune and args.freeze_backbone:
         sets.append("freeze_backbone=true")
+    if not finetune and args.tbptt:
+        sets.append("train.tbptt=true")
     return rc.apply_overrides(cfg, sets + args.overrides)
 
 
@@ -177,7 +187,7 @@ def _cmd_embed(args) -> int:
     model = load_lm(args.checkpoint)
     records = read_records(args.input, label_regex=args.label_regex)
     pooled, positions = embed_records(model, records, args.pooling, args.per_position, args.batch_size,
-                                      args.max_length_bp)
+                                      args.max_length_bp, chunk_bp=args.chunk_bp)
     files = write_embeddings(args.out, records, pooled, positions)
     _print_summary(f"embedded {len(records)} sequences (d = {pooled.shape[1]})", files)
     return 0

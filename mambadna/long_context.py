@@ -10,8 +10,9 @@ token ids, the targets, every layer's states at the chunk boundary and a scalar.
 chunks in reverse order (chunk k+1 consumed chunk k's states, so its backward runs first) and the state gradients
 flow from chunk k+1 into chunk k. Peak activation memory grows with `chunk_bp`, not with the context.
 
-`checkpointed_forward` is the other, per-block form of activation checkpointing (stores one (b, l, d) residual
-per layer); `chunked_hidden_states` embeds long sequences under no_grad in O(chunk) activation memory.
+The other, per-block form of activation checkpointing (one (b, l, d) residual stored per layer) is
+`mambadna.tasks.memory.enable_activation_checkpointing`; `chunked_hidden_states` embeds long sequences under
+no_grad in O(chunk) activation memory.
 Symbols as in mambadna/model.py.
 """
 
@@ -190,18 +191,3 @@ def chunked_hidden_states(model: "MambaLM", input_ids: torch.Tensor, chunk_bp: i
             out = torch.empty(b, l, hidden.shape[-1], dtype=hidden.dtype, device=out_device or hidden.device)
         out[:, start : start + hidden.shape[1]] = hidden
     return out
-
-
-def checkpointed_forward(model: "MambaLM", input_ids: torch.Tensor) -> torch.Tensor:
-    """input_ids (b, l) -> logits (b, l, V), like `model(input_ids)`, with per-block activation checkpointing:
-    only each block's input residual (b, l, d) is stored and the block is recomputed in the backward."""
-    model._check_ids(input_ids)
-    residual = model.embedding(input_ids)  # (b, l, d)
-    if model.config.residual_in_fp32:
-        residual = residual.float()
-    for layer in model.layers:
-        if torch.is_grad_enabled():
-            residual = checkpoint(layer, residual, use_reentrant=False)
-        else:
-            residual = layer(residual)
-    return model.lm_head(model.norm_f(residual))  # (b, l, d) -> (b, l, V)

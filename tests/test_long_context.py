@@ -5,13 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from mambadna.long_context import (
-    checkpointed_forward,
     chunked_hidden_states,
     chunked_lm_loss,
     chunked_lm_loss_mean,
     forward_with_states,
 )
 from mambadna.model import MambaLM
+from mambadna.tasks.memory import enable_activation_checkpointing
 
 
 @pytest.fixture
@@ -147,11 +147,12 @@ def test_forward_with_states_continues_a_sequence(model):
     torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=1e-4, atol=1e-5)
 
 
-def test_checkpointed_forward_equals_plain_forward_and_gradients(model):
+def test_block_checkpointing_equals_plain_forward_and_gradients(model):
     ids = _ids(2, 20)
     want_logits = model(ids)
     want_grads = torch.autograd.grad(want_logits.square().sum(), list(model.parameters()))
-    logits = checkpointed_forward(model, ids)
+    enable_activation_checkpointing(model.layers)
+    logits = model(ids)
     torch.testing.assert_close(logits, want_logits)
     _assert_grads_close(torch.autograd.grad(logits.square().sum(), list(model.parameters())), want_grads, 1e-5)
 

@@ -12,14 +12,15 @@ from mambadna.data.labelled import LabelledSequenceDataset
 from mambadna.data.normalize import normalize_fasta
 from mambadna.data.regions import Interval, read_bed, split_regions
 from mambadna.data.species import SpeciesWindowDataset, read_manifest
+from mambadna.data.streams import ContigStreams
 from mambadna.data.windows import GenomeWindowDataset
 
 _LIGHTNING = ("GenomeDataModule", "SpeciesDataModule", "LabelledDataModule")
 
 __all__ = [
-    "ContigStats", "DataError", "DataWarning", "Genome", "GenomeWindowDataset", "Interval", "LabelledSequenceDataset",
-    "LengthBucketBatchSampler", "PadCollate", "SpeciesWindowDataset", "bundled_genomes", "bundled_path", "data_dir",
-    "normalize_fasta", "read_bed", "read_manifest", "split_regions", *_LIGHTNING,
+    "ContigStats", "ContigStreams", "DataError", "DataWarning", "Genome", "GenomeWindowDataset", "Interval",
+    "LabelledSequenceDataset", "LengthBucketBatchSampler", "PadCollate", "SpeciesWindowDataset", "bundled_genomes",
+    "bundled_path", "data_dir", "normalize_fasta", "read_bed", "read_manifest", "split_regions", *_LIGHTNING,
 ]
 
 

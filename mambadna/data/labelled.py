@@ -109,7 +109,7 @@ class LabelledSequenceDataset(Dataset):
             if pattern.groups != 1:
                 raise DataError(f"label_regex {label_regex!r} must have exactly one group, it has {pattern.groups}")
         genome = Genome(path, validate=True)
-        headers = _headers(genome.fasta_path if not genome.compressed else genome.source_path)
+        headers = fasta_headers(genome.fasta_path if not genome.compressed else genome.source_path)
         seqs, labels = [], []
         for name, length_bp in genome.contigs.items():
             header = headers.get(name, name)
@@ -122,7 +122,7 @@ class LabelledSequenceDataset(Dataset):
         return cls(seqs, labels, tokenizer, class_names, source=str(path))
 
 
-def _headers(path: Path) -> dict[str, str]:
+def fasta_headers(path: Path) -> dict[str, str]:
     """{contig name: full header line without '>'}; pyfaidx keeps only the name, labels live in the rest."""
     import gzip
 

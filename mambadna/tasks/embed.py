@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mambadna.model import MambaClassifier, MambaLM
+from mambadna.long_context import check_chunk_bp, chunked_hidden_states
+from mambadna.model import MambaClassifier, MambaLM, pool
 
 
 @dataclass
@@ -31,6 +32,7 @@ def read_records(path: str | Path, label_regex: str = "", sequence_column: str =
     """Sequences of a FASTA (labels from `label_regex`'s group in the header, if given) or a CSV/TSV table with a
     `sequence` column and optional `name` and `label` columns."""
     from mambadna.data import Genome
+    from mambadna.data.labelled import fasta_headers
 
     path = Path(path)
     if not path.is_file():
@@ -46,9 +48,11 @@ def read_records(path: str | Path, label_regex: str = "", sequence_column: str =
     else:
         pattern = re.compile(label_regex) if label_regex else None
         genome = Genome(path)
+        # pyfaidx keeps only the first word of a header; labels usually live in the rest of the line
+        headers = fasta_headers(genome.fasta_path if not genome.compressed else genome.source_path) if pattern else {}
         records = []
         for name, length_bp in genome.contigs.items():
-            match = pattern.search(name) if pattern else None
+            match = pattern.search(headers.get(name, name)) if pattern else None
             records.append(Record(name, genome.fetch(name, 0, length_bp), match.group(1) if match else ""))
     if not records:
         raise ValueError(f"{path}: no sequences")
@@ -74,11 +78,16 @@ def load_lm(checkpoint: str | Path) -> MambaLM:
 
 @torch.no_grad()
 def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", per_position: bool = False,
-                  batch_size: int = 16, max_length_bp: int | None = None, device: str = "cpu"):
+                  batch_size: int = 16, max_length_bp: int | None = None, device: str = "cpu",
+                  chunk_bp: int | None = None):
     """-> (pooled (n, d) float32, per-position list of (l_i, d) arrays or None). Batches are length-sorted and
-    right-padded (the model is causal: right padding leaves real positions unchanged)."""
+    right-padded (the model is causal: right padding leaves real positions unchanged). `chunk_bp` runs each batch
+    chunk by chunk with the state carried (`long_context.chunked_hidden_states`): the same vectors in activation
+    memory that grows with the chunk rather than the sequence."""
     from mambadna.tokenizer import tokenizer_from_name
 
+    if chunk_bp is not None:
+        check_chunk_bp(chunk_bp)
     tokenizer = tokenizer_from_name(model.config.tokenizer)
     model = model.to(device).eval()
     order = sorted(range(len(records)), key=lambda i: len(records[i].sequence))
@@ -88,7 +97,12 @@ def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", 
         idx = order[lo : lo + batch_size]
         seqs = [records[i].sequence[:max_length_bp] if max_length_bp else records[i].sequence for i in idx]
         batch = tokenizer.batch_encode(seqs)
-        hidden, vectors = model.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device), pooling)
+        input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        if chunk_bp is None:
+            hidden = model.hidden_states(input_ids)  # (b, l, d)
+        else:
+            hidden = chunked_hidden_states(model, input_ids, chunk_bp)  # (b, l, d)
+        vectors = pool(hidden, attention_mask, pooling)  # (b, d), as MambaLM.embed pools
         for j, i in enumerate(idx):
             pooled[i] = vectors[j].float().cpu().numpy()
             if per_position:

@@ -125,6 +125,13 @@ class TrainSpec:
     # data.window_bp, halving the batch so tokens per step stay constant. 0 turns it off.
     seqlen_warmup_from_bp: int = 0
     epochs_per_stage: int = 1
+    # Long contexts (pretraining only; see mambadna/long_context.py and mambadna/tbptt.py). chunk_bp runs each
+    # sequence through all layers in chunks of this many bases, recomputing each chunk in the backward: exact, with
+    # peak memory growing with the chunk. tbptt trains over whole contigs in consecutive windows of data.window_bp,
+    # carrying the state forward without gradient; an epoch is then one pass over the split (every stream to its
+    # end, validation likewise over the whole val split), so data.train_windows / data.val_windows do not apply.
+    chunk_bp: int | None = None
+    tbptt: bool = False
 
     def __post_init__(self):
         _positive("train", self, "max_steps", "accumulate_grad_batches", "ckpt_every_n_steps", "log_every_n_steps",
@@ -136,6 +143,25 @@ class TrainSpec:
             raise ValueError(f"train.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
         if self.seqlen_warmup_from_bp < 0:
             raise ValueError(f"train.seqlen_warmup_from_bp must be >= 0, got {self.seqlen_warmup_from_bp}")
+        _positive("train", self, "chunk_bp", allow_none=True)
+        self._check_long_context()
+
+    def _check_long_context(self) -> None:
+        # the per-block checkpoint wrapper and torch.compile act on the plain forward only; chunked and TBPTT
+        # steps run the layers with carried state, so either combination would silently do nothing
+        if self.activation_checkpointing and self.chunk_bp:
+            raise ValueError("--activation-checkpointing (train.activation_checkpointing) and --chunk-bp "
+                             "(train.chunk_bp) are mutually exclusive: chunk_bp already recomputes each chunk in "
+                             "the backward; use one of them")
+        if self.activation_checkpointing and self.tbptt:
+            raise ValueError("--activation-checkpointing (train.activation_checkpointing) does not apply with --tbptt "
+                             "(train.tbptt): its windows run with carried state; use --chunk-bp to save memory")
+        if self.compile and (self.chunk_bp or self.tbptt):
+            raise ValueError("train.compile only compiles the plain forward; it does not apply with train.chunk_bp "
+                             "or train.tbptt")
+        if self.tbptt and self.seqlen_warmup_from_bp:
+            raise ValueError("train.seqlen_warmup_from_bp does not apply with train.tbptt: the window stays "
+                             "data.window_bp and the carried state supplies the longer context")
 
     def lightning_devices(self):
         text = str(self.devices).strip()
@@ -172,6 +198,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.train.chunk_bp or self.train.tbptt:
+            raise ValueError("train.chunk_bp and train.tbptt apply to pretraining only")
 
 
 # ---- dict <-> dataclass, recipes and --set overrides ----

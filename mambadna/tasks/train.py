@@ -31,6 +31,7 @@ from mambadna.tasks.defaults import default_pretrain_genome, default_species_man
 from mambadna.tasks.lm import LMTask
 from mambadna.tasks.plots import plot_curves, save_confusion
 from mambadna.tasks.run_config import FinetuneConfig, ModelSpec, PretrainConfig, TrainSpec, save_config
+from mambadna.tasks.streams import StreamsDataModule
 from mambadna.tokenizer import tokenizer_from_name
 
 TRAINING_INFO = "training.json"
@@ -49,7 +50,8 @@ def memory_advice():
         first = str(err).splitlines()[0] if str(err) else "out of memory"
         raise ValueError(f"out of memory ({first[:120]}). To use less memory: lower data.batch_size (and raise "
                          "train.accumulate_grad_batches to keep the batch), lower data.window_bp, set "
-                         "train.activation_checkpointing=true, or train.precision=bf16-mixed") from None
+                         "train.activation_checkpointing=true or train.chunk_bp (pretraining), or "
+                         "train.precision=bf16-mixed") from None
 
 
 def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra_callbacks=(),
@@ -81,6 +83,8 @@ def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra
         gradient_clip_val=grad_clip or None, log_every_n_steps=train.log_every_n_steps, callbacks=callbacks, logger=loggers,
         enable_progress_bar=train.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         reload_dataloaders_every_n_epochs=1, **val_kwargs,
+        # TBPTT streams are already split per rank and must keep their order: no DistributedSampler
+        use_distributed_sampler=not train.tbptt,
     )
 
 
@@ -125,13 +129,19 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     model_config = cfg.model.mamba_config()
     d = cfg.data
-    datamodule = GenomeDataModule(
-        genome, window_bp=d.window_bp, batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.train.seed,
-        max_n_fraction=d.max_n_fraction, reverse_complement=d.reverse_complement, train_windows=d.train_windows,
-        val_windows=d.val_windows, test_windows=d.test_windows, tokenizer=tokenizer_from_name(model_config.tokenizer),
-    )
+    tokenizer = tokenizer_from_name(model_config.tokenizer)
+    if cfg.train.tbptt:
+        datamodule = StreamsDataModule(genome, window_bp=d.window_bp, batch_size=d.batch_size,
+                                       num_workers=d.num_workers, seed=cfg.train.seed, tokenizer=tokenizer)
+    else:
+        datamodule = GenomeDataModule(
+            genome, window_bp=d.window_bp, batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.train.seed,
+            max_n_fraction=d.max_n_fraction, reverse_complement=d.reverse_complement, train_windows=d.train_windows,
+            val_windows=d.val_windows, test_windows=d.test_windows, tokenizer=tokenizer,
+        )
     save_config(cfg, out_dir / "run_config.json")
-    task = LMTask(model_config, cfg.optim, cfg.train.activation_checkpointing, cfg.train.compile)
+    t = cfg.train
+    task = LMTask(model_config, cfg.optim, t.activation_checkpointing, t.compile, chunk_bp=t.chunk_bp, tbptt=t.tbptt)
     extra = []
     if cfg.train.seqlen_warmup_from_bp:
         extra.append(SeqLenWarmup(doubling_stages(cfg.train.seqlen_warmup_from_bp, d.window_bp, d.batch_size,
