@@ -17,10 +17,11 @@ program of its own, for a block of BLOCK_D channels:
             B2 `_carry_scan`         reversed: the adjoint entering each chunk's end
             B3 `_bwd_chunk_scan`     recomputes h inside the chunk, scans the adjoint in reverse, writes all grads
 
-Only the inputs, ΣΔ per chunk and H (b, d, n, l/T + 1) fp32 are saved for the backward: never the (b, d, l, n)
-expansion, so memory is O(b·d·l) plus O(b·d·n·l/T). The exp throughput is the floor at small d_state: F1, F3, B1
-take one exp per (b, d, l, n) element each, B3 two (a_t for the forward recurrence, a_{t+1} for the adjoint;
-Triton has no register shift along an axis, and recovering a_{t+1} by division underflows).
+Only the inputs, ΣΔ per chunk and H (b, l/T + 1, n, d) fp32 are saved for the backward: never the (b, d, l, n)
+expansion, so memory is O(b·d·l) plus O(b·d·n·l/T). F1, F3 and B1 take one exp per (b, d, l, n) element each, B3
+two (a_t for the forward recurrence, a_{t+1} for the adjoint: Triton has no register shift along an axis, and
+recovering a_{t+1} by division underflows). Measured on an H100, B3 dominates and is bound by its cross-lane work
+(the channel reductions for dB/dC and the reverse scan), not by exps or bytes: experiments/BENCHMARKS.md.
 
 Numerics: Δ·A ≤ 0, so every exp is of a non-positive number and none overflows; products of decays only shrink.
 Sums of Δ are direct (cumulative) sums, never differences of two large sums, which would cancel and be amplified
@@ -33,7 +34,6 @@ that 2^20 positions × 1536 channels × batch never overflow int32.
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
