@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mambadna.config import MambaConfig
+from mambadna.long_context import IGNORE_INDEX as IGNORE
 from mambadna.long_context import chunked_lm_loss
 from mambadna.model import MambaLM
 from mambadna.tasks.memory import enable_activation_checkpointing, maybe_compile
@@ -22,8 +23,6 @@ from mambadna.tasks.optim import build_optimizer
 from mambadna.tasks.run_config import OptimSpec
 from mambadna.tbptt import TBPTTRunner
 from mambadna.tokenizer import tokenizer_from_name
-
-IGNORE = -100
 
 
 def next_token_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_id: int) -> torch.Tensor:

@@ -48,8 +48,7 @@ class ModelSpec:
         tokenizer_from_name(self.tokenizer)
 
     def mamba_config(self) -> MambaConfig:
-        vocab = tokenizer_from_name(self.tokenizer).vocab_size
-        vocab = -(-vocab // 8) * 8
+        vocab = tokenizer_from_name(self.tokenizer).vocab_size  # already padded to a multiple of 8
         return MambaConfig(d_model=self.d_model, n_layer=self.n_layer, d_state=self.d_state, d_conv=self.d_conv,
                            expand=self.expand, vocab_size=vocab, tokenizer=self.tokenizer)
 
