@@ -1,7 +1,10 @@
-"""Checkpoint directories: config.json (config, tokenizer, version, model class) + model.safetensors (no pickle).
+"""Saved model folders: config.json (config, tokenizer, version, model class) + model.safetensors (no pickle).
 
 safetensors refuses tensors that share memory, so a weight tied to another (the LM head tied to the embedding)
 is written once and recorded under "tied_weights"; loading rebuilds the model from its config, which re-ties it.
+
+Model classes inherit `Pretrained` (their `save_pretrained` / `from_pretrained`), which also registers them by
+name, so `load(directory)` returns whichever class a folder holds without this module importing the model.
 """
 
 from __future__ import annotations
@@ -12,12 +15,39 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mambadna import __version__
 from mambadna.config import MambaConfig
 from mambadna.tokenizer import tokenizer_from_name
+from mambadna.version import __version__
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+# model class name -> class, filled by `Pretrained.__init_subclass__` when mambadna.model is imported
+MODEL_CLASSES: dict[str, type] = {}
+
+
+class Pretrained:
+    """Mixin for model classes: `save_pretrained(dir)`, `cls.from_pretrained(dir)`, and registration for `load`."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        MODEL_CLASSES[cls.__name__] = cls
+
+    def save_pretrained(self, directory) -> None:
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, config: MambaConfig | None = None, map_location="cpu"):
+        return load_pretrained(cls, directory, config=config, map_location=map_location)
+
+
+def load(directory, map_location="cpu"):
+    """The model saved in `directory`, as the class it was saved from (a MambaLM, a MambaClassifier, ...)."""
+    kind = read_config(directory)["model_class"]
+    if kind not in MODEL_CLASSES:
+        raise ValueError(f"{directory} holds a {kind}, which this version of mambadna does not know "
+                         f"(known: {', '.join(sorted(MODEL_CLASSES))})")
+    return MODEL_CLASSES[kind].from_pretrained(directory, map_location=map_location)
 
 
 def save_pretrained(model: torch.nn.Module, directory) -> None:

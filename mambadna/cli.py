@@ -1,8 +1,9 @@
 """The `mambadna` command: pretrain, finetune, evaluate, embed, generate, probe and demo.
 
-Settings resolve in this order: the subcommand's defaults, then `--recipe FILE` (TOML/JSON, nested like the run
-config), then the shortcut flags (--steps, --window-bp, ...), then `--set key=value` (dotted keys). Bad input of
-any kind ends with one line `error: ...` and exit code 2.
+Run settings (pretrain, finetune) resolve in this order: the subcommand's defaults, then `--recipe FILE` (TOML/JSON,
+nested like the run config), then the flags (every setting is `--section.key VALUE`, the common ones also have a
+short alias such as --steps; all are generated from the dataclasses of mambadna/run_config.py), then
+`--set key=value` (dotted keys). Bad input of any kind ends with one line `error: ...` and exit code 2.
 """
 
 from __future__ import annotations
@@ -15,18 +16,8 @@ import time
 import warnings
 from pathlib import Path
 
-from mambadna import __version__
-
-# flag -> dotted config key, for the shortcuts shared by pretrain and finetune
-SHORTCUTS = {
-    "steps": "train.max_steps", "window_bp": "data.window_bp", "batch_size": "data.batch_size",
-    "lr": "optim.lr", "precision": "train.precision", "devices": "train.devices", "strategy": "train.strategy",
-    "accelerator": "train.accelerator", "accumulate": "train.accumulate_grad_batches",
-    "ckpt_every": "train.ckpt_every_n_steps", "seed": "train.seed", "num_workers": "data.num_workers",
-    "genome": "data.genome", "manifest": "data.manifest", "train": "data.train", "val": "data.val",
-    "test": "data.test", "pretrained": "pretrained", "pooling": "pooling", "chunk_bp": "train.chunk_bp",
-}
-
+from mambadna.config import POOLINGS
+from mambadna.version import __version__
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so `main` can answer with one `error:` line and code 2."""
@@ -35,46 +26,57 @@ class _Parser(argparse.ArgumentParser):
         raise argparse.ArgumentError(None, f"{message} (see `{self.prog} --help`)")
 
 
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _run_settings(finetune: bool):
+    """(dotted key, type, field, default) of the settings a pretrain / finetune run takes (mambadna/run_config.py)."""
+    from mambadna import run_config as rc
+
+    cls, run = (rc.FinetuneConfig, "finetune") if finetune else (rc.PretrainConfig, "pretrain")
+    defaults = _flatten(rc.to_dict(cls()))
+    for key, kind, f in rc.leaf_settings(cls):
+        if run in f.metadata.get("runs", (run,)):
+            yield key, kind, f, defaults.get(key)
+
+
 def _add_run_flags(p: argparse.ArgumentParser, finetune: bool) -> None:
+    """Every run setting as `--section.key VALUE` (and its short alias), help and default from its dataclass
+    field: a setting added to the run config appears here by itself."""
+    from mambadna.config import PRESETS
+
     p.add_argument("--recipe", metavar="FILE", help="TOML or JSON recipe file with run settings (nested tables)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change one setting by dotted key, e.g. --set train.max_steps=200 (repeatable)")
-    p.add_argument("--out", metavar="DIR", help="run directory for checkpoints, logs, plots and the final model")
+                   help="change one setting by dotted key, e.g. --set train.max_steps=200 (repeatable; applied "
+                        "after the recipe and the flags)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.ckpt")
-    p.add_argument("--steps", type=int, help="optimizer steps (train.max_steps)")
-    p.add_argument("--window-bp", type=int, help="window length in bases (data.window_bp)")
-    p.add_argument("--batch-size", type=int, help="sequences per batch per device (data.batch_size)")
-    p.add_argument("--lr", type=float, help="peak learning rate (optim.lr)")
-    p.add_argument("--precision", help="Lightning precision: 32-true, bf16-mixed, ... (train.precision)")
-    p.add_argument("--devices", help="Lightning devices: auto, a count or a list like 0,1 (train.devices)")
-    p.add_argument("--strategy", help="Lightning strategy: auto, ddp, ddp_spawn or fsdp (train.strategy)")
-    p.add_argument("--accelerator", help="Lightning accelerator: auto, cpu or gpu (train.accelerator)")
-    p.add_argument("--accumulate", type=int, help="gradient accumulation steps (train.accumulate_grad_batches)")
-    p.add_argument("--ckpt-every", type=int, help="save a checkpoint every N steps (train.ckpt_every_n_steps)")
-    p.add_argument("--seed", type=int, help="random seed (train.seed)")
-    p.add_argument("--num-workers", type=int, help="DataLoader worker processes (data.num_workers)")
-    p.add_argument("--activation-checkpointing", action="store_true",
-                   help="recompute each Mamba block in backward to save memory (train.activation_checkpointing)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (train.compile)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (train.progress_bar=false)")
-    if finetune:
-        p.add_argument("--pretrained", metavar="DIR", help="save_pretrained MambaLM folder to start from "
-                       "(default: train from scratch)")
-        p.add_argument("--manifest", metavar="TSV", help="species manifest TSV or folder of FASTAs "
-                       "(default: the bundled genomes)")
-        p.add_argument("--train", metavar="FILE", help="labelled sequences (CSV/TSV or FASTA) instead of a manifest")
-        p.add_argument("--val", metavar="FILE", help="labelled validation sequences")
-        p.add_argument("--test", metavar="FILE", help="labelled test sequences")
-        p.add_argument("--pooling", choices=("last", "mean", "cls"), help="feature pooling for the head")
-        p.add_argument("--freeze-backbone", action="store_true", help="train only the classification head")
-    else:
-        p.add_argument("--genome", metavar="FASTA", help="genome to pretrain on (default: the bundled genomes)")
-        p.add_argument("--chunk-bp", type=int, metavar="INT", help="run each sequence through all layers in chunks "
-                       "of this many bases, carrying conv and SSM state and recomputing each chunk in the backward: "
-                       "peak memory grows with the chunk, not the window; exact (train.chunk_bp)")
-        p.add_argument("--tbptt", action="store_true", help="truncated BPTT: train over whole contigs in "
-                       "consecutive windows of --window-bp, carrying the state forward without gradient; "
-                       "--batch-size is the number of parallel streams (train.tbptt)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for key, kind, f, default in _run_settings(finetune):
+        section = key.split(".")[0] if "." in key else "run"
+        group = groups.get(section)
+        if group is None:
+            group = groups[section] = p.add_argument_group(f"{section} settings")
+            if section == "model":
+                group.add_argument("--model", "--model.preset", dest="set:model.preset", metavar="PRESET",
+                                   choices=tuple(PRESETS), help="start the model from a preset: "
+                                   f"{', '.join(PRESETS)} (model.* flags then change it)")
+        dest, flag = f"set:{key}", f.metadata.get("flag")
+        text = f.metadata.get("help", "")
+        if kind is bool and flag:
+            group.add_argument(flag, dest=dest, action="store_const", const=str(not default).lower(),
+                               help=f"{text} (sets {key}={str(not default).lower()})")
+            group.add_argument(f"--{key}", dest=dest, metavar="BOOL", help=f"{text} (default: {default})")
+            continue
+        names = [flag, f"--{key}"] if flag else [f"--{key}"]
+        group.add_argument(*names, dest=dest, metavar=key.split(".")[-1].upper(), choices=f.metadata.get("choices"),
+                           help=f"{text} (default: {default})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="save_pretrained folder (a MambaLM, or a classifier's backbone)")
     p.add_argument("input", help="FASTA, or CSV/TSV with a 'sequence' column (optional 'name', 'label')")
     p.add_argument("--out", default="runs/embed", help="output folder (embeddings.npy, index.tsv)")
-    p.add_argument("--pooling", default="mean", choices=("mean", "last", "cls"), help="pooling of positions")
+    p.add_argument("--pooling", default="mean", choices=POOLINGS, help="pooling of positions")
     p.add_argument("--per-position", action="store_true", help="also write per_position.npy")
     p.add_argument("--label-regex", default="", help="regex with one group taking a label from FASTA names")
     p.add_argument("--max-length-bp", type=int, help="truncate sequences to this many bases")
@@ -133,24 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_config(args, finetune: bool):
-    from mambadna.tasks import run_config as rc
+    from mambadna import run_config as rc
 
     cfg = rc.FinetuneConfig() if finetune else rc.PretrainConfig()
     if args.recipe:
         cfg = rc.load_recipe(cfg, args.recipe)
-    sets = [f"{key}={getattr(args, flag)}" for flag, key in SHORTCUTS.items() if getattr(args, flag, None) is not None]
-    if args.out:
-        sets.append(f"out_dir={args.out}")
-    if args.activation_checkpointing:
-        sets.append("train.activation_checkpointing=true")
-    if args.compile:
-        sets.append("train.compile=true")
-    if args.no_progress:
-        sets.append("train.progress_bar=false")
-    if finetune and args.freeze_backbone:
-        sets.append("freeze_backbone=true")
-    if not finetune and args.tbptt:
-        sets.append("train.tbptt=true")
+    given = {k[4:]: v for k, v in vars(args).items() if k.startswith("set:") and v is not None}
+    # a preset replaces the whole model section, so it goes before the model.* flags that change it
+    sets = [f"{key}={value}" for key, value in sorted(given.items(), key=lambda kv: kv[0] != "model.preset")]
     return rc.apply_overrides(cfg, sets + args.overrides)
 
 
@@ -162,7 +154,7 @@ def _print_summary(title: str, summary: dict) -> None:
 
 
 def _cmd_train(args, finetune: bool) -> int:
-    from mambadna.tasks.train import run_finetune, run_pretrain
+    from mambadna.commands.train import run_finetune, run_pretrain
 
     cfg = _run_config(args, finetune)
     summary = (run_finetune if finetune else run_pretrain)(cfg, resume=args.resume)
@@ -171,8 +163,8 @@ def _cmd_train(args, finetune: bool) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from mambadna.tasks import run_config as rc
-    from mambadna.tasks.evaluate import evaluate
+    from mambadna import run_config as rc
+    from mambadna.commands.evaluate import evaluate
 
     data = rc.DataSpec(manifest=args.manifest or "", train=args.test or "", test=args.test or "",
                        label_regex=args.label_regex, window_bp=args.window_bp, batch_size=args.batch_size)
@@ -182,7 +174,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_embed(args) -> int:
-    from mambadna.tasks.embed import embed_records, load_lm, read_records, write_embeddings
+    from mambadna.commands.embed import embed_records, load_lm, read_records, write_embeddings
 
     model = load_lm(args.checkpoint)
     records = read_records(args.input, label_regex=args.label_regex)
@@ -194,8 +186,8 @@ def _cmd_embed(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from mambadna.tasks.embed import load_lm
-    from mambadna.tasks.generate import generate_fasta
+    from mambadna.commands.embed import load_lm
+    from mambadna.commands.generate import generate_fasta
 
     seqs = generate_fasta(load_lm(args.checkpoint), args.prompt, args.out, args.num, args.length_bp,
                           args.temperature, args.top_k, args.seed)
@@ -204,9 +196,9 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_probe(args) -> int:
-    from mambadna.tasks.embed import read_embeddings
-    from mambadna.tasks.plots import plot_pca
-    from mambadna.tasks.probe import probe_embeddings
+    from mambadna.commands.embed import read_embeddings
+    from mambadna.commands.plots import plot_pca
+    from mambadna.commands.probe import probe_embeddings
 
     vectors, labels = read_embeddings(args.embeddings)
     result = probe_embeddings(vectors, labels, args.folds)
@@ -219,7 +211,7 @@ def _cmd_probe(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from mambadna.demo import run_demo
+    from mambadna.commands.demo import run_demo
 
     run_demo(args.out, quick=args.quick, progress_bar=not args.no_progress)
     return 0

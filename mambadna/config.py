@@ -8,31 +8,46 @@ from dataclasses import dataclass, field
 
 from mambadna.tokenizer import tokenizer_from_name
 
+
+def setting(default=dataclasses.MISSING, *, help: str, flag: str | None = None, choices=None, factory=None,
+            runs: tuple[str, ...] | None = None):
+    """A dataclass field with its help text: the one place a setting is described (the CLI's flags and help are
+    built from these, see mambadna/cli.py); `flag` names a short alias (e.g. "--steps" for train.max_steps) and
+    `runs` the commands it applies to (default: all that have it)."""
+    meta = {"help": help, "flag": flag, "choices": choices}
+    if runs is not None:
+        meta["runs"] = runs
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
 SCAN_BACKENDS = (None, "ref", "chunked", "triton")
+# How a classifier or `embed` turns per-position hidden states into one vector (see mambadna.model.pool).
+POOLINGS = ("last", "mean", "cls")
 
 
 @dataclass
 class MambaConfig:
     """Sizes follow the Mamba paper / mamba_ssm: d_inner = expand * d_model, dt_rank = ceil(d_model / 16)."""
 
-    d_model: int
-    n_layer: int
-    vocab_size: int = 16
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    dt_rank: int | str = "auto"
-    dt_min: float = 1e-3
-    dt_max: float = 1e-1
-    dt_init_floor: float = 1e-4
-    conv_bias: bool = True
-    bias: bool = False
-    tie_embeddings: bool = True
-    pad_vocab_multiple: int = 8
-    norm_eps: float = 1e-5
-    residual_in_fp32: bool = True
-    tokenizer: str = "nucleotide"
-    scan_backend: str | None = field(default=None)
+    d_model: int = setting(help="residual width")
+    n_layer: int = setting(help="number of Mamba blocks")
+    vocab_size: int = setting(16, help="vocabulary size (the nucleotide tokenizer's 16; 264 for byte)")
+    d_state: int = setting(16, help="SSM state size per channel (n)")
+    d_conv: int = setting(4, help="causal depthwise convolution width")
+    expand: int = setting(2, help="d_inner = expand * d_model, the width the scan runs at")
+    dt_rank: int | str = setting("auto", help="rank of the delta projection ('auto': ceil(d_model / 16))")
+    dt_min: float = setting(1e-3, help="smallest initial step size delta")
+    dt_max: float = setting(1e-1, help="largest initial step size delta")
+    dt_init_floor: float = setting(1e-4, help="floor of the initial delta")
+    conv_bias: bool = setting(True, help="bias in the depthwise convolution")
+    bias: bool = setting(False, help="biases in the in/out projections")
+    tie_embeddings: bool = setting(True, help="LM head shares the embedding matrix")
+    pad_vocab_multiple: int = setting(8, help="vocab_size must be a multiple of this")
+    norm_eps: float = setting(1e-5, help="RMSNorm epsilon")
+    residual_in_fp32: bool = setting(True, help="keep the residual stream in fp32 under mixed precision")
+    tokenizer: str = setting("nucleotide", help="tokenizer: nucleotide (A C G T N) or byte")
+    scan_backend: str | None = setting(None, help="selective scan: none (auto), ref, chunked or triton")
 
     def __post_init__(self):
         for name in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "pad_vocab_multiple"):
@@ -79,13 +94,20 @@ class MambaConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MambaConfig":
+        """From saved or user settings; `"preset": name` starts from that preset, the other keys override it."""
+        d = dict(d)
+        preset = d.pop("preset", None)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown MambaConfig keys: {unknown}; known keys are {sorted(known)}")
+            raise ValueError(f"unknown MambaConfig keys: {unknown}; known keys are {sorted(known)} and 'preset'")
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ValueError(f"unknown model preset {preset!r}; presets are {', '.join(PRESETS)}")
+            return PRESETS[preset](**d)
         missing = [name for name in ("d_model", "n_layer") if name not in d]
         if missing:
-            raise ValueError(f"MambaConfig.from_dict is missing required keys: {missing}")
+            raise ValueError(f"MambaConfig.from_dict is missing required keys: {missing} (or give a 'preset')")
         return cls(**d)
 
 

@@ -12,23 +12,51 @@ Glossary (shape comments use these; see docs/ARCHITECTURE.md):
 
 Mixer (Mamba paper, Fig. 3 / Alg. 2): in_proj -> causal depthwise conv1d -> SiLU -> x_proj gives (Δ, B, C) from
 the input itself (the "selective" part) -> selective scan gated by SiLU(z) -> out_proj. Blocks are pre-norm
-residual: h = h + Mixer(RMSNorm(h)). Recurrent (one token at a time) inference lives in mambadna/inference.py;
-save/load in mambadna/checkpoint.py.
+residual: h = h + Mixer(RMSNorm(h)).
+
+State: a layer's whole memory of the past is a `LayerState` (its last d_conv conv inputs and its SSM state h).
+`MambaMixer.forward(x, state)` runs a chunk in parallel and returns the state after it; `MambaMixer.step` consumes
+one position and updates the state in place. `MambaLM.trunk` is the one place that runs the layers: the full
+forward, prefill, the recurrent step, sequence-chunked recomputation (mambadna/chunking.py) and truncated BPTT
+(mambadna/tbptt.py) all call it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from mambadna import checkpoint, inference
-from mambadna.config import MambaConfig
+from mambadna import inference
+from mambadna.checkpoint import Pretrained
+from mambadna.chunking import run_chunked
+from mambadna.config import POOLINGS, MambaConfig
 from mambadna.kernels import selective_scan
 
-POOLINGS = ("mean", "last", "cls")
+
+@dataclass
+class LayerState:
+    """One layer's recurrent state; a model's state is a list of these, one per layer."""
+
+    conv: torch.Tensor  # (b, d_inner, d_conv): the last d_conv conv inputs (left zero-padded), model dtype
+    ssm: torch.Tensor  # (b, d_inner, n): h after the last position, fp32
+
+    def detach(self) -> "LayerState":
+        return LayerState(self.conv.detach(), self.ssm.detach())
+
+    def copy_(self, other: "LayerState") -> "LayerState":
+        self.conv.copy_(other.conv)
+        self.ssm.copy_(other.ssm)
+        return self
+
+    def reset_rows(self, reset: torch.Tensor) -> "LayerState":
+        """Zero the rows where `reset` (b,) bool is true: those sequences start afresh."""
+        keep = ~reset.to(device=self.ssm.device, dtype=torch.bool)[:, None, None]  # (b, 1, 1)
+        return LayerState(self.conv * keep.to(self.conv.dtype), self.ssm * keep)
 
 
 class RMSNorm(nn.Module):
@@ -44,8 +72,8 @@ class RMSNorm(nn.Module):
 
 
 class MambaMixer(nn.Module):
-    """One selective-SSM mixer. `forward` can carry conv and SSM state across chunks of a long sequence:
-    running chunks one after another with the returned states equals running the whole sequence at once."""
+    """One selective-SSM mixer. Running chunks one after another, each from the state the previous one returned,
+    equals running the whole sequence at once; `step` is the same recurrence one position at a time."""
 
     def __init__(self, config: MambaConfig):
         super().__init__()
@@ -80,22 +108,49 @@ class MambaMixer(nn.Module):
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
         self.dt_proj.bias._no_reinit = True
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        conv_state: torch.Tensor | None = None,
-        ssm_state: torch.Tensor | None = None,
-        return_state: bool = False,
-    ):
-        """hidden (b, l, d) -> (b, l, d). With `return_state`, also returns (conv_state (b, d_inner, d_conv),
-        ssm_state (b, d_inner, n) fp32) to continue from; `conv_state`/`ssm_state` continue a previous chunk."""
+    def zero_state(self, batch_size: int, device, dtype) -> LayerState:
+        return LayerState(
+            torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype),
+            torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32),
+        )
+
+    def forward(self, hidden: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+        """hidden (b, l, d), continuing from `state` (None: start of sequence) -> (out (b, l, d), state after it)."""
         xz = self.in_proj(hidden)  # (b, l, 2*d_inner)
         x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l) each
-        x_conv, new_conv_state = self.conv(x, conv_state)
+        x_conv, conv_state = self.conv(x, None if state is None else state.conv)
         x_conv = F.silu(x_conv)
-        y, new_ssm_state = self.ssm(x_conv, z, ssm_state, return_final_state=return_state)
-        out = self.out_proj(y.transpose(1, 2))  # (b, l, d)
-        return (out, new_conv_state, new_ssm_state) if return_state else out
+        delta, B, C = self.ssm_params(x_conv)
+        y, ssm_state = selective_scan(
+            x_conv, delta, self.A(), B, C, self.D.float(), z=z,
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            initial_state=None if state is None else state.ssm, return_final_state=True,
+            backend=self.config.scan_backend,
+        )  # (b, d_inner, l), (b, d_inner, n)
+        return self.out_proj(y.transpose(1, 2)), LayerState(conv_state, ssm_state)  # (b, l, d)
+
+    def step(self, hidden: torch.Tensor, state: LayerState) -> torch.Tensor:
+        """One position: hidden (b, d) -> (b, d); updates `state` in place (so a captured CUDA graph can replay it)."""
+        xz = self.in_proj(hidden)  # (b, 2*d_inner)
+        x, z = xz.chunk(2, dim=-1)  # (b, d_inner) each
+        state.conv.copy_(torch.roll(state.conv, shifts=-1, dims=-1))
+        state.conv[..., -1] = x.to(state.conv.dtype)
+        x = (state.conv * self.conv1d.weight[:, 0, :]).sum(-1)  # (b, d_inner, d_conv) -> (b, d_inner)
+        if self.conv1d.bias is not None:
+            x = x + self.conv1d.bias
+        x = F.silu(x)
+        x_dbl = self.x_proj(x)  # (b, r + 2n)
+        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (b, r), (b, n), (b, n)
+        delta = F.softplus(F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float())  # (b, d_inner)
+        x32 = x.float()
+        decay = torch.exp(delta.unsqueeze(-1) * self.A())  # (b, d_inner, n)
+        state.ssm.copy_(decay * state.ssm + (delta * x32).unsqueeze(-1) * B.float().unsqueeze(1))
+        y = (state.ssm * C.float().unsqueeze(1)).sum(-1) + self.D.float() * x32  # (b, d_inner)
+        y = y * F.silu(z.float())
+        return self.out_proj(y.to(x.dtype))  # (b, d)
+
+    def A(self) -> torch.Tensor:
+        return -torch.exp(self.A_log.float())  # (d_inner, n)
 
     def conv(self, x: torch.Tensor, conv_state: torch.Tensor | None = None):
         """Causal depthwise conv. x (b, d_inner, l) -> (y (b, d_inner, l), last d_conv inputs (b, d_inner, d_conv)).
@@ -118,17 +173,6 @@ class MambaMixer(nn.Module):
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (b, d_inner, l); bias is added in the scan
         return delta, B.transpose(1, 2), C.transpose(1, 2)  # (b, n, l) each
 
-    def ssm(self, x: torch.Tensor, z: torch.Tensor, initial_state=None, return_final_state: bool = False):
-        """Selective scan over x (b, d_inner, l) gated by z -> (y (b, d_inner, l), final state or None)."""
-        delta, B, C = self.ssm_params(x)
-        A = -torch.exp(self.A_log.float())  # (d_inner, n)
-        result = selective_scan(
-            x, delta, A, B, C, self.D.float(), z=z,
-            delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-            initial_state=initial_state, return_final_state=return_final_state, backend=self.config.scan_backend,
-        )
-        return result if return_final_state else (result, None)
-
 
 class MambaBlock(nn.Module):
     """Pre-norm residual block: residual <- residual + Mixer(RMSNorm(residual))."""
@@ -138,16 +182,19 @@ class MambaBlock(nn.Module):
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.mixer = MambaMixer(config)
 
-    def forward(self, residual: torch.Tensor, conv_state=None, ssm_state=None, return_state: bool = False):
-        out = self.mixer(self.norm(residual), conv_state, ssm_state, return_state)
-        if return_state:
-            out, conv_state, ssm_state = out
-            return residual + out.to(residual.dtype), conv_state, ssm_state
-        return residual + out.to(residual.dtype)
+    def forward(self, residual: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+        out, state = self.mixer(self.norm(residual), state)
+        return residual + out.to(residual.dtype), state
+
+    def step(self, residual: torch.Tensor, state: LayerState) -> torch.Tensor:
+        return residual + self.mixer.step(self.norm(residual), state).to(residual.dtype)
 
 
-class MambaLM(nn.Module):
-    """Embedding -> n_layer MambaBlocks -> RMSNorm -> LM head (tied to the embedding by default)."""
+class MambaLM(Pretrained, nn.Module):
+    """Embedding -> n_layer MambaBlocks -> RMSNorm -> LM head (tied to the embedding by default).
+
+    `activation_checkpointing` (an attribute, not a config field: it changes memory, not the model) recomputes
+    each block in the backward instead of storing its activations."""
 
     def __init__(self, config: MambaConfig):
         super().__init__()
@@ -158,6 +205,7 @@ class MambaLM(nn.Module):
         self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layer))
         self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.activation_checkpointing = False
         self._init_weights()
         if config.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
@@ -177,7 +225,33 @@ class MambaLM(nn.Module):
             nn.init.kaiming_uniform_(w, a=math.sqrt(5))
             w /= math.sqrt(self.config.n_layer)
 
-    def _check_ids(self, input_ids: torch.Tensor, ndim: int = 2) -> None:
+    # ---- state ----
+
+    def zero_states(self, batch_size: int, device=None, dtype=None) -> list[LayerState]:
+        """Every layer's state at the start of a sequence; device and dtype default to the parameters'."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        param = self.embedding.weight
+        device = param.device if device is None else device
+        dtype = param.dtype if dtype is None else dtype
+        return [layer.mixer.zero_state(batch_size, device, dtype) for layer in self.layers]
+
+    def check_states(self, states, batch_size: int) -> None:
+        """Raise ValueError unless `states` is one LayerState per layer with this model's shapes."""
+        cfg = self.config
+        if not isinstance(states, (list, tuple)) or not all(isinstance(s, LayerState) for s in states):
+            raise ValueError(f"states must be a list of LayerState (from zero_states), got {type(states).__name__}")
+        if len(states) != cfg.n_layer:
+            raise ValueError(f"states has {len(states)} layers but the model has {cfg.n_layer}")
+        want_conv, want_ssm = (batch_size, cfg.d_inner, cfg.d_conv), (batch_size, cfg.d_inner, cfg.d_state)
+        for i, s in enumerate(states):
+            if tuple(s.conv.shape) != want_conv or tuple(s.ssm.shape) != want_ssm:
+                if s.ssm.dim() == 3 and s.ssm.shape[0] != batch_size:
+                    raise ValueError(f"states hold batch size {s.ssm.shape[0]}, got {batch_size} sequences")
+                raise ValueError(f"states[{i}] must be conv {want_conv} and ssm {want_ssm}, got conv "
+                                 f"{tuple(s.conv.shape)} and ssm {tuple(s.ssm.shape)}")
+
+    def check_ids(self, input_ids: torch.Tensor, ndim: int = 2) -> None:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int32):
             got = getattr(input_ids, "dtype", type(input_ids).__name__)
             raise ValueError(f"input_ids must be an int64/int32 tensor, got {got}")
@@ -190,35 +264,56 @@ class MambaLM(nn.Module):
         if lo < 0 or hi >= self.config.vocab_size:
             raise ValueError(f"input_ids must lie in [0, {self.config.vocab_size}), got values {lo}..{hi}")
 
-    def residual_stream(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids (b, l) -> the residual stream after the last block, before the final norm (b, l, d)."""
-        self._check_ids(input_ids)
-        residual = self.embedding(input_ids)  # (b, l, d)
+    # ---- the trunk ----
+
+    def trunk(self, input_ids: torch.Tensor, states: list[LayerState] | None = None, step: bool = False):
+        """Run every layer, carrying state. The one place the layers are run.
+
+        input_ids (b, l) [(b,) with `step`], `states` to continue from (None: start of sequence; required with
+        `step`, which updates them in place) -> (residual stream after the last block, before the final norm,
+        (b, l, d) [(b, d)]; the states after the last position)."""
+        self.check_ids(input_ids, ndim=1 if step else 2)
+        if states is not None or step:
+            self.check_states(states, input_ids.shape[0])
+        residual = self.embedding(input_ids)  # (b, l, d) or (b, d)
         if self.config.residual_in_fp32:
             residual = residual.float()
-        for layer in self.layers:
-            residual = layer(residual)
-        return residual
+        if step:
+            for layer, state in zip(self.layers, states):
+                residual = layer.step(residual, state)
+            return residual, states
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
+        new_states = []
+        for layer, state in zip(self.layers, states or [None] * len(self.layers)):
+            if recompute:
+                residual, state = checkpoint(layer, residual, state, use_reentrant=False)
+            else:
+                residual, state = layer(residual, state)
+            new_states.append(state)
+        return residual, new_states
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, states: list[LayerState] | None = None) -> torch.Tensor:
         """input_ids (b, l) -> final-normed hidden states (b, l, d)."""
-        return self.norm_f(self.residual_stream(input_ids))
+        return self.norm_f(self.trunk(input_ids, states)[0])
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids (b, l) -> next-token logits (b, l, V)."""
         return self.lm_head(self.hidden_states(input_ids))  # (b, l, V)
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, pooling: str = "mean"):
-        """-> (per_position (b, l, d), pooled (b, d)). See `pool` for the pooling modes."""
+    def step(self, token_ids: torch.Tensor, states: list[LayerState]) -> torch.Tensor:
+        """Consume one token per sequence: token_ids (b,) -> next-token logits (b, V); advances `states` in place."""
+        with torch.no_grad():
+            residual, _ = self.trunk(token_ids, states, step=True)
+            return self.lm_head(self.norm_f(residual))  # (b, V)
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, pooling: str = "mean",
+              chunk_bp: int | None = None):
+        """-> (per_position (b, l, d) or None with `chunk_bp`, pooled (b, d)). See `pool` for the modes; with
+        `chunk_bp` the sequence runs in chunks carrying state and only the pooled vectors are built."""
+        if chunk_bp is not None:
+            return None, pooled_chunked(self, input_ids, attention_mask, pooling, chunk_bp)
         hidden = self.hidden_states(input_ids)
         return hidden, pool(hidden, attention_mask, pooling)
-
-    # Recurrent inference and checkpoints are implemented in their own modules; these are the model API.
-    def allocate_cache(self, batch_size: int, device=None, dtype=None) -> inference.InferenceCache:
-        return inference.allocate_cache(self, batch_size, device=device, dtype=dtype)
-
-    def step(self, token_ids: torch.Tensor, cache: inference.InferenceCache) -> torch.Tensor:
-        return inference.step(self, token_ids, cache)
 
     def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, generator=None):
         return inference.generate(self, prompt_ids, max_new_tokens, temperature, top_k, generator)
@@ -227,12 +322,51 @@ class MambaLM(nn.Module):
         """Constructor arguments besides the config, saved in config.json."""
         return {}
 
-    def save_pretrained(self, directory) -> None:
-        checkpoint.save_pretrained(self, directory)
 
-    @classmethod
-    def from_pretrained(cls, directory, config: MambaConfig | None = None, map_location="cpu") -> "MambaLM":
-        return checkpoint.load_pretrained(cls, directory, config=config, map_location=map_location)
+def check_mask(attention_mask: torch.Tensor | None, b: int, l: int, device) -> torch.Tensor:
+    """The (b, l) bool mask of real tokens (all true when None); refuses empty rows and left padding."""
+    if attention_mask is None:
+        return torch.ones(b, l, dtype=torch.bool, device=device)
+    if tuple(attention_mask.shape) != (b, l):
+        raise ValueError(f"attention_mask must be (b, l) = {(b, l)}, got {tuple(attention_mask.shape)}")
+    mask = attention_mask.bool()
+    lengths = mask.sum(-1)  # (b,)
+    if bool((lengths == 0).any()):
+        empty = torch.nonzero(lengths == 0).flatten().tolist()
+        raise ValueError(f"attention_mask has rows with no real tokens: {empty}")
+    prefix = torch.arange(l, device=mask.device)[None, :] < lengths[:, None]  # (b, l)
+    if not torch.equal(prefix, mask):
+        raise ValueError("attention_mask must be right-padded (real tokens first, then padding) for a causal model")
+    return mask
+
+
+def pool_partial(hidden: torch.Tensor, mask: torch.Tensor, next_mask: torch.Tensor, offset: int,
+                 pooling: str) -> torch.Tensor:
+    """One chunk's share of the pooled vector: hidden (b, c, d) at positions [offset, offset + c), mask (b, c)
+    its real-token mask, next_mask (b, c) whether position t + 1 is real -> (b, d). The shares of a sequence's
+    chunks sum to what `pool_finish` turns into the pooled vector."""
+    if pooling == "cls":
+        return hidden[:, 0] if offset == 0 else hidden.new_zeros(hidden.shape[0], hidden.shape[-1])  # (b, d)
+    if pooling == "last":
+        mask = mask & ~next_mask  # the last real position: its successor is padding or the end; one per row
+    return (hidden * mask.to(hidden.dtype).unsqueeze(-1)).sum(1)  # (b, d)
+
+
+def pool_finish(total: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Summed chunk shares (b, d) -> pooled (b, d): the mean divides by the number of real tokens."""
+    if pooling == "mean":
+        return total / mask.sum(-1, keepdim=True).to(total.dtype)
+    return total
+
+
+def _check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+def _next_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(b, l) real-token mask -> (b, l + 1): whether position t is real, with a False past the end."""
+    return torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
@@ -243,41 +377,42 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str
     little beyond BOS: prefer "last"). Batches must be right-padded: in a causal model left padding would change
     the states of every real token.
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    _check_pooling(pooling)
     b, l, _ = hidden.shape
-    if attention_mask is None:
-        mask = torch.ones(b, l, dtype=torch.bool, device=hidden.device)
-    else:
-        if tuple(attention_mask.shape) != (b, l):
-            raise ValueError(f"attention_mask must be (b, l) = {(b, l)}, got {tuple(attention_mask.shape)}")
-        mask = attention_mask.bool()
-        lengths = mask.sum(-1)  # (b,)
-        if bool((lengths == 0).any()):
-            empty = torch.nonzero(lengths == 0).flatten().tolist()
-            raise ValueError(f"attention_mask has rows with no real tokens: {empty}")
-        prefix = torch.arange(l, device=mask.device)[None, :] < lengths[:, None]  # (b, l)
-        if not torch.equal(prefix, mask):
-            raise ValueError("attention_mask must be right-padded (real tokens first, then padding) for a causal model")
-    if pooling == "cls":
-        return hidden[:, 0]  # (b, d)
-    if pooling == "last":
-        last = mask.sum(-1) - 1  # (b,)
-        return hidden[torch.arange(b, device=hidden.device), last]  # (b, d)
-    weights = mask.to(hidden.dtype).unsqueeze(-1)  # (b, l, 1)
-    return (hidden * weights).sum(1) / weights.sum(1)  # (b, d)
+    mask = check_mask(attention_mask, b, l, hidden.device)
+    return pool_finish(pool_partial(hidden, mask, _next_mask(mask)[:, 1:], 0, pooling), mask, pooling)
 
 
-class MambaClassifier(nn.Module):
+def pooled_chunked(model: MambaLM, input_ids: torch.Tensor, attention_mask, pooling: str, chunk_bp: int):
+    """`pool(model.hidden_states(input_ids), ...)` computed chunk by chunk (mambadna/chunking.py): activation
+    memory grows with `chunk_bp`, not with l, and with grad each chunk is recomputed in the backward."""
+    _check_pooling(pooling)
+    model.check_ids(input_ids)
+    b, l = input_ids.shape
+    mask = check_mask(attention_mask, b, l, input_ids.device)
+    after = _next_mask(mask)  # (b, l + 1)
+
+    def share(residual, start, end):  # residual (b, c, d) of positions [start, end)
+        return (pool_partial(model.norm_f(residual), mask[:, start:end], after[:, start + 1 : end + 1], start,
+                             pooling),)
+
+    (total,), _ = run_chunked(model, input_ids, chunk_bp, share)
+    return pool_finish(total, mask, pooling)
+
+
+class MambaClassifier(Pretrained, nn.Module):
     """Sequence classifier: a MambaLM backbone, pooling over real tokens, then one Linear layer."""
 
-    def __init__(self, config: MambaConfig, num_classes: int, pooling: str = "last"):
+    def __init__(self, config: MambaConfig, num_classes: int, pooling: str = "last", class_names=None):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
         self.config, self.num_classes, self.pooling = config, num_classes, pooling
+        self.class_names = list(class_names) if class_names is not None else None
         self.backbone = MambaLM(config)
         if not config.tie_embeddings:
             # The LM head is unused here; freezing it keeps DDP from complaining about parameters without grads.
@@ -285,25 +420,24 @@ class MambaClassifier(nn.Module):
         self.head = nn.Linear(config.d_model, num_classes)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (b, l), attention_mask (b, l) bool, right-padded -> logits (b, num_classes)."""
-        _, pooled = self.backbone.embed(input_ids, attention_mask, self.pooling)  # (b, d)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                chunk_bp: int | None = None) -> torch.Tensor:
+        """input_ids (b, l), attention_mask (b, l) bool, right-padded -> logits (b, num_classes). `chunk_bp` runs
+        the backbone chunk by chunk with recomputation: the same logits and gradients in O(chunk) memory."""
+        _, pooled = self.backbone.embed(input_ids, attention_mask, self.pooling, chunk_bp)  # (b, d)
         return self.head(pooled)  # (b, num_classes)
 
     def init_kwargs(self) -> dict:
-        return {"num_classes": self.num_classes, "pooling": self.pooling}
-
-    def save_pretrained(self, directory) -> None:
-        checkpoint.save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory, config: MambaConfig | None = None, map_location="cpu") -> "MambaClassifier":
-        return checkpoint.load_pretrained(cls, directory, config=config, map_location=map_location)
+        kwargs = {"num_classes": self.num_classes, "pooling": self.pooling}
+        if self.class_names is not None:
+            kwargs["class_names"] = self.class_names
+        return kwargs
 
     @classmethod
-    def from_pretrained_backbone(cls, directory, num_classes: int, pooling: str = "last", map_location="cpu"):
+    def from_pretrained_backbone(cls, directory, num_classes: int, pooling: str = "last", map_location="cpu",
+                                 class_names=None):
         """A new classifier (fresh head) whose backbone holds the weights of a saved MambaLM directory."""
         backbone = MambaLM.from_pretrained(directory, map_location=map_location)
-        model = cls(backbone.config, num_classes, pooling)
+        model = cls(backbone.config, num_classes, pooling, class_names)
         model.backbone.load_state_dict(backbone.state_dict())
         return model.to(map_location)

@@ -15,6 +15,8 @@ import torch
 PAD_ID, BOS_ID, EOS_ID, MASK_ID, UNK_ID = 0, 1, 2, 3, 4
 NUM_SPECIAL = 5
 SPECIAL_TOKENS = {PAD_ID: "[PAD]", BOS_ID: "[BOS]", EOS_ID: "[EOS]", MASK_ID: "[MASK]", UNK_ID: "[UNK]"}
+# A target id that is never scored (padding, positions with no next base): PyTorch's cross-entropy default.
+IGNORE_INDEX = -100
 
 NUCLEOTIDES = "ACGTN"
 A_ID, C_ID, G_ID, T_ID, N_ID = 5, 6, 7, 8, 9

@@ -76,11 +76,10 @@ def test_finetune_with_one_class(capsys, tmp_path):
 
 
 def test_window_longer_than_pretraining_warns(tmp_path, lm_dir):
-    from mambadna.tasks.run_config import ModelSpec
-    from mambadna.tasks.train import TaskWarning, load_backbone
+    from mambadna.commands.train import TaskWarning, load_backbone
 
     with pytest.warns(TaskWarning, match="longer than the 64 bp windows"):
-        load_backbone(lm_dir, ModelSpec(), window_bp=128)
+        load_backbone(lm_dir, tiny(), window_bp=128)
 
 
 def test_out_of_memory_names_the_knobs(capsys, tmp_path, monkeypatch):

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from mambadna.config import tiny
-from mambadna.inference import InferenceCache, prefill
-from mambadna.model import MambaLM
+from mambadna.inference import prefill
+from mambadna.model import LayerState, MambaLM
 from mambadna.tokenizer import NucleotideTokenizer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -18,15 +18,16 @@ def _real_ids(real_dna, l):
     return torch.from_numpy(NucleotideTokenizer().encode(real_dna[:l])).unsqueeze(0)  # (1, l)
 
 
-def test_allocate_cache_shapes_and_dtypes():
+def test_zero_states_shapes_and_dtypes():
     model = _model()
-    cache = model.allocate_cache(3)
-    assert len(cache.conv_states) == len(cache.ssm_states) == 2
-    assert cache.conv_states[0].shape == (3, 64, 4) and cache.conv_states[0].dtype == torch.float32
-    assert cache.ssm_states[0].shape == (3, 64, 8) and cache.ssm_states[0].dtype == torch.float32
-    assert model.allocate_cache(1, dtype=torch.bfloat16).ssm_states[0].dtype == torch.float32
+    states = model.zero_states(3)
+    assert len(states) == 2 and all(isinstance(s, LayerState) for s in states)
+    assert states[0].conv.shape == (3, 64, 4) and states[0].conv.dtype == torch.float32
+    assert states[0].ssm.shape == (3, 64, 8) and states[0].ssm.dtype == torch.float32
+    bf16 = model.zero_states(1, dtype=torch.bfloat16)[0]
+    assert bf16.ssm.dtype == torch.float32 and bf16.conv.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
-        model.allocate_cache(0)
+        model.zero_states(0)
 
 
 @pytest.mark.parametrize(
@@ -37,9 +38,8 @@ def test_step_by_step_logits_equal_full_forward(real_dna, overrides):
     ids = torch.cat([_real_ids(real_dna, 60), _real_ids(real_dna[100:], 60)])  # (2, 60)
     with torch.no_grad():
         full = model(ids)  # (2, 60, V)
-    cache = model.allocate_cache(2)
-    stepped = torch.stack([model.step(ids[:, t], cache) for t in range(ids.shape[1])], dim=1)
-    assert cache.seqlen_offset == 60
+    states = model.zero_states(2)
+    stepped = torch.stack([model.step(ids[:, t], states) for t in range(ids.shape[1])], dim=1)
     assert (stepped - full).abs().max().item() < 1e-4
 
 
@@ -48,23 +48,22 @@ def test_prefill_in_chunks_then_step_equals_full_forward(real_dna):
     ids = _real_ids(real_dna, 50)
     with torch.no_grad():
         full = model(ids)
-    cache = model.allocate_cache(1)
-    a = prefill(model, ids[:, :3], cache)  # shorter than d_conv
-    b = prefill(model, ids[:, 3:40], cache)
-    c = torch.stack([model.step(ids[:, t], cache) for t in range(40, 50)], dim=1)
+    states = model.zero_states(1)
+    a = prefill(model, ids[:, :3], states)  # shorter than d_conv
+    b = prefill(model, ids[:, 3:40], states)
+    c = torch.stack([model.step(ids[:, t], states) for t in range(40, 50)], dim=1)
     assert (torch.cat([a, b, c], 1) - full).abs().max().item() < 1e-4
 
 
 def test_step_validates_inputs():
     model = _model()
-    cache = model.allocate_cache(2)
+    states = model.zero_states(2)
     with pytest.raises(ValueError, match=r"must be \(b,\)"):
-        model.step(torch.tensor([[5, 6]]), cache)
-    with pytest.raises(ValueError, match="allocated for batch size 2, got 3"):
-        model.step(torch.tensor([5, 6, 7]), cache)
-    with pytest.raises(ValueError, match="InferenceCache"):
+        model.step(torch.tensor([[5, 6]]), states)
+    with pytest.raises(ValueError, match="states hold batch size 2, got 3"):
+        model.step(torch.tensor([5, 6, 7]), states)
+    with pytest.raises(ValueError, match="LayerState"):
         model.step(torch.tensor([5, 6]), {})
-    assert isinstance(cache, InferenceCache)
 
 
 def test_generate_never_samples_special_tokens_and_is_reproducible():

@@ -83,12 +83,13 @@ def test_model_is_causal(tiny_config, seeded):
 def test_mixer_in_chunks_carrying_state_equals_whole_sequence(d_conv, seeded):
     mixer = MambaMixer(tiny(d_model=32, d_conv=d_conv))
     hidden = torch.randn(2, 23, 32)
-    whole = mixer(hidden)
-    conv_state = ssm_state = None
+    whole, _ = mixer(hidden)
+    state = None
     outs = []
     for start, end in [(0, 2), (2, 11), (11, 23)]:  # the first chunk is shorter than d_conv
-        out, conv_state, ssm_state = mixer(hidden[:, start:end], conv_state, ssm_state, return_state=True)
+        out, state = mixer(hidden[:, start:end], state)
         outs.append(out)
+    conv_state, ssm_state = state.conv, state.ssm
     assert conv_state.shape == (2, 64, d_conv) and ssm_state.shape == (2, 64, 16) and ssm_state.dtype == torch.float32
     torch.testing.assert_close(torch.cat(outs, 1), whole, atol=1e-5, rtol=1e-5)
 

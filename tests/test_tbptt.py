@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mambadna.data.streams import ContigStreams
-from mambadna.long_context import forward_with_states, lm_loss_sum, zero_states
-from mambadna.model import MambaLM
+from mambadna.model import LayerState, MambaLM
 from mambadna.tbptt import TBPTTRunner, reset_states, tbptt_step, train_tbptt
 
 W = 20
@@ -22,6 +21,10 @@ def model(tiny_config, seeded):
 @pytest.fixture
 def seq():
     return torch.randint(5, 10, (2, 2 * W + 1), generator=torch.Generator().manual_seed(2))
+
+
+def lm_loss_sum(logits, targets):
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
 
 
 def _windows(seq):
@@ -50,37 +53,37 @@ def test_gradients_stop_at_the_window_boundary(model, seq, chunk_bp):
     first, second = _windows(seq)
     params = list(model.parameters())
     _, _, states = tbptt_step(model, first["input_ids"], first["targets"], chunk_bp=chunk_bp)
-    assert all(not c.requires_grad and not s.requires_grad for c, s in states)
+    assert all(not s.conv.requires_grad and not s.ssm.requires_grad for s in states)
     loss_sum, _, _ = tbptt_step(model, second["input_ids"], second["targets"], states, chunk_bp=chunk_bp)
     grads = torch.autograd.grad(loss_sum, params)
 
     # reference: window 1's states taken as constants, window 2 differentiated on its own
     with torch.no_grad():
-        _, frozen = forward_with_states(model, first["input_ids"])
-    hidden, _ = forward_with_states(model, second["input_ids"], frozen)
+        _, frozen = model.trunk(first["input_ids"])
+    hidden = model.hidden_states(second["input_ids"], frozen)
     want = torch.autograd.grad(lm_loss_sum(model.lm_head(hidden), second["targets"]), params)
     for g, w in zip(grads, want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
 
     # control: full backpropagation through window 1 gives different gradients
-    hidden, _ = forward_with_states(model, seq[:, : 2 * W])
+    hidden = model.hidden_states(seq[:, : 2 * W])
     full = torch.autograd.grad(lm_loss_sum(model.lm_head(hidden[:, W:]), second["targets"]), params)
     assert any(not torch.allclose(g, f, rtol=1e-3, atol=1e-6) for g, f in zip(grads, full))
 
 
 def test_incoming_states_receive_no_gradient(model, seq):
     first, second = _windows(seq)
-    states = [(c.requires_grad_(), s.requires_grad_()) for c, s in zero_states(model, 2)]
+    states = [LayerState(s.conv.requires_grad_(), s.ssm.requires_grad_()) for s in model.zero_states(2)]
     loss_sum, _, _ = tbptt_step(model, second["input_ids"], second["targets"], states)
     loss_sum.backward()
-    assert all(c.grad is None and s.grad is None for c, s in states)
+    assert all(s.conv.grad is None and s.ssm.grad is None for s in states)
     assert model.embedding.weight.grad is not None
 
 
 def test_reset_zeroes_only_the_flagged_streams(model):
-    states = [(torch.ones(3, 4, 2), torch.full((3, 4, 5), 2.0)) for _ in range(2)]
+    states = [LayerState(torch.ones(3, 4, 2), torch.full((3, 4, 5), 2.0)) for _ in range(2)]
     out = reset_states(states, torch.tensor([False, True, False]))
-    for conv, ssm in out:
+    for conv, ssm in ((s.conv, s.ssm) for s in out):
         assert conv[1].abs().sum() == 0 and ssm[1].abs().sum() == 0
         assert bool((conv[[0, 2]] == 1).all()) and bool((ssm[[0, 2]] == 2).all())
 
@@ -95,7 +98,7 @@ def test_runner_rejects_bad_batches(model, seq):
         runner.step(model, {k: v[:1] for k, v in first.items()})
     with pytest.raises(ValueError, match="targets must have the shape"):
         tbptt_step(model, first["input_ids"], first["targets"][:, :-1])
-    with pytest.raises(ValueError, match=r"states\[0\] must be conv"):
+    with pytest.raises(ValueError, match="states hold batch size 2, got 1"):
         tbptt_step(model, first["input_ids"][:1], first["targets"][:1], runner.states)
 
 

@@ -1,7 +1,7 @@
 """Genomes in, batches out: pyfaidx-backed genome access, window / species / labelled datasets, DataModules.
 
 Importing this package does not import Lightning; the DataModules (``GenomeDataModule``, ``SpeciesDataModule``,
-``LabelledDataModule``) load mambadna.data.datamodules on first attribute access.
+``LabelledDataModule``, ``StreamsDataModule``) load mambadna.data.datamodules on first attribute access.
 """
 
 from mambadna.data.batching import LengthBucketBatchSampler, PadCollate
@@ -15,7 +15,7 @@ from mambadna.data.species import SpeciesWindowDataset, read_manifest
 from mambadna.data.streams import ContigStreams
 from mambadna.data.windows import GenomeWindowDataset
 
-_LIGHTNING = ("GenomeDataModule", "SpeciesDataModule", "LabelledDataModule")
+_LIGHTNING = ("GenomeDataModule", "SpeciesDataModule", "LabelledDataModule", "StreamsDataModule")
 
 __all__ = [
     "ContigStats", "ContigStreams", "DataError", "DataWarning", "Genome", "GenomeWindowDataset", "Interval",

@@ -1,4 +1,4 @@
-"""Lightning DataModules for the three datasets. The only module of mambadna.data that imports Lightning.
+"""Lightning DataModules for the datasets. The only module of mambadna.data that imports Lightning.
 
 Changing ``window_bp`` between epochs (sequence-length warmup): call ``datamodule.set_window(window_bp,
 batch_size)`` and build the Trainer with ``reload_dataloaders_every_n_epochs=1``. Lightning then calls
@@ -11,6 +11,13 @@ metric is comparable across epochs; they use the current ``window_bp``.
 
 DDP: leave Lightning's ``use_distributed_sampler=True`` (default). Dataset index g always maps to its own stratum
 of the genome, so the DistributedSampler's disjoint index split gives disjoint windows across ranks.
+
+``StreamsDataModule`` (truncated BPTT) is the exception: each item of ``ContigStreams`` is already a
+(batch_size, window_bp) batch of consecutive windows, so its loaders use ``batch_size=None`` and keep the order
+(build the Trainer with ``use_distributed_sampler=False``; under DDP every rank builds its own streams from its rank
+and the world size). Lightning calls ``train_dataloader()`` every epoch, which deals the pieces of the epoch to the
+streams (``set_epoch``). Validation streams are dealt once and never reshuffled, so the metric covers the same
+bases every time.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from mambadna.data.errors import DataError, DataWarning
 from mambadna.data.genome import Genome
 from mambadna.data.labelled import LabelledSequenceDataset
 from mambadna.data.species import SpeciesWindowDataset, read_manifest
+from mambadna.data.streams import ContigStreams
 from mambadna.data.windows import GenomeWindowDataset
 
 
@@ -187,3 +195,39 @@ class LabelledDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader("test", False) or []
+
+
+class StreamsDataModule(pl.LightningDataModule):
+    """``ContigStreams`` for the train and val splits of one genome (truncated-BPTT pretraining)."""
+
+    def __init__(self, genome: str | os.PathLike, window_bp: int, batch_size: int, num_workers: int = 0,
+                 seed: int = 0, tokenizer=None, val_fraction: float = 0.1, test_fraction: float = 0.1):
+        super().__init__()
+        self.genome = Genome(genome)
+        self.window_bp, self.batch_size, self.num_workers = window_bp, batch_size, num_workers
+        self.seed, self.tokenizer = seed, tokenizer
+        self.split_options = dict(val_fraction=val_fraction, test_fraction=test_fraction)
+        self.datasets: dict[str, ContigStreams] = {}
+
+    def _streams(self, split: str) -> ContigStreams:
+        if split not in self.datasets:
+            trainer = getattr(self, "trainer", None)
+            rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+            self.datasets[split] = ContigStreams(
+                self.genome, self.window_bp, self.batch_size, split=split, shuffle=split == "train", seed=self.seed,
+                rank=rank, world_size=world_size, tokenizer=self.tokenizer, **self.split_options)
+        return self.datasets[split]
+
+    def _stream_loader(self, dataset: ContigStreams) -> DataLoader:
+        # the dataset's items are whole batches in stream order; persistent workers would keep a stale epoch
+        return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._streams("train")
+        trainer = getattr(self, "trainer", None)
+        dataset.set_epoch(int(trainer.current_epoch) if trainer is not None else 0)
+        return self._stream_loader(dataset)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._stream_loader(self._streams("val"))

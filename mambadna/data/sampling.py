@@ -22,12 +22,17 @@ MAX_TRIES = 64
 
 
 class RegionWindows:
-    """All starts of ``window_bp`` windows that fit inside the given regions of one or more genomes."""
+    """All starts of ``window_bp`` windows that fit inside the given regions of one or more genomes.
 
-    def __init__(self, parts: Sequence[tuple[Genome, list[Interval]]], window_bp: int, what: str = "region"):
+    ``lookahead_bp`` extra bases are read after each window (1 for next-base targets) and must fit too."""
+
+    def __init__(self, parts: Sequence[tuple[Genome, list[Interval]]], window_bp: int, what: str = "region",
+                 lookahead_bp: int = 0):
         if not isinstance(window_bp, (int, np.integer)) or isinstance(window_bp, bool) or window_bp < 1:
             raise DataError(f"window_bp must be a positive integer, got {window_bp!r}")
         self.window_bp = int(window_bp)
+        self.read_bp = self.window_bp + int(lookahead_bp)
+        window_bp = self.read_bp
         self.genomes = [g for g, _ in parts]
         self.slots: list[tuple[int, Interval]] = []
         longest = 0
@@ -38,9 +43,10 @@ class RegionWindows:
                     self.slots.append((gi, iv))
         if not self.slots:
             names = ", ".join(str(g.source_path) for g in self.genomes)
-            raise DataError(f"window_bp {window_bp} is longer than every {what} of {names} (the longest is "
-                            f"{longest} bp); use a smaller window_bp")
-        counts = np.array([iv.length_bp - self.window_bp + 1 for _, iv in self.slots], dtype=np.int64)
+            plus = f"; a window reads {lookahead_bp} more base for its next-base target" if lookahead_bp else ""
+            raise DataError(f"window_bp {self.window_bp} is longer than every {what} of {names} (the longest "
+                            f"is {longest} bp{plus}); use a smaller window_bp")
+        counts = np.array([iv.length_bp - self.read_bp + 1 for _, iv in self.slots], dtype=np.int64)
         self._cum = np.cumsum(counts)
         self.n_starts = int(self._cum[-1])
         self.total_bp = int(sum(iv.length_bp for _, iv in self.slots))
@@ -94,7 +100,7 @@ class WindowReader:
             else:
                 k = int(rng.integers(windows.n_starts))
             genome, contig, start = windows.locate(k)
-            raw = genome.fetch(contig, start, start + windows.window_bp)
+            raw = genome.fetch(contig, start, start + windows.read_bp)
             if not self.too_many_n(raw):
                 return genome, contig, start, raw
         raise DataError(f"no window of {windows.window_bp} bp with at most {self.max_n_fraction:.0%} N found in "

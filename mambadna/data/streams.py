@@ -8,7 +8,7 @@ row s of item k-1 exactly where it stopped. ``reset[s]`` is true where row s sta
 carried state must be zeroed there.
 
 Targets are the next base of every position (window k of a piece reads window_bp + 1 bases), so no position
-loses its label at a window boundary. A piece's last window is padded (input PAD, target -100), and a stream
+loses its label at a window boundary. A piece's last window is padded (input PAD, target IGNORE_INDEX), and a stream
 that has run out of pieces yields padding windows until the longest stream ends.
 
 Order matters, so use ``DataLoader(dataset, batch_size=None, shuffle=False)`` (any num_workers: a map-style
@@ -30,8 +30,7 @@ from mambadna.data.errors import DataError
 from mambadna.data.genome import Genome
 from mambadna.data.regions import Interval
 from mambadna.data.windows import check_rank, split_intervals
-
-IGNORE_INDEX = -100
+from mambadna.tokenizer import IGNORE_INDEX
 
 
 def _positive_int(name: str, value) -> int:

@@ -46,7 +46,8 @@ def split_intervals(genome: Genome, split: str, bed=None, **split_kwargs) -> lis
 
 
 class GenomeWindowDataset(Dataset):
-    """``{"input_ids": LongTensor (window_bp,)}`` windows of one genome for next-base prediction.
+    """``{"input_ids": LongTensor (window_bp,), "targets": LongTensor (window_bp,)}`` windows of one genome for
+    next-base prediction: window_bp + 1 bases are read and target t is base t + 1, already aligned for the loss.
 
     ``num_windows`` is the epoch length over all ranks (default: bases in the split // window_bp, so an epoch
     covers about the split once whatever the window). Call ``set_epoch(e)`` before each epoch.
@@ -64,7 +65,7 @@ class GenomeWindowDataset(Dataset):
                                          test_fraction=test_fraction, by=split_by, val_contigs=val_contigs,
                                          test_contigs=test_contigs)
         what = "interval of the BED file" if bed is not None else f"contig/region of the {split!r} split"
-        self.windows = RegionWindows([(self.genome, self.intervals)], window_bp, what=what)
+        self.windows = RegionWindows([(self.genome, self.intervals)], window_bp, what=what, lookahead_bp=1)
         self.window_bp = self.windows.window_bp
         if num_windows is None:
             num_windows = max(1, self.windows.total_bp // self.window_bp)
@@ -104,4 +105,5 @@ class GenomeWindowDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         _, _, raw, rng = self.window(index)
-        return {"input_ids": self.reader.encode(raw, rng)}
+        ids = self.reader.encode(raw, rng)  # (window_bp + 1,)
+        return {"input_ids": ids[:-1], "targets": ids[1:]}

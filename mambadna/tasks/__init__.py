@@ -1,5 +1,5 @@
-"""Lightning tasks (pretraining, classification) and the run-level operations the `mambadna` CLI calls.
+"""Lightning modules (pretraining, classification) and their callbacks; nothing else.
 
-The model (mambadna.model) never imports Lightning; everything Lightning lives here and in mambadna.data's
-DataModules.
+The model (mambadna.model) never imports Lightning. The run-level operations the `mambadna` CLI calls (train,
+evaluate, embed, generate, probe, demo) live in mambadna.commands; the DataModules in mambadna.data.
 """

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from mambadna.model import MambaClassifier
-from mambadna.tasks.memory import enable_activation_checkpointing, maybe_compile
+from mambadna.objective import classification_loss
+from mambadna.run_config import OptimSpec
 from mambadna.tasks.optim import build_optimizer
-from mambadna.tasks.run_config import OptimSpec
 
 
 class ClassifyTask(pl.LightningModule):
     def __init__(self, model: MambaClassifier, optim: OptimSpec, class_names: list[str],
-                 freeze_backbone: bool = False, activation_checkpointing: bool = False, compile: bool = False):
+                 freeze_backbone: bool = False, activation_checkpointing: bool = False, compile: bool = False,
+                 chunk_bp: int | None = None):
         super().__init__()
         if len(class_names) < 2:
             raise ValueError(f"classification needs at least 2 classes, the data has {len(class_names)}: "
@@ -26,9 +26,13 @@ class ClassifyTask(pl.LightningModule):
         if freeze_backbone:
             for p in self.model.backbone.parameters():
                 p.requires_grad_(False)
-        if activation_checkpointing:
-            enable_activation_checkpointing(self.model.backbone.layers)
-        object.__setattr__(self, "_forward", maybe_compile(self.model, compile))
+        if activation_checkpointing and chunk_bp:
+            raise ValueError("activation_checkpointing does not combine with chunk_bp: chunk_bp already recomputes "
+                             "each chunk in the backward")
+        self.model.backbone.activation_checkpointing = activation_checkpointing
+        self.chunk_bp = chunk_bp
+        # kept off the module tree so state_dict keys stay those of MambaClassifier
+        object.__setattr__(self, "_loss", torch.compile(classification_loss) if compile else classification_loss)
         k = len(class_names)
         self.metrics = torch.nn.ModuleDict({
             split: torch.nn.ModuleDict({
@@ -43,12 +47,11 @@ class ClassifyTask(pl.LightningModule):
             self.model.backbone.eval()  # frozen features: no dropout-like train behaviour, fixed statistics
 
     def forward(self, input_ids, attention_mask=None):
-        return self._forward(input_ids, attention_mask)
+        return self.model(input_ids, attention_mask, self.chunk_bp)
 
     def _step(self, split: str, batch) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch.get("attention_mask"))  # (b, k)
         labels = batch["label"]
-        loss = F.cross_entropy(logits.float(), labels)
+        loss, logits = self._loss(self.model, batch["input_ids"], batch.get("attention_mask"), labels, self.chunk_bp)
         preds = logits.argmax(-1)
         on_step = split == "train"
         kw = dict(on_step=on_step, on_epoch=not on_step, batch_size=labels.shape[0], sync_dist=not on_step)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mambadna.tasks.run_config import OptimSpec
+from mambadna.run_config import OptimSpec
 
 
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:

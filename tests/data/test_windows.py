@@ -128,7 +128,9 @@ def test_reverse_complement_augmentation(copy_bundled):
     aug = GenomeWindowDataset(path, 300, seed=4, reverse_complement=True)
     flipped = 0
     for i in range(len(plain)):
-        x, y = plain[i]["input_ids"], aug[i]["input_ids"]
+        # the whole window read (inputs and the one target past them): the augmented one is its reverse complement
+        x, y = (torch.cat([ds[i]["input_ids"], ds[i]["targets"][-1:]]) for ds in (plain, aug))
+        assert torch.equal(plain[i]["targets"][:-1], plain[i]["input_ids"][1:])
         if not torch.equal(x, y):
             assert torch.equal(torch.as_tensor(TOK.reverse_complement(x.numpy())), y)
             flipped += 1

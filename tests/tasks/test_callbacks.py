@@ -6,7 +6,7 @@ from mambadna.config import tiny
 from mambadna.data import GenomeDataModule, bundled_path
 from mambadna.tasks.callbacks import NonFiniteLossError, NonFiniteLossGuard, SeqLenWarmup, doubling_stages
 from mambadna.tasks.lm import LMTask
-from mambadna.tasks.run_config import OptimSpec
+from mambadna.run_config import OptimSpec
 
 
 class Shapes(pl.Callback):

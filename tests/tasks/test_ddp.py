@@ -14,7 +14,7 @@ from torch.utils.data.distributed import DistributedSampler
 from mambadna.config import tiny
 from mambadna.data import GenomeDataModule, GenomeWindowDataset, bundled_path
 from mambadna.tasks.lm import LMTask
-from mambadna.tasks.run_config import OptimSpec
+from mambadna.run_config import OptimSpec
 
 WORLD = 2
 
@@ -23,7 +23,7 @@ def make_task_and_batch():
     torch.manual_seed(0)
     task = LMTask(tiny(d_model=16, d_state=4), OptimSpec())
     ds = GenomeWindowDataset(bundled_path("lambda"), 48, num_windows=8, seed=3)
-    batch = torch.stack([ds[i]["input_ids"] for i in range(len(ds))])  # (8, 48)
+    batch = {key: torch.stack([ds[i][key] for i in range(len(ds))]) for key in ("input_ids", "targets")}  # (8, 48)
     return task, batch
 
 
@@ -33,11 +33,9 @@ def _worker(rank, port, out_dir):
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     task, batch = make_task_and_batch()
     ddp = torch.nn.parallel.DistributedDataParallel(task.model)
-    local = batch[rank::WORLD]  # each rank sees half of the global batch, as a DistributedSampler would
-    logits = ddp(local)
-    from mambadna.tasks.lm import next_token_loss
-
-    loss = next_token_loss(logits, local, None, task.pad_id)
+    local = {k: v[rank::WORLD] for k, v in batch.items()}  # half of the global batch, as a DistributedSampler gives
+    logits = ddp(local["input_ids"])  # (4, 48, V)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), local["targets"].flatten())
     loss.backward()
     mean_loss = loss.detach().clone()
     dist.all_reduce(mean_loss)
@@ -66,7 +64,7 @@ def test_ddp_gradients_equal_single_process(tmp_path):
     result = torch.load(tmp_path / "ddp.pt", weights_only=True)
 
     task, batch = make_task_and_batch()
-    loss = task.loss({"input_ids": batch})
+    loss = task.loss(batch)
     loss.backward()
     torch.testing.assert_close(result["loss"], loss.detach(), rtol=1e-5, atol=1e-6)
     for name, param in task.model.named_parameters():

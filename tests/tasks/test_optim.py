@@ -5,7 +5,7 @@ import torch
 from mambadna.config import tiny
 from mambadna.model import MambaLM
 from mambadna.tasks.optim import build_optimizer, param_groups, warmup_cosine
-from mambadna.tasks.run_config import OptimSpec
+from mambadna.run_config import OptimSpec
 
 
 def test_weight_decay_only_on_matrices():

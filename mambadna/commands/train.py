@@ -27,11 +27,12 @@ from mambadna.checkpoint import read_config
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.tasks.callbacks import NonFiniteLossGuard, SeqLenWarmup, doubling_stages
 from mambadna.tasks.classify import ClassifyTask
-from mambadna.tasks.defaults import default_pretrain_genome, default_species_manifest
+from mambadna.commands.defaults import default_pretrain_genome, default_species_manifest
 from mambadna.tasks.lm import LMTask
-from mambadna.tasks.plots import plot_curves, save_confusion
-from mambadna.tasks.run_config import FinetuneConfig, ModelSpec, PretrainConfig, TrainSpec, save_config
-from mambadna.tasks.streams import StreamsDataModule
+from mambadna.commands.plots import plot_curves, save_confusion
+from mambadna.config import MambaConfig, tiny
+from mambadna.run_config import FinetuneConfig, PretrainConfig, TrainSpec, save_config
+from mambadna.data.datamodules import StreamsDataModule
 from mambadna.tokenizer import tokenizer_from_name
 
 TRAINING_INFO = "training.json"
@@ -127,17 +128,19 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     ckpt_path = _resume_path(out_dir, resume)
     genome = cfg.data.genome or str(default_pretrain_genome(out_dir))
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    model_config = cfg.model.mamba_config()
+    model_config = cfg.model
     d = cfg.data
     tokenizer = tokenizer_from_name(model_config.tokenizer)
     if cfg.train.tbptt:
         datamodule = StreamsDataModule(genome, window_bp=d.window_bp, batch_size=d.batch_size,
-                                       num_workers=d.num_workers, seed=cfg.train.seed, tokenizer=tokenizer)
+                                       num_workers=d.num_workers, seed=cfg.train.seed, tokenizer=tokenizer,
+                                       val_fraction=d.val_fraction, test_fraction=d.test_fraction)
     else:
         datamodule = GenomeDataModule(
             genome, window_bp=d.window_bp, batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.train.seed,
             max_n_fraction=d.max_n_fraction, reverse_complement=d.reverse_complement, train_windows=d.train_windows,
             val_windows=d.val_windows, test_windows=d.test_windows, tokenizer=tokenizer,
+            val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_by=d.split_by,
         )
     save_config(cfg, out_dir / "run_config.json")
     t = cfg.train
@@ -159,7 +162,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     return summary
 
 
-def load_backbone(pretrained: str | Path, spec: ModelSpec, window_bp: int) -> MambaLM:
+def load_backbone(pretrained: str | Path, spec: MambaConfig, window_bp: int) -> MambaLM:
     """A MambaLM from a save_pretrained directory, checked against the run's tokenizer and (if set) shape."""
     directory = Path(pretrained)
     if not directory.is_dir():
@@ -174,7 +177,7 @@ def load_backbone(pretrained: str | Path, spec: ModelSpec, window_bp: int) -> Ma
         raise ValueError(f"{directory} was trained with the {saved.get('tokenizer')!r} tokenizer (vocabulary "
                          f"{saved.get('vocab_size')}) but this run uses {spec.tokenizer!r}; set "
                          f"model.tokenizer={saved.get('tokenizer')} or pretrain with the same tokenizer")
-    if spec != ModelSpec(tokenizer=spec.tokenizer):
+    if spec != tiny(tokenizer=spec.tokenizer):  # model.* settings changed from the default: they must match
         differ = [f"{k}: checkpoint {saved.get(k)} vs run {getattr(spec, k)}"
                   for k in ("d_model", "n_layer", "d_state", "d_conv", "expand") if saved.get(k) != getattr(spec, k)]
         if differ:
@@ -206,7 +209,8 @@ def finetune_datamodule(cfg: FinetuneConfig, tokenizer):
         datamodule = SpeciesDataModule(
             manifest, window_bp=d.window_bp, batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.train.seed,
             max_n_fraction=d.max_n_fraction, reverse_complement=d.reverse_complement, train_windows=d.train_windows,
-            val_windows=d.val_windows, test_windows=d.test_windows, tokenizer=tokenizer)
+            val_windows=d.val_windows, test_windows=d.test_windows, tokenizer=tokenizer,
+            val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_by=d.split_by)
     if datamodule.num_classes < 2:
         raise ValueError(f"fine-tuning needs at least 2 classes; the training data has {datamodule.num_classes}: "
                          f"{datamodule.class_names}")
@@ -219,14 +223,14 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     ckpt_path = _resume_path(out_dir, resume)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     backbone = load_backbone(cfg.pretrained, cfg.model, cfg.data.window_bp) if cfg.pretrained else None
-    model_config = backbone.config if backbone is not None else cfg.model.mamba_config()
+    model_config = backbone.config if backbone is not None else cfg.model
     datamodule = finetune_datamodule(cfg, tokenizer_from_name(model_config.tokenizer))
-    model = MambaClassifier(model_config, datamodule.num_classes, cfg.pooling)
+    model = MambaClassifier(model_config, datamodule.num_classes, cfg.pooling, datamodule.class_names)
     if backbone is not None:
         model.backbone.load_state_dict(backbone.state_dict())
     save_config(cfg, out_dir / "run_config.json")
     task = ClassifyTask(model, cfg.optim, datamodule.class_names, cfg.freeze_backbone,
-                        cfg.train.activation_checkpointing, cfg.train.compile)
+                        cfg.train.activation_checkpointing, cfg.train.compile, cfg.train.chunk_bp)
     extra = []
     if cfg.train.seqlen_warmup_from_bp:
         extra.append(SeqLenWarmup(doubling_stages(cfg.train.seqlen_warmup_from_bp, cfg.data.window_bp,

@@ -2,7 +2,6 @@ import torch
 
 from mambadna.config import tiny
 from mambadna.model import MambaLM
-from mambadna.tasks.memory import enable_activation_checkpointing
 
 
 def test_activation_checkpointing_same_grads_same_keys(real_dna):
@@ -12,7 +11,7 @@ def test_activation_checkpointing_same_grads_same_keys(real_dna):
     plain = MambaLM(tiny(d_model=16, d_state=4))
     ckpt = MambaLM(tiny(d_model=16, d_state=4))
     ckpt.load_state_dict(plain.state_dict())
-    enable_activation_checkpointing(ckpt.layers)
+    ckpt.activation_checkpointing = True
     assert list(ckpt.state_dict()) == list(plain.state_dict())
     ids = torch.as_tensor(NucleotideTokenizer().encode(real_dna[:96])).view(2, 48)
     for model in (plain, ckpt):

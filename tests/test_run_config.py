@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mambadna.tasks import run_config as rc
+from mambadna import run_config as rc
 
 
 def test_set_converts_types_and_nested_keys():
@@ -44,7 +44,7 @@ def test_recipe_toml_and_json(tmp_path):
 def test_shipped_recipes_load():
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parents[2] / "experiments" / "recipes"
+    folder = Path(__file__).resolve().parents[1] / "experiments" / "recipes"
     recipes = sorted(folder.glob("*.toml"))
     assert recipes
     for path in recipes:
@@ -53,7 +53,9 @@ def test_shipped_recipes_load():
 
 
 def test_save_config_roundtrip(tmp_path):
-    cfg = rc.demo_finetune("out", "pre/model")
+    from mambadna.commands.demo import demo_finetune
+
+    cfg = demo_finetune("out", "pre/model")
     rc.save_config(cfg, tmp_path / "c.json")
     data = json.loads((tmp_path / "c.json").read_text())
     assert data.pop("kind") == "FinetuneConfig"

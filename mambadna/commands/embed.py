@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mambadna.long_context import check_chunk_bp, chunked_hidden_states
+from mambadna.checkpoint import load
+from mambadna.chunking import check_chunk_bp
 from mambadna.model import MambaClassifier, MambaLM, pool
 
 
@@ -62,18 +63,13 @@ def read_records(path: str | Path, label_regex: str = "", sequence_column: str =
     return records
 
 
-def load_lm(checkpoint: str | Path) -> MambaLM:
-    """A MambaLM from a save_pretrained folder; a MambaClassifier folder gives its backbone."""
-    from mambadna.checkpoint import read_config
-
-    directory = Path(checkpoint)
+def load_lm(checkpoint: str | Path, map_location="cpu") -> MambaLM:
+    """A MambaLM from any saved model folder; a MambaClassifier folder gives its backbone."""
     try:
-        kind = read_config(directory)["model_class"]
+        model = load(checkpoint, map_location=map_location)
     except FileNotFoundError as err:
         raise ValueError(str(err)) from None
-    if kind == "MambaClassifier":
-        return MambaClassifier.from_pretrained(directory).backbone
-    return MambaLM.from_pretrained(directory)
+    return model.backbone if isinstance(model, MambaClassifier) else model
 
 
 @torch.no_grad()
@@ -82,7 +78,7 @@ def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", 
                   chunk_bp: int | None = None):
     """-> (pooled (n, d) float32, per-position list of (l_i, d) arrays or None). Batches are length-sorted and
     right-padded (the model is causal: right padding leaves real positions unchanged). `chunk_bp` runs each batch
-    chunk by chunk with the state carried (`long_context.chunked_hidden_states`): the same vectors in activation
+    chunk by chunk with the state carried (`MambaLM.embed(..., chunk_bp=...)`): the same vectors in activation
     memory that grows with the chunk rather than the sequence."""
     from mambadna.tokenizer import tokenizer_from_name
 
@@ -98,11 +94,11 @@ def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", 
         seqs = [records[i].sequence[:max_length_bp] if max_length_bp else records[i].sequence for i in idx]
         batch = tokenizer.batch_encode(seqs)
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        if chunk_bp is None:
-            hidden = model.hidden_states(input_ids)  # (b, l, d)
+        if chunk_bp is not None and not per_position:
+            _, vectors = model.embed(input_ids, attention_mask, pooling, chunk_bp)  # (b, d), never (b, l, d)
         else:
-            hidden = chunked_hidden_states(model, input_ids, chunk_bp)  # (b, l, d)
-        vectors = pool(hidden, attention_mask, pooling)  # (b, d), as MambaLM.embed pools
+            hidden = model.hidden_states(input_ids)  # (b, l, d)
+            vectors = pool(hidden, attention_mask, pooling)  # (b, d), as MambaLM.embed pools
         for j, i in enumerate(idx):
             pooled[i] = vectors[j].float().cpu().numpy()
             if per_position:

@@ -13,8 +13,9 @@ import json
 import time
 from pathlib import Path
 
-from mambadna.tasks import run_config as rc
-from mambadna.tasks.defaults import default_species_manifest
+from mambadna import run_config as rc
+from mambadna.commands.defaults import default_species_manifest
+from mambadna.config import tiny
 
 BASELINE_TRAIN_WINDOWS = 1024
 
@@ -32,17 +33,37 @@ def _windows(manifest: Path, window_bp: int, split: str, count: int, seed: int):
     return seqs, labels
 
 
+def demo_pretrain(out_dir: str) -> rc.PretrainConfig:
+    """Seconds-scale pretraining of a tiny model on the bundled genomes (the laptop demo)."""
+    return rc.PretrainConfig(
+        out_dir=out_dir,
+        model=tiny(d_model=32, n_layer=2, d_state=8),
+        data=rc.DataSpec(window_bp=256, batch_size=16, val_windows=32),
+        optim=rc.OptimSpec(lr=8e-3),
+        train=rc.TrainSpec(max_steps=300, ckpt_every_n_steps=300, log_every_n_steps=10),
+    )
+
+
+def demo_finetune(out_dir: str, pretrained: str) -> rc.FinetuneConfig:
+    return rc.FinetuneConfig(
+        out_dir=out_dir, pretrained=pretrained, pooling="mean",
+        data=rc.DataSpec(window_bp=128, batch_size=32, val_windows=64, test_windows=256),
+        optim=rc.OptimSpec(lr=1e-2, weight_decay=0.01),
+        train=rc.TrainSpec(max_steps=300, ckpt_every_n_steps=300, log_every_n_steps=10),
+    )
+
+
 def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress_bar: bool = True) -> dict:
-    from mambadna.tasks.embed import Record, embed_records, write_embeddings
-    from mambadna.tasks.plots import plot_pca
-    from mambadna.tasks.probe import kmer_baseline, probe_embeddings
-    from mambadna.tasks.train import run_finetune, run_pretrain
+    from mambadna.commands.embed import Record, embed_records, write_embeddings
+    from mambadna.commands.plots import plot_pca
+    from mambadna.commands.probe import kmer_baseline, probe_embeddings
+    from mambadna.commands.train import run_finetune, run_pretrain
     from mambadna.model import MambaLM
 
     out_dir = Path(out_dir)
     start = time.time()
-    pre = rc.demo_pretrain(str(out_dir / "pretrain"))
-    ft = rc.demo_finetune(str(out_dir / "finetune"), str(out_dir / "pretrain" / "model"))
+    pre = demo_pretrain(str(out_dir / "pretrain"))
+    ft = demo_finetune(str(out_dir / "finetune"), str(out_dir / "pretrain" / "model"))
     if quick:
         pre = rc.apply_overrides(pre, ["train.max_steps=3", "data.val_windows=16", "train.log_every_n_steps=1"])
         ft = rc.apply_overrides(ft, ["train.max_steps=3", "data.val_windows=16", "data.test_windows=32",

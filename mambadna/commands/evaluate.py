@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from mambadna.checkpoint import read_config
+from mambadna.checkpoint import load
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.tasks.classify import ClassifyTask
-from mambadna.tasks.defaults import default_pretrain_genome
+from mambadna.commands.defaults import default_pretrain_genome
 from mambadna.tasks.lm import LMTask
-from mambadna.tasks.run_config import FinetuneConfig, OptimSpec
-from mambadna.tasks.train import finetune_datamodule, memory_advice, test_classifier
+from mambadna.run_config import FinetuneConfig, OptimSpec
+from mambadna.commands.train import finetune_datamodule, memory_advice, test_classifier
 from mambadna.tokenizer import tokenizer_from_name
 
 
@@ -28,23 +28,22 @@ def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", prog
     labelled files; default the bundled species windows), language models `genome` (default: bundled genomes)."""
     directory = Path(checkpoint)
     try:
-        kind = read_config(directory)["model_class"]
+        model = load(directory)
     except FileNotFoundError as err:
         raise ValueError(str(err)) from None
+    kind = type(model).__name__
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if kind == "MambaClassifier":
-        model = MambaClassifier.from_pretrained(directory)
+    if isinstance(model, MambaClassifier):
         datamodule = finetune_datamodule(cfg, tokenizer_from_name(model.config.tokenizer))
         if datamodule.num_classes != model.num_classes:
             raise ValueError(f"{directory} predicts {model.num_classes} classes but the data has "
                              f"{datamodule.num_classes}: {datamodule.class_names}")
         task = ClassifyTask(model, OptimSpec(), datamodule.class_names)
         metrics = test_classifier(_trainer(progress_bar), task, datamodule, out_dir)
-    elif kind == "MambaLM":
+    elif isinstance(model, MambaLM):
         from mambadna.data import GenomeDataModule
 
-        model = MambaLM.from_pretrained(directory)
         d = cfg.data
         datamodule = GenomeDataModule(genome or str(default_pretrain_genome(out_dir)), window_bp=d.window_bp,
                                       batch_size=d.batch_size, test_windows=d.test_windows,

@@ -1,6 +1,6 @@
 """`read_records` takes labels from the whole FASTA header line, not only the first word pyfaidx keeps."""
 
-from mambadna.tasks.embed import read_records
+from mambadna.commands.embed import read_records
 
 
 def test_label_regex_searches_the_description(tmp_path):

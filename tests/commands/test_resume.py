@@ -3,8 +3,8 @@
 import pytest
 import pytorch_lightning as pl
 
-from mambadna.tasks import run_config as rc
-from mambadna.tasks import train
+from mambadna import run_config as rc
+from mambadna.commands import train
 
 
 class Interrupt(Exception):

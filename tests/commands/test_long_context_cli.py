@@ -12,8 +12,10 @@ import torch
 from mambadna import cli
 from mambadna.config import tiny
 from mambadna.model import MambaLM
-from mambadna.tasks import run_config as rc
+from mambadna import run_config as rc
+from mambadna.objective import next_token_targets
 from mambadna.tasks.lm import LMTask
+from mambadna.tokenizer import IGNORE_INDEX, PAD_ID
 
 TINY = ["--set", "model.d_model=16", "--set", "model.d_state=4", "--window-bp", "64", "--batch-size", "8",
         "--set", "train.log_every_n_steps=1", "--set", "data.val_windows=8", "--no-progress"]
@@ -51,9 +53,11 @@ def test_chunked_task_loss_equals_plain_task_loss_with_padding():
     input_ids = torch.randint(5, 9, (3, 50), generator=torch.Generator().manual_seed(1))
     attention_mask = torch.ones(3, 50, dtype=torch.bool)
     attention_mask[1, 37:] = False  # right padding, as PadCollate gives
-    input_ids[1, 37:] = plain.pad_id
-    input_ids[2, 20] = plain.pad_id  # a pad id inside a window is not a target either
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    input_ids[1, 37:] = PAD_ID
+    input_ids[2, 20] = PAD_ID  # a pad id inside a window is not a target either
+    inputs, targets = next_token_targets(input_ids, attention_mask, PAD_ID)
+    assert int((targets == IGNORE_INDEX).sum()) == (50 - 37) + 1  # row 1: ids 37..49; row 2: id 20
+    batch = {"input_ids": inputs, "targets": targets}
     want, got = plain.loss(batch), chunked.loss(batch)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     want.backward()
@@ -80,7 +84,7 @@ def test_incompatible_long_context_settings_are_clear_errors(capsys):
     msg = run_error(capsys, ["pretrain", "--tbptt", "--activation-checkpointing"])
     assert "--tbptt" in msg and "--chunk-bp" in msg
     assert "positive" in run_error(capsys, ["pretrain", "--chunk-bp", "0"])
-    assert "pretraining only" in run_error(capsys, ["finetune", "--set", "train.chunk_bp=64"])
+    assert "pretraining only" in run_error(capsys, ["finetune", "--set", "train.tbptt=true"])
     assert "seqlen_warmup" in run_error(capsys, ["pretrain", "--tbptt", "--set", "train.seqlen_warmup_from_bp=32"])
     with pytest.raises(ValueError, match="does not combine"):
         LMTask(tiny(d_model=16, d_state=4), rc.OptimSpec(), activation_checkpointing=True, chunk_bp=64)

@@ -4,14 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mambadna.long_context import (
-    chunked_hidden_states,
-    chunked_lm_loss,
-    chunked_lm_loss_mean,
-    forward_with_states,
-)
+from mambadna.chunking import run_chunked
 from mambadna.model import MambaLM
-from mambadna.tasks.memory import enable_activation_checkpointing
+from mambadna.objective import lm_loss, lm_loss_mean, next_token_targets
 
 
 @pytest.fixture
@@ -30,6 +25,13 @@ def _reference(model, ids, labels=None):
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="sum")
     grads = torch.autograd.grad(loss, list(model.parameters()))
     return loss.detach(), grads
+
+
+def chunked_lm_loss(model, ids, chunk_bp, labels=None):
+    """(loss_sum, n_tokens) of next-token prediction over ids (b, l): position t scored against labels[:, t+1]."""
+    labels = ids if labels is None else labels
+    loss_sum, n_tokens, _ = lm_loss(model, ids[:, :-1], labels[:, 1:], chunk_bp)
+    return loss_sum, n_tokens
 
 
 def _assert_grads_close(got, want, rtol=1e-4):
@@ -55,7 +57,7 @@ def test_mean_helper_matches_cross_entropy_mean(model):
     ids = _ids(1, 50)
     logits = model(ids)
     want = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
-    torch.testing.assert_close(chunked_lm_loss_mean(model, ids, 7), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lm_loss_mean(model, *next_token_targets(ids), 7), want, rtol=1e-5, atol=1e-6)
 
 
 def test_labels_with_ignored_positions(model):
@@ -133,17 +135,22 @@ def test_no_grad_runs_without_checkpointing_and_equals(model):
 def test_chunked_hidden_states_equal_unchunked(model, chunk_bp):
     ids = _ids(2, 25)
     want = model.hidden_states(ids).detach()
-    got = chunked_hidden_states(model, ids, chunk_bp, out_device="cpu")
+    parts = []
+    with torch.no_grad():
+        run_chunked(model, ids, chunk_bp, lambda residual, start, end: parts.append(model.norm_f(residual)) or ())
+    got = torch.cat(parts, 1)
     assert got.shape == want.shape and not got.requires_grad
+    assert [p.shape[1] for p in parts] == [min(chunk_bp, 25 - s) for s in range(0, 25, chunk_bp)]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_forward_with_states_continues_a_sequence(model):
+def test_trunk_continues_a_sequence_from_its_states(model):
     ids = _ids(2, 30)
     with torch.no_grad():
-        whole, _ = forward_with_states(model, ids)
-        first, states = forward_with_states(model, ids[:, :11])
-        second, _ = forward_with_states(model, ids[:, 11:], states)
+        whole = model.hidden_states(ids)
+        _, states = model.trunk(ids[:, :11])
+        first = model.hidden_states(ids[:, :11])
+        second = model.hidden_states(ids[:, 11:], states)
     torch.testing.assert_close(torch.cat([first, second], 1), whole, rtol=1e-4, atol=1e-5)
 
 
@@ -151,7 +158,7 @@ def test_block_checkpointing_equals_plain_forward_and_gradients(model):
     ids = _ids(2, 20)
     want_logits = model(ids)
     want_grads = torch.autograd.grad(want_logits.square().sum(), list(model.parameters()))
-    enable_activation_checkpointing(model.layers)
+    model.activation_checkpointing = True
     logits = model(ids)
     torch.testing.assert_close(logits, want_logits)
     _assert_grads_close(torch.autograd.grad(logits.square().sum(), list(model.parameters())), want_grads, 1e-5)
@@ -162,16 +169,17 @@ def test_block_checkpointing_equals_plain_forward_and_gradients(model):
     [
         (dict(chunk_bp=0), "chunk_bp must be a positive int"),
         (dict(chunk_bp=2.5), "chunk_bp must be a positive int"),
-        (dict(chunk_bp=4, labels=torch.zeros(2, 9, dtype=torch.long)), "labels must have the shape"),
-        (dict(chunk_bp=4, labels=torch.full((2, 10), 99)), r"labels must lie in \[0, 16\)"),
-        (dict(chunk_bp=4, labels=torch.zeros(2, 10)), "labels must be an int64/int32 tensor"),
+        (dict(chunk_bp=4, targets=torch.zeros(2, 9, dtype=torch.long)), "targets must have the shape"),
+        (dict(chunk_bp=4, targets=torch.full((2, 10), 99)), r"targets must lie in \[0, 16\)"),
+        (dict(chunk_bp=4, targets=torch.zeros(2, 10)), "targets must be an int64/int32 tensor"),
     ],
 )
 def test_bad_arguments_are_rejected(model, kwargs, match):
+    kwargs.setdefault("targets", _ids(2, 10))
     with pytest.raises(ValueError, match=match):
-        chunked_lm_loss(model, _ids(2, 10), **kwargs)
+        lm_loss(model, _ids(2, 10), **kwargs)
 
 
 def test_sequence_of_one_token_is_rejected(model):
     with pytest.raises(ValueError, match="at least 2 tokens"):
-        chunked_lm_loss(model, _ids(1, 1), 4)
+        next_token_targets(_ids(1, 1))

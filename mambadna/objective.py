@@ -1,0 +1,80 @@
+"""The training objectives, in one place: next-base prediction and sequence classification.
+
+Every language-model batch arrives with `input_ids` and `targets` already aligned by the data layer (target t is
+the base after input t, `IGNORE_INDEX` where nothing is scored), so there is no shifting here and one loss path
+serves plain, sequence-chunked (`chunk_bp`, mambadna/chunking.py) and truncated-BPTT (`states` carried in by
+mambadna/tbptt.py) training. Losses are summed in fp32 and returned with the number of scored positions, so that
+chunks, windows and DDP ranks combine exactly; the mean is loss_sum / n_tokens.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from mambadna.chunking import run_chunked
+from mambadna.tokenizer import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from mambadna.model import LayerState, MambaClassifier, MambaLM
+
+
+def check_targets(model: "MambaLM", targets: torch.Tensor, shape, name: str = "targets") -> None:
+    if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.long, torch.int32):
+        raise ValueError(f"{name} must be an int64/int32 tensor, got {getattr(targets, 'dtype', type(targets))}")
+    if tuple(targets.shape) != tuple(shape):
+        raise ValueError(f"{name} must have the shape of input_ids {tuple(shape)}, got {tuple(targets.shape)}")
+    valid = targets[targets != IGNORE_INDEX]
+    vocab = model.config.vocab_size
+    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= vocab):
+        raise ValueError(f"{name} must lie in [0, {vocab}) or equal IGNORE_INDEX ({IGNORE_INDEX}), "
+                         f"got values {int(valid.min())}..{int(valid.max())}")
+
+
+def next_token_targets(sequence: torch.Tensor, attention_mask: torch.Tensor | None = None, pad_id: int | None = None):
+    """Aligned (input_ids (b, l-1), targets (b, l-1)) from whole sequences (b, l): target t is base t+1; padding
+    (by `attention_mask` or `pad_id`) is never scored. What the window datasets do when they read l+1 bases."""
+    if sequence.dim() != 2 or sequence.shape[1] < 2:
+        raise ValueError(f"next-token prediction needs sequences of at least 2 tokens, got shape "
+                         f"{tuple(sequence.shape)}")
+    targets = sequence[:, 1:].clone()
+    if pad_id is not None:
+        targets[targets == pad_id] = IGNORE_INDEX
+    if attention_mask is not None:
+        targets[~attention_mask[:, 1:].bool()] = IGNORE_INDEX
+    return sequence[:, :-1], targets
+
+
+def lm_loss(model: "MambaLM", input_ids: torch.Tensor, targets: torch.Tensor, chunk_bp: int | None = None,
+            states: list["LayerState"] | None = None):
+    """Summed cross-entropy of logits[:, t] against targets[:, t] -> (loss_sum () fp32, n_tokens () int64, every
+    layer's state after the last position).
+
+    input_ids, targets (b, l); `states` continue an earlier window (None: start of sequence). `chunk_bp` runs the
+    window chunk-major with each chunk recomputed in the backward (exact; memory grows with the chunk)."""
+    model.check_ids(input_ids)
+    check_targets(model, targets, input_ids.shape)
+
+    def share(residual, start, end):  # residual (b, c, d) of positions [start, end)
+        logits = model.lm_head(model.norm_f(residual))  # (b, c, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets[:, start:end].flatten(),
+                               ignore_index=IGNORE_INDEX, reduction="sum")  # (b*c, V) -> (); fp32 under bf16
+        return (loss,)
+
+    (loss_sum,), new_states = run_chunked(model, input_ids, chunk_bp, share, states)
+    return loss_sum, (targets != IGNORE_INDEX).sum(), new_states
+
+
+def lm_loss_mean(model: "MambaLM", input_ids, targets, chunk_bp: int | None = None, states=None) -> torch.Tensor:
+    """Mean next-token loss over the scored positions (what `F.cross_entropy(..., reduction="mean")` gives)."""
+    loss_sum, n_tokens, _ = lm_loss(model, input_ids, targets, chunk_bp, states)
+    return loss_sum / n_tokens.clamp_min(1)
+
+
+def classification_loss(model: "MambaClassifier", input_ids: torch.Tensor, attention_mask, labels: torch.Tensor,
+                        chunk_bp: int | None = None):
+    """Mean cross-entropy of the classifier's logits against labels (b,) -> (loss (), logits (b, k))."""
+    logits = model(input_ids, attention_mask, chunk_bp)  # (b, k)
+    return F.cross_entropy(logits.float(), labels), logits

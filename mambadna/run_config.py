@@ -1,0 +1,401 @@
+"""Run configurations: nested dataclasses, changed by a recipe file (JSON/TOML), flags or `--set key=value`.
+
+Each setting is declared once, here, with its help text (`setting(..., help=...)`); the CLI builds its flags and
+their help from these fields (mambadna/cli.py), so a new setting is added in one place. The model section is
+`MambaConfig` itself (mambadna/config.py), started from a preset by name (`model.preset=small`).
+
+Every change goes through `from_dict`, which rebuilds the dataclasses, so each section's `__post_init__` checks the
+final values, whatever their source. Defaults follow the Mamba paper's DNA recipe (AdamW β = (0.9, 0.95),
+weight decay 0.1, cosine schedule with linear warmup, peak lr 8e-3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mambadna.config import POOLINGS, PRESETS, MambaConfig, setting, tiny
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
+SPLIT_MODES = ("auto", "contig", "block")
+
+
+def _check(section: str, obj, *names: str, allow_none: bool = False, minimum=None, strict: bool = True) -> None:
+    """Finite numbers above `minimum` (0 by default, strictly)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is None and allow_none:
+            continue
+        low = 0 if minimum is None else minimum
+        ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+              and (value > low if strict else value >= low))
+        if not ok:
+            what = ("a positive number" if strict else "a non-negative number") if low == 0 else f"a number > {low}"
+            raise ValueError(f"{section}.{name} must be {what}, got {value!r}")
+
+
+@dataclass
+class DataSpec:
+    """Where sequences come from. Empty paths mean the bundled genomes (see mambadna.data.bundled_genomes)."""
+
+    genome: str = setting("", help="pretraining genome: one FASTA, any number of contigs (default: bundled)",
+                          flag="--genome", runs=("pretrain",))
+    manifest: str = setting("", help="species manifest TSV (species, fasta[, split]) or a folder of FASTAs",
+                            flag="--manifest", runs=("finetune",))
+    train: str = setting("", help="labelled training sequences (CSV/TSV or FASTA) instead of a manifest",
+                         flag="--train", runs=("finetune",))
+    val: str = setting("", help="labelled validation sequences", flag="--val", runs=("finetune",))
+    test: str = setting("", help="labelled test sequences", flag="--test", runs=("finetune",))
+    label_regex: str = setting("", help="regex with one group taking the label from FASTA headers",
+                               runs=("finetune",))
+    label_key: str = setting("", help="header key holding the label (e.g. 'label' for label=...)",
+                             runs=("finetune",))
+    sequence_column: str = setting("sequence", help="column of a labelled table holding the sequence",
+                                   runs=("finetune",))
+    label_column: str = setting("label", help="column of a labelled table holding the label", runs=("finetune",))
+    window_bp: int = setting(1024, help="window length in bases", flag="--window-bp")
+    batch_size: int = setting(8, help="sequences per batch per device", flag="--batch-size")
+    num_workers: int = setting(0, help="DataLoader worker processes", flag="--num-workers")
+    train_windows: int | None = setting(None, help="training windows per epoch (none: bases // window_bp)")
+    val_windows: int | None = setting(64, help="validation windows")
+    test_windows: int | None = setting(256, help="test windows")
+    val_fraction: float = setting(0.1, help="fraction of every contig (or of the contigs) held out for validation")
+    test_fraction: float = setting(0.1, help="fraction of every contig (or of the contigs) held out for testing")
+    split_by: str = setting("auto", choices=SPLIT_MODES,
+                            help="hold out whole contigs ('contig'), the end block of every contig ('block'), or "
+                                 "'auto' (contigs when there are many); a manifest's split column overrides it")
+    max_n_fraction: float = setting(0.1, help="windows with more N than this fraction are redrawn")
+    reverse_complement: bool = setting(False, help="reverse-complement half of the training windows")
+
+    def __post_init__(self):
+        _check("data", self, "window_bp", "batch_size")
+        _check("data", self, "train_windows", "val_windows", "test_windows", allow_none=True)
+        _check("data", self, "num_workers", strict=False)
+        _check("data", self, "val_fraction", "test_fraction", "max_n_fraction", strict=False)
+        for name in ("window_bp", "batch_size", "num_workers"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"data.{name} must be an integer, got {getattr(self, name)!r}")
+        if not self.val_fraction + self.test_fraction < 1:
+            raise ValueError(f"data.val_fraction + data.test_fraction must be below 1, got {self.val_fraction} + "
+                             f"{self.test_fraction}")
+        if self.max_n_fraction > 1:
+            raise ValueError(f"data.max_n_fraction must be in [0, 1], got {self.max_n_fraction}")
+        if self.split_by not in SPLIT_MODES:
+            raise ValueError(f"data.split_by must be one of {SPLIT_MODES}, got {self.split_by!r}")
+        if self.manifest and self.train:
+            raise ValueError("give data.manifest (species windows) or data.train (labelled sequences), not both")
+
+
+@dataclass
+class OptimSpec:
+    lr: float = setting(8e-3, help="peak learning rate", flag="--lr")
+    betas: list[float] = setting(help="AdamW betas", factory=lambda: [0.9, 0.95])
+    weight_decay: float = setting(0.1, help="AdamW weight decay (matrices only)")
+    warmup_steps: int | None = setting(None, help="linear warmup steps (none: warmup_fraction of the run)")
+    warmup_fraction: float = setting(0.1, help="warmup as a fraction of the run, when warmup_steps is none")
+    min_lr_ratio: float = setting(0.1, help="the cosine schedule decays to lr * min_lr_ratio")
+    grad_clip: float = setting(1.0, help="gradient-norm clipping (0: off)")
+
+    def __post_init__(self):
+        _check("optim", self, "lr")
+        _check("optim", self, "weight_decay", "grad_clip", strict=False)
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas!r}")
+        _check("optim", self, "warmup_fraction", "min_lr_ratio", strict=False)
+        if not self.warmup_fraction < 1 or self.min_lr_ratio > 1:
+            raise ValueError("optim: need 0 <= warmup_fraction < 1 and 0 <= min_lr_ratio <= 1")
+        if self.warmup_steps is not None and (isinstance(self.warmup_steps, bool) or self.warmup_steps < 0):
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+@dataclass
+class TrainSpec:
+    max_steps: int = setting(1000, help="optimizer steps", flag="--steps")
+    precision: str = setting("32-true", help="Lightning precision", flag="--precision", choices=PRECISIONS)
+    accumulate_grad_batches: int = setting(1, help="gradient accumulation steps", flag="--accumulate")
+    activation_checkpointing: bool = setting(False, help="recompute each Mamba block in the backward to save memory",
+                                             flag="--activation-checkpointing")
+    compile: bool = setting(False, help="torch.compile the loss computation", flag="--compile")
+    accelerator: str = setting("auto", help="Lightning accelerator: auto, cpu or gpu", flag="--accelerator")
+    devices: str = setting("auto", help="Lightning devices: auto, a count (2) or a list (0,1)", flag="--devices")
+    strategy: str = setting("auto", help="Lightning strategy", flag="--strategy", choices=STRATEGIES)
+    num_nodes: int = setting(1, help="machines (Lightning num_nodes)")
+    ckpt_every_n_steps: int = setting(500, help="save a checkpoint every N steps", flag="--ckpt-every")
+    val_every_n_steps: int | None = setting(None, help="validate every N steps (none: at the end of each epoch)")
+    log_every_n_steps: int = setting(10, help="log metrics every N steps")
+    seed: int = setting(0, help="random seed", flag="--seed")
+    progress_bar: bool = setting(True, help="show the progress bar", flag="--no-progress")
+    seqlen_warmup_from_bp: int = setting(
+        0, help="sequence-length warmup (Mamba paper): start at this window and double each stage up to "
+                "data.window_bp, halving the batch so tokens per step stay constant (0: off)")
+    epochs_per_stage: int = setting(1, help="epochs per sequence-length warmup stage")
+    chunk_bp: int | None = setting(
+        None, flag="--chunk-bp",
+        help="run each sequence through all layers in chunks of this many bases, carrying conv and SSM state and "
+             "recomputing each chunk in the backward: exact, peak memory grows with the chunk, not the window")
+    tbptt: bool = setting(
+        False, flag="--tbptt", runs=("pretrain",),
+        help="pretraining: truncated BPTT over whole contigs in consecutive windows of data.window_bp, the state "
+             "carried forward without gradient; data.batch_size is the number of parallel streams and an epoch one "
+             "pass over the split (data.train_windows / val_windows do not apply)")
+
+    def __post_init__(self):
+        _check("train", self, "max_steps", "accumulate_grad_batches", "ckpt_every_n_steps", "log_every_n_steps",
+               "epochs_per_stage", "num_nodes")
+        _check("train", self, "val_every_n_steps", "chunk_bp", allow_none=True)
+        _check("train", self, "seqlen_warmup_from_bp", strict=False)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"train.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        self._check_long_context()
+        self.lightning_devices()
+
+    def _check_long_context(self) -> None:
+        # chunk_bp already recomputes each chunk; the per-block wrapper and TBPTT's carried state would make a
+        # combination do nothing useful or nothing at all
+        if self.activation_checkpointing and self.chunk_bp:
+            raise ValueError("--activation-checkpointing (train.activation_checkpointing) and --chunk-bp "
+                             "(train.chunk_bp) are mutually exclusive: chunk_bp already recomputes each chunk in "
+                             "the backward; use one of them")
+        if self.activation_checkpointing and self.tbptt:
+            raise ValueError("--activation-checkpointing (train.activation_checkpointing) does not apply with --tbptt "
+                             "(train.tbptt): its windows run with carried state; use --chunk-bp to save memory")
+        if self.compile and (self.chunk_bp or self.tbptt):
+            raise ValueError("train.compile only compiles the plain forward; it does not apply with train.chunk_bp "
+                             "or train.tbptt")
+        if self.tbptt and self.seqlen_warmup_from_bp:
+            raise ValueError("train.seqlen_warmup_from_bp does not apply with train.tbptt: the window stays "
+                             "data.window_bp and the carried state supplies the longer context")
+
+    def lightning_devices(self):
+        text = str(self.devices).strip()
+        if text == "auto":
+            return "auto"
+        try:
+            if "," in text:
+                devices = [int(x) for x in text.split(",") if x.strip()]
+                if devices and all(d >= 0 for d in devices):
+                    return devices
+            elif int(text) >= 1:
+                return int(text)
+        except ValueError:
+            pass
+        raise ValueError(f"train.devices must be 'auto', a count >= 1 or a list like '0,1', got {text!r}")
+
+
+@dataclass
+class PretrainConfig:
+    out_dir: str = setting("runs/pretrain", help="run folder: checkpoints, logs, plots and the final model",
+                           flag="--out")
+    model: MambaConfig = setting(help="model shape (start from a preset with model.preset)", factory=tiny)
+    data: DataSpec = setting(help="data", factory=DataSpec)
+    optim: OptimSpec = setting(help="optimizer", factory=OptimSpec)
+    train: TrainSpec = setting(help="training", factory=TrainSpec)
+
+
+@dataclass
+class FinetuneConfig:
+    out_dir: str = setting("runs/finetune", help="run folder: checkpoints, logs, plots and the final model",
+                           flag="--out")
+    pretrained: str = setting("", flag="--pretrained",
+                              help="save_pretrained MambaLM folder to start from (default: train from scratch)")
+    pooling: str = setting("last", help="how positions are pooled for the head", flag="--pooling", choices=POOLINGS)
+    freeze_backbone: bool = setting(False, help="train only the classification head", flag="--freeze-backbone")
+    model: MambaConfig = setting(help="model shape for a run from scratch (a fine-tune takes the checkpoint's)",
+                                 factory=tiny)
+    data: DataSpec = setting(help="data", factory=lambda: DataSpec(window_bp=256, batch_size=16))
+    optim: OptimSpec = setting(help="optimizer", factory=lambda: OptimSpec(lr=1e-3, weight_decay=0.01))
+    train: TrainSpec = setting(help="training", factory=lambda: TrainSpec(max_steps=500))
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.train.tbptt:
+            raise ValueError("train.tbptt applies to pretraining only")
+
+
+# ---- dict <-> dataclass, recipes and overrides ----
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _field_types(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def leaf_settings(cls, prefix: str = ""):
+    """(dotted key, type, dataclass field) of every setting of a config class, depth first."""
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        kind, key = hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(kind):
+            yield from leaf_settings(kind, key + ".")
+        else:
+            yield key, kind, f
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build `cls` from a nested dict; an unknown key raises ValueError listing the valid ones."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or cls.__name__}: expected a table of settings, got {data!r}")
+    hints = _field_types(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else key
+        if cls is MambaConfig and key == "preset":
+            continue  # applied by _start_from_preset before the other keys
+        if key not in hints:
+            raise ValueError(f"unknown setting {name!r}; valid keys{' in ' + where if where else ''}: "
+                             f"{', '.join(valid + (['preset'] if cls is MambaConfig else []))}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = from_dict(kind, value, name)
+        else:
+            kwargs[key] = _check_type(name, kind, value)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field (MambaConfig's d_model / n_layer) is missing
+        raise ValueError(f"{where or cls.__name__}: {err}") from None
+
+
+def _options(kind) -> tuple:
+    is_union = isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
+    return typing.get_args(kind) if is_union else (kind,)
+
+
+def _check_type(name: str, kind, value):
+    options = _options(kind)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        base = typing.get_origin(option) or option
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base in (bool, str) and isinstance(value, base):
+            return value
+        if base is list and isinstance(value, (list, tuple)):
+            return list(value)
+    raise ValueError(f"setting {name!r} must be {type_name(kind)}, got {value!r}")
+
+
+def type_name(kind) -> str:
+    return str(kind).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def parse_value(name: str, kind, text: str):
+    """Text of a flag or --set value -> a value of the field's type ('none' for optional fields; JSON for lists)."""
+    options = _options(kind)
+    if text.lower() in ("none", "null") and type(None) in options:
+        return None
+    for option in options:
+        base = typing.get_origin(option) or option
+        try:
+            if base is bool:
+                if text.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if text.lower() in ("false", "0", "no", "off"):
+                    return False
+                continue
+            if base is int:
+                return int(text)
+            if base is float:
+                return float(text)
+            if base is list:
+                return json.loads(text if text.startswith("[") else f"[{text}]")
+            if base is str:
+                return text
+        except ValueError:
+            continue
+    raise ValueError(f"{name}={text!r}: not a valid {type_name(kind)}")
+
+
+def _start_from_preset(model: dict, preset: str) -> None:
+    """Replace a model section (dict, in place) with the named preset's full settings."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; presets are {', '.join(PRESETS)}")
+    model.clear()
+    model.update(PRESETS[preset]().to_dict())
+
+
+def apply_overrides(cfg, assignments: list[str]):
+    """`["train.max_steps=10", "data.window_bp=512"]` -> a new, validated config. `model.preset=NAME` replaces the
+    model section with that preset wherever it appears; later model keys change it."""
+    data = to_dict(cfg)
+    for item in assignments:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, text = (part.strip() for part in item.split("=", 1))
+        parts = key.split(".")
+        cls, node = type(cfg), data
+        for depth, part in enumerate(parts):
+            hints = _field_types(cls)
+            where = ".".join(parts[:depth]) or "the run config"
+            last = depth == len(parts) - 1
+            if cls is MambaConfig and part == "preset" and last:
+                _start_from_preset(node, text)
+                break
+            if part not in hints:
+                valid = ", ".join(f.name for f in dataclasses.fields(cls))
+                raise ValueError(f"unknown setting {key!r}: {part!r} is not in {where}; valid keys: {valid}")
+            kind = hints[part]
+            if last:
+                if dataclasses.is_dataclass(kind):
+                    raise ValueError(f"{key!r} is a section; set one of its keys, e.g. {key}."
+                                     f"{dataclasses.fields(kind)[0].name}=...")
+                node[part] = parse_value(key, kind, text)
+            elif not dataclasses.is_dataclass(kind):
+                raise ValueError(f"unknown setting {key!r}: {'.'.join(parts[:depth + 1])} is not a section")
+            else:
+                cls, node = kind, node[part]
+    return from_dict(type(cfg), data)
+
+
+def load_recipe(cfg, path: str | Path):
+    """Apply a recipe file (TOML or JSON, nested tables as in the config) on top of `cfg`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"recipe {path} not found")
+    try:
+        text = path.read_text()
+        recipe = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"recipe {path} does not parse: {err}") from None
+    data = to_dict(cfg)
+    _merge(data, recipe)
+    try:
+        return from_dict(type(cfg), data)
+    except ValueError as err:
+        raise ValueError(f"recipe {path}: {err}") from None
+
+
+def _merge(base: dict, update: dict) -> None:
+    if isinstance(update.get("model"), dict) and "preset" in update["model"] and isinstance(base.get("model"), dict):
+        update = {**update, "model": dict(update["model"])}
+        _start_from_preset(base["model"], update["model"].pop("preset"))
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def save_config(cfg, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"kind": type(cfg).__name__, **to_dict(cfg)}, indent=2) + "\n")
