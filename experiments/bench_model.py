@@ -1,4 +1,4 @@
-"""Million-base contexts on one GPU: MambaLM training and generation against a same-size Transformer.
+"""Million-base contexts on one GPU: MambaLM training against a same-size Transformer.
 
     python experiments/bench_model.py --out experiments/results/bench_model          # full run, ~6 min on an H100
     python experiments/bench_model.py --out /tmp/bench --quick                         # ~1 min
@@ -6,20 +6,19 @@
 
 Sections, in this order (training series in the order of --models, by default base, transformer, small, so a
 budget cut trims the least needed):
-1. exactness: loss and gradients of `chunked_lm_loss` (chunk 2^16) against the unchunked model at l = 2^18, in fp32
-   and under bf16 autocast; the unchunked bf16-vs-fp32 difference is the rounding floor bf16 is judged against.
-2. generation: decode tokens/s of the recurrent step (MambaLM) vs the Transformer with a static KV cache, after an
-   8k and a 64k prompt, batch 1 and 64 (the prompt is prefilled at batch 1 and its state copied to every row).
-3. training: tokens/s, step time and peak memory of one AdamW step (batch 1, bf16 autocast, fp32 weights) at
+1. exactness: loss and gradients of the chunked loss (`objective.lm_loss` with chunk_bp 2^16) against the unchunked
+   model at l = 2^18, in fp32 and under bf16 autocast; the unchunked bf16-vs-fp32 difference is the rounding floor
+   bf16 is judged against.
+2. training: tokens/s, step time and peak memory of one AdamW step (batch 1, bf16 autocast, fp32 weights) at
    l = 2^14 ... 2^23, for MambaLM "base" (d 256 x 8, 3.5M parameters) and "small" (d 128 x 6) in three modes:
-   plain, per-block activation checkpointing (`tasks.memory.enable_activation_checkpointing`) and sequence
-   chunking (`long_context.chunked_lm_loss`, --chunk-bp); and the Transformer (experiments/transformer_baseline.py)
+   plain, per-block activation checkpointing (`MambaLM.activation_checkpointing`) and sequence chunking
+   (`objective.lm_loss` with --chunk-bp); and the Transformer (experiments/transformer_baseline.py)
    plain, switching to per-block checkpointing from the first length where plain runs out of memory, up to 2^20.
    Each configuration: one warm-up step, then 2 timed steps (1 when the warm-up took over 3 s). A CUDA OOM is
    recorded as "OOM" and ends that series; so does a step over --step-limit-s, or the --budget-s being spent.
 
 Writes bench_model.md (tables), bench_model.json (raw rows) and bench_model.png (time per token vs context,
-log-log) to --out, and prints the tables.
+log-log) to --out, and prints the tables. Decoding speed is measured by experiments/bench_serving.py.
 """
 
 from __future__ import annotations
@@ -40,12 +39,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transformer_baseline import TransformerConfig, TransformerLM  # noqa: E402
 
-from mambadna import inference  # noqa: E402
 from mambadna.config import MambaConfig  # noqa: E402
-from mambadna.inference import InferenceCache  # noqa: E402
-from mambadna.long_context import chunked_lm_loss_mean  # noqa: E402
 from mambadna.model import MambaLM  # noqa: E402
-from mambadna.tasks.memory import enable_activation_checkpointing  # noqa: E402
+from mambadna.objective import lm_loss_mean, next_token_targets  # noqa: E402
 
 # mamba_ssm's CUDA scan on an H100 80GB, same 3.5M model, batch 1, bf16 (from the issue): l -> (M tok/s, GB)
 ANCHOR_MAMBA = {2**14: "0.60 M/s 1.4 GB", 2**16: "0.96 M/s 5.2 GB", 2**18: "0.95 M/s 20.5 GB",
@@ -61,9 +57,6 @@ class Settings:
     transformer_max_l: int
     chunk_bp: int
     exact_l: int
-    prompts: list[int]
-    batches: list[int]
-    new_tokens: int
     step_limit_s: float
     budget_s: float
     models: dict[str, MambaConfig]
@@ -76,17 +69,17 @@ def settings_from_args(args) -> Settings:
     if cuda and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: use --cpu-smoke for the tiny CPU run")
     if args.cpu_smoke:
-        return Settings(torch.device("cpu"), None, [2**8, 2**9, 2**10], 2**10, 2**7, 2**10, [2**7, 2**9], [1, 4], 8,
+        return Settings(torch.device("cpu"), None, [2**8, 2**9, 2**10], 2**10, 2**7, 2**10,
                         args.step_limit_s, args.budget_s,
                         {"base": MambaConfig(d_model=32, n_layer=2), "small": MambaConfig(d_model=16, n_layer=2)},
                         TransformerConfig(d_model=32, n_layer=2, n_head=2), simulate_oom_above=2**9)
     models = {"base": MambaConfig(d_model=256, n_layer=8), "small": MambaConfig(d_model=128, n_layer=6)}
     if args.quick:
         return Settings(torch.device("cuda"), torch.bfloat16, [2**14, 2**16, 2**18], 2**16, args.chunk_bp, 2**18,
-                        [2**13], [1, 64], 64, args.step_limit_s, args.budget_s, {"base": models["base"]},
+                        args.step_limit_s, args.budget_s, {"base": models["base"]},
                         TransformerConfig(), None)
     return Settings(torch.device("cuda"), torch.bfloat16, [2**k for k in range(14, 24)], 2**20, args.chunk_bp,
-                    2**18, [2**13, 2**16], [1, 64], 256, args.step_limit_s, args.budget_s, models,
+                    2**18, args.step_limit_s, args.budget_s, models,
                     TransformerConfig(), None)
 
 
@@ -142,7 +135,7 @@ def exactness(clock: Clock) -> list[dict]:
         model.zero_grad(set_to_none=True)
         with clock.autocast() if amp else nullcontext():
             if chunked:
-                loss = chunked_lm_loss_mean(model, ids, s.chunk_bp)
+                loss = lm_loss_mean(model, *next_token_targets(ids), s.chunk_bp)
             else:
                 loss = F.cross_entropy(model(ids)[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
         loss.backward()
@@ -171,86 +164,12 @@ def exactness(clock: Clock) -> list[dict]:
     return rows
 
 
-# 2. generation -----------------------------------------------------------------------------------------------
-
-def time_decode(clock: Clock, step, first_token: torch.Tensor, n: int) -> float:
-    """Seconds for n greedy decode steps after 4 untimed ones; `step(token, i) -> logits (b, V)`."""
-    token = first_token
-    for i in range(4 + n):
-        if i == 4:
-            clock.sync()
-            start = time.perf_counter()
-        token = step(token, i).argmax(-1)
-    clock.sync()
-    return time.perf_counter() - start
-
-
-def generation(clock: Clock) -> list[dict]:
-    s = clock.s
-    rows = []
-    torch.manual_seed(0)
-    mamba = MambaLM(s.models["base"]).to(s.device).eval()
-    transformer = TransformerLM(s.transformer).to(s.device).eval()
-    for prompt_len in s.prompts:
-        prompt = dna(1, prompt_len, s.device, seed=2)
-        with torch.no_grad(), clock.autocast():
-            cache1 = mamba.allocate_cache(1)
-            clock.sync()
-            t0 = time.perf_counter()
-            logits = inference.prefill(mamba, prompt, cache1)[:, -1]  # (1, V)
-            clock.sync()
-            mamba_prefill = time.perf_counter() - t0
-            kv_len = prompt_len + 4 + s.new_tokens
-            kv1 = transformer.allocate_cache(1, kv_len, dtype=s.amp or torch.float32)
-            clock.sync()
-            t0 = time.perf_counter()
-            tf_logits = transformer.prefill(prompt, kv1)  # (1, V)
-            clock.sync()
-            tf_prefill = time.perf_counter() - t0
-        for b in s.batches:
-            for name, prefill_s in (("mamba", mamba_prefill), ("transformer", tf_prefill)):
-                row = dict(model=name, prompt=prompt_len, batch=b, prefill_s=prefill_s)
-                try:
-                    with torch.no_grad(), clock.autocast():
-                        if name == "mamba":
-                            cache = InferenceCache([c.repeat(b, 1, 1) for c in cache1.conv_states],
-                                                   [h.repeat(b, 1, 1) for h in cache1.ssm_states], prompt_len)
-                            first = logits.argmax(-1).repeat(b)
-
-                            def step(tok, i, cache=cache):
-                                return mamba.step(tok, cache)
-                        else:
-                            cache = [(k.repeat(b, 1, 1, 1), v.repeat(b, 1, 1, 1)) for k, v in kv1]
-                            first = tf_logits.argmax(-1).repeat(b)
-
-                            def step(tok, i, cache=cache):
-                                return transformer.step(tok, prompt_len + i, cache)
-                        secs = time_decode(clock, step, first, s.new_tokens)
-                    row.update(tok_s=b * s.new_tokens / secs, ms_per_step=1e3 * secs / s.new_tokens, status="ok")
-                except RuntimeError as exc:
-                    if not is_oom(exc):
-                        raise
-                    row.update(status="OOM")
-                cache = step = None
-                free_memory()
-                rows.append(row)
-                log(f"generation {name:11s} prompt {prompt_len:>6} batch {b:>3}: " + (
-                    f"{row['tok_s']:,.0f} tok/s, {row['ms_per_step']:.2f} ms/step, prefill {prefill_s:.2f} s"
-                    if row["status"] == "ok" else "OOM"))
-        del cache1, kv1
-        free_memory()
-    del mamba, transformer
-    free_memory()
-    return rows
-
-
-# 3. training -------------------------------------------------------------------------------------------------
+# 2. training -------------------------------------------------------------------------------------------------
 
 def mamba_for_mode(config: MambaConfig, mode: str) -> MambaLM:
     """A fresh MambaLM; for "block-ckpt" with the training tasks' per-block activation checkpointing switched on."""
     model = MambaLM(config)
-    if mode == "block-ckpt":
-        enable_activation_checkpointing(model.layers)
+    model.activation_checkpointing = mode == "block-ckpt"
     return model
 
 
@@ -259,7 +178,7 @@ def train_step(model, opt, ids, mode: str, clock: Clock, simulate_oom: bool) -> 
         raise torch.cuda.OutOfMemoryError("simulated out of memory (--cpu-smoke exercises the OOM path)")
     with clock.autocast():
         if mode == "chunked":
-            loss = chunked_lm_loss_mean(model, ids, clock.s.chunk_bp)
+            loss = lm_loss_mean(model, *next_token_targets(ids), clock.s.chunk_bp)
         else:
             if isinstance(model, TransformerLM):
                 logits = model(ids, checkpoint_blocks=mode == "block-ckpt")
@@ -355,16 +274,11 @@ def fmt_l(l: int) -> str:
     return f"2^{int(math.log2(l))}"
 
 
-def report(s: Settings, exact: list[dict], gen: list[dict], train: list[dict], env: str) -> str:
+def report(s: Settings, exact: list[dict], train: list[dict], env: str) -> str:
     out = [f"# bench_model\n\n{env}\n", "## Exactness (chunked_lm_loss vs unchunked)\n",
            "| comparison | loss A | loss B | loss rel | max grad rel | verdict |", "|---|---|---|---|---|---|"]
     out += [f"| {r['comparison']} | {r['loss_a']:.6f} | {r['loss_b']:.6f} | {r['loss_rel']:.2e} | "
             f"{r['grad_rel']:.2e} | {'PASS' if r['ok'] else 'FAIL'} |" for r in exact]
-    out += ["\n## Generation (greedy decode after a prompt)\n",
-            "| model | prompt | batch | decode tok/s | ms/step | prefill s (batch 1) |", "|---|---|---|---|---|---|"]
-    out += [f"| {r['model']} | {r['prompt']} | {r['batch']} | " + (
-        f"{r['tok_s']:,.0f} | {r['ms_per_step']:.2f} | {r['prefill_s']:.2f} |" if r["status"] == "ok"
-        else f"{r['status']} | | {r['prefill_s']:.2f} |") for r in gen]
     out += ["\n## Training (batch 1, one AdamW step)\n",
             "| model | mode | l | M tok/s | s/step | peak GiB | status | anchor (mamba_ssm, H100) |",
             "|---|---|---|---|---|---|---|---|"]
@@ -416,18 +330,18 @@ def plot(train: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="directory for bench_model.{md,json,png}")
-    parser.add_argument("--quick", action="store_true", help="base model, l up to 2^18, 8k prompt only")
+    parser.add_argument("--quick", action="store_true", help="base model, l up to 2^18")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny models and lengths on the CPU")
     parser.add_argument("--chunk-bp", type=int, default=2**16, help="sequence chunk of the chunked mode")
     parser.add_argument("--step-limit-s", type=float, default=60.0, help="end a series after a slower step")
     parser.add_argument("--budget-s", type=float, default=330.0, help="skip training configurations after this")
-    parser.add_argument("--sections", default="exact,gen,train", help="comma-separated subset of exact,gen,train")
+    parser.add_argument("--sections", default="exact,train", help="comma-separated subset of exact,train")
     parser.add_argument("--models", default="base,transformer,small",
                         help="training series to run, in this order: subset of base,transformer,small")
     args = parser.parse_args()
     sections, which = set(args.sections.split(",")), args.models.split(",")
-    if not sections <= {"exact", "gen", "train"}:
-        raise SystemExit(f"--sections takes exact, gen, train; got {args.sections}")
+    if not sections <= {"exact", "train"}:
+        raise SystemExit(f"--sections takes exact, train; got {args.sections}")
     if not set(which) <= {"base", "transformer", "small"}:
         raise SystemExit(f"--models takes base, transformer, small; got {args.models}")
     s = settings_from_args(args)
@@ -438,12 +352,10 @@ def main() -> None:
            f"{'cpu-smoke' if args.cpu_smoke else 'quick' if args.quick else 'full'} run")
     log(env)
     exact = exactness(clock) if "exact" in sections else []
-    gen = generation(clock) if "gen" in sections else []
     train = training(clock, which) if "train" in sections else []
-    text = report(s, exact, gen, train, env + f", wall {clock.elapsed():.0f} s")
+    text = report(s, exact, train, env + f", wall {clock.elapsed():.0f} s")
     (args.out / "bench_model.md").write_text(text)
-    (args.out / "bench_model.json").write_text(json.dumps(dict(env=env, exactness=exact, generation=gen,
-                                                               training=train), indent=1))
+    (args.out / "bench_model.json").write_text(json.dumps(dict(env=env, exactness=exact, training=train), indent=1))
     if train:
         plot(train, args.out / "bench_model.png")
     log("\n" + text)

@@ -5,7 +5,10 @@ CUDA via torch.nn.attention.sdpa_kernel), GELU MLP of 4x width, LM head tied to 
 (5 layers of width 256, 4 heads of 64) has about as many parameters as the 3.5M-parameter MambaLM (8 x 256).
 
 Generation uses a static KV cache: `prefill` fills it from a prompt, `step` appends one token per sequence.
-Symbols: b batch, l length, d width, h heads, e head width (d / h), V vocabulary.
+`StaticDecoder` is the same decode with nothing that changes shape from token to token (the position is a device
+tensor, attention runs over the whole cache under a mask), so a block of steps can be captured in one CUDA graph,
+the treatment mambadna's own decoder gets: the comparison is then of the models, not of launch overheads.
+Symbols: b batch, l length, L cache length, d width, h heads, e head width (d / h), V vocabulary.
 """
 
 from __future__ import annotations
@@ -122,3 +125,62 @@ class TransformerLM(nn.Module):
         for layer, kv in zip(self.layers, cache):
             x = layer(x, position, kv)
         return self.lm_head(self.norm_f(x[:, 0]))  # (b, V)
+
+    @torch.no_grad()
+    def step_static(self, token_ids: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+        """`step` with the position as a (1,) device tensor: keys and values are written with index_copy_ and the
+        attention covers the whole cache (b, h, L, e), masked past `position`. Graph-capturable."""
+        x = self.embedding(token_ids[:, None])  # (b, 1, d)
+        b, h = x.shape[0], self.cfg.n_head
+        L = cache[0][0].shape[2]
+        visible = (torch.arange(L, device=x.device) <= position)[None, None, None, :]  # (1, 1, 1, L)
+        for layer, (k_cache, v_cache) in zip(self.layers, cache):
+            q, k, v = layer.qkv(layer.norm1(x)).view(b, 1, 3, h, -1).permute(2, 0, 3, 1, 4)  # 3 x (b, h, 1, e)
+            q, k = rotate(q, position, self.cfg.rope_base), rotate(k, position, self.cfg.rope_base)
+            k_cache.index_copy_(2, position, k.to(k_cache.dtype))
+            v_cache.index_copy_(2, position, v.to(v_cache.dtype))
+            att = F.scaled_dot_product_attention(q.to(k_cache.dtype), k_cache, v_cache, attn_mask=visible)
+            x = x + layer.proj(att.transpose(1, 2).reshape(b, 1, -1).to(x.dtype))
+            x = x + layer.mlp(layer.norm2(x))
+        return self.lm_head(self.norm_f(x[:, 0]))  # (b, V)
+
+
+class StaticDecoder:
+    """Greedy decode of `block` tokens per call from static buffers; `graph=True` captures the block once."""
+
+    def __init__(self, model: TransformerLM, cache, block: int = 32, graph: bool = True):
+        self.model, self.cache, self.block = model, cache, block
+        b = cache[0][0].shape[0]
+        device = cache[0][0].device
+        self.token = torch.zeros(b, dtype=torch.long, device=device)
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.graph_mode, self._graph = graph, None
+
+    def _run_block(self) -> None:
+        for _ in range(self.block):
+            logits = self.model.step_static(self.token, self.position, self.cache)  # (b, V)
+            self.token.copy_(logits.argmax(-1))
+            self.position.add_(1)
+
+    @torch.no_grad()
+    def decode(self, first_token: torch.Tensor, position: int, n_blocks: int) -> None:
+        """Continue after `first_token` (b,) at `position`; the cache holds positions [0, position)."""
+        self.token.copy_(first_token)
+        self.position.fill_(position)
+        if self.graph_mode and self._graph is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._run_block()  # warm-up; it writes cache slots the timed run overwrites
+            torch.cuda.current_stream().wait_stream(side)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._run_block()
+            self.token.copy_(first_token)
+            self.position.fill_(position)
+        for _ in range(n_blocks):
+            if self._graph is not None:
+                self._graph.replay()
+            else:
+                self._run_block()
+

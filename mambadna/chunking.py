@@ -33,19 +33,19 @@ def check_chunk_bp(chunk_bp) -> None:
         raise ValueError(f"chunk_bp must be a positive int, got {chunk_bp!r}")
 
 
-def _chunk(model: "MambaLM", share: Share, input_ids: torch.Tensor, start: int, end: int, states):
+def _chunk(model: "MambaLM", share: Share, input_ids: torch.Tensor, start: int, end: int, states, n_layers):
     """The checkpointed unit: positions [start, end) through every layer, then reduced."""
-    residual, new_states = model.trunk(input_ids[:, start:end], states)  # (b, c, d)
+    residual, new_states = model.trunk(input_ids[:, start:end], states, n_layers=n_layers)  # (b, c, d)
     return tuple(share(residual, start, end)), new_states
 
 
 def run_chunked(model: "MambaLM", input_ids: torch.Tensor, chunk_bp: int | None, share: Share,
-                states: list["LayerState"] | None = None):
+                states: list["LayerState"] | None = None, n_layers: int | None = None):
     """Run input_ids (b, l) through the trunk in chunks of `chunk_bp` positions, continuing from `states` (None:
     start of sequence) -> (the shares summed over chunks, every layer's state after position l-1).
 
     `chunk_bp=None` is one plain pass (one chunk, no recomputation), so callers keep a single code path. Without
-    grad the chunks simply run one after another."""
+    grad the chunks simply run one after another. `n_layers` stops after the first n blocks (`MambaLM.trunk`)."""
     if chunk_bp is not None:
         check_chunk_bp(chunk_bp)
     recompute = chunk_bp is not None and torch.is_grad_enabled()
@@ -55,8 +55,9 @@ def run_chunked(model: "MambaLM", input_ids: torch.Tensor, chunk_bp: int | None,
     for start in range(0, length, size):
         end = min(start + size, length)
         if recompute:
-            shares, states = checkpoint(_chunk, model, share, input_ids, start, end, states, use_reentrant=False)
+            shares, states = checkpoint(_chunk, model, share, input_ids, start, end, states, n_layers,
+                                        use_reentrant=False)
         else:
-            shares, states = _chunk(model, share, input_ids, start, end, states)
+            shares, states = _chunk(model, share, input_ids, start, end, states, n_layers)
         totals = shares if totals is None else tuple(t + s for t, s in zip(totals, shares))
     return totals, states

@@ -98,19 +98,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--genome", default="", help="genome for a language model's bits per base (default: bundled)")
     p.add_argument("--window-bp", type=int, default=256, help="window length in bases")
     p.add_argument("--batch-size", type=int, default=32, help="sequences per batch")
+    p.add_argument("--chunk-bp", type=int, metavar="INT", help="run each window in chunks of this many bases, "
+                   "carrying the state: the same metrics in memory that grows with the chunk, not the window")
     p.add_argument("--out", default="runs/evaluate", help="folder for evaluation.json and the confusion matrix")
 
-    p = sub.add_parser("embed", help="per-sequence (and per-position) embeddings of a FASTA or table")
-    p.add_argument("checkpoint", help="save_pretrained folder (a MambaLM, or a classifier's backbone)")
-    p.add_argument("input", help="FASTA, or CSV/TSV with a 'sequence' column (optional 'name', 'label')")
+    p = sub.add_parser("embed", help="per-sequence (and per-position) embeddings of a FASTA, table or BED regions")
+    p.add_argument("checkpoint", help="saved model folder (a MambaLM, or a classifier's backbone)")
+    p.add_argument("input", help="FASTA, CSV/TSV with a 'sequence' column (optional 'name', 'label'), or with "
+                   "--regions the reference FASTA")
     p.add_argument("--out", default="runs/embed", help="output folder (embeddings.npy, index.tsv)")
     p.add_argument("--pooling", default="mean", choices=POOLINGS, help="pooling of positions")
-    p.add_argument("--per-position", action="store_true", help="also write per_position.npy")
-    p.add_argument("--label-regex", default="", help="regex with one group taking a label from FASTA names")
+    p.add_argument("--per-position", action="store_true", help="also write per_position.npy (streamed to disk)")
+    p.add_argument("--per-position-dtype", default="float16", choices=("float16", "float32"),
+                   help="dtype of per_position.npy")
+    p.add_argument("--regions", metavar="BED", help="embed these BED regions of the input FASTA (name: column 4; "
+                   "minus-strand regions are reverse-complemented)")
+    p.add_argument("--layer", type=int, help="embed the output of this block (0-based) instead of the final "
+                   "hidden states")
+    p.add_argument("--rc-average", action="store_true", help="average with the reverse complement's vectors")
+    p.add_argument("--label-regex", default="", help="regex with one group taking a label from FASTA headers "
+                   "(or BED names)")
     p.add_argument("--max-length-bp", type=int, help="truncate sequences to this many bases")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
-    p.add_argument("--chunk-bp", type=int, metavar="INT", help="run long sequences through the model in chunks of "
-                   "this many bases, carrying the state: memory grows with the chunk, not the sequence; same output")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per batch (of similar lengths)")
+    p.add_argument("--chunk-bp", type=int, metavar="INT", help="run sequences through the model in chunks of "
+                   "this many bases, carrying the state: memory grows with the chunk, not the sequence; same output "
+                   f"(default: chunks of {1 << 16} for longer sequences)")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "32"),
+                   help="auto: bf16 autocast on a GPU, fp32 on the CPU")
 
     p = sub.add_parser("generate", help="sample DNA from a prompt with the recurrent step; writes FASTA")
     p.add_argument("checkpoint", help="save_pretrained MambaLM folder")
@@ -120,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
     p.add_argument("--top-k", type=int, help="sample among the k most likely bases")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
     p.add_argument("--out", default="runs/generate/generated.fa", help="output FASTA")
 
     p = sub.add_parser("probe", help="cross-validated logistic regression on embeddings + PCA scatter")
@@ -168,29 +184,27 @@ def _cmd_evaluate(args) -> int:
 
     data = rc.DataSpec(manifest=args.manifest or "", train=args.test or "", test=args.test or "",
                        label_regex=args.label_regex, window_bp=args.window_bp, batch_size=args.batch_size)
-    cfg = rc.FinetuneConfig(out_dir=args.out, data=data)
+    cfg = rc.FinetuneConfig(out_dir=args.out, data=data, train=rc.TrainSpec(chunk_bp=args.chunk_bp))
     _print_summary("evaluation", evaluate(args.checkpoint, cfg, genome=args.genome))
     return 0
 
 
 def _cmd_embed(args) -> int:
-    from mambadna.commands.embed import embed_records, load_lm, read_records, write_embeddings
+    from mambadna.commands.embed import run_embed
 
-    model = load_lm(args.checkpoint)
-    records = read_records(args.input, label_regex=args.label_regex)
-    pooled, positions = embed_records(model, records, args.pooling, args.per_position, args.batch_size,
-                                      args.max_length_bp, chunk_bp=args.chunk_bp)
-    files = write_embeddings(args.out, records, pooled, positions)
-    _print_summary(f"embedded {len(records)} sequences (d = {pooled.shape[1]})", files)
+    result = run_embed(args.checkpoint, args.input, args.out, args.pooling, args.per_position, args.batch_size,
+                       args.max_length_bp, args.chunk_bp, args.device, args.layer, args.rc_average, args.regions,
+                       args.label_regex, args.precision, args.per_position_dtype)
+    _print_summary(f"embedded {result['sequences']} sequences (d = {result['d']})", result)
     return 0
 
 
 def _cmd_generate(args) -> int:
-    from mambadna.commands.embed import load_lm
+    from mambadna.commands.embed import load_lm, resolve_device
     from mambadna.commands.generate import generate_fasta
 
-    seqs = generate_fasta(load_lm(args.checkpoint), args.prompt, args.out, args.num, args.length_bp,
-                          args.temperature, args.top_k, args.seed)
+    seqs = generate_fasta(load_lm(args.checkpoint, map_location=resolve_device(args.device)), args.prompt, args.out,
+                          args.num, args.length_bp, args.temperature, args.top_k, args.seed)
     print(f"wrote {len(seqs)} sequence(s) of {len(seqs[0])} bp to {args.out}")
     return 0
 

@@ -35,7 +35,7 @@ from mambadna import inference
 from mambadna.checkpoint import Pretrained
 from mambadna.chunking import run_chunked
 from mambadna.config import POOLINGS, MambaConfig
-from mambadna.kernels import selective_scan
+from mambadna.kernels import selective_scan, step_kernels
 
 
 @dataclass
@@ -129,8 +129,12 @@ class MambaMixer(nn.Module):
         )  # (b, d_inner, l), (b, d_inner, n)
         return self.out_proj(y.transpose(1, 2)), LayerState(conv_state, ssm_state)  # (b, l, d)
 
-    def step(self, hidden: torch.Tensor, state: LayerState) -> torch.Tensor:
-        """One position: hidden (b, d) -> (b, d); updates `state` in place (so a captured CUDA graph can replay it)."""
+    def step(self, hidden: torch.Tensor, state: LayerState, fused: bool = False) -> torch.Tensor:
+        """One position: hidden (b, d) -> (b, d); updates `state` in place (so a captured CUDA graph can replay it).
+        `fused` runs the same step as two Triton kernels (mambadna/kernels/step_triton.py); this eager code is
+        their reference."""
+        if fused:
+            return self.out_proj(self.fused_core(hidden, state))  # (b, d)
         xz = self.in_proj(hidden)  # (b, 2*d_inner)
         x, z = xz.chunk(2, dim=-1)  # (b, d_inner) each
         state.conv.copy_(torch.roll(state.conv, shifts=-1, dims=-1))
@@ -148,6 +152,14 @@ class MambaMixer(nn.Module):
         y = (state.ssm * C.float().unsqueeze(1)).sum(-1) + self.D.float() * x32  # (b, d_inner)
         y = y * F.silu(z.float())
         return self.out_proj(y.to(x.dtype))  # (b, d)
+
+    def fused_core(self, hidden: torch.Tensor, state: LayerState) -> torch.Tensor:
+        """The fused step up to (not including) out_proj: hidden (b, d) -> gated y (b, d_inner)."""
+        fk = step_kernels()
+        xz = self.in_proj(hidden)  # (b, 2*d_inner)
+        x = fk.conv_step(xz, state.conv, self.conv1d.weight, self.conv1d.bias, self.d_inner)  # (b, d_inner)
+        return fk.ssm_step(x, xz, self.x_proj(x), self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D,
+                           state.ssm)  # (b, d_inner)
 
     def A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.float())  # (d_inner, n)
@@ -186,15 +198,22 @@ class MambaBlock(nn.Module):
         out, state = self.mixer(self.norm(residual), state)
         return residual + out.to(residual.dtype), state
 
-    def step(self, residual: torch.Tensor, state: LayerState) -> torch.Tensor:
-        return residual + self.mixer.step(self.norm(residual), state).to(residual.dtype)
+    def step(self, residual: torch.Tensor, state: LayerState, fused: bool = False) -> torch.Tensor:
+        if not fused:
+            return residual + self.mixer.step(self.norm(residual), state).to(residual.dtype)
+        y = self.mixer.fused_core(step_kernels().rmsnorm(residual, self.norm.weight, self.norm.eps), state)
+        proj = self.mixer.out_proj
+        if y.dtype != residual.dtype or proj.bias is not None:
+            return residual + proj(y).to(residual.dtype)
+        return torch.addmm(residual, y, proj.weight.t())  # residual + out_proj(y) in one launch
 
 
 class MambaLM(Pretrained, nn.Module):
     """Embedding -> n_layer MambaBlocks -> RMSNorm -> LM head (tied to the embedding by default).
 
-    `activation_checkpointing` (an attribute, not a config field: it changes memory, not the model) recomputes
-    each block in the backward instead of storing its activations."""
+    Two attributes change how, not what, it computes (so they are not config fields): `activation_checkpointing`
+    recomputes each block in the backward instead of storing its activations; `fused_step` (None: on CUDA when
+    Triton loads) runs the recurrent step through the fused Triton kernels."""
 
     def __init__(self, config: MambaConfig):
         super().__init__()
@@ -206,6 +225,7 @@ class MambaLM(Pretrained, nn.Module):
         self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.activation_checkpointing = False
+        self.fused_step: bool | None = None
         self._init_weights()
         if config.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
@@ -236,13 +256,15 @@ class MambaLM(Pretrained, nn.Module):
         dtype = param.dtype if dtype is None else dtype
         return [layer.mixer.zero_state(batch_size, device, dtype) for layer in self.layers]
 
-    def check_states(self, states, batch_size: int) -> None:
-        """Raise ValueError unless `states` is one LayerState per layer with this model's shapes."""
+    def check_states(self, states, batch_size: int, n_layers: int | None = None) -> None:
+        """Raise ValueError unless `states` is one LayerState per layer (of the first `n_layers`) with this model's
+        shapes."""
         cfg = self.config
+        n_layers = cfg.n_layer if n_layers is None else n_layers
         if not isinstance(states, (list, tuple)) or not all(isinstance(s, LayerState) for s in states):
             raise ValueError(f"states must be a list of LayerState (from zero_states), got {type(states).__name__}")
-        if len(states) != cfg.n_layer:
-            raise ValueError(f"states has {len(states)} layers but the model has {cfg.n_layer}")
+        if len(states) != n_layers:
+            raise ValueError(f"states has {len(states)} layers but the model runs {n_layers}")
         want_conv, want_ssm = (batch_size, cfg.d_inner, cfg.d_conv), (batch_size, cfg.d_inner, cfg.d_state)
         for i, s in enumerate(states):
             if tuple(s.conv.shape) != want_conv or tuple(s.ssm.shape) != want_ssm:
@@ -266,25 +288,34 @@ class MambaLM(Pretrained, nn.Module):
 
     # ---- the trunk ----
 
-    def trunk(self, input_ids: torch.Tensor, states: list[LayerState] | None = None, step: bool = False):
-        """Run every layer, carrying state. The one place the layers are run.
+    def trunk(self, input_ids: torch.Tensor, states: list[LayerState] | None = None, step: bool = False,
+              n_layers: int | None = None, check: bool = True):
+        """Run the layers, carrying state. The one place the layers are run.
 
         input_ids (b, l) [(b,) with `step`], `states` to continue from (None: start of sequence; required with
-        `step`, which updates them in place) -> (residual stream after the last block, before the final norm,
-        (b, l, d) [(b, d)]; the states after the last position)."""
-        self.check_ids(input_ids, ndim=1 if step else 2)
-        if states is not None or step:
-            self.check_states(states, input_ids.shape[0])
+        `step`, which updates them in place) -> (residual stream after the last block run, before the final norm,
+        (b, l, d) [(b, d)]; the states after the last position). `n_layers` runs only the first n blocks (an
+        intermediate layer's output; `states` then cover those blocks). `check=False` skips the input checks, which
+        read values back to the host: a CUDA graph capture cannot."""
+        n_layers = len(self.layers) if n_layers is None else n_layers
+        if check:
+            if not 1 <= n_layers <= len(self.layers):
+                raise ValueError(f"n_layers must be in [1, {len(self.layers)}], got {n_layers}")
+            self.check_ids(input_ids, ndim=1 if step else 2)
+            if states is not None or step:
+                self.check_states(states, input_ids.shape[0], n_layers)
         residual = self.embedding(input_ids)  # (b, l, d) or (b, d)
         if self.config.residual_in_fp32:
             residual = residual.float()
+        layers = self.layers[:n_layers]
         if step:
-            for layer, state in zip(self.layers, states):
-                residual = layer.step(residual, state)
+            fused = self._fused(residual)
+            for layer, state in zip(layers, states):
+                residual = layer.step(residual, state, fused)
             return residual, states
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
         new_states = []
-        for layer, state in zip(self.layers, states or [None] * len(self.layers)):
+        for layer, state in zip(layers, states or [None] * n_layers):
             if recompute:
                 residual, state = checkpoint(layer, residual, state, use_reentrant=False)
             else:
@@ -300,11 +331,16 @@ class MambaLM(Pretrained, nn.Module):
         """input_ids (b, l) -> next-token logits (b, l, V)."""
         return self.lm_head(self.hidden_states(input_ids))  # (b, l, V)
 
-    def step(self, token_ids: torch.Tensor, states: list[LayerState]) -> torch.Tensor:
+    def step(self, token_ids: torch.Tensor, states: list[LayerState], check: bool = True) -> torch.Tensor:
         """Consume one token per sequence: token_ids (b,) -> next-token logits (b, V); advances `states` in place."""
         with torch.no_grad():
-            residual, _ = self.trunk(token_ids, states, step=True)
+            residual, _ = self.trunk(token_ids, states, step=True, check=check)
+            if self._fused(residual):
+                return self.lm_head(step_kernels().rmsnorm(residual, self.norm_f.weight, self.norm_f.eps))
             return self.lm_head(self.norm_f(residual))  # (b, V)
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        return self.fused_step if self.fused_step is not None else x.is_cuda and step_kernels() is not None
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, pooling: str = "mean",
               chunk_bp: int | None = None):

@@ -238,6 +238,15 @@ def reverse_complement(ids):
     return np.ascontiguousarray(table[arr][..., ::-1]).astype(arr.dtype, copy=False)
 
 
+# DNA text complement, IUPAC codes included (R<->Y, K<->M, B<->V, D<->H; S, W, N self-complementary), case kept
+_TEXT_COMPLEMENT = bytes.maketrans(b"ACGTURYKMBVDHSWNacgturykmbvdhswn", b"TGCAAYRMKVBHDSWNtgcaayrmkvbhdswn")
+
+
+def reverse_complement_bytes(seq: bytes) -> bytes:
+    """The reverse complement of DNA text (the minus strand read 5' to 3'); other bytes are kept as they are."""
+    return bytes(seq).translate(_TEXT_COMPLEMENT)[::-1]
+
+
 _TOKENIZERS = {"nucleotide": NucleotideTokenizer, "byte": ByteTokenizer}
 
 

@@ -183,3 +183,28 @@ def test_bad_arguments_are_rejected(model, kwargs, match):
 def test_sequence_of_one_token_is_rejected(model):
     with pytest.raises(ValueError, match="at least 2 tokens"):
         next_token_targets(_ids(1, 1))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "cls"])
+def test_chunked_classifier_equals_unchunked_in_loss_and_every_gradient(pooling, seeded):
+    """Classification at any length: the classifier run chunk by chunk with recomputation (mean as a running sum,
+    last from the chunk holding each row's last real base, cls from the first chunk) is the unchunked one."""
+    from mambadna.config import tiny
+    from mambadna.model import MambaClassifier
+    from mambadna.objective import classification_loss
+
+    model = MambaClassifier(tiny(d_model=32, d_state=8), 3, pooling)
+    ids = _ids(3, 41)
+    mask = torch.ones(3, 41, dtype=torch.bool)
+    mask[1, 30:] = False  # right padding whose last real base (29) is inside a chunk
+    mask[2, 24:] = False  # ... and one whose last real base ends a chunk exactly (chunk 8: 16..23)
+    ids[~mask] = 0
+    labels = torch.tensor([0, 2, 1])
+    params = list(model.parameters())
+    want, want_logits = classification_loss(model, ids, mask, labels)
+    want_grads = torch.autograd.grad(want, params)
+    for chunk_bp in (3, 8, 13, 64):  # shorter than d_conv, ending a row's last base, uneven, one chunk
+        got, logits = classification_loss(model, ids, mask, labels, chunk_bp=chunk_bp)
+        torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        _assert_grads_close(torch.autograd.grad(got, params), want_grads)

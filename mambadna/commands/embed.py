@@ -1,4 +1,9 @@
-"""Embeddings of sequences from a trained model: pooled per sequence, optionally per position.
+"""Embeddings of sequences from a trained model: pooled per sequence, optionally per position, at any length.
+
+Where the work goes: on the GPU when there is one (bf16 autocast there, fp32 state in the scan), batches of similar
+length (records are sorted by length, so padding stays small), and sequences longer than `AUTO_CHUNK_BP` run
+chunk by chunk with the state carried (mambadna/chunking.py): the pooled vector is accumulated per chunk and
+per-position output is written chunk by chunk into a float16 file on disk, so (b, l, d) is never held whole.
 
 Output in a folder: `embeddings.npy` (n, d) float32 pooled vectors, `index.tsv` (row, name, length_bp, label,
 and for per-position output the [start, end) rows of that sequence in `per_position.npy` (sum of lengths, d)).
@@ -10,6 +15,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +23,12 @@ import numpy as np
 import torch
 
 from mambadna.checkpoint import load
-from mambadna.chunking import check_chunk_bp
-from mambadna.model import MambaClassifier, MambaLM, pool
+from mambadna.chunking import check_chunk_bp, run_chunked
+from mambadna.config import POOLINGS
+from mambadna.model import MambaClassifier, MambaLM, check_mask, pool_finish, pool_partial
+from mambadna.tokenizer import reverse_complement_bytes, tokenizer_from_name
+
+AUTO_CHUNK_BP = 1 << 16  # sequences longer than this run in chunks of this size unless chunk_bp is given
 
 
 @dataclass
@@ -29,16 +39,37 @@ class Record:
 
 
 def read_records(path: str | Path, label_regex: str = "", sequence_column: str = "sequence",
-                 label_column: str = "label", name_column: str = "name") -> list[Record]:
-    """Sequences of a FASTA (labels from `label_regex`'s group in the header, if given) or a CSV/TSV table with a
-    `sequence` column and optional `name` and `label` columns."""
+                 label_column: str = "label", name_column: str = "name", regions: str | Path | None = None
+                 ) -> list[Record]:
+    """Sequences of a FASTA (labels from `label_regex`'s group in the header, if given), of BED `regions` of a
+    reference FASTA (one record per line, named by column 4, minus-strand lines reverse-complemented, labels from
+    `label_regex` on the name), or of a CSV/TSV table with a `sequence` column and optional `name`, `label`."""
     from mambadna.data import Genome
     from mambadna.data.labelled import fasta_headers
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    if path.suffix.lower() in (".csv", ".tsv", ".txt"):
+    try:
+        pattern = re.compile(label_regex) if label_regex else None
+    except re.error as err:
+        raise ValueError(f"--label-regex {label_regex!r} is not a valid regular expression: {err}") from None
+    if pattern is not None and pattern.groups < 1:
+        raise ValueError(f"--label-regex {label_regex!r} needs one (group) around the label")
+
+    def label_of(text: str) -> str:
+        match = pattern.search(text) if pattern else None
+        return match.group(1) if match else ""
+
+    if regions is not None:
+        from mambadna.data.regions import read_bed_regions
+
+        genome = Genome(path)
+        records = []
+        for interval, name, strand in read_bed_regions(regions, genome.contigs):
+            seq = genome.fetch(interval.contig, interval.start_bp, interval.end_bp)
+            records.append(Record(name, reverse_complement_bytes(seq) if strand == "-" else seq, label_of(name)))
+    elif path.suffix.lower() in (".csv", ".tsv", ".txt"):
         delimiter = "," if path.suffix.lower() == ".csv" else "\t"
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh, delimiter=delimiter)
@@ -47,20 +78,33 @@ def read_records(path: str | Path, label_regex: str = "", sequence_column: str =
             records = [Record(row.get(name_column) or f"seq{i}", row[sequence_column].strip().encode(),
                               row.get(label_column) or "") for i, row in enumerate(reader)]
     else:
-        pattern = re.compile(label_regex) if label_regex else None
         genome = Genome(path)
         # pyfaidx keeps only the first word of a header; labels usually live in the rest of the line
         headers = fasta_headers(genome.fasta_path if not genome.compressed else genome.source_path) if pattern else {}
-        records = []
-        for name, length_bp in genome.contigs.items():
-            match = pattern.search(headers.get(name, name)) if pattern else None
-            records.append(Record(name, genome.fetch(name, 0, length_bp), match.group(1) if match else ""))
+        records = [Record(name, genome.fetch(name, 0, length_bp), label_of(headers.get(name, name)))
+                   for name, length_bp in genome.contigs.items()]
     if not records:
         raise ValueError(f"{path}: no sequences")
     empty = [r.name for r in records if not r.sequence]
     if empty:
         raise ValueError(f"{path}: empty sequence(s) {empty[:5]}")
     return records
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """"auto" (or None): the GPU when there is one, else the CPU; "cuda" / "cuda:N" / "cpu" as asked."""
+    if spec in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: no CUDA GPU is visible on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {spec}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
 
 
 def load_lm(checkpoint: str | Path, map_location="cpu") -> MambaLM:
@@ -72,55 +116,150 @@ def load_lm(checkpoint: str | Path, map_location="cpu") -> MambaLM:
     return model.backbone if isinstance(model, MambaClassifier) else model
 
 
+def _hidden_fn(model: MambaLM, layer: int | None):
+    """residual (b, c, d) of the blocks run -> the vectors embedded: the final-normed hidden states, or with
+    `layer` the residual stream after that block (0-based), un-normed."""
+    return (lambda residual: residual) if layer is not None else model.norm_f
+
+
+def embed_batch(model: MambaLM, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
+                chunk_bp: int | None, layer: int | None = None, per_position=None):
+    """Pooled vectors (b, d) fp32 of a right-padded batch; `per_position(start, end, vectors (b, c, d))` receives
+    every chunk's per-position vectors as they are made (nothing of size (b, l, d) is kept)."""
+    b, l = input_ids.shape
+    mask = check_mask(attention_mask, b, l, input_ids.device)
+    after = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)  # (b, l + 1): is position t real
+    hidden = _hidden_fn(model, layer)
+    n_layers = None if layer is None else layer + 1
+
+    def share(residual, start, end):
+        vectors = hidden(residual).float()  # (b, c, d)
+        if per_position is not None:
+            per_position(start, end, vectors)
+        return (pool_partial(vectors, mask[:, start:end], after[:, start + 1 : end + 1], start, pooling),)
+
+    (total,), _ = run_chunked(model, input_ids, chunk_bp, share, n_layers=n_layers)
+    return pool_finish(total, mask, pooling)
+
+
 @torch.no_grad()
 def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", per_position: bool = False,
-                  batch_size: int = 16, max_length_bp: int | None = None, device: str = "cpu",
-                  chunk_bp: int | None = None):
-    """-> (pooled (n, d) float32, per-position list of (l_i, d) arrays or None). Batches are length-sorted and
-    right-padded (the model is causal: right padding leaves real positions unchanged). `chunk_bp` runs each batch
-    chunk by chunk with the state carried (`MambaLM.embed(..., chunk_bp=...)`): the same vectors in activation
-    memory that grows with the chunk rather than the sequence."""
-    from mambadna.tokenizer import tokenizer_from_name
+                  batch_size: int = 16, max_length_bp: int | None = None, device="cpu", chunk_bp: int | None = None,
+                  layer: int | None = None, rc_average: bool = False, precision: str = "auto",
+                  per_position_out: np.ndarray | None = None, progress=None):
+    """-> (pooled (n, d) float32, per-position list of (l_i, d) arrays, or None when not asked or when written into
+    `per_position_out` (sum of l_i, d) at the rows of `per_position_rows(records, max_length_bp)`).
 
+    Batches are length-sorted and right-padded (the model is causal: right padding leaves real positions
+    unchanged). `chunk_bp` (default: `AUTO_CHUNK_BP` for sequences longer than that) runs each batch chunk by chunk
+    with the state carried: the same vectors in memory that grows with the chunk. `layer` takes block `layer`'s
+    output instead of the final hidden states; `rc_average` averages with the reverse complement's vectors (its
+    positions mapped back to the forward strand). `precision` "auto" is bf16 autocast on CUDA, fp32 elsewhere."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if chunk_bp is not None:
         check_chunk_bp(chunk_bp)
+    if layer is not None and not 0 <= layer < model.config.n_layer:
+        raise ValueError(f"--layer {layer}: the model has blocks 0..{model.config.n_layer - 1}")
+    device = resolve_device(device)
     tokenizer = tokenizer_from_name(model.config.tokenizer)
+    if rc_average and not hasattr(tokenizer, "reverse_complement"):
+        raise ValueError(f"reverse-complement averaging needs a nucleotide model; this one uses {tokenizer.name}")
     model = model.to(device).eval()
-    order = sorted(range(len(records)), key=lambda i: len(records[i].sequence))
-    pooled = np.zeros((len(records), model.config.d_model), dtype=np.float32)
-    positions: list[np.ndarray | None] = [None] * len(records)
+    amp = device.type == "cuda" and precision in ("auto", "bf16")
+    d = model.config.d_model
+    seqs = [r.sequence[:max_length_bp] if max_length_bp else r.sequence for r in records]
+    rows = per_position_rows(seqs)
+    pooled = np.zeros((len(records), d), dtype=np.float32)
+    positions: list[np.ndarray | None] | None = [None] * len(records) if per_position and per_position_out is None \
+        else None
+    order = sorted(range(len(records)), key=lambda i: len(seqs[i]))
     for lo in range(0, len(order), batch_size):
         idx = order[lo : lo + batch_size]
-        seqs = [records[i].sequence[:max_length_bp] if max_length_bp else records[i].sequence for i in idx]
-        batch = tokenizer.batch_encode(seqs)
-        input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        if chunk_bp is not None and not per_position:
-            _, vectors = model.embed(input_ids, attention_mask, pooling, chunk_bp)  # (b, d), never (b, l, d)
-        else:
-            hidden = model.hidden_states(input_ids)  # (b, l, d)
-            vectors = pool(hidden, attention_mask, pooling)  # (b, d), as MambaLM.embed pools
-        for j, i in enumerate(idx):
-            pooled[i] = vectors[j].float().cpu().numpy()
+        batch = tokenizer.batch_encode([seqs[i] for i in idx])
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        lengths = [len(seqs[i]) for i in idx]
+        chunk = chunk_bp or (AUTO_CHUNK_BP if ids.shape[1] > AUTO_CHUNK_BP else None)
+        strands = [(ids, False)]
+        if rc_average:
+            strands.append((_reverse_complement_padded(tokenizer, ids, lengths), True))
+        vectors = 0
+        for strand_ids, flipped in strands:
+            sink = None
             if per_position:
-                positions[i] = hidden[j, : len(seqs[j])].float().cpu().numpy()
-    return pooled, (positions if per_position else None)
+                sink = _PositionSink(idx, lengths, rows, per_position_out, positions, d, flipped, len(strands))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                vectors = vectors + embed_batch(model, strand_ids, mask, pooling, chunk, layer, sink) / len(strands)
+        pooled[idx] = vectors.float().cpu().numpy()
+        if progress is not None:
+            progress(sum(lengths))
+    return pooled, positions
 
 
-def write_embeddings(out_dir: str | Path, records: list[Record], pooled: np.ndarray, per_position=None) -> dict:
+def per_position_rows(seqs) -> np.ndarray:
+    """Row offsets (n + 1,) of each sequence's positions in a per-position array (in record order)."""
+    rows = np.zeros(len(seqs) + 1, dtype=np.int64)
+    rows[1:] = np.cumsum([len(s) for s in seqs])
+    return rows
+
+
+def _reverse_complement_padded(tokenizer, ids: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """The reverse complement of each row's real tokens, still right-padded (b, l)."""
+    out = ids.clone()
+    for j, n in enumerate(lengths):
+        out[j, :n] = torch.as_tensor(tokenizer.reverse_complement(ids[j, :n].cpu().numpy()), device=ids.device)
+    return out
+
+
+class _PositionSink:
+    """Receives one chunk's per-position vectors (b, c, d) and files each real row's positions, on the forward
+    strand's coordinates (a reverse-complement pass writes its position t to l - 1 - t), averaged over strands."""
+
+    def __init__(self, idx, lengths, rows, out, positions, d, flipped, strands):
+        self.idx, self.lengths, self.rows, self.out, self.positions = idx, lengths, rows, out, positions
+        self.d, self.flipped, self.weight = d, flipped, 1.0 / strands
+
+    def __call__(self, start: int, end: int, vectors: torch.Tensor) -> None:
+        host = (vectors * self.weight).cpu().numpy()  # (b, c, d) fp32
+        for j, i in enumerate(self.idx):
+            n = self.lengths[j]
+            stop = min(end, n)
+            if stop <= start:
+                continue
+            part = host[j, : stop - start]  # positions [start, stop) of this strand
+            lo, hi = (n - stop, n - start) if self.flipped else (start, stop)
+            if self.flipped:
+                part = part[::-1]
+            if self.out is not None:  # the forward strand comes first and writes; the reverse one adds its half
+                target = self.out[self.rows[i] + lo : self.rows[i] + hi]
+                target[:] = target + part if self.flipped else part
+            else:
+                if self.positions[i] is None:
+                    self.positions[i] = np.zeros((n, self.d), dtype=np.float32)
+                self.positions[i][lo:hi] += part
+
+
+def write_embeddings(out_dir: str | Path, records: list[Record], pooled: np.ndarray, per_position=None,
+                     per_position_rows_: np.ndarray | None = None) -> dict:
+    """embeddings.npy, index.tsv (+ per_position.npy from a list of arrays; a per-position file written while
+    embedding is only indexed, from `per_position_rows_`) and, with pyarrow installed, embeddings.parquet."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"embeddings": out_dir / "embeddings.npy", "index": out_dir / "index.tsv"}
-    np.save(files["embeddings"], pooled)
-    offsets = np.zeros(len(records) + 1, dtype=np.int64)
+    np.save(files["embeddings"], pooled.astype(np.float32))
+    offsets = per_position_rows_
     if per_position is not None:
-        offsets[1:] = np.cumsum([p.shape[0] for p in per_position])
+        offsets = per_position_rows(per_position)
         files["per_position"] = out_dir / "per_position.npy"
         np.save(files["per_position"], np.concatenate(per_position, axis=0))
+    elif offsets is not None:
+        files["per_position"] = out_dir / "per_position.npy"
     with open(files["index"], "w", newline="") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        writer.writerow(["row", "name", "length_bp", "label"] + (["pos_start", "pos_end"] if per_position else []))
+        writer.writerow(["row", "name", "length_bp", "label"] + (["pos_start", "pos_end"] if offsets is not None
+                                                                 else []))
         for i, rec in enumerate(records):
-            extra = [int(offsets[i]), int(offsets[i + 1])] if per_position is not None else []
+            extra = [int(offsets[i]), int(offsets[i + 1])] if offsets is not None else []
             writer.writerow([i, rec.name, len(rec.sequence), rec.label, *extra])
     if importlib.util.find_spec("pyarrow") is not None:
         import pyarrow as pa
@@ -131,6 +270,42 @@ def write_embeddings(out_dir: str | Path, records: list[Record], pooled: np.ndar
         files["parquet"] = out_dir / "embeddings.parquet"
         pq.write_table(table, files["parquet"])
     return {k: str(v) for k, v in files.items()}
+
+
+def run_embed(checkpoint, input_path, out_dir, pooling="mean", per_position=False, batch_size=16,
+              max_length_bp=None, chunk_bp=None, device="auto", layer=None, rc_average=False, regions=None,
+              label_regex="", precision="auto", per_position_dtype="float16") -> dict:
+    """The `mambadna embed` command: read, embed (per-position vectors streamed to disk), write, and report bases
+    per second and peak GPU memory."""
+    device = resolve_device(device)
+    model = load_lm(checkpoint, map_location=device)
+    records = read_records(input_path, label_regex=label_regex, regions=regions)
+    seqs = [r.sequence[:max_length_bp] if max_length_bp else r.sequence for r in records]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, stream = per_position_rows(seqs), None
+    if per_position:
+        if per_position_dtype not in ("float16", "float32"):
+            raise ValueError(f"--per-position-dtype must be float16 or float32, got {per_position_dtype!r}")
+        stream = np.lib.format.open_memmap(out_dir / "per_position.npy", mode="w+", dtype=per_position_dtype,
+                                           shape=(int(rows[-1]), model.config.d_model))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    pooled, _ = embed_records(model, records, pooling, per_position, batch_size, max_length_bp, device, chunk_bp,
+                              layer, rc_average, precision, per_position_out=stream)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if stream is not None:
+        stream.flush()
+        del stream
+    files = write_embeddings(out_dir, records, pooled, per_position_rows_=rows if per_position else None)
+    stats = {"sequences": len(records), "bases": int(rows[-1]), "seconds": round(seconds, 3),
+             "bases_per_s": round(rows[-1] / max(seconds, 1e-9), 1), "device": str(device),
+             "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda"
+             else None, "d": int(pooled.shape[1])}
+    return {**files, **stats}
 
 
 def read_embeddings(folder: str | Path) -> tuple[np.ndarray, list[str]]:

@@ -25,7 +25,8 @@ def _trainer(progress_bar: bool) -> pl.Trainer:
 
 def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", progress_bar: bool = True) -> dict:
     """Metrics of the model in `checkpoint` (a save_pretrained folder). Classifiers use `cfg.data` (manifest or
-    labelled files; default the bundled species windows), language models `genome` (default: bundled genomes)."""
+    labelled files; default the bundled species windows), language models `genome` (default: bundled genomes).
+    `cfg.train.chunk_bp` runs each window in chunks carrying the state (million-base windows in bounded memory)."""
     directory = Path(checkpoint)
     try:
         model = load(directory)
@@ -39,7 +40,7 @@ def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", prog
         if datamodule.num_classes != model.num_classes:
             raise ValueError(f"{directory} predicts {model.num_classes} classes but the data has "
                              f"{datamodule.num_classes}: {datamodule.class_names}")
-        task = ClassifyTask(model, OptimSpec(), datamodule.class_names)
+        task = ClassifyTask(model, OptimSpec(), datamodule.class_names, chunk_bp=cfg.train.chunk_bp)
         metrics = test_classifier(_trainer(progress_bar), task, datamodule, out_dir)
     elif isinstance(model, MambaLM):
         from mambadna.data import GenomeDataModule
@@ -49,7 +50,8 @@ def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", prog
                                       batch_size=d.batch_size, test_windows=d.test_windows,
                                       tokenizer=tokenizer_from_name(model.config.tokenizer))
         with memory_advice():
-            results = _trainer(progress_bar).test(LMTask(model.config, OptimSpec(), model=model),
+            results = _trainer(progress_bar).test(LMTask(model.config, OptimSpec(), model=model,
+                                                         chunk_bp=cfg.train.chunk_bp),
                                                   datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in results[0].items()}
     else:

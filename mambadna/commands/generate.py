@@ -24,7 +24,7 @@ def generate_fasta(model: MambaLM, prompt: str, out_fasta: str | Path, num_seque
     except ValueError as err:
         raise ValueError(f"prompt: {err}") from None
     model.eval()
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=model.embedding.weight.device).manual_seed(seed)
     out = model.generate(ids.unsqueeze(0).repeat(num_sequences, 1), max_new_bp, temperature=temperature,
                          top_k=top_k, generator=generator)
     seqs = [tokenizer.decode(row.tolist()) for row in out]

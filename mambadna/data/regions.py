@@ -33,11 +33,33 @@ class Interval:
 
 
 def read_bed(path: str | Path, contigs: dict[str, int] | None = None) -> list[Interval]:
-    """BED intervals (first three columns; header/track/comment lines skipped), checked against ``contigs``."""
+    """BED intervals (first three columns; header/track/comment lines skipped), checked against ``contigs``,
+    merged where they overlap (the regions windows are drawn from)."""
+    intervals = [interval for interval, _ in bed_lines(path, contigs)]
+    if not intervals:
+        raise DataError(f"{path}: no intervals in the BED file")
+    return merge(intervals)
+
+
+def read_bed_regions(path: str | Path, contigs: dict[str, int] | None = None) -> list[tuple[Interval, str, str]]:
+    """Every BED line as (interval, name, strand), in file order and unmerged (regions to embed one by one): the
+    name is column 4 or "contig:start-end", the strand column 6 ("+" when absent)."""
+    regions = []
+    for interval, fields in bed_lines(path, contigs):
+        name = fields[3] if len(fields) > 3 and fields[3] not in ("", ".") else \
+            f"{interval.contig}:{interval.start_bp}-{interval.end_bp}"
+        strand = fields[5] if len(fields) > 5 and fields[5] in ("+", "-") else "+"
+        regions.append((interval, name, strand))
+    if not regions:
+        raise DataError(f"{path}: no intervals in the BED file")
+    return regions
+
+
+def bed_lines(path: str | Path, contigs: dict[str, int] | None = None):
+    """(Interval, all fields) of each BED line, checked; raises DataError naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such BED file")
-    intervals = []
     for line_no, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip() or line.startswith(("#", "track", "browser")):
             continue
@@ -57,10 +79,7 @@ def read_bed(path: str | Path, contigs: dict[str, int] | None = None) -> list[In
             if end_bp > contigs[contig]:
                 raise DataError(f"{path}: line {line_no}: end {end_bp} is past the end of {contig!r} "
                                 f"({contigs[contig]} bp)")
-        intervals.append(Interval(contig, start_bp, end_bp))
-    if not intervals:
-        raise DataError(f"{path}: no intervals in the BED file")
-    return merge(intervals)
+        yield Interval(contig, start_bp, end_bp), fields
 
 
 def merge(intervals: list[Interval]) -> list[Interval]:

@@ -14,7 +14,8 @@ import torch
 from mambadna.kernels.scan_chunked import selective_scan_chunked
 from mambadna.kernels.scan_ref import selective_scan_ref
 
-__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "available_backends", "BACKENDS"]
+__all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "available_backends", "BACKENDS",
+           "step_kernels"]
 
 BACKENDS = ("ref", "chunked", "triton")
 ENV_VAR = "MAMBADNA_SCAN_BACKEND"
@@ -36,6 +37,23 @@ def _load_triton():
         else:
             _triton_fn = selective_scan_triton
     return _triton_fn
+
+
+_step_module = None
+_step_error: str | None = None
+
+
+def step_kernels():
+    """The fused one-token step kernels (mambadna/kernels/step_triton.py), or None where Triton cannot load."""
+    global _step_module, _step_error
+    if _step_module is None and _step_error is None:
+        try:
+            from mambadna.kernels import step_triton
+        except Exception as exc:  # as for the scan: Triton raises more than ImportError when unusable
+            _step_error = f"{type(exc).__name__}: {exc}"
+        else:
+            _step_module = step_triton
+    return _step_module
 
 
 def available_backends() -> list[str]:

@@ -102,7 +102,7 @@ def test_embed_chunk_bp_equals_unchunked_embed(tmp_path, capsys):
     outputs = {}
     for name, extra in (("plain", []), ("chunked", ["--chunk-bp", "32"])):
         assert cli.main(["embed", str(model_dir), str(table), "--out", str(tmp_path / name), "--per-position",
-                         "--batch-size", "2", *extra]) == 0
+                         "--per-position-dtype", "float32", "--batch-size", "2", *extra]) == 0
         outputs[name] = {f: np.load(tmp_path / name / f"{f}.npy") for f in ("embeddings", "per_position")}
     assert outputs["chunked"]["per_position"].shape == (sum(lengths), 16)
     for f in ("embeddings", "per_position"):
