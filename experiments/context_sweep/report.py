@@ -131,9 +131,10 @@ def plot(rows: list[dict], path: Path, title: str) -> Path | None:
                          and r.get("status") == "ok")
             if pts:
                 ax.plot([x for x, _ in pts], [y for _, y in pts], style, label=LABELS[m])
-        chance = [r.get("chance") for r in rows if r["dataset"] == ds and r.get("chance")]
+        chance = sorted((r["window_bp"], r["chance"]) for r in rows if r["dataset"] == ds and r.get("chance"))
         if chance:
-            ax.axhline(chance[0], color="grey", lw=0.8, ls=":", label="majority class")
+            ax.plot([x for x, _ in chance], [y for _, y in chance], color="grey", lw=0.8, ls=":",
+                    label="majority class of the test windows")
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("context length (bp)")

@@ -24,6 +24,7 @@ import datetime as dt
 import gc
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -152,12 +153,22 @@ def device_name() -> str:
 
 def count_params(model_dir: Path) -> int | None:
     """Parameters in a saved model (model.safetensors), or None when there is none."""
-    try:
-        from safetensors.numpy import load_file
-
-        return int(sum(t.size for t in load_file(str(model_dir / "model.safetensors")).values()))
-    except (OSError, ImportError, ValueError):
+    path = model_dir / "model.safetensors"
+    if not path.is_file():
         return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return int(sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys()))
+
+
+def index_genomes(manifest: Path) -> None:
+    """Open every FASTA of a manifest once, so its index and statistics exist before parallel readers start."""
+    from mambadna.data import Genome
+    from mambadna.data.species import read_manifest
+
+    for row in read_manifest(manifest):
+        Genome(row.path)
 
 
 def run_cli(argv: list[str], use_subprocess: bool) -> int:
@@ -262,6 +273,9 @@ def main(argv=None) -> int:
     p.add_argument("--inits", default="scratch,pretrained", help="comma-separated: scratch, pretrained")
     p.add_argument("--parts", default="kmer,models", help="comma-separated: kmer, models")
     p.add_argument("--steps", type=int, help="override the scale's fine-tuning steps (bases seen change with it)")
+    p.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra setting for every fine-tuning run, e.g. pooling=mean or optim.lr=2e-3 (ablations; "
+                   "it goes into each printed command)")
     p.add_argument("--deadline", type=float, help="unix time: skip model rows that would end after it")
     p.add_argument("--budget-s", type=float, help="fit the step count to this many seconds of model runs: measure "
                    "seconds per step at each length first, then use the one step count that fits (the same at every "
@@ -313,6 +327,8 @@ def main(argv=None) -> int:
             print(f"[{name}] block split: {json.dumps(bp)}")
 
     if a.prepare_only:
+        for manifest in prepared.values():
+            index_genomes(manifest)
         return 0
 
     per_step = None
@@ -395,6 +411,8 @@ def main(argv=None) -> int:
                         continue
                     cfg = R.finetune_config(name, L, init, scale, str(prepared[name]), str(run_dir),
                                             str(pretrained.get(name, "")))
+                    if a.finetune_set:
+                        cfg = R.rc.apply_overrides(cfg, a.finetune_set)
                     argv_ = R.command(cfg)
                     base = {"dataset": name, "window_bp": L, "method": init, "command": R.shell(argv_),
                             "steps": cfg.train.max_steps, "batch_size": cfg.data.batch_size,

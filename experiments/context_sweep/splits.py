@@ -236,18 +236,73 @@ def write_pretrain_genome(split_dir: Path, species: list[str], out: Path) -> Pat
     return out
 
 
+def write_contig_splits(species: list[Species], val_contigs: list[str], test_contigs: list[str], out: Path,
+                        drop_suffixes: tuple[str, ...] = ("_alt", "_fix")) -> dict:
+    """Whole assemblies, whole chromosomes held out: ``<species>.<split>.fa`` by contig name, streamed (a genome is
+    never held in memory). A contig named ``<held-out name>_...`` (hg38's ``chr8_KI270821v1_alt``) or ending in
+    one of ``drop_suffixes`` (alternate haplotypes, patches: copies of other contigs) goes to no split."""
+    import gzip
+
+    out.mkdir(parents=True, exist_ok=True)
+    held = {**{c: "val" for c in val_contigs}, **{c: "test" for c in test_contigs}}
+    info: dict = {"val_contigs": list(val_contigs), "test_contigs": list(test_contigs), "species": {}}
+    for sp in species:
+        handles = {split: open(out / f"{sp.name}.{split}.fa", "w") for split in SPLITS}
+        counts = {split: 0 for split in SPLITS}
+        seen, dropped, dest = set(), [], None
+        opener = gzip.open if sp.fasta.name.endswith(".gz") else open
+        with opener(sp.fasta, "rt") as fh:
+            for line in fh:
+                if line.startswith(">"):
+                    name = line[1:].split()[0]
+                    seen.add(name)
+                    if name in held:
+                        dest = held[name]
+                    elif name.endswith(drop_suffixes) or any(name.startswith(h + "_") for h in held):
+                        dest = None
+                        dropped.append(name)
+                    else:
+                        dest = "train"
+                    if dest:
+                        handles[dest].write(line)
+                elif dest:
+                    handles[dest].write(line)
+                    counts[dest] += len(line.strip())
+        for h in handles.values():
+            h.close()
+        missing = [c for c in held if c not in seen]
+        if missing:
+            raise ValueError(f"{sp.fasta}: no contig {', '.join(missing)} (held-out names must exist in every species)")
+        info["species"][sp.name] = {split: {"file": f"{sp.name}.{split}.fa", "bp": counts[split]} for split in SPLITS}
+        info["species"][sp.name]["dropped_contigs"] = len(dropped)
+    (out / "manifest.tsv").write_text("species\tfasta\tsplit\n" + "".join(
+        f"{sp.name}\t{sp.name}.{split}.fa\t{split}\n" for sp in species for split in SPLITS))
+    (out / "splits.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
 def main(argv=None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("manifest", type=Path, help="species<TAB>fasta[<TAB>bed] manifest (e.g. from data/prepare_*.py)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--runs", type=int, default=20)
-    p.add_argument("--val", default="10", help="comma-separated val run indices")
-    p.add_argument("--test", default="5,15", help="comma-separated test run indices")
+    sub = p.add_subparsers(dest="mode", required=True)
+    b = sub.add_parser("blocks", help="runs of alignment blocks (with BEDs) or equal runs of each genome")
+    b.add_argument("manifest", type=Path, help="species<TAB>fasta[<TAB>bed] manifest (e.g. from data/prepare_*.py)")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--runs", type=int, default=20)
+    b.add_argument("--val", default="10", help="comma-separated val run indices")
+    b.add_argument("--test", default="5,15", help="comma-separated test run indices")
+    c = sub.add_parser("by-contig", help="whole assemblies: whole chromosomes held out, by name")
+    c.add_argument("manifest", type=Path, help="species<TAB>fasta manifest of whole-genome FASTA(.gz) files")
+    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--val", required=True, help="comma-separated contig names for validation (e.g. chr7)")
+    c.add_argument("--test", required=True, help="comma-separated contig names for test (e.g. chr8)")
     a = p.parse_args(argv)
-    spec = SplitSpec(a.runs, tuple(int(x) for x in a.val.split(",")), tuple(int(x) for x in a.test.split(",")))
-    info = write_block_splits(read_manifest(a.manifest), spec, a.out)
+    if a.mode == "blocks":
+        spec = SplitSpec(a.runs, tuple(int(x) for x in a.val.split(",")), tuple(int(x) for x in a.test.split(",")))
+        info = write_block_splits(read_manifest(a.manifest), spec, a.out)
+    else:
+        info = write_contig_splits(read_manifest(a.manifest), a.val.split(","), a.test.split(","), a.out)
     for name, entry in info["species"].items():
         print(name, {s: entry[s]["bp"] for s in SPLITS})
     return 0

@@ -209,3 +209,14 @@ def test_smoke_report(smoke):
     assert (out / "accuracy_vs_context.png").stat().st_size > 1000
     assert json.loads((out / "results.json").read_text())
     assert "mambadna finetune" in stdout  # the runner prints each row's command
+
+
+def test_contig_split_holds_out_whole_chromosomes(tmp_path):
+    for sp in ("human", "chimp"):
+        (tmp_path / f"{sp}.fa").write_text(">chr1\nAAAA\n>chr7\nCCCC\n>chr8\nGGGG\nGG\n>chr8_KI1_alt\nTTTT\n>chrUn_x\nAC\n")
+    (tmp_path / "g.tsv").write_text("species\tfasta\nhuman\thuman.fa\nchimp\tchimp.fa\n")
+    info = S.write_contig_splits(S.read_manifest(tmp_path / "g.tsv"), ["chr7"], ["chr8"], tmp_path / "s")
+    assert info["species"]["human"]["test"]["bp"] == 6 and info["species"]["human"]["train"]["bp"] == 6
+    assert sorted(S.read_fasta(tmp_path / "s" / "chimp.train.fa")) == ["chr1", "chrUn_x"]  # the alt copy is dropped
+    with pytest.raises(ValueError, match="chr9"):
+        S.write_contig_splits(S.read_manifest(tmp_path / "g.tsv"), ["chr7"], ["chr9"], tmp_path / "t")
