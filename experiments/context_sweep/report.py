@@ -160,7 +160,8 @@ def main(argv=None) -> int:
         return 1
     scales = sorted({r.get("scale") for r in rows if r.get("scale")})
     devices = sorted({r.get("device") for r in rows if r.get("device")})
-    png = plot(rows, a.out / "accuracy_vs_context.png", f"{a.title} ({', '.join(scales)})")
+    png = plot(rows, a.out / "accuracy_vs_context.png",
+               f"{a.title} (recipe {', '.join(scales)}; measured on {', '.join(devices)})")
     text = [f"# Context sweep results ({', '.join(scales)})\n",
             f"Measured on: {', '.join(devices)}. Dates: {min(r.get('date', '') for r in rows)[:10]} to "
             f"{max(r.get('date', '') for r in rows)[:10]}. Cells: test accuracy / macro-F1.\n",
