@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from mambadna.tasks import run_config as rc  # the one line to change when run_config moves (mambadna.run_config)
+from mambadna import run_config as rc  # the one line that names the run-config module
 
 try:  # the block split lives beside this file
     from experiments.context_sweep.splits import SplitSpec
@@ -52,7 +52,8 @@ class Scale:
     pretrain_lr: float = 8e-3
     precision: str = "bf16-mixed"
     num_workers: int = 4
-    checkpoint_from_bp: int = 2**20  # activation checkpointing for windows this long and longer
+    chunk_from_bp: int = 2**20  # windows this long and longer run in chunks of chunk_bp (train.chunk_bp)
+    chunk_bp: int = 2**16
     kmer_ks: tuple[int, ...] = (4, 5, 6, 7, 8)
     kmer_max_train_windows: int = 1024
     kmer_train_bases: int = 2**24  # k-mer training windows: this many bases' worth, 64 to kmer_max_train_windows
@@ -102,10 +103,26 @@ DATASETS = {
 }
 
 
+def model_config(scale: Scale):
+    """The model section (a MambaConfig) of every run of a scale: the same shape from scratch and pretrained."""
+    return rc.MambaConfig(d_model=scale.d_model, n_layer=scale.n_layer, d_state=scale.d_state)
+
+
 def batch_for(window_bp: int, scale: Scale) -> int:
+    """Windows per step: tokens_per_step // window (1 for a window longer than tokens_per_step)."""
+    if window_bp >= scale.tokens_per_step:
+        return 1
     if scale.tokens_per_step % window_bp:
         raise ValueError(f"tokens_per_step {scale.tokens_per_step} is not a multiple of the window {window_bp}")
     return scale.tokens_per_step // window_bp
+
+
+def steps_for(window_bp: int, scale: Scale) -> int:
+    """Optimizer steps: scale.steps, fewer for a window longer than tokens_per_step (one window a step), so that
+    steps x batch x window, the bases seen, stays the same at every length."""
+    if window_bp <= scale.tokens_per_step:
+        return scale.steps
+    return max(1, scale.steps * scale.tokens_per_step // window_bp)
 
 
 def test_windows_for(window_bp: int, scale: Scale) -> int:
@@ -115,14 +132,14 @@ def test_windows_for(window_bp: int, scale: Scale) -> int:
 def warmup_plan(window_bp: int, scale: Scale) -> tuple[int, int]:
     """(seqlen_warmup_from_bp or 0, train windows per epoch). Stages are epochs (SeqLenWarmup): with k batches of the
     first stage per epoch, stage j runs k * 2^j steps, so the warmup takes k * (2^n - 1) of the steps."""
-    batch = batch_for(window_bp, scale)
+    batch, steps = batch_for(window_bp, scale), steps_for(window_bp, scale)
     if not scale.warmup_above_bp or window_bp <= scale.warmup_above_bp:
-        return 0, batch * scale.steps  # one epoch is the whole run
+        return 0, batch * steps  # one epoch is the whole run
     start = scale.warmup_above_bp
     n = int(round(math.log2(window_bp / start)))
     if start * 2**n != window_bp:
         raise ValueError(f"window {window_bp} is not {start} times a power of two")
-    k = max(1, round(scale.warmup_share * scale.steps / (2**n - 1)))
+    k = max(1, round(scale.warmup_share * steps / (2**n - 1)))
     return start, batch_for(start, scale) * k
 
 
@@ -135,24 +152,24 @@ def finetune_config(dataset: str, window_bp: int, init: str, scale: Scale, manif
         raise ValueError("init='pretrained' needs the pretrained model folder")
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    batch = batch_for(window_bp, scale)
+    batch, steps = batch_for(window_bp, scale), steps_for(window_bp, scale)
     warm_from, train_windows = warmup_plan(window_bp, scale)
     test_n = test_windows_for(window_bp, scale)
     cfg = rc.FinetuneConfig(
         out_dir=out_dir,
         pretrained=pretrained if init == "pretrained" else "",
         pooling="last",
-        model=rc.ModelSpec(d_model=scale.d_model, n_layer=scale.n_layer, d_state=scale.d_state),
+        model=model_config(scale),
         data=rc.DataSpec(manifest=manifest, window_bp=window_bp, batch_size=batch, num_workers=scale.num_workers,
                          train_windows=train_windows, val_windows=max(scale.min_val_windows, test_n // 8),
                          test_windows=test_n, reverse_complement=True),
         optim=rc.OptimSpec(lr=scale.lr, weight_decay=scale.weight_decay, warmup_fraction=scale.warmup_fraction,
                            min_lr_ratio=0.1),
-        train=rc.TrainSpec(max_steps=scale.steps, precision=scale.precision, accelerator=scale.accelerator,
-                           devices="1", seed=scale.seed, ckpt_every_n_steps=scale.steps,
-                           val_every_n_steps=scale.steps, log_every_n_steps=max(1, scale.steps // 16),
+        train=rc.TrainSpec(max_steps=steps, precision=scale.precision, accelerator=scale.accelerator,
+                           devices="1", seed=scale.seed, ckpt_every_n_steps=steps,
+                           val_every_n_steps=steps, log_every_n_steps=max(1, steps // 16),
                            progress_bar=False, seqlen_warmup_from_bp=warm_from, epochs_per_stage=1,
-                           activation_checkpointing=window_bp >= scale.checkpoint_from_bp),
+                           chunk_bp=scale.chunk_bp if window_bp >= scale.chunk_from_bp else None),
     )
     return cfg
 
@@ -166,7 +183,7 @@ def pretrain_config(dataset: str, scale: Scale, genome: str, out_dir: str) -> rc
     k = max(1, round(scale.warmup_share * scale.pretrain_steps / (2**n - 1))) if n else 0
     return rc.PretrainConfig(
         out_dir=out_dir,
-        model=rc.ModelSpec(d_model=scale.d_model, n_layer=scale.n_layer, d_state=scale.d_state),
+        model=model_config(scale),
         data=rc.DataSpec(genome=genome, window_bp=window, batch_size=batch, num_workers=scale.num_workers,
                          train_windows=batch_for(start, scale) * k if n else batch * scale.pretrain_steps,
                          val_windows=max(scale.min_val_windows, 2 * batch), test_windows=batch,

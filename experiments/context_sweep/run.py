@@ -130,6 +130,7 @@ def datamodule_test_digest(cfg) -> tuple[str, dict]:
     d = cfg.data
     dm = SpeciesDataModule(d.manifest, window_bp=d.window_bp, batch_size=64, num_workers=0, seed=cfg.train.seed,
                            max_n_fraction=d.max_n_fraction, reverse_complement=d.reverse_complement,
+                           val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_by=d.split_by,
                            train_windows=d.train_windows, val_windows=d.val_windows, test_windows=d.test_windows,
                            tokenizer=tokenizer_from_name(cfg.model.tokenizer))
     pairs, counts = [], {}
@@ -197,8 +198,7 @@ def calibrate(scale, lengths: list[int], num_classes: int = 4, steps: int = 3) -
     from mambadna.model import MambaClassifier
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    spec = R.rc.ModelSpec(d_model=scale.d_model, n_layer=scale.n_layer, d_state=scale.d_state)
-    model = MambaClassifier(spec.mamba_config(), num_classes, "last").to(dev)
+    model = MambaClassifier(R.model_config(scale), num_classes, "last").to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     out = {}
     for L in lengths:
@@ -234,7 +234,8 @@ def plan_steps(per_step: dict[int, float], scale, n_datasets: int, n_inits: int,
     """The one step count S (the same for every length) that fits the model rows, and the pretraining runs of
     ``pretrain_ratio`` x S steps, in ``budget_s``: each run costs S x (seconds per step at its length), plus its test
     and validation windows (forward only, about a third of a training step per window), plus ``overhead_s``."""
-    per_run = sum(per_step.values()) * n_inits * n_datasets  # x S
+    # x S; a window longer than tokens_per_step runs S * tokens_per_step / window steps (recipe.steps_for)
+    per_run = sum(sec * min(1.0, scale.tokens_per_step / L) for L, sec in per_step.items()) * n_inits * n_datasets
     fixed = 0.0
     for L, sec in per_step.items():
         tokens = (R.test_windows_for(L, scale) * 1.25) * L  # test + validation windows
@@ -348,7 +349,7 @@ def main(argv=None) -> int:
 
     # k-mer baseline + test-window identity
     if "kmer" in parts:
-        from mambadna.tasks.probe import kmer_baseline
+        from mambadna.commands.probe import kmer_baseline
 
         for name, _ in datasets:
             manifest = prepared[name]
@@ -418,11 +419,11 @@ def main(argv=None) -> int:
                             "steps": cfg.train.max_steps, "batch_size": cfg.data.batch_size,
                             "bases_seen": cfg.train.max_steps * cfg.data.batch_size * L,
                             "seqlen_warmup_from_bp": cfg.train.seqlen_warmup_from_bp,
-                            "activation_checkpointing": cfg.train.activation_checkpointing,
+                            "chunk_bp": cfg.train.chunk_bp,
                             "test_windows": cfg.data.test_windows, "device": device, "scale": scale.name}
                     if init == "pretrained":
                         base["pretrained_on"] = _pretrain_species(rows.path, name)
-                    expected = 1.3 * longest if per_step is None else 1.2 * (scale.steps * per_step[L] + 6.0)
+                    expected = 1.3 * longest if per_step is None else 1.2 * (cfg.train.max_steps * per_step[L] + 6.0)
                     if a.deadline and time.time() + expected > a.deadline:
                         rows.add({**base, "status": "skipped (deadline)"})
                         print(f"[{name} 2^{L.bit_length() - 1} {init}] skipped: would pass the deadline", flush=True)

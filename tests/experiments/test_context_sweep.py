@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.context_sweep import recipe as R  # noqa: E402
 from experiments.context_sweep import splits as S  # noqa: E402
-from mambadna.tasks import run_config as rc  # noqa: E402
+from mambadna import run_config as rc  # noqa: E402
 
 APES = ROOT / "data" / "great_apes" / "manifest.tsv"
 
@@ -26,17 +26,19 @@ APES = ROOT / "data" / "great_apes" / "manifest.tsv"
 
 @pytest.mark.parametrize("scale", [R.GPU, R.CPU_SMOKE])
 def test_same_bases_and_steps_at_every_length(scale):
-    seen = set()
-    for L in scale.lengths:
+    seen, steps = set(), set()
+    for L in scale.lengths + (scale.lengths[-1] * 4,):  # and the optional longer length (2^20 for the GPU)
         cfg = R.finetune_config("great_apes", L, "scratch", scale, "m.tsv", "out")
         assert cfg.data.window_bp == L
         assert cfg.pooling == "last"
-        seen.add((cfg.train.max_steps, cfg.data.batch_size * L))
+        seen.add(cfg.train.max_steps * cfg.data.batch_size * L)
+        if L in scale.lengths:
+            steps.add(cfg.train.max_steps)
         warm = cfg.train.seqlen_warmup_from_bp
         assert (warm > 0) == (L > scale.warmup_above_bp)
         if warm:  # every warmup stage must have whole batches: the first stage's batch divides the epoch
             assert cfg.data.train_windows % (scale.tokens_per_step // warm) == 0
-    assert len(seen) == 1, seen
+    assert len(seen) == 1 and len(steps) == 1, (seen, steps)
 
 
 def test_gpu_recipe_is_the_papers_finetuning_recipe():
@@ -46,6 +48,8 @@ def test_gpu_recipe_is_the_papers_finetuning_recipe():
     assert cfg.train.seqlen_warmup_from_bp == 2**14
     assert cfg.data.reverse_complement
     assert R.finetune_config("great_apes", 2**14, "scratch", R.GPU, "m", "o").train.seqlen_warmup_from_bp == 0
+    assert cfg.train.chunk_bp is None
+    assert R.finetune_config("great_apes", 2**20, "scratch", R.GPU, "m", "o").train.chunk_bp == 2**16
     with pytest.raises(ValueError, match="pretrained"):
         R.finetune_config("great_apes", 2**10, "pretrained", R.GPU, "m.tsv", "out")
 
