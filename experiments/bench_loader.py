@@ -43,9 +43,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fasta", type=Path)
     parser.add_argument("--out", type=Path, default=REPO / "experiments/results/bench_loader.txt")
+    parser.add_argument("--cpu-smoke", action="store_true", help="the bundled lambda genome, tiny runs (CI)")
     args = parser.parse_args(argv)
+    settings = [(256, 8, 64)] if args.cpu_smoke else SETTINGS
     with tempfile.TemporaryDirectory() as tmp:
         fasta = args.fasta
+        if args.cpu_smoke and fasta is None:
+            from mambadna.data import bundled_path
+
+            fasta = bundled_path("lambda")
         if fasta is None:
             subprocess.run([sys.executable, str(REPO / "data/prepare_ecoli.py"), "--out", tmp], check=True)
             fasta = Path(tmp) / "ecoli_536.fa"
@@ -54,7 +60,7 @@ def main(argv=None) -> int:
                  f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
                  f"{torch.__version__}, python {platform.python_version()}",
                  "window_bp\tbatch\tworkers\twindows/s\tbases/s\tbases/s/worker"]
-        for window_bp, batch_size, n_windows in SETTINGS:
+        for window_bp, batch_size, n_windows in settings:
             for workers in (0, 2):
                 wps, bps = measure(genome, window_bp, batch_size, n_windows, workers)
                 lines.append(f"{window_bp}\t{batch_size}\t{workers}\t{wps:.0f}\t{bps:.3e}\t{bps / max(1, workers):.3e}")

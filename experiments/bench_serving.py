@@ -259,18 +259,18 @@ class Settings:
         self.mamba = base() if cuda else tiny(d_model=32, d_state=8)
         self.transformer = TransformerConfig() if cuda else TransformerConfig(d_model=32, n_layer=2, n_head=2)
         self.classifier = small() if cuda else tiny(d_model=16, d_state=4)
-        self.contexts = [8192, 65536, 1 << 20] if cuda else [64, 256]
+        self.contexts = [8192, 65536, 1 << 20] if cuda else [64]
         self.batches = [1, 64] if cuda else [1, 3]
         self.new_tokens = 256 if cuda else 32
         self.prefill_chunk = 1 << 18 if cuda else 128
         self.mamba_modes = ([("eager", False, False), ("graph", True, False), ("graph_fused", True, True)] if cuda
                             else [("eager", False, False)])
         self.transformer_modes = [("eager", False), ("graph", True)] if cuda else [("eager", False)]
-        self.embed_bp = 8192 if cuda else 300
+        self.embed_bp = 8192 if cuda else 200
         self.embed_batch = 64 if cuda else 4
-        self.embed_devices = [(self.device, 256), (torch.device("cpu"), 16)] if cuda else [(self.device, 8)]
+        self.embed_devices = [(self.device, 256), (torch.device("cpu"), 16)] if cuda else [(self.device, 4)]
         self.long_bp = 1 << 20
-        self.windows = [1 << 17, 1 << 18, 1 << 19, 1 << 20] if cuda else [256, 512]
+        self.windows = [1 << 17, 1 << 18, 1 << 19, 1 << 20] if cuda else [256]
         self.chunk_bp = 1 << 16 if cuda else 128
 
 

@@ -1,0 +1,66 @@
+"""Every model-level experiment script runs at tiny CPU sizes (`--cpu-smoke`), so a broken experiment fails CI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_script(name: str, *args: str, timeout: int = 300) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / name), *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.timeout(400)
+def test_bench_model_cpu_smoke(tmp_path):
+    run_script("bench_model.py", "--out", str(tmp_path), "--cpu-smoke", "--budget-s", "60")
+    result = json.loads((tmp_path / "bench_model.json").read_text())
+    assert all(row["ok"] for row in result["exactness"])
+    assert {row["model"] for row in result["training"]} >= {"mamba-base", "transformer"}
+
+
+@pytest.mark.timeout(400)
+def test_bench_serving_cpu_smoke(tmp_path):
+    run_script("bench_serving.py", "--out", str(tmp_path), "--cpu-smoke")
+    result = json.loads((tmp_path / "bench_serving.json").read_text())
+    gen = result["generation"]
+    assert [row["batch"] for row in gen] == [1, 3] and all(row["mamba_eager_tok_s"] > 0 for row in gen)
+    assert all(row["transformer_eager_tok_s"] > 0 for row in gen)
+    assert result["embedding"][0]["bases_per_s"] > 0
+    assert {row["mode"] for row in result["finetune"]} == {"per_block_checkpointing", "chunk_bp"}
+    assert "## generation" in (tmp_path / "bench_serving.md").read_text()
+
+
+def test_bench_cpu_model_and_loader_cpu_smoke(tmp_path):
+    out = run_script("bench_cpu_model.py", "--cpu-smoke", "--out", str(tmp_path / "cpu_model.txt"))
+    assert "chunked" in out and (tmp_path / "cpu_model.txt").read_text().count("\n") >= 6
+    run_script("bench_loader.py", "--cpu-smoke", "--out", str(tmp_path / "loader.txt"))
+    rows = (tmp_path / "loader.txt").read_text().splitlines()[3:]
+    assert len(rows) == 2 and all(float(r.split("\t")[3]) > 0 for r in rows)
+
+
+def test_transformer_baseline_static_step_equals_its_step():
+    """The graph-capturable static-cache step of the comparison Transformer computes what its plain step does."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    from transformer_baseline import TransformerConfig, TransformerLM
+
+    torch.manual_seed(0)
+    model = TransformerLM(TransformerConfig(d_model=32, n_layer=2, n_head=2)).eval()
+    cache = model.allocate_cache(2, 40, dtype=torch.float32)
+    token = model.prefill(torch.randint(5, 9, (2, 20)), cache).argmax(-1)
+    static = [(k.clone(), v.clone()) for k, v in cache]
+    want = model.step(token, 20, cache)
+    got = model.step_static(token, torch.tensor([20]), static)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
