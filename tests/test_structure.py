@@ -92,3 +92,47 @@ def test_shared_constants_are_defined_once():
     literal = re.compile(r"-100\b")
     users = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if literal.search(p.read_text())]
     assert users == ["tokenizer.py"], f"the ignore index is written as a literal in {users}"
+
+
+# What may import what (docs/ARCHITECTURE.md): a module imports only modules of a lower rank, or of its own group.
+RANKS = [
+    (0, ("mambadna.version", "mambadna.tokenizer", "mambadna.kernels")),
+    (1, ("mambadna.config", "mambadna.data")),
+    (2, ("mambadna.checkpoint", "mambadna.chunking", "mambadna.inference", "mambadna.run_config", "mambadna.hf")),
+    (3, ("mambadna.model",)),
+    (4, ("mambadna.objective",)),
+    (5, ("mambadna.tbptt",)),
+    (6, ("mambadna.tasks",)),
+    (7, ("mambadna.commands",)),
+    (8, ("mambadna.cli",)),
+    (9, ("mambadna.__main__",)),
+]
+LIGHTNING_ALLOWED = ("mambadna.tasks", "mambadna.data.datamodules", "mambadna.commands", "mambadna.cli")
+
+
+def _rank(name: str) -> tuple[int, str]:
+    for rank, prefixes in RANKS:
+        for prefix in prefixes:
+            if name == prefix or name.startswith(prefix + "."):
+                return rank, prefix
+    raise AssertionError(f"{name} has no rank in RANKS: add it (and to docs/ARCHITECTURE.md)")
+
+
+def test_modules_import_only_lower_layers_and_the_model_never_imports_lightning():
+    modules = _modules()
+    bad = []
+    for name, path in modules.items():
+        if name == "mambadna":
+            continue  # the package's __init__ re-exports the public API
+        rank, group = _rank(name)
+        for dep in _imports(path, name, set(modules)):
+            if dep == "mambadna":
+                continue
+            dep_rank, dep_group = _rank(dep)
+            if dep_group != group and dep_rank >= rank:
+                bad.append(f"{name} (rank {rank}) imports {dep} (rank {dep_rank})")
+        source = path.read_text()
+        if re.search(r"^\s*(import|from)\s+(pytorch_lightning|lightning)\b", source, flags=re.M):
+            if not name.startswith(LIGHTNING_ALLOWED):
+                bad.append(f"{name} imports Lightning")
+    assert not bad, bad
