@@ -336,6 +336,7 @@ def main() -> None:
     parser.add_argument("--step-limit-s", type=float, default=60.0, help="end a series after a slower step")
     parser.add_argument("--budget-s", type=float, default=330.0, help="skip training configurations after this")
     parser.add_argument("--sections", default="exact,train", help="comma-separated subset of exact,train")
+    parser.add_argument("--log2-lengths", help="training lengths as log2, e.g. 14,16,18,20 (default: the mode's)")
     parser.add_argument("--models", default="base,transformer,small",
                         help="training series to run, in this order: subset of base,transformer,small")
     args = parser.parse_args()
@@ -345,6 +346,8 @@ def main() -> None:
     if not set(which) <= {"base", "transformer", "small"}:
         raise SystemExit(f"--models takes base, transformer, small; got {args.models}")
     s = settings_from_args(args)
+    if args.log2_lengths:
+        s.lengths = [2 ** int(k) for k in args.log2_lengths.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
     clock = Clock(s)
     device_name = torch.cuda.get_device_name() if s.device.type == "cuda" else "CPU"

@@ -169,9 +169,9 @@ def generation(s) -> list[dict]:
                             raise
                         row[f"transformer_{name}_tok_s"] = "OOM"
                     torch.cuda.empty_cache() if s.device.type == "cuda" else None
-            best_t = max((v for k, v in row.items() if k.startswith("transformer_") and isinstance(v, float)),
-                         default=None)
-            best_m = max((v for k, v in row.items() if k.startswith("mamba_") and isinstance(v, float)), default=None)
+            rates = {k: v for k, v in row.items() if k.endswith("_tok_s") and isinstance(v, float)}
+            best_t = max((v for k, v in rates.items() if k.startswith("transformer_")), default=None)
+            best_m = max((v for k, v in rates.items() if k.startswith("mamba_")), default=None)
             if best_t and best_m:
                 row["mamba_vs_transformer_best"] = round(best_m / best_t, 2)
             log(f"  generation {row}")
