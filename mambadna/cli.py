@@ -1,4 +1,4 @@
-"""The `mambadna` command: pretrain, finetune, evaluate, embed, generate, probe and demo.
+"""The `mambadna` command: pretrain, finetune, evaluate, embed, generate, probe, export and demo.
 
 Run settings (pretrain, finetune) resolve in this order: the subcommand's defaults, then `--recipe FILE` (TOML/JSON,
 nested like the run config), then the flags (every setting is `--section.key VALUE`, the common ones also have a
@@ -18,6 +18,10 @@ from pathlib import Path
 
 from mambadna.config import POOLINGS
 from mambadna.version import __version__
+
+# every command that takes a model reads either format, from a folder or the Hub (mambadna/checkpoint.py)
+MODEL_REF_HELP = ", a transformers Mamba folder, or a Hub id (owner/name)"
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so `main` can answer with one `error:` line and code 2."""
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(p, finetune=True)
 
     p = sub.add_parser("evaluate", help="test metrics of a saved model (classifier or language model)")
-    p.add_argument("checkpoint", help="save_pretrained folder (e.g. runs/finetune/model)")
+    p.add_argument("checkpoint", help=f"save_pretrained folder (e.g. runs/finetune/model){MODEL_REF_HELP}")
     p.add_argument("--manifest", help="species manifest for a classifier (default: the bundled genomes)")
     p.add_argument("--test", help="labelled test file (CSV/TSV or FASTA) for a classifier")
     p.add_argument("--label-regex", default="", help="regex with one group picking the label from FASTA headers")
@@ -101,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/evaluate", help="folder for evaluation.json and the confusion matrix")
 
     p = sub.add_parser("embed", help="per-sequence (and per-position) embeddings of a FASTA or table")
-    p.add_argument("checkpoint", help="save_pretrained folder (a MambaLM, or a classifier's backbone)")
+    p.add_argument("checkpoint", help=f"save_pretrained folder (a MambaLM, or a classifier's backbone){MODEL_REF_HELP}")
     p.add_argument("input", help="FASTA, or CSV/TSV with a 'sequence' column (optional 'name', 'label')")
     p.add_argument("--out", default="runs/embed", help="output folder (embeddings.npy, index.tsv)")
     p.add_argument("--pooling", default="mean", choices=POOLINGS, help="pooling of positions")
@@ -113,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "this many bases, carrying the state: memory grows with the chunk, not the sequence; same output")
 
     p = sub.add_parser("generate", help="sample DNA from a prompt with the recurrent step; writes FASTA")
-    p.add_argument("checkpoint", help="save_pretrained MambaLM folder")
+    p.add_argument("checkpoint", help=f"save_pretrained MambaLM folder{MODEL_REF_HELP}")
     p.add_argument("--prompt", default="ACGT", help="DNA to continue")
     p.add_argument("--num", type=int, default=1, help="number of sequences")
     p.add_argument("--length-bp", type=int, default=200, help="bases to generate after the prompt")
@@ -126,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("embeddings", help="folder written by `mambadna embed` (labels from index.tsv)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     p.add_argument("--out", help="folder for probe.json and pca.png (default: the embeddings folder)")
+
+    p = sub.add_parser("export", help="write a model in transformers' Mamba format (MambaForCausalLM + tokenizer)")
+    p.add_argument("checkpoint", help=f"the model to export: save_pretrained folder{MODEL_REF_HELP}")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--format", default="transformers", choices=("transformers", "mambadna"),
+                   help="transformers (loads in transformers.MambaForCausalLM / AutoTokenizer, no custom code) or "
+                        "mambadna (e.g. to convert a transformers folder)")
+    p.add_argument("--backbone", action="store_true", help="export a classifier's language model (transformers' Mamba "
+                   "has no classification class)")
 
     p = sub.add_parser("demo", help="pretrain + fine-tune + embed on the bundled DNA, a few CPU minutes")
     p.add_argument("--out", default="runs/demo", help="output folder")
@@ -210,6 +223,14 @@ def _cmd_probe(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from mambadna.commands.export import export_model
+
+    files = export_model(args.checkpoint, args.out, fmt=args.format, backbone=args.backbone)
+    _print_summary(f"exported {args.checkpoint} as {args.format}", files)
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from mambadna.commands.demo import run_demo
 
@@ -233,7 +254,7 @@ def _quiet_lightning(verbose: bool) -> None:
 COMMANDS = {
     "pretrain": lambda a: _cmd_train(a, finetune=False), "finetune": lambda a: _cmd_train(a, finetune=True),
     "evaluate": _cmd_evaluate, "embed": _cmd_embed, "generate": _cmd_generate, "probe": _cmd_probe,
-    "demo": _cmd_demo,
+    "export": _cmd_export, "demo": _cmd_demo,
 }
 
 
