@@ -107,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="per-sequence (and per-position) embeddings of a FASTA or table")
     p.add_argument("checkpoint", help=f"save_pretrained folder (a MambaLM, or a classifier's backbone){MODEL_REF_HELP}")
     p.add_argument("input", help="FASTA, or CSV/TSV with a 'sequence' column (optional 'name', 'label')")
-    p.add_argument("--out", default="runs/embed", help="output folder (embeddings.npy, index.tsv)")
+    p.add_argument("--out", default="runs/embed", help="output folder (embeddings.npy + index.tsv, "
+                   "embeddings.parquet or embeddings.h5ad)")
+    p.add_argument("--format", default="npy", choices=("npy", "parquet", "h5ad"), help="npy + index.tsv (default), "
+                   "parquet (one row per sequence: name, label, length_bp, embedding) or h5ad (AnnData: X = vectors, "
+                   "obs = name, label, length_bp); parquet and h5ad need pip install 'mambadna[formats]'")
     p.add_argument("--pooling", default="mean", choices=POOLINGS, help="pooling of positions")
     p.add_argument("--per-position", action="store_true", help="also write per_position.npy")
     p.add_argument("--label-regex", default="", help="regex with one group taking a label from FASTA names")
@@ -187,13 +191,14 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_embed(args) -> int:
-    from mambadna.commands.embed import embed_records, load_lm, read_records, write_embeddings
+    from mambadna.commands.embed import embed_records, load_lm, read_records
+    from mambadna.commands.embedding_io import write_embeddings
 
     model = load_lm(args.checkpoint)
     records = read_records(args.input, label_regex=args.label_regex)
     pooled, positions = embed_records(model, records, args.pooling, args.per_position, args.batch_size,
                                       args.max_length_bp, chunk_bp=args.chunk_bp)
-    files = write_embeddings(args.out, records, pooled, positions)
+    files = write_embeddings(args.out, records, pooled, positions, fmt=args.format)
     _print_summary(f"embedded {len(records)} sequences (d = {pooled.shape[1]})", files)
     return 0
 
@@ -209,7 +214,7 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_probe(args) -> int:
-    from mambadna.commands.embed import read_embeddings
+    from mambadna.commands.embedding_io import read_embeddings
     from mambadna.commands.plots import plot_pca
     from mambadna.commands.probe import probe_embeddings
 

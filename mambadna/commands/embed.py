@@ -1,14 +1,11 @@
 """Embeddings of sequences from a trained model: pooled per sequence, optionally per position.
 
-Output in a folder: `embeddings.npy` (n, d) float32 pooled vectors, `index.tsv` (row, name, length_bp, label,
-and for per-position output the [start, end) rows of that sequence in `per_position.npy` (sum of lengths, d)).
-With pyarrow installed, `embeddings.parquet` holds the same table with the vectors as a list column.
+The files they are written to (npy + TSV, parquet, h5ad) are mambadna/commands/embedding_io.py's.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,44 +101,3 @@ def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", 
             if per_position:
                 positions[i] = hidden[j, : len(seqs[j])].float().cpu().numpy()
     return pooled, (positions if per_position else None)
-
-
-def write_embeddings(out_dir: str | Path, records: list[Record], pooled: np.ndarray, per_position=None) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"embeddings": out_dir / "embeddings.npy", "index": out_dir / "index.tsv"}
-    np.save(files["embeddings"], pooled)
-    offsets = np.zeros(len(records) + 1, dtype=np.int64)
-    if per_position is not None:
-        offsets[1:] = np.cumsum([p.shape[0] for p in per_position])
-        files["per_position"] = out_dir / "per_position.npy"
-        np.save(files["per_position"], np.concatenate(per_position, axis=0))
-    with open(files["index"], "w", newline="") as fh:
-        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        writer.writerow(["row", "name", "length_bp", "label"] + (["pos_start", "pos_end"] if per_position else []))
-        for i, rec in enumerate(records):
-            extra = [int(offsets[i]), int(offsets[i + 1])] if per_position is not None else []
-            writer.writerow([i, rec.name, len(rec.sequence), rec.label, *extra])
-    if importlib.util.find_spec("pyarrow") is not None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.table({"name": [r.name for r in records], "length_bp": [len(r.sequence) for r in records],
-                          "label": [r.label for r in records], "embedding": list(pooled)})
-        files["parquet"] = out_dir / "embeddings.parquet"
-        pq.write_table(table, files["parquet"])
-    return {k: str(v) for k, v in files.items()}
-
-
-def read_embeddings(folder: str | Path) -> tuple[np.ndarray, list[str]]:
-    """(pooled vectors (n, d), labels) from a folder written by `write_embeddings`."""
-    folder = Path(folder)
-    vectors_path, index_path = folder / "embeddings.npy", folder / "index.tsv"
-    if not vectors_path.is_file() or not index_path.is_file():
-        raise ValueError(f"{folder}: expected embeddings.npy and index.tsv (written by `mambadna embed`)")
-    vectors = np.load(vectors_path, allow_pickle=False)
-    with open(index_path, newline="") as fh:
-        labels = [row["label"] for row in csv.DictReader(fh, delimiter="\t")]
-    if len(labels) != len(vectors):
-        raise ValueError(f"{folder}: index.tsv has {len(labels)} rows but embeddings.npy {len(vectors)}")
-    return vectors, labels
