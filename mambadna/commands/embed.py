@@ -5,7 +5,6 @@ The files they are written to (npy + TSV, parquet, h5ad) are mambadna/commands/e
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,22 +26,21 @@ class Record:
 
 def read_records(path: str | Path, label_regex: str = "", sequence_column: str = "sequence",
                  label_column: str = "label", name_column: str = "name") -> list[Record]:
-    """Sequences of a FASTA (labels from `label_regex`'s group in the header, if given) or a CSV/TSV table with a
-    `sequence` column and optional `name` and `label` columns."""
+    """Sequences of a FASTA (labels from `label_regex`'s group in the header, if given) or a table (CSV/TSV,
+    parquet, a Hugging Face `datasets` folder) with a `sequence` column and optional `name` and `label` columns."""
     from mambadna.data import Genome
     from mambadna.data.labelled import fasta_headers
+    from mambadna.data.tables import is_table, read_table
 
     path = Path(path)
-    if not path.is_file():
+    if is_table(path):
+        columns, _ = read_table(path, [sequence_column], (name_column, label_column))
+        n = len(columns[sequence_column])
+        names, labels = columns.get(name_column, [""] * n), columns.get(label_column, [""] * n)
+        records = [Record(names[i] or f"seq{i}", columns[sequence_column][i].strip().encode(), labels[i])
+                   for i in range(n)]
+    elif not path.is_file():
         raise ValueError(f"{path}: no such file")
-    if path.suffix.lower() in (".csv", ".tsv", ".txt"):
-        delimiter = "," if path.suffix.lower() == ".csv" else "\t"
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh, delimiter=delimiter)
-            if sequence_column not in (reader.fieldnames or []):
-                raise ValueError(f"{path}: no {sequence_column!r} column; header is {reader.fieldnames}")
-            records = [Record(row.get(name_column) or f"seq{i}", row[sequence_column].strip().encode(),
-                              row.get(label_column) or "") for i, row in enumerate(reader)]
     else:
         pattern = re.compile(label_regex) if label_regex else None
         genome = Genome(path)
