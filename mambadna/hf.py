@@ -161,25 +161,21 @@ def read_weights(directory: Path, map_location="cpu") -> dict:
 
 def _vocab(tokenizer) -> dict[str, int]:
     """Token text -> id of a mambadna tokenizer, specials included; the ByteTokenizer's bytes spelled the way the
-    `tokenizers` ByteLevel pre-tokenizer spells them (GPT-2's printable stand-ins)."""
+    `tokenizers` ByteLevel pre-tokenizer spells them."""
     vocab = {text: i for i, text in SPECIAL_TOKENS.items()}
     if isinstance(tokenizer, NucleotideTokenizer):
-        vocab.update({base: tokenizer.encode(base)[0].item() for base in "ACGTN"})
+        vocab.update({base: int(tokenizer.encode(base)[0]) for base in "ACGTN"})
     else:
-        from tokenizers.pre_tokenizers import ByteLevel
-
-        vocab.update({char: NUM_SPECIAL + i for i, char in enumerate(sorted(ByteLevel.alphabet(), key=_byte_of))})
+        vocab.update({char: NUM_SPECIAL + byte for byte, char in _byte_level_chars().items()})
     return vocab
 
 
-def _byte_of(char: str) -> int:
-    """The byte that the ByteLevel stand-in `char` represents (GPT-2's bytes_to_unicode, inverted)."""
-    code = ord(char)
-    printable = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
-    if code < 256 and code in printable:
-        return code
+def _byte_level_chars() -> dict[int, str]:
+    """GPT-2's bytes_to_unicode, which `tokenizers`' ByteLevel uses: printable bytes stand for themselves, the
+    other 68 for chr(256), chr(257), ... in byte order."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
     others = [b for b in range(256) if b not in printable]
-    return others[code - 256]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
 
 
 def tokenizer_files(name: str, **options) -> dict[str, str]:
@@ -189,7 +185,11 @@ def tokenizer_files(name: str, **options) -> dict[str, str]:
     normalised to what NucleotideTokenizer maps them to, and anything else becomes [UNK] (its lenient mode:
     a transformers tokenizer cannot refuse input). No special tokens are added, as mambadna trains without them.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    try:
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    except ImportError:
+        raise ValueError("writing a transformers tokenizer needs the tokenizers library: "
+                         "pip install 'mambadna[hf]'") from None
 
     tokenizer = tokenizer_from_name(name, **options)
     # BPE with no merges and no pre-tokenizer is one token per character, unknown characters one [UNK] each.
