@@ -251,3 +251,21 @@ print(err.getvalue())
     assert np.load(tmp_path / "emb" / "embeddings.npy").shape == (2, 32)
     assert run.stdout.strip().splitlines()[-1].startswith(
         "error: someone/not-cached is neither a local folder nor a Hub model that could be fetched"), run.stdout
+
+
+def test_cli_commands_take_a_transformers_folder(tmp_path, capsys):
+    """finetune --pretrained, evaluate and generate on a folder transformers wrote (embed: the Hub test above)."""
+    _lm().save_pretrained(tmp_path / "m")
+    export_model(tmp_path / "m", tmp_path / "hf")
+    _load_transformers(tmp_path / "hf").save_pretrained(tmp_path / "theirs")
+    folder = str(tmp_path / "theirs")  # no tokenizer files: read as nucleotide from its vocabulary of 16
+    small = ["--window-bp", "64", "--batch-size", "8", "--set", "data.val_windows=8", "--set", "data.test_windows=16",
+             "--no-progress"]
+    assert cli.main(["finetune", "--pretrained", folder, "--out", str(tmp_path / "ft"), "--steps", "2", *small]) == 0
+    clf = load(tmp_path / "ft" / "model")
+    assert isinstance(clf, MambaClassifier) and clf.config.d_model == 32
+    assert cli.main(["evaluate", folder, "--window-bp", "64", "--out", str(tmp_path / "ev")]) == 0
+    assert 0 < json.loads((tmp_path / "ev" / "evaluation.json").read_text())["test/bits_per_base"] < 8
+    assert cli.main(["generate", folder, "--prompt", "GATTACA", "--length-bp", "20",
+                     "--out", str(tmp_path / "g.fa")]) == 0
+    assert "".join((tmp_path / "g.fa").read_text().splitlines()[1:]).startswith("GATTACA")
