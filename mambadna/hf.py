@@ -234,8 +234,9 @@ def tokenizer_of_folder(directory: Path, vocab_size: int) -> dict:
 def read_transformers_config(directory: Path, hf: dict) -> dict:
     """A transformers Mamba config.json as the metadata mambadna's own config.json holds (see checkpoint.py)."""
     architectures = hf.get("architectures") or [ARCHITECTURE]
-    if ARCHITECTURE not in architectures and "MambaModel" not in architectures:
-        raise ValueError(f"{directory}: a {architectures[0]}, not a MambaForCausalLM; mambadna reads Mamba LMs")
+    if ARCHITECTURE not in architectures:  # e.g. a bare MambaModel: other weight names and no LM head
+        raise ValueError(f"{directory}: a {architectures[0]}, not a MambaForCausalLM; mambadna reads Mamba language "
+                         "models")
     tokenizer = tokenizer_of_folder(directory, hf.get("vocab_size", 0))
     config = config_from_transformers(hf, tokenizer["name"], source=directory / "config.json")
     return {"model_class": "MambaLM", "format": FORMAT, "config": config.to_dict(), "tokenizer": tokenizer,
