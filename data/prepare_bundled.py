@@ -1,6 +1,7 @@
-"""Rebuild the small FASTAs bundled in data/ from their public sources (see data/README.md).
+"""Rebuild the small FASTAs bundled in mambadna/data/dna/ (shipped in the wheel) and data/great_apes/ (checkout
+only) from their public sources (see data/README.md).
 
-  python data/prepare_bundled.py --out data        # needs apt (Debian bookworm) and pip, run as root for apt
+  python data/prepare_bundled.py --out mambadna/data/dna    # needs apt (Debian bookworm) and pip; root for apt
 
 - MT-human.fa, MT-orang.fa: minimap2's test/ folder, from Debian's ``minimap2`` source package
   (``apt-get source --download-only minimap2``; the PyPI ``mappy`` 2.31 sdist does not include test/).

@@ -5,6 +5,9 @@ is written once and recorded under "tied_weights"; loading rebuilds the model fr
 
 Model classes inherit `Pretrained` (their `save_pretrained` / `from_pretrained`), which also registers them by
 name, so `load(directory)` returns whichever class a folder holds without this module importing the model.
+
+Reading also accepts a transformers `MambaForCausalLM` folder (recognised from its config.json, converted by
+mambadna/hf.py into a MambaLM) and, wherever a folder is expected, an `owner/name` Hub id (`hf.locate`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from mambadna import hf
 from mambadna.config import MambaConfig
 from mambadna.tokenizer import tokenizer_from_name
 from mambadna.version import __version__
@@ -43,6 +47,7 @@ class Pretrained:
 
 def load(directory, map_location="cpu"):
     """The model saved in `directory`, as the class it was saved from (a MambaLM, a MambaClassifier, ...)."""
+    directory = hf.locate(directory)
     kind = read_config(directory)["model_class"]
     if kind not in MODEL_CLASSES:
         raise ValueError(f"{directory} holds a {kind}, which this version of mambadna does not know "
@@ -75,14 +80,17 @@ def save_pretrained(model: torch.nn.Module, directory) -> None:
 
 
 def read_config(directory) -> dict:
-    """The parsed config.json of a checkpoint directory."""
-    path = Path(directory) / CONFIG_NAME
+    """The parsed config.json of a checkpoint directory (a transformers Mamba folder's, converted)."""
+    directory = hf.locate(directory)
+    path = directory / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a mambadna checkpoint directory")
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a mambadna or transformers Mamba model folder")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if hf.is_transformers_config(meta):
+        return hf.read_transformers_config(directory, meta)
     missing = [k for k in ("model_class", "config", "tokenizer") if k not in meta]
     if missing:
         raise ValueError(f"{path} lacks required keys {missing}")
@@ -92,7 +100,7 @@ def read_config(directory) -> dict:
 def load_pretrained(cls, directory, config: MambaConfig | None = None, map_location="cpu"):
     """Build `cls` from `directory`. If `config` is given it must equal the saved one; every mismatch (class,
     config keys, tokenizer, weight names, shapes) raises ValueError naming exactly what differs."""
-    directory = Path(directory)
+    directory = hf.locate(directory)
     meta = read_config(directory)
     if meta["model_class"] != cls.__name__:
         raise ValueError(
@@ -114,9 +122,13 @@ def load_pretrained(cls, directory, config: MambaConfig | None = None, map_locat
 
     model = cls(saved, **meta.get("init_kwargs", {}))
     weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
+    if meta.get("format") == hf.FORMAT:  # transformers' weight names (and possibly shards)
+        state = hf.state_dict_from_transformers(hf.read_weights(directory, map_location), saved.tie_embeddings,
+                                                source=directory)
+    elif not weights.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
-    state = load_file(str(weights), device=str(map_location))
+    else:
+        state = load_file(str(weights), device=str(map_location))
     expected = model.state_dict()
     tied = meta.get("tied_weights", {})
     missing = sorted(k for k in expected if k not in state and k not in tied)

@@ -1,4 +1,4 @@
-"""The `mambadna` command: pretrain, finetune, evaluate, embed, generate, probe and demo.
+"""The `mambadna` command: pretrain, finetune, evaluate, embed, generate, probe, export and demo.
 
 Run settings (pretrain, finetune) resolve in this order: the subcommand's defaults, then `--recipe FILE` (TOML/JSON,
 nested like the run config), then the flags (every setting is `--section.key VALUE`, the common ones also have a
@@ -18,6 +18,10 @@ from pathlib import Path
 
 from mambadna.config import POOLINGS
 from mambadna.version import __version__
+
+# every command that takes a model reads either format, from a folder or the Hub (mambadna/checkpoint.py)
+MODEL_REF_HELP = ", a transformers Mamba folder, or a Hub id (owner/name)"
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so `main` can answer with one `error:` line and code 2."""
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(p, finetune=True)
 
     p = sub.add_parser("evaluate", help="test metrics of a saved model (classifier or language model)")
-    p.add_argument("checkpoint", help="save_pretrained folder (e.g. runs/finetune/model)")
+    p.add_argument("checkpoint", help=f"save_pretrained folder (e.g. runs/finetune/model){MODEL_REF_HELP}")
     p.add_argument("--manifest", help="species manifest for a classifier (default: the bundled genomes)")
     p.add_argument("--test", help="labelled test file (CSV/TSV or FASTA) for a classifier")
     p.add_argument("--label-regex", default="", help="regex with one group picking the label from FASTA headers")
@@ -103,10 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/evaluate", help="folder for evaluation.json and the confusion matrix")
 
     p = sub.add_parser("embed", help="per-sequence (and per-position) embeddings of a FASTA, table or BED regions")
-    p.add_argument("checkpoint", help="saved model folder (a MambaLM, or a classifier's backbone)")
-    p.add_argument("input", help="FASTA, CSV/TSV with a 'sequence' column (optional 'name', 'label'), or with "
-                   "--regions the reference FASTA")
-    p.add_argument("--out", default="runs/embed", help="output folder (embeddings.npy, index.tsv)")
+    p.add_argument("checkpoint", help=f"saved model folder (a MambaLM, or a classifier's backbone){MODEL_REF_HELP}")
+    p.add_argument("input", help="FASTA, a table (CSV/TSV, parquet or a Hugging Face datasets folder) with a "
+                   "'sequence' column (optional 'name', 'label'), or with --regions the reference FASTA")
+    p.add_argument("--out", default="runs/embed", help="output folder (embeddings.npy + index.tsv, "
+                   "embeddings.parquet or embeddings.h5ad)")
+    p.add_argument("--format", default="npy", choices=("npy", "parquet", "h5ad"), help="npy + index.tsv (default), "
+                   "parquet (one row per sequence: name, label, length_bp, embedding) or h5ad (AnnData: X = vectors, "
+                   "obs = name, label, length_bp); parquet and h5ad need pip install 'mambadna[formats]'")
     p.add_argument("--pooling", default="mean", choices=POOLINGS, help="pooling of positions")
     p.add_argument("--per-position", action="store_true", help="also write per_position.npy (streamed to disk)")
     p.add_argument("--per-position-dtype", default="float16", choices=("float16", "float32"),
@@ -128,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 autocast on a GPU, fp32 on the CPU")
 
     p = sub.add_parser("generate", help="sample DNA from a prompt with the recurrent step; writes FASTA")
-    p.add_argument("checkpoint", help="save_pretrained MambaLM folder")
+    p.add_argument("checkpoint", help=f"save_pretrained MambaLM folder{MODEL_REF_HELP}")
     p.add_argument("--prompt", default="ACGT", help="DNA to continue")
     p.add_argument("--num", type=int, default=1, help="number of sequences")
     p.add_argument("--length-bp", type=int, default=200, help="bases to generate after the prompt")
@@ -142,6 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("embeddings", help="folder written by `mambadna embed` (labels from index.tsv)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     p.add_argument("--out", help="folder for probe.json and pca.png (default: the embeddings folder)")
+
+    p = sub.add_parser("export", help="write a model in transformers' Mamba format (MambaForCausalLM + tokenizer)")
+    p.add_argument("checkpoint", help=f"the model to export: save_pretrained folder{MODEL_REF_HELP}")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--format", default="transformers", choices=("transformers", "mambadna"),
+                   help="transformers (loads in transformers.MambaForCausalLM / AutoTokenizer, no custom code) or "
+                        "mambadna (e.g. to convert a transformers folder)")
+    p.add_argument("--backbone", action="store_true", help="export a classifier's language model (transformers' Mamba "
+                   "has no classification class)")
 
     p = sub.add_parser("demo", help="pretrain + fine-tune + embed on the bundled DNA, a few CPU minutes")
     p.add_argument("--out", default="runs/demo", help="output folder")
@@ -194,7 +211,7 @@ def _cmd_embed(args) -> int:
 
     result = run_embed(args.checkpoint, args.input, args.out, args.pooling, args.per_position, args.batch_size,
                        args.max_length_bp, args.chunk_bp, args.device, args.layer, args.rc_average, args.regions,
-                       args.label_regex, args.precision, args.per_position_dtype)
+                       args.label_regex, args.precision, args.per_position_dtype, args.format)
     _print_summary(f"embedded {result['sequences']} sequences (d = {result['d']})", result)
     return 0
 
@@ -210,7 +227,7 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_probe(args) -> int:
-    from mambadna.commands.embed import read_embeddings
+    from mambadna.commands.embedding_io import read_embeddings
     from mambadna.commands.plots import plot_pca
     from mambadna.commands.probe import probe_embeddings
 
@@ -221,6 +238,14 @@ def _cmd_probe(args) -> int:
     plot_pca(vectors, labels, out / "pca.png")
     (out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
     _print_summary("linear probe (cross-validated logistic regression)", {**result, "pca": str(out / "pca.png")})
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from mambadna.commands.export import export_model
+
+    files = export_model(args.checkpoint, args.out, fmt=args.format, backbone=args.backbone)
+    _print_summary(f"exported {args.checkpoint} as {args.format}", files)
     return 0
 
 
@@ -247,7 +272,7 @@ def _quiet_lightning(verbose: bool) -> None:
 COMMANDS = {
     "pretrain": lambda a: _cmd_train(a, finetune=False), "finetune": lambda a: _cmd_train(a, finetune=True),
     "evaluate": _cmd_evaluate, "embed": _cmd_embed, "generate": _cmd_generate, "probe": _cmd_probe,
-    "demo": _cmd_demo,
+    "export": _cmd_export, "demo": _cmd_demo,
 }
 
 

@@ -210,7 +210,8 @@ class FinetuneConfig:
     out_dir: str = setting("runs/finetune", help="run folder: checkpoints, logs, plots and the final model",
                            flag="--out")
     pretrained: str = setting("", flag="--pretrained",
-                              help="save_pretrained MambaLM folder to start from (default: train from scratch)")
+                              help="MambaLM to start from: save_pretrained folder, transformers Mamba folder or Hub "
+                                   "id (default: train from scratch)")
     pooling: str = setting("last", help="how positions are pooled for the head", flag="--pooling", choices=POOLINGS)
     freeze_backbone: bool = setting(False, help="train only the classification head", flag="--freeze-backbone")
     model: MambaConfig = setting(help="model shape for a run from scratch (a fine-tune takes the checkpoint's)",

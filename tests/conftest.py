@@ -10,10 +10,10 @@ import torch
 
 from mambadna.config import tiny
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "mambadna" / "data" / "dna"  # the FASTAs shipped in the wheel
 
 # Human mitochondrial genome, rCRS (GenBank NC_012920.1), positions 1-320. The first 600 bp of phage lambda
-# (any FASTA under data/ with "lambda" in its name) are preferred when that file is present.
+# (any FASTA under mambadna/data/dna/ with "lambda" in its name) are preferred when that file is present.
 RCRS_1_320 = (
     "GATCACAGGTCTATCACCCTATTAACCACTCACGGGAGCTCTCCATGCATTTGGTATTTTCGTCTGGGGGGTATGCACGC"
     "GATAGCATTGCGAGACGCTGGAGCCGGAGCACCCTATGTCGCAGTATCTGTCTTTGATTCCTGCCTCATCCTATTATTTAT"
@@ -40,7 +40,7 @@ def _first_record(path: Path, max_bp: int) -> str:
 
 
 def real_dna_sequence(max_bp: int = 600) -> str:
-    """Phage lambda's first `max_bp` bases if data/ has it, else the first 320 bp of the human mtDNA rCRS."""
+    """Phage lambda's first `max_bp` bases if the package ships it, else the first 320 bp of the human mtDNA rCRS."""
     if DATA_DIR.is_dir():
         for path in sorted(DATA_DIR.rglob("*lambda*")):
             if path.name.lower().endswith(FASTA_SUFFIXES):

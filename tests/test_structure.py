@@ -98,14 +98,15 @@ def test_shared_constants_are_defined_once():
 RANKS = [
     (0, ("mambadna.version", "mambadna.tokenizer", "mambadna.kernels")),
     (1, ("mambadna.config", "mambadna.data")),
-    (2, ("mambadna.checkpoint", "mambadna.chunking", "mambadna.inference", "mambadna.run_config", "mambadna.hf")),
-    (3, ("mambadna.model",)),
-    (4, ("mambadna.objective",)),
-    (5, ("mambadna.tbptt",)),
-    (6, ("mambadna.tasks",)),
-    (7, ("mambadna.commands",)),
-    (8, ("mambadna.cli",)),
-    (9, ("mambadna.__main__",)),
+    (2, ("mambadna.hf", "mambadna.chunking", "mambadna.inference", "mambadna.run_config")),
+    (3, ("mambadna.checkpoint",)),
+    (4, ("mambadna.model",)),
+    (5, ("mambadna.objective",)),
+    (6, ("mambadna.tbptt",)),
+    (7, ("mambadna.tasks",)),
+    (8, ("mambadna.commands",)),
+    (9, ("mambadna.cli",)),
+    (10, ("mambadna.__main__",)),
 ]
 LIGHTNING_ALLOWED = ("mambadna.tasks", "mambadna.data.datamodules", "mambadna.commands", "mambadna.cli")
 

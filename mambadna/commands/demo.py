@@ -54,7 +54,8 @@ def demo_finetune(out_dir: str, pretrained: str) -> rc.FinetuneConfig:
 
 
 def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress_bar: bool = True) -> dict:
-    from mambadna.commands.embed import Record, embed_records, write_embeddings
+    from mambadna.commands.embed import Record, embed_records
+    from mambadna.commands.embedding_io import write_embeddings
     from mambadna.commands.plots import plot_pca
     from mambadna.commands.probe import kmer_baseline, probe_embeddings
     from mambadna.commands.train import run_finetune, run_pretrain

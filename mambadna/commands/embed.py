@@ -5,15 +5,12 @@ length (records are sorted by length, so padding stays small), and sequences lon
 chunk by chunk with the state carried (mambadna/chunking.py): the pooled vector is accumulated per chunk and
 per-position output is written chunk by chunk into a float16 file on disk, so (b, l, d) is never held whole.
 
-Output in a folder: `embeddings.npy` (n, d) float32 pooled vectors, `index.tsv` (row, name, length_bp, label,
-and for per-position output the [start, end) rows of that sequence in `per_position.npy` (sum of lengths, d)).
-With pyarrow installed, `embeddings.parquet` holds the same table with the vectors as a list column.
+The files they are written to (npy + TSV, parquet, h5ad; per-position `per_position.npy`) are
+mambadna/commands/embedding_io.py's.
 """
 
 from __future__ import annotations
 
-import csv
-import importlib.util
 import re
 import time
 from dataclasses import dataclass
@@ -24,6 +21,7 @@ import torch
 
 from mambadna.checkpoint import load
 from mambadna.chunking import check_chunk_bp, run_chunked
+from mambadna.commands.embedding_io import PER_POSITION_NAME, write_embeddings
 from mambadna.config import POOLINGS
 from mambadna.model import MambaClassifier, MambaLM, check_mask, pool_finish, pool_partial
 from mambadna.tokenizer import reverse_complement_bytes, tokenizer_from_name
@@ -43,12 +41,14 @@ def read_records(path: str | Path, label_regex: str = "", sequence_column: str =
                  ) -> list[Record]:
     """Sequences of a FASTA (labels from `label_regex`'s group in the header, if given), of BED `regions` of a
     reference FASTA (one record per line, named by column 4, minus-strand lines reverse-complemented, labels from
-    `label_regex` on the name), or of a CSV/TSV table with a `sequence` column and optional `name`, `label`."""
+    `label_regex` on the name), or of a table (CSV/TSV, parquet, a Hugging Face `datasets` folder) with a
+    `sequence` column and optional `name` and `label` columns."""
     from mambadna.data import Genome
     from mambadna.data.labelled import fasta_headers
+    from mambadna.data.tables import is_table, read_table
 
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and not (regions is None and is_table(path)):
         raise ValueError(f"{path}: no such file")
     try:
         pattern = re.compile(label_regex) if label_regex else None
@@ -69,14 +69,12 @@ def read_records(path: str | Path, label_regex: str = "", sequence_column: str =
         for interval, name, strand in read_bed_regions(regions, genome.contigs):
             seq = genome.fetch(interval.contig, interval.start_bp, interval.end_bp)
             records.append(Record(name, reverse_complement_bytes(seq) if strand == "-" else seq, label_of(name)))
-    elif path.suffix.lower() in (".csv", ".tsv", ".txt"):
-        delimiter = "," if path.suffix.lower() == ".csv" else "\t"
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh, delimiter=delimiter)
-            if sequence_column not in (reader.fieldnames or []):
-                raise ValueError(f"{path}: no {sequence_column!r} column; header is {reader.fieldnames}")
-            records = [Record(row.get(name_column) or f"seq{i}", row[sequence_column].strip().encode(),
-                              row.get(label_column) or "") for i, row in enumerate(reader)]
+    elif is_table(path):
+        columns, _ = read_table(path, [sequence_column], (name_column, label_column))
+        n = len(columns[sequence_column])
+        names, labels = columns.get(name_column, [""] * n), columns.get(label_column, [""] * n)
+        records = [Record(names[i] or f"seq{i}", columns[sequence_column][i].strip().encode(), labels[i])
+                   for i in range(n)]
     else:
         genome = Genome(path)
         # pyfaidx keeps only the first word of a header; labels usually live in the rest of the line
@@ -239,42 +237,9 @@ class _PositionSink:
                 self.positions[i][lo:hi] += part
 
 
-def write_embeddings(out_dir: str | Path, records: list[Record], pooled: np.ndarray, per_position=None,
-                     per_position_rows_: np.ndarray | None = None) -> dict:
-    """embeddings.npy, index.tsv (+ per_position.npy from a list of arrays; a per-position file written while
-    embedding is only indexed, from `per_position_rows_`) and, with pyarrow installed, embeddings.parquet."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {"embeddings": out_dir / "embeddings.npy", "index": out_dir / "index.tsv"}
-    np.save(files["embeddings"], pooled.astype(np.float32))
-    offsets = per_position_rows_
-    if per_position is not None:
-        offsets = per_position_rows(per_position)
-        files["per_position"] = out_dir / "per_position.npy"
-        np.save(files["per_position"], np.concatenate(per_position, axis=0))
-    elif offsets is not None:
-        files["per_position"] = out_dir / "per_position.npy"
-    with open(files["index"], "w", newline="") as fh:
-        writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
-        writer.writerow(["row", "name", "length_bp", "label"] + (["pos_start", "pos_end"] if offsets is not None
-                                                                 else []))
-        for i, rec in enumerate(records):
-            extra = [int(offsets[i]), int(offsets[i + 1])] if offsets is not None else []
-            writer.writerow([i, rec.name, len(rec.sequence), rec.label, *extra])
-    if importlib.util.find_spec("pyarrow") is not None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.table({"name": [r.name for r in records], "length_bp": [len(r.sequence) for r in records],
-                          "label": [r.label for r in records], "embedding": list(pooled)})
-        files["parquet"] = out_dir / "embeddings.parquet"
-        pq.write_table(table, files["parquet"])
-    return {k: str(v) for k, v in files.items()}
-
-
 def run_embed(checkpoint, input_path, out_dir, pooling="mean", per_position=False, batch_size=16,
               max_length_bp=None, chunk_bp=None, device="auto", layer=None, rc_average=False, regions=None,
-              label_regex="", precision="auto", per_position_dtype="float16") -> dict:
+              label_regex="", precision="auto", per_position_dtype="float16", fmt="npy") -> dict:
     """The `mambadna embed` command: read, embed (per-position vectors streamed to disk), write, and report bases
     per second and peak GPU memory."""
     device = resolve_device(device)
@@ -287,7 +252,7 @@ def run_embed(checkpoint, input_path, out_dir, pooling="mean", per_position=Fals
     if per_position:
         if per_position_dtype not in ("float16", "float32"):
             raise ValueError(f"--per-position-dtype must be float16 or float32, got {per_position_dtype!r}")
-        stream = np.lib.format.open_memmap(out_dir / "per_position.npy", mode="w+", dtype=per_position_dtype,
+        stream = np.lib.format.open_memmap(out_dir / PER_POSITION_NAME, mode="w+", dtype=per_position_dtype,
                                            shape=(int(rows[-1]), model.config.d_model))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -300,23 +265,9 @@ def run_embed(checkpoint, input_path, out_dir, pooling="mean", per_position=Fals
     if stream is not None:
         stream.flush()
         del stream
-    files = write_embeddings(out_dir, records, pooled, per_position_rows_=rows if per_position else None)
+    files = write_embeddings(out_dir, records, pooled, fmt=fmt, per_position_rows=rows if per_position else None)
     stats = {"sequences": len(records), "bases": int(rows[-1]), "seconds": round(seconds, 3),
              "bases_per_s": round(rows[-1] / max(seconds, 1e-9), 1), "device": str(device),
              "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda"
              else None, "d": int(pooled.shape[1])}
     return {**files, **stats}
-
-
-def read_embeddings(folder: str | Path) -> tuple[np.ndarray, list[str]]:
-    """(pooled vectors (n, d), labels) from a folder written by `write_embeddings`."""
-    folder = Path(folder)
-    vectors_path, index_path = folder / "embeddings.npy", folder / "index.tsv"
-    if not vectors_path.is_file() or not index_path.is_file():
-        raise ValueError(f"{folder}: expected embeddings.npy and index.tsv (written by `mambadna embed`)")
-    vectors = np.load(vectors_path, allow_pickle=False)
-    with open(index_path, newline="") as fh:
-        labels = [row["label"] for row in csv.DictReader(fh, delimiter="\t")]
-    if len(labels) != len(vectors):
-        raise ValueError(f"{folder}: index.tsv has {len(labels)} rows but embeddings.npy {len(vectors)}")
-    return vectors, labels

@@ -24,6 +24,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from mambadna.checkpoint import read_config
+from mambadna.hf import locate
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.tasks.callbacks import NonFiniteLossGuard, SeqLenWarmup, doubling_stages
 from mambadna.tasks.classify import ClassifyTask
@@ -164,7 +165,10 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
 
 def load_backbone(pretrained: str | Path, spec: MambaConfig, window_bp: int) -> MambaLM:
     """A MambaLM from a save_pretrained directory, checked against the run's tokenizer and (if set) shape."""
-    directory = Path(pretrained)
+    try:
+        directory = locate(pretrained)  # a Hub id becomes its local snapshot; a transformers folder is read as is
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from None
     if not directory.is_dir():
         raise ValueError(f"pretrained checkpoint {directory} is not a directory (expected a save_pretrained folder, "
                          "e.g. <pretrain out_dir>/model)")

@@ -1,8 +1,10 @@
-"""The small real genomes shipped in the repository's top-level ``data/`` folder (see data/README.md).
+"""The small real genomes that ship with mambadna (see data/README.md for provenance and licences).
 
-``data/`` lives beside the package, not inside it, so it is found from the source checkout: this works for
-``pip install -e .`` from the repository (the demo's case); a wheel install has no ``data/`` and gets a DataError
-saying so. ``$MAMBADNA_DATA`` points elsewhere (a copy of ``data/``) if needed.
+Two places, by licence: the four FASTAs the demo uses (MIT, BSD-3 and NCBI-record terms, which allow shipping
+them) are package data in ``mambadna/data/dna/``, so a plain ``pip install mambadna`` runs ``mambadna demo``
+anywhere; the great-apes subset (CeCILL, copyleft) stays in the repository's top-level ``data/great_apes/`` and is
+found only from a source checkout. ``$MAMBADNA_DATA`` (a folder laid out like ``mambadna/data/dna/`` plus
+``great_apes/``) is looked in first.
 """
 
 from __future__ import annotations
@@ -12,26 +14,32 @@ from pathlib import Path
 
 from mambadna.data.errors import DataError
 
-BUNDLED = {
+PACKAGED_DIR = Path(__file__).resolve().parent / "dna"
+CHECKOUT_DIR = Path(__file__).resolve().parents[2] / "data"  # exists only in a source checkout
+
+# short name -> file, relative to the folder it lives in
+PACKAGED = {
     "lambda": "lambda_phage.fa",
     "mt_human": "MT-human.fa",
     "mt_orang": "MT-orang.fa",
     "hg19_chr17_part": "chr17.hg19.part.fa",
+}
+CHECKOUT_ONLY = {
     "great_apes": "great_apes/manifest.tsv",
     "great_apes_human": "great_apes/human.fa",
     "great_apes_chimpanzee": "great_apes/chimpanzee.fa",
     "great_apes_gorilla": "great_apes/gorilla.fa",
     "great_apes_orangutan": "great_apes/orangutan.fa",
 }
+BUNDLED = {**PACKAGED, **CHECKOUT_ONLY}
 
 
 def data_dir() -> Path:
-    """The bundled data folder: $MAMBADNA_DATA, else ``<repository root>/data``."""
-    folder = Path(os.environ.get("MAMBADNA_DATA") or Path(__file__).resolve().parents[2] / "data")
-    if not (folder / "README.md").is_file():
-        raise DataError(f"bundled data not found at {folder}: it ships with the source repository, not the wheel. "
-                        "Install from a checkout with `pip install -e .`, or set MAMBADNA_DATA to a copy of the "
-                        "repository's data/ folder")
+    """The folder of the shipped FASTAs: $MAMBADNA_DATA if set, else the package's ``data/dna``."""
+    folder = Path(os.environ.get("MAMBADNA_DATA") or PACKAGED_DIR)
+    if not folder.is_dir():
+        raise DataError(f"bundled data folder {folder} does not exist; unset MAMBADNA_DATA or point it at a copy of "
+                        "mambadna/data/dna")
     return folder
 
 
@@ -39,12 +47,26 @@ def bundled_path(name: str) -> Path:
     """Path of one bundled file by short name (see ``bundled_genomes()``)."""
     if name not in BUNDLED:
         raise DataError(f"no bundled data named {name!r}; available: {', '.join(BUNDLED)}")
-    path = data_dir() / BUNDLED[name]
-    if not path.is_file():
-        raise DataError(f"bundled file {path} is missing from the data folder; see data/README.md to rebuild it")
-    return path
+    home = PACKAGED_DIR if name in PACKAGED else CHECKOUT_DIR
+    places = [Path(os.environ["MAMBADNA_DATA"])] if os.environ.get("MAMBADNA_DATA") else []
+    for folder in places + [home]:
+        if (folder / BUNDLED[name]).is_file():
+            return folder / BUNDLED[name]
+    if name in CHECKOUT_ONLY:
+        raise DataError(f"bundled data {name!r} is not installed with the package (its CeCILL licence is copyleft, "
+                        "see data/README.md): use a source checkout of mambadna, or set MAMBADNA_DATA to a folder "
+                        f"holding {BUNDLED[name]}")
+    looked = ", ".join(str(p / BUNDLED[name]) for p in places + [home])
+    raise DataError(f"bundled file {BUNDLED[name]} is missing (looked at {looked}); see data/README.md to rebuild it")
 
 
 def bundled_genomes() -> dict[str, Path]:
-    """{short name: path} of every bundled FASTA (and the great-apes species manifest)."""
-    return {name: bundled_path(name) for name in BUNDLED}
+    """{short name: path} of every bundled FASTA (and the great-apes species manifest) that is installed here."""
+    out = {}
+    for name in BUNDLED:
+        try:
+            out[name] = bundled_path(name)
+        except DataError:
+            if name in PACKAGED:
+                raise
+    return out

@@ -1,7 +1,8 @@
 """Where mambadna writes what it derives from a user's file (indexes, conversions, statistics).
 
 Derived files go next to the input when that folder is writable (indexes only) or into a cache folder:
-``$MAMBADNA_CACHE`` if set, else ``~/.cache/mambadna``. Cache entries are keyed by the input's absolute path,
+``$MAMBADNA_CACHE`` if set, else ``$XDG_CACHE_HOME/mambadna`` (the XDG base-directory convention), else
+``~/.cache/mambadna``. Cache entries are keyed by the input's absolute path,
 mtime and size, so editing the input invalidates them without anyone deleting anything.
 """
 
@@ -17,7 +18,12 @@ from mambadna.data.errors import DataError
 
 def cache_dir() -> Path:
     """The cache folder, created if needed."""
-    root = os.environ.get("MAMBADNA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mambadna")
+    root = os.environ.get("MAMBADNA_CACHE")
+    if not root:
+        # XDG says a relative XDG_CACHE_HOME is invalid and must be ignored
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "mambadna")
     path = Path(root)
     try:
         path.mkdir(parents=True, exist_ok=True)

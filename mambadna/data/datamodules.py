@@ -135,7 +135,8 @@ class SpeciesDataModule(_WindowDataModule):
 
 
 class LabelledDataModule(pl.LightningDataModule):
-    """Labelled sequences: ``train``/``val``/``test`` files, each a CSV/TSV table or a FASTA with labels in headers.
+    """Labelled sequences: ``train``/``val``/``test`` files, each a table (CSV/TSV, parquet, a ``datasets`` folder) or a
+    FASTA with labels in headers.
 
     Batches are right-padded with an attention mask; ``bucket=True`` groups similar lengths (LengthBucketBatchSampler).
     ``set_window`` only changes the batch size (and a truncation length) so the warmup callback can call it too.
@@ -155,11 +156,8 @@ class LabelledDataModule(pl.LightningDataModule):
             if path is None:
                 continue
             names = self.datasets["train"].class_names if "train" in self.datasets else None
-            if str(path).lower().endswith((".csv", ".tsv", ".txt")):
-                ds = LabelledSequenceDataset.from_table(path, sequence_column, label_column, class_names=names, **read)
-            else:
-                ds = LabelledSequenceDataset.from_fasta(path, label_regex, label_key, class_names=names, **read)
-            self.datasets[split] = ds
+            self.datasets[split] = LabelledSequenceDataset.from_path(path, sequence_column, label_column, label_regex,
+                                                                     label_key, class_names=names, **read)
         self.class_names = self.datasets["train"].class_names
         self.pad_id = getattr(self.datasets["train"].tokenizer, "pad_id", 0)
 

@@ -1,4 +1,5 @@
-"""Labelled variable-length sequences from a CSV/TSV (sequence, label) or a FASTA whose headers carry the label.
+"""Labelled variable-length sequences from a table (CSV/TSV, parquet or a Hugging Face ``datasets`` folder with
+sequence and label columns) or a FASTA whose headers carry the label.
 
 Labels are kept as strings; ``class_names`` is their sorted set (numeric labels sort numerically) and an item's
 ``label`` is the index into it. Sequences are checked for non-DNA letters at load (row/record and offset named).
@@ -7,7 +8,6 @@ Batch them with mambadna.data.batching.PadCollate, optionally with LengthBucketB
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from pathlib import Path
@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from mambadna.data.errors import DataError
 from mambadna.data.genome import _VALID, Genome
+from mambadna.data.tables import is_table, read_table
 
 
 def _check_dna(seq: bytes, where: str) -> None:
@@ -70,27 +71,29 @@ class LabelledSequenceDataset(Dataset):
     @classmethod
     def from_table(cls, path: str | os.PathLike, sequence_column: str = "sequence", label_column: str = "label",
                    tokenizer=None, class_names=None) -> "LabelledSequenceDataset":
-        """A CSV (``.csv``) or TSV (anything else) with a header naming the two columns."""
+        """A table naming the two columns: CSV (``.csv``), TSV (``.tsv``/``.txt``), parquet (``.parquet``), or a
+        Hugging Face ``datasets`` folder (``Dataset.save_to_disk``); see mambadna.data.tables."""
         path = Path(path)
-        if not path.is_file():
-            raise DataError(f"{path}: no such file")
-        delimiter = "," if path.suffix.lower() == ".csv" else "\t"
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh, delimiter=delimiter)
-            header = reader.fieldnames or []
-            missing = [c for c in (sequence_column, label_column) if c not in header]
-            if missing:
-                raise DataError(f"{path}: missing column(s) {missing}; header is {header} (delimiter "
-                                f"{delimiter!r}, chosen from the file extension)")
-            seqs, labels = [], []
-            for line_no, row in enumerate(reader, start=2):
-                seq = (row[sequence_column] or "").strip().encode()
-                if not seq:
-                    raise DataError(f"{path}: line {line_no}: empty sequence")
-                _check_dna(seq, f"{path}: line {line_no}")
-                seqs.append(seq)
-                labels.append((row[label_column] or "").strip())
+        columns, counted = read_table(path, [sequence_column, label_column])
+        first = 2 if counted == "line" else 0  # CSV lines count from 1, after the header
+        seqs, labels = [], []
+        for i, (raw, label) in enumerate(zip(columns[sequence_column], columns[label_column]), start=first):
+            seq = raw.strip().encode()
+            if not seq:
+                raise DataError(f"{path}: {counted} {i}: empty sequence")
+            _check_dna(seq, f"{path}: {counted} {i}")
+            seqs.append(seq)
+            labels.append(label.strip())
         return cls(seqs, labels, tokenizer, class_names, source=str(path))
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike, sequence_column: str = "sequence", label_column: str = "label",
+                  label_regex: str | None = None, label_key: str | None = None, tokenizer=None,
+                  class_names=None) -> "LabelledSequenceDataset":
+        """`from_table` for tables (by extension, or a ``datasets`` folder), `from_fasta` for everything else."""
+        if is_table(path):
+            return cls.from_table(path, sequence_column, label_column, tokenizer, class_names)
+        return cls.from_fasta(path, label_regex, label_key, tokenizer, class_names)
 
     @classmethod
     def from_fasta(cls, path: str | os.PathLike, label_regex: str | None = None, label_key: str | None = None,
