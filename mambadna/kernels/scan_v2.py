@@ -18,41 +18,24 @@ they come: u, Δ, z (and dy) as (b, d, l) views of (b, l, d) storage are read wi
 dΔ, dz) take the layout of the input they belong to. B and C are staged once per call as fp32 (b, g, n, l): n/d of
 u's size, it turns the per-state loads into 16-byte broadcast loads and removes every bf16 conversion from the
 inner loop. Saved for the backward: the inputs, the staged B/C and fp32 states every M·T positions
-(4·n/(M·T) bytes per (b, d, l) element: 1 byte at n 16, T 16, M 4).
+(4·n/(M·T) bytes per (b, d, l) element: 1 byte at n 16, T 8, M 8).
 """
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 
+from mambadna.kernels.buffers import alloc, alloc_like
 from mambadna.kernels.scan_v2_bwd import _bwd_scan, _bwd_summary
 from mambadna.kernels.scan_v2_fwd import _carry, _fwd_scan
 from mambadna.kernels.tiles import LOG2E_F
 
-POISON_OUTPUTS = os.environ.get("MAMBADNA_POISON_OUTPUTS", "") == "1"
-INTERPRET = os.environ.get("TRITON_INTERPRET", "") == "1"
 # Programs (of BD channels) per SM wanted before the sequence is cut into chunks; see `plan`.
 WARPS_PER_SM = 8
 MAX_STATES = 16  # the states of a channel live in registers (and are unrolled): above this v1 is used
-
-
-def _alloc(shape, dtype, device):
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _alloc_like(x: torch.Tensor, dtype=None) -> torch.Tensor:
-    """A (b, d, l) output in x's layout: channels-last storage when x is a view of (b, l, d) storage."""
-    b, d, l = x.shape
-    dtype = dtype or x.dtype
-    if x.stride(1) == 1 and x.stride(2) != 1 and d > 1:
-        return _alloc((b, l, d), dtype, x.device).transpose(1, 2)
-    return _alloc((b, d, l), dtype, x.device)
 
 
 def _strides(x: torch.Tensor | None) -> tuple[int, int, int]:
@@ -88,22 +71,24 @@ class Plan(NamedTuple):
 
 
 def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, ckpt_tiles=None, chunk=None,
-         unroll=None, fwd_warps=None, bwd_warps=None) -> Plan:
+         unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None) -> Plan:
     """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
 
-    Chunks are added only until b · d/BD · chunks programs give about WARPS_PER_SM warps per SM, since every chunk
-    boundary costs a summary pass (one more exp per element) in each direction.
+    Chunks are added only until b · d/BD · chunks programs give about `sm_warps` (WARPS_PER_SM) warps per SM,
+    since every chunk boundary costs a summary pass (one more exp per element) in each direction. The defaults
+    (T 8, BD 128 on 4 warps, M 8) are those whose compiled kernels spill no registers (tests/kernels/
+    test_scan_v2_layout.py); checkpoints every 64 positions cost 1 byte per (b, d, l) element at n 16.
     """
-    T = tile or 16
+    T = tile or 8
     BD = _block_d(dpg, block_d)
-    M = ckpt_tiles or 4
+    M = ckpt_tiles or 8
     fw = fwd_warps or max(1, min(4, BD // 32))
     bw = bwd_warps or max(1, min(4, BD // 32))
     step = M * T
     n_steps = triton.cdiv(l, step)
     if chunk is None:
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-        nc = min(n_steps, triton.cdiv(max(1, sms * WARPS_PER_SM // fw), b * (d // BD)))
+        nc = min(n_steps, triton.cdiv(max(1, sms * (sm_warps or WARPS_PER_SM) // fw), b * (d // BD)))
         CL = triton.cdiv(n_steps, nc) * step
     else:
         CL = triton.cdiv(chunk, step) * step
@@ -142,16 +127,17 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
     g = max(B.shape[1] if B.dim() == 4 else 1, C.shape[1] if C.dim() == 4 else 1)
     T, BD, M, CL, nc, unroll = cfg.T, cfg.BD, cfg.M, cfg.CL, cfg.NC, cfg.unroll
     nblk, dev = d // BD, u.device
+    bpg = (d // g) // BD
     BC = _stage_bc(B, C, b, g, n, l, T)
     A2 = (A.float() * LOG2E_F).t().contiguous()  # (n, d)
     Df = D.float().contiguous() if D is not None else None
     bias = delta_bias.float().contiguous() if delta_bias is not None else None
     nck = triton.cdiv(l, M * T)
-    ck = _alloc((b, nck, NP, d), torch.float32, dev)
-    hlast = _alloc((b, NP, d), torch.float32, dev)
-    y = _alloc_like(u)
+    ck = alloc((b, nck, NP, d), torch.float32, dev)
+    hlast = alloc((b, NP, d), torch.float32, dev)
+    y = alloc_like(u)
     dummy = A2
-    flags = dict(DPG=d // g, N=n, NP=NP, T=T, BD=BD, M=M, NFMA=0, UNROLL_N=unroll, HAS_BIAS=bias is not None,
+    flags = dict(N=n, NP=NP, T=T, BD=BD, M=M, NFMA=0, UNROLL_N=unroll, HAS_BIAS=bias is not None,
                  SOFTPLUS=softplus, HAS_D=Df is not None, HAS_Z=z is not None, num_warps=cfg.fwd_warps,
                  num_stages=1)
     st = (*_common(u, delta, z, BC), *_strides(y))
@@ -159,12 +145,12 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
     grid = (nblk, nc, b)
     P = None
     if nc > 1:
-        S = _alloc((b, nc, NP, d), torch.float32, dev)
-        P = _alloc((b, nc, NP, d), torch.float32, dev)
+        S = alloc((b, nc, NP, d), torch.float32, dev)
+        P = alloc((b, nc, NP, d), torch.float32, dev)
         _fwd_scan[grid](u, delta, bias if bias is not None else dummy, A2, BC, dummy, dummy, dummy, dummy,
-                        dummy, S, P, dummy, scr if not unroll else dummy, l, CL, nc, nck, *st, 0, 0, 0, 0, 1,
+                        dummy, S, P, dummy, scr if not unroll else dummy, l, CL, nc, nck, bpg, *st, 0, 0, 0, 0, 1,
                         SUMMARY=True, HAS_H0=False, **flags)
-        H = _alloc((b, nc, NP, d), torch.float32, dev)
+        H = alloc((b, nc, NP, d), torch.float32, dev)
         _launch_carry(P, S, initial_state, H, b, nc, NP, d, n, reverse=False)
         h0, hst = H, (H.stride(0), H.stride(1), H.stride(2), H.stride(3))
     else:
@@ -172,7 +158,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
         hst = (0, 0, 0, 0) if h0 is None else (h0.stride(0), 0, h0.stride(2), h0.stride(1))
     _fwd_scan[grid](u, delta, bias if bias is not None else dummy, A2, BC, Df if Df is not None else dummy,
                     z if z is not None else dummy, h0 if h0 is not None else dummy, y, ck, dummy, dummy, hlast,
-                    scr if not unroll else dummy, l, CL, nc, nck, *st, *hst, 1, SUMMARY=False,
+                    scr if not unroll else dummy, l, CL, nc, nck, bpg, *st, *hst, 1, SUMMARY=False,
                     HAS_H0=h0 is not None, **flags)
     saved = (BC, A2, Df, bias, ck, P)
     return y, hlast[:, :n].transpose(1, 2), saved
@@ -193,40 +179,41 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
     NP = triton.next_power_of_2(n)
     T, BD, M, CL, nc = cfg.T, cfg.BD, cfg.M, cfg.CL, cfg.NC
     nblk, dev = d // BD, u.device
+    bpg = (d // g) // BD
     nck = ck.shape[1]
     dummy = A2
     warps = cfg.bwd_warps
     asm = BD % (32 * warps) == 0  # the butterfly needs whole warps of channels (emulated in the interpreter)
-    flags = dict(DPG=d // g, N=n, NP=NP, T=T, BD=BD, NFMA=0, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+    flags = dict(N=n, NP=NP, T=T, BD=BD, NFMA=0, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
                  HAS_Z=z is not None, num_warps=warps, num_stages=1)
     st = (*_common(u, delta, z, BC)[:9], *_strides(dy), BC.stride(0), BC.stride(1))
     grid = (nblk, nc, b)
     if nc > 1:
-        Q = _alloc((b, nc, NP, d), torch.float32, dev)
+        Q = alloc((b, nc, NP, d), torch.float32, dev)
         _bwd_summary[grid](delta, bias if bias is not None else dummy, A2, BC, z if z is not None else dummy, dy, Q,
-                           l, CL, nc, *st, 0, 0, 0, 0, 0, 0, 0, 1, *([0] * 9), **flags)
-        Pin = _alloc((b, nc, NP, d), torch.float32, dev)
+                           l, CL, nc, bpg, *st, 0, 0, 0, 0, 0, 0, 0, 1, *([0] * 9), **flags)
+        Pin = alloc((b, nc, NP, d), torch.float32, dev)
         _launch_carry(P, Q, dh_last, Pin, b, nc, NP, d, n, reverse=True)
         pin, pst = Pin, (Pin.stride(0), Pin.stride(1), Pin.stride(2), Pin.stride(3))
     else:
         pin = dh_last
         pst = (0, 0, 0, 0) if pin is None else (pin.stride(0), 0, pin.stride(2), pin.stride(1))
     scr = torch.empty(b * nc * d * (M + 4) * NP, dtype=torch.float32, device=dev)  # see _bwd_scan
-    du, ddelta = _alloc_like(u), _alloc_like(delta)
-    dz = _alloc_like(z) if z is not None else None
-    dB_part = _alloc((b, nblk, NP, l), torch.float32, dev)
-    dC_part = _alloc((b, nblk, NP, l), torch.float32, dev)
-    dA_part = _alloc((b, nc, NP, d), torch.float32, dev)
-    dD_part = _alloc((b, nc, d), torch.float32, dev) if Df is not None else None
-    dbias_part = _alloc((b, nc, d), torch.float32, dev) if bias is not None else None
-    dh0 = _alloc((b, d, n), torch.float32, dev) if has_h0 else None
+    du, ddelta = alloc_like(u), alloc_like(delta)
+    dz = alloc_like(z) if z is not None else None
+    dB_part = alloc((b, nblk, NP, l), torch.float32, dev)
+    dC_part = alloc((b, nblk, NP, l), torch.float32, dev)
+    dA_part = alloc((b, nc, NP, d), torch.float32, dev)
+    dD_part = alloc((b, nc, d), torch.float32, dev) if Df is not None else None
+    dbias_part = alloc((b, nc, d), torch.float32, dev) if bias is not None else None
+    dh0 = alloc((b, d, n), torch.float32, dev) if has_h0 else None
     hst = (0, 0, 0) if dh0 is None else (dh0.stride(0), dh0.stride(2), dh0.stride(1))
     _bwd_scan[grid](
         u, delta, bias if bias is not None else dummy, A2, BC, Df if Df is not None else dummy,
         z if z is not None else dummy, dy, ck, pin if pin is not None else dummy, scr,
         du, ddelta, dz if dz is not None else dummy, dB_part, dC_part, dA_part,
         dD_part if dD_part is not None else dummy, dbias_part if dbias_part is not None else dummy,
-        dh0 if dh0 is not None else dummy, l, CL, nc, nck, *st, *pst, *hst, 1,
+        dh0 if dh0 is not None else dummy, l, CL, nc, nck, bpg, *st, *pst, *hst, 1,
         *_strides(du), *_strides(ddelta), *_strides(dz if dz is not None else du),
         M=M, HAS_D=Df is not None, HAS_PIN=pin is not None, HAS_H0=has_h0, REDUCE_ASM=asm,
         CPT=max(1, BD // (32 * warps)), **flags,

@@ -48,11 +48,11 @@ def load_dy_gated(p_dy, p_z, m, HAS_Z: tl.constexpr):
 @triton.jit(do_not_specialize=BWD_STRIDES)
 def _bwd_summary(
     p_dt, p_bias, p_A2, p_BC, p_z, p_dy, p_Q,
-    L, CL, NC,
+    L, CL, NC, BPG,
     s_ub, s_ul: tl.constexpr, s_ud, s_tb, s_tl: tl.constexpr, s_td, s_zb, s_zl: tl.constexpr, s_zd, s_yb, s_yl: tl.constexpr, s_yd, s_bb, s_bg,
     s_pb, s_pc, s_pn, s_pd, s_hb, s_hn, s_hd, s_one,
     s_oub, s_oul: tl.constexpr, s_oud, s_otb, s_otl: tl.constexpr, s_otd, s_ozb, s_ozl: tl.constexpr, s_ozd,
-    DPG: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
+    N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
     NFMA: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
 ):
     """Q (b, NC, NP, d) = the adjoint p = a·g at each chunk's start, from a zero adjoint at the chunk's end."""
@@ -61,7 +61,7 @@ def _bwd_summary(
     o_d = i_db * BD + tl.arange(0, BD).to(tl.int64)
     o_t = tl.arange(0, T)
     o_n = tl.arange(0, NP)
-    i_g = (i_db * BD) // DPG
+    i_g = i_db // BPG  # channel blocks per B/C group: a block never straddles two
     b_bias = tl.load(p_bias + o_d * s_one) if HAS_BIAS else tl.zeros([BD], dtype=tl.float32)
     c_t, c_z, c_y = chan_offsets(o_d, s_td, BD), chan_offsets(o_d, s_zd, BD), chan_offsets(o_d, s_yd, BD)
     b_p = tl.zeros([NP, BD], dtype=tl.float32)
@@ -89,11 +89,11 @@ def _bwd_summary(
 def _bwd_scan(
     p_u, p_dt, p_bias, p_A2, p_BC, p_D, p_z, p_dy, p_ck, p_pin, p_scr,
     p_du, p_ddt, p_dz, p_dB, p_dC, p_dA, p_dD, p_dbias, p_dh0,
-    L, CL, NC, NCK,
+    L, CL, NC, NCK, BPG,
     s_ub, s_ul: tl.constexpr, s_ud, s_tb, s_tl: tl.constexpr, s_td, s_zb, s_zl: tl.constexpr, s_zd, s_yb, s_yl: tl.constexpr, s_yd, s_bb, s_bg,
     s_pb, s_pc, s_pn, s_pd, s_hb, s_hn, s_hd, s_one,
     s_oub, s_oul: tl.constexpr, s_oud, s_otb, s_otl: tl.constexpr, s_otd, s_ozb, s_ozl: tl.constexpr, s_ozd,
-    DPG: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, M: tl.constexpr,
+    N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, M: tl.constexpr,
     NFMA: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_PIN: tl.constexpr, HAS_H0: tl.constexpr, REDUCE_ASM: tl.constexpr, CPT: tl.constexpr,
 ):
@@ -105,7 +105,7 @@ def _bwd_scan(
     o_t = tl.arange(0, T)
     o_n = tl.arange(0, NP)
     m_sn = tl.broadcast_to((o_n < N)[:, None], (NP, BD))
-    i_g = (i_db * BD) // DPG
+    i_g = i_db // BPG  # channel blocks per B/C group: a block never straddles two
     b_bias = tl.load(p_bias + o_d * s_one) if HAS_BIAS else tl.zeros([BD], dtype=tl.float32)
     b_Dv = tl.load(p_D + o_d * s_one) if HAS_D else tl.zeros([BD], dtype=tl.float32)
     c_u, c_t = chan_offsets(o_d, s_ud, BD), chan_offsets(o_d, s_td, BD)

@@ -86,10 +86,10 @@ def fwd_tile_loop(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_
 @triton.jit(do_not_specialize=FWD_STRIDES)
 def _fwd_scan(
     p_u, p_dt, p_bias, p_A2, p_BC, p_D, p_z, p_h0, p_y, p_ck, p_S, p_P, p_hlast, p_scr,
-    L, CL, NC, NCK,
+    L, CL, NC, NCK, BPG,
     s_ub, s_ul: tl.constexpr, s_ud, s_tb, s_tl: tl.constexpr, s_td, s_zb, s_zl: tl.constexpr, s_zd, s_bb, s_bg,
     s_yb, s_yl: tl.constexpr, s_yd, s_hb, s_hc, s_hn, s_hd, s_one,
-    DPG: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, M: tl.constexpr,
+    N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, M: tl.constexpr,
     NFMA: tl.constexpr, UNROLL_N: tl.constexpr, SUMMARY: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr,
 ):
@@ -101,7 +101,7 @@ def _fwd_scan(
     o_t = tl.arange(0, T)
     o_n = tl.arange(0, NP)
     m_sn = tl.broadcast_to((o_n < N)[:, None], (NP, BD))
-    i_g = (i_db * BD) // DPG
+    i_g = i_db // BPG  # channel blocks per B/C group: a block never straddles two
     b_bias = tl.load(p_bias + o_d * s_one) if HAS_BIAS else tl.zeros([BD], dtype=tl.float32)
     b_Dv = tl.load(p_D + o_d * s_one) if HAS_D else tl.zeros([BD], dtype=tl.float32)
     c_u, c_t = chan_offsets(o_d, s_ud, BD), chan_offsets(o_d, s_td, BD)

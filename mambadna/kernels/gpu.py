@@ -1,0 +1,44 @@
+"""The GPU selective scan: picks the Triton kernel, v1 (scan_triton.py, chunk-parallel) or v2 (scan_v2.py, state in
+registers), and is what ``mambadna.kernels.selective_scan`` calls for backend "triton"."""
+
+from __future__ import annotations
+
+from mambadna.kernels import scan_v2
+from mambadna.kernels.scan_triton import selective_scan_triton_v1
+from mambadna.kernels.scan_v2 import selective_scan_triton_v2
+
+V1_KEYS = {"chunk_size", "num_warps", "stages"}
+V2_KEYS = {"tile", "ckpt_tiles", "chunk", "fwd_warps", "bwd_warps", "sm_warps"}
+
+
+def pick_version(u, A, B, C) -> int:
+    """The kernel the dispatcher uses: v2 (scan_v2.py) where it applies (n ≤ 16, channel blocks of whole warps
+    inside one B/C group), else v1. experiments/BENCHMARKS.md has the measurements behind the rule."""
+    g = max(B.shape[1] if B.dim() == 4 else 1, C.shape[1] if C.dim() == 4 else 1)
+    ok = A.shape[1] <= scan_v2.MAX_STATES and (u.shape[1] // g) % 32 == 0
+    return 2 if ok else 1
+
+
+def selective_scan_triton(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    initial_state=None, return_final_state=False, *, version: int | None = None, **launch,
+):
+    """The selective scan on Triton; arguments and result as ``scan_ref.selective_scan_ref``.
+
+    ``version`` 1 (chunk-parallel, scan_triton.py) or 2 (state in registers, scan_v2.py); None picks by
+    `pick_version`, or by the launch keywords when they belong to one version only (v1: chunk_size, num_warps,
+    stages; v2: tile, ckpt_tiles, chunk, fwd_warps, bwd_warps; both: block_d, unroll).
+    """
+    if version is None:
+        if launch.keys() & V1_KEYS:
+            version = 1
+        elif launch.keys() & V2_KEYS:
+            version = 2
+        else:
+            version = pick_version(u, A, B, C)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
+    if version == 1:
+        return selective_scan_triton_v1(*args, **launch)
+    if version != 2:
+        raise ValueError(f"selective scan version must be 1 or 2, got {version!r}")
+    return selective_scan_triton_v2(*args, **launch)
