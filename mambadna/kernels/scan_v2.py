@@ -33,9 +33,18 @@ from mambadna.kernels.scan_v2_bwd import _bwd_scan, _bwd_summary
 from mambadna.kernels.scan_v2_fwd import _carry, _fwd_scan
 from mambadna.kernels.tiles import LOG2E_F
 
-# Programs (of BD channels) per SM wanted before the sequence is cut into chunks; see `plan`.
-WARPS_PER_SM = 8
+# Warps per SM that one chunk per sequence must reach before it is left uncut, and that chunking aims for; see
+# `plan`. The kernels' registers allow about 8 resident warps per SM.
+FULL_WARPS_PER_SM, WARPS_PER_SM = 8, 16
 MAX_STATES = 16  # the states of a channel live in registers (and are unrolled): above this v1 is used
+
+
+def vec_rows(x: torch.Tensor | None, T: int) -> bool:
+    """Whether the kernels may read x's rows as 16-byte vectors (tiles.chan_offsets): positions contiguous, a tile
+    row exactly 16 bytes, every row 16-byte aligned (Triton then specializes the strides as multiples of 16)."""
+    if x is None or x.stride(2) != 1 or x.element_size() * T != 16 or x.data_ptr() % 16:
+        return False
+    return x.stride(1) % 16 == 0 and (x.stride(0) % 16 == 0 or x.shape[0] == 1)
 
 
 def _strides(x: torch.Tensor | None) -> tuple[int, int, int]:
@@ -74,8 +83,9 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
          unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None) -> Plan:
     """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
 
-    Chunks are added only until b · d/BD · chunks programs give about `sm_warps` (WARPS_PER_SM) warps per SM,
-    since every chunk boundary costs a summary pass (one more exp per element) in each direction. The defaults
+    A sequence is cut into chunks only when b · d/BD programs fill fewer than FULL_WARPS_PER_SM warps per SM, and
+    then into enough for `sm_warps` (WARPS_PER_SM): chunks cost a summary pass (one more exp per element) in each
+    direction, but at batch 1 they are the only parallelism along the sequence (experiments/BENCHMARKS.md). The defaults
     (T 8, BD 128 on 4 warps, M 8) are those whose compiled kernels spill no registers (tests/kernels/
     test_scan_v2_layout.py); checkpoints every 64 positions cost 1 byte per (b, d, l) element at n 16.
     """
@@ -88,7 +98,11 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     n_steps = triton.cdiv(l, step)
     if chunk is None:
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-        nc = min(n_steps, triton.cdiv(max(1, sms * (sm_warps or WARPS_PER_SM) // fw), b * (d // BD)))
+        progs = b * (d // BD)
+        if progs * fw >= sms * FULL_WARPS_PER_SM:
+            nc = 1
+        else:
+            nc = min(n_steps, triton.cdiv(max(1, sms * (sm_warps or WARPS_PER_SM) // fw), progs))
         CL = triton.cdiv(n_steps, nc) * step
     else:
         CL = triton.cdiv(chunk, step) * step
@@ -145,17 +159,19 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
     grid = (nblk, nc, b)
     P = None
     if nc > 1:
+        vec = dict(VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=False, VY=False)
         S = alloc((b, nc, NP, d), torch.float32, dev)
         P = alloc((b, nc, NP, d), torch.float32, dev)
         _fwd_scan[grid](u, delta, bias if bias is not None else dummy, A2, BC, dummy, dummy, dummy, dummy,
                         dummy, S, P, dummy, scr if not unroll else dummy, l, CL, nc, nck, bpg, *st, 0, 0, 0, 0, 1,
-                        SUMMARY=True, HAS_H0=False, **flags)
+                        SUMMARY=True, HAS_H0=False, **vec, **flags)
         H = alloc((b, nc, NP, d), torch.float32, dev)
         _launch_carry(P, S, initial_state, H, b, nc, NP, d, n, reverse=False)
         h0, hst = H, (H.stride(0), H.stride(1), H.stride(2), H.stride(3))
     else:
         h0 = initial_state
         hst = (0, 0, 0, 0) if h0 is None else (h0.stride(0), 0, h0.stride(2), h0.stride(1))
+    flags.update(VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=vec_rows(z, T), VY=vec_rows(y, T))
     _fwd_scan[grid](u, delta, bias if bias is not None else dummy, A2, BC, Df if Df is not None else dummy,
                     z if z is not None else dummy, h0 if h0 is not None else dummy, y, ck, dummy, dummy, hlast,
                     scr if not unroll else dummy, l, CL, nc, nck, bpg, *st, *hst, 1, SUMMARY=False,
@@ -191,7 +207,8 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
     if nc > 1:
         Q = alloc((b, nc, NP, d), torch.float32, dev)
         _bwd_summary[grid](delta, bias if bias is not None else dummy, A2, BC, z if z is not None else dummy, dy, Q,
-                           l, CL, nc, bpg, *st, 0, 0, 0, 0, 0, 0, 0, 1, *([0] * 9), **flags)
+                           l, CL, nc, bpg, *st, 0, 0, 0, 0, 0, 0, 0, 1, *([0] * 9), VT=vec_rows(delta, T),
+                           VZ=vec_rows(z, T), VY=vec_rows(dy, T), **flags)
         Pin = alloc((b, nc, NP, d), torch.float32, dev)
         _launch_carry(P, Q, dh_last, Pin, b, nc, NP, d, n, reverse=True)
         pin, pst = Pin, (Pin.stride(0), Pin.stride(1), Pin.stride(2), Pin.stride(3))
@@ -216,7 +233,8 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
         dh0 if dh0 is not None else dummy, l, CL, nc, nck, bpg, *st, *pst, *hst, 1,
         *_strides(du), *_strides(ddelta), *_strides(dz if dz is not None else du),
         M=M, HAS_D=Df is not None, HAS_PIN=pin is not None, HAS_H0=has_h0, REDUCE_ASM=asm,
-        CPT=max(1, BD // (32 * warps)), **flags,
+        CPT=max(1, BD // (32 * warps)), VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=vec_rows(z, T),
+        VY=vec_rows(dy, T), VOU=vec_rows(du, T), VOT=vec_rows(ddelta, T), VOZ=vec_rows(dz, T), **flags,
     )
     # channel blocks never straddle groups (BD divides d / g), so block i belongs to group i // (nblk / g)
     dB = _ungroup(dB_part[:, :, :n].reshape(b, g, nblk // g, n, l).sum(2), B_shape)

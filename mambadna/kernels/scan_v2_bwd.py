@@ -20,22 +20,31 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from mambadna.kernels.scan_v2_fwd import fwd_tile_loop, load_delta
+from mambadna.kernels.scan_v2_fwd import delta_of, fwd_tile_loop
 from mambadna.kernels.tiles import (LN2, chan_offsets, combine_fwd, exp2_on, get_row, put_row, reverse_adjoint,
                                     sigmoid, state_offsets, tile_ptrs, warp_reduce_scatter)
 
-BWD_STRIDES = ["s_ub", "s_ud", "s_tb", "s_td", "s_zb", "s_zd", "s_yb", "s_yd",
-               "s_pb", "s_pc", "s_pn", "s_pd", "s_hb", "s_hn", "s_hd", "s_one",
-               "s_oub", "s_oud", "s_otb", "s_otd", "s_ozb", "s_ozd"]
+BWD_STRIDES = ["s_pb", "s_pc", "s_pn", "s_pd", "s_hb", "s_hn", "s_hd", "s_one"]
 
 
 @triton.jit
-def load_dy_gated(p_dy, p_z, m, HAS_Z: tl.constexpr):
-    """dy' = dy·silu(z), the gradient reaching the scan output before the gate, and dy, z, σ(z) (zero where
-    masked)."""
-    b_dy = tl.load(p_dy, mask=m, other=0.0).to(tl.float32)
+def load_raw3(p_dt, p_dy, p_z, i_b, t0, L, o_t, c_t, c_y, c_z, s_tb, s_tl: tl.constexpr, s_yb, s_yl: tl.constexpr,
+              s_zb, s_zl: tl.constexpr, lo, HAS_Z: tl.constexpr, T: tl.constexpr, BD: tl.constexpr):
+    """The raw Δ, dy (and z) tiles at t0, masked outside [lo, L)."""
+    m = tl.broadcast_to((((t0 + o_t) < L) & ((t0 + o_t) >= lo))[:, None], (T, BD))
+    r_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + t0 * s_tl, o_t, s_tl, c_t), mask=m, other=0.0)
+    r_dy = tl.load(tile_ptrs(p_dy, i_b * s_yb + t0 * s_yl, o_t, s_yl, c_y), mask=m, other=0.0)
+    r_z = tl.load(tile_ptrs(p_z, i_b * s_zb + t0 * s_zl, o_t, s_zl, c_z), mask=m, other=0.0) if HAS_Z else r_dy
+    return r_dt, r_dy, r_z
+
+
+@triton.jit
+def dy_gated_of(r_dy, r_z, HAS_Z: tl.constexpr):
+    """dy' = dy·silu(z), the gradient reaching the scan output before the gate, and dy, z, σ(z), from loaded
+    tiles (zero where masked)."""
+    b_dy = r_dy.to(tl.float32)
     if HAS_Z:
-        b_z = tl.load(p_z, mask=m, other=0.0).to(tl.float32)
+        b_z = r_z.to(tl.float32)
         b_sig = sigmoid(b_z)
         b_dyp = b_dy * b_z * b_sig
     else:
@@ -54,6 +63,7 @@ def _bwd_summary(
     s_oub, s_oul: tl.constexpr, s_oud, s_otb, s_otl: tl.constexpr, s_otd, s_ozb, s_ozl: tl.constexpr, s_ozd,
     N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
     NFMA: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+    VT: tl.constexpr, VZ: tl.constexpr, VY: tl.constexpr,
 ):
     """Q (b, NC, NP, d) = the adjoint p = a·g at each chunk's start, from a zero adjoint at the chunk's end."""
     i_db, i_c, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
@@ -63,18 +73,22 @@ def _bwd_summary(
     o_n = tl.arange(0, NP)
     i_g = i_db // BPG  # channel blocks per B/C group: a block never straddles two
     b_bias = tl.load(p_bias + o_d * s_one) if HAS_BIAS else tl.zeros([BD], dtype=tl.float32)
-    c_t, c_z, c_y = chan_offsets(o_d, s_td, BD), chan_offsets(o_d, s_zd, BD), chan_offsets(o_d, s_yd, BD)
+    c_t, c_z = chan_offsets(o_d, s_td, s_one, BD, VT), chan_offsets(o_d, s_zd, s_one, BD, VZ)
+    c_y = chan_offsets(o_d, s_yd, s_one, BD, VY)
     b_p = tl.zeros([NP, BD], dtype=tl.float32)
     t_c = i_c * CL
     n_tiles = tl.cdiv(tl.minimum(CL, L - t_c), T)
     p_bcb = p_BC + i_b * s_bb + i_g * s_bg  # staged B/C (b, g, tiles, 2, N, T)
+    # the previous tile's inputs are loaded before the current one is computed (see scan_v2_fwd._fwd_scan)
+    r_dt, r_dy, r_z = load_raw3(p_dt, p_dy, p_z, i_b, t_c + (n_tiles - 1) * T, L, o_t, c_t, c_y, c_z, s_tb, s_tl,
+                                s_yb, s_yl, s_zb, s_zl, t_c, HAS_Z, T, BD)
     for k in range(0, n_tiles):
         t0 = t_c + (n_tiles - 1 - k) * T
         m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BD))
-        b_dt, _ = load_delta(tile_ptrs(p_dt, i_b * s_tb + t0 * s_tl, o_t, s_tl, c_t), m, b_bias,
-                             HAS_BIAS, SOFTPLUS)
-        b_dyp, _, _, _ = load_dy_gated(tile_ptrs(p_dy, i_b * s_yb + t0 * s_yl, o_t, s_yl, c_y),
-                                       tile_ptrs(p_z, i_b * s_zb + t0 * s_zl, o_t, s_zl, c_z), m, HAS_Z)
+        n_dt, n_dy, n_z = load_raw3(p_dt, p_dy, p_z, i_b, t0 - T, L, o_t, c_t, c_y, c_z, s_tb, s_tl, s_yb, s_yl,
+                                    s_zb, s_zl, t_c, HAS_Z, T, BD)
+        b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
+        b_dyp, _, _, _ = dy_gated_of(r_dy, r_z, HAS_Z)
         for i_n in tl.static_range(N):
             b_a2 = tl.load(p_A2 + i_n * D_ + o_d * s_one)
             b_a = exp2_on(b_dt * b_a2[None, :], i_n >= N - NFMA)
@@ -82,6 +96,7 @@ def _bwd_summary(
             b_c = tl.where(o_t[:, None] == T - 1, b_c + get_row(b_p, o_n, i_n)[None, :], b_c)
             b_g = reverse_adjoint(b_a, b_c)
             b_p = put_row(b_p, o_n, i_n, get_row(b_a * b_g, o_t, 0))
+        r_dt, r_dy, r_z = n_dt, n_dy, n_z
     tl.store(p_Q + ((i_b * NC + i_c) * NP) * D_ + state_offsets(o_n, o_d, D_ * s_one, s_one, BD), b_p)
 
 
@@ -96,6 +111,8 @@ def _bwd_scan(
     N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, M: tl.constexpr,
     NFMA: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_PIN: tl.constexpr, HAS_H0: tl.constexpr, REDUCE_ASM: tl.constexpr, CPT: tl.constexpr,
+    VU: tl.constexpr, VT: tl.constexpr, VZ: tl.constexpr, VY: tl.constexpr, VOU: tl.constexpr, VOT: tl.constexpr,
+    VOZ: tl.constexpr,
 ):
     i_db, i_c, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     NBLK = tl.num_programs(0)
@@ -108,10 +125,10 @@ def _bwd_scan(
     i_g = i_db // BPG  # channel blocks per B/C group: a block never straddles two
     b_bias = tl.load(p_bias + o_d * s_one) if HAS_BIAS else tl.zeros([BD], dtype=tl.float32)
     b_Dv = tl.load(p_D + o_d * s_one) if HAS_D else tl.zeros([BD], dtype=tl.float32)
-    c_u, c_t = chan_offsets(o_d, s_ud, BD), chan_offsets(o_d, s_td, BD)
-    c_z, c_y = chan_offsets(o_d, s_zd, BD), chan_offsets(o_d, s_yd, BD)
-    c_ou, c_ot = chan_offsets(o_d, s_oud, BD), chan_offsets(o_d, s_otd, BD)
-    c_oz = chan_offsets(o_d, s_ozd, BD)
+    c_u, c_t = chan_offsets(o_d, s_ud, s_one, BD, VU), chan_offsets(o_d, s_td, s_one, BD, VT)
+    c_z, c_y = chan_offsets(o_d, s_zd, s_one, BD, VZ), chan_offsets(o_d, s_yd, s_one, BD, VY)
+    c_ou, c_ot = chan_offsets(o_d, s_oud, s_one, BD, VOU), chan_offsets(o_d, s_otd, s_one, BD, VOT)
+    c_oz = chan_offsets(o_d, s_ozd, s_one, BD, VOZ)
     # This program's scratch, (M + 4) slots of (NP, BD), each thread touching only its own channel's column
     # except in the cross-warp sum of dB/dC: slots 0..M-1 the tile-start states of the current checkpoint
     # interval, M the carried adjoint p = a·g, M+1 the dA sums, M+2 / M+3 the per-warp dC / dB rows of a tile.
@@ -138,29 +155,42 @@ def _bwd_scan(
         j0 = (tl.cdiv(n_tiles, M) - 1 - k) * M  # first tile of the interval, counted from the chunk start
         nt = tl.minimum(M, n_tiles - j0)
         tl.store(p_sc + off_sc, tl.load(p_ck + ((i_b * NCK + (t_c + j0 * T) // (M * T)) * NP) * D_ + off_own))
-        for j in range(0, nt - 1):  # forward over the interval: the start state of every tile
+        # forward over the interval: the start state of every tile (next tile's inputs loaded first)
+        t_first = t_c + j0 * T
+        m = tl.broadcast_to(((t_first + o_t) < L)[:, None], (T, BD))
+        r_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + t_first * s_tl, o_t, s_tl, c_t), mask=m, other=0.0)
+        r_u = tl.load(tile_ptrs(p_u, i_b * s_ub + t_first * s_ul, o_t, s_ul, c_u), mask=m, other=0.0)
+        for j in range(0, nt - 1):
             t0 = t_c + (j0 + j) * T
             m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BD))
-            b_dt, _ = load_delta(tile_ptrs(p_dt, i_b * s_tb + t0 * s_tl, o_t, s_tl, c_t), m, b_bias,
-                                 HAS_BIAS, SOFTPLUS)
-            b_u = tl.load(tile_ptrs(p_u, i_b * s_ub + t0 * s_ul, o_t, s_ul, c_u), mask=m, other=0.0)
-            fwd_tile_loop(p_sc + j * NS, p_sc + (j + 1) * NS, b_dt, b_dt * b_u.to(tl.float32), b_dt, p_A2,
+            m_next = tl.broadcast_to(((t0 + T + o_t) < L)[:, None], (T, BD))
+            n_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + (t0 + T) * s_tl, o_t, s_tl, c_t), mask=m_next, other=0.0)
+            n_u = tl.load(tile_ptrs(p_u, i_b * s_ub + (t0 + T) * s_ul, o_t, s_ul, c_u), mask=m_next, other=0.0)
+            b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
+            fwd_tile_loop(p_sc + j * NS, p_sc + (j + 1) * NS, b_dt, b_dt * r_u.to(tl.float32), b_dt, p_A2,
                           p_bcb + (t0 // T) * (2 * N * T), o_t, o_d, o_dl, D_, s_one, N, NFMA, T, BD, False)
-        for jj in range(0, nt):  # backward over the interval's tiles
+            r_dt, r_u = n_dt, n_u
+        # backward over the interval's tiles, each loading the previous tile's inputs before computing its own
+        t_last = t_c + (j0 + nt - 1) * T
+        r_dt, r_dy, r_z = load_raw3(p_dt, p_dy, p_z, i_b, t_last, L, o_t, c_t, c_y, c_z, s_tb, s_tl, s_yb, s_yl,
+                                    s_zb, s_zl, t_c, HAS_Z, T, BD)
+        r_u = tl.load(tile_ptrs(p_u, i_b * s_ub + t_last * s_ul, o_t, s_ul, c_u),
+                      mask=tl.broadcast_to(((t_last + o_t) < L)[:, None], (T, BD)), other=0.0)
+        for jj in range(0, nt):
             j = nt - 1 - jj
             t0 = t_c + (j0 + j) * T
             m_t = (t0 + o_t) < L
             m = tl.broadcast_to(m_t[:, None], (T, BD))
+            n_dt, n_dy, n_z = load_raw3(p_dt, p_dy, p_z, i_b, t0 - T, L, o_t, c_t, c_y, c_z, s_tb, s_tl, s_yb, s_yl,
+                                        s_zb, s_zl, t_c + j0 * T, HAS_Z, T, BD)
+            n_u = tl.load(tile_ptrs(p_u, i_b * s_ub + (t0 - T) * s_ul, o_t, s_ul, c_u),
+                          mask=tl.broadcast_to(((t0 - T + o_t) >= t_c + j0 * T)[:, None], (T, BD)), other=0.0)
             # Everything the gradients need after the loop over states is computed now and kept as values (u,
             # σ(raw Δ), dy·silu'(z)): keeping their int64 offsets instead costs twice the registers.
-            b_dt, b_raw = load_delta(tile_ptrs(p_dt, i_b * s_tb + t0 * s_tl, o_t, s_tl, c_t), m, b_bias,
-                                     HAS_BIAS, SOFTPLUS)
+            b_dt, b_raw = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
             b_sp = sigmoid(b_raw) if SOFTPLUS else b_raw  # dΔ/d(raw Δ)
-            b_u = tl.load(tile_ptrs(p_u, i_b * s_ub + t0 * s_ul, o_t, s_ul, c_u), mask=m, other=0.0)
-            b_u = b_u.to(tl.float32)
-            b_dyp, b_dy, b_z, b_sig = load_dy_gated(tile_ptrs(p_dy, i_b * s_yb + t0 * s_yl, o_t, s_yl, c_y),
-                                                    tile_ptrs(p_z, i_b * s_zb + t0 * s_zl, o_t, s_zl, c_z),
-                                                    m, HAS_Z)
+            b_u = r_u.to(tl.float32)
+            b_dyp, b_dy, b_z, b_sig = dy_gated_of(r_dy, r_z, HAS_Z)
             b_q = b_dy * b_sig * (1.0 + b_z * (1.0 - b_sig))  # dz = q · (output before the gate)
             b_y, b_gB, b_gA = bwd_states(b_dt, b_dt * b_u, b_dyp, b_Dv[None, :] * b_u, p_A2,
                                          p_bcb + (t0 // T) * (2 * N * T), p_sc + j * NS, p_p, p_dAs, p_rC, p_rB,
@@ -194,6 +224,7 @@ def _bwd_scan(
                      b_dun.to(p_du.dtype.element_ty), mask=m)
             tl.store(tile_ptrs(p_ddt, i_b * s_otb + t0 * s_otl, o_t, s_otl, c_ot),
                      b_ddt.to(p_ddt.dtype.element_ty), mask=m)
+            r_dt, r_u, r_dy, r_z = n_dt, n_u, n_dy, n_z
     tl.store(p_dA + ((i_b * NC + i_c) * NP) * D_ + off_own, tl.load(p_dAs + off_sc))
     if HAS_D:
         tl.store(p_dD + (i_b * NC + i_c) * D_ + o_d * s_one, b_dD)

@@ -19,18 +19,24 @@ import triton.language as tl
 from mambadna.kernels.tiles import (chan_offsets, combine_fwd, exp2_on, get_row, put_row, sigmoid, softplus,
                                     state_offsets, tile_ptrs)
 
-# Every channel-indexed stride is a runtime value (never specialized to 1 or to a multiple of 16): see tiles.py,
-# why. The staged B/C strides (s_bb, s_bg) are specialized: B/C are staged in tile blocks (2, N, T), so every
+# Never specialized (see tiles.py): the strides of the user's state tensors and s_one (= 1), which hides the channel
+# axis of our own buffers. Tile strides are specialized (tiles.chan_offsets hides them where it must), position
+# strides are constexpr (a tile's row offsets become immediates), and the staged B/C are tile blocks (2, N, T): every
 # per-state load of a tile is a 16-byte vector at a fixed offset from one pointer.
-FWD_STRIDES = ["s_ub", "s_ud", "s_tb", "s_td", "s_zb", "s_zd",
-               "s_yb", "s_yd", "s_hb", "s_hc", "s_hn", "s_hd", "s_one"]
+FWD_STRIDES = ["s_hb", "s_hc", "s_hn", "s_hd", "s_one"]
 
 
 @triton.jit
 def load_delta(p_dt, m, b_bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Δ tile in fp32, zero where masked (a masked position then neither decays nor feeds the state); and the raw
     value (delta + bias) that softplus took."""
-    b_raw = tl.load(p_dt, mask=m, other=0.0).to(tl.float32)
+    return delta_of(tl.load(p_dt, mask=m, other=0.0), m, b_bias, HAS_BIAS, SOFTPLUS)
+
+
+@triton.jit
+def delta_of(b_ld, m, b_bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """load_delta from an already loaded tile."""
+    b_raw = b_ld.to(tl.float32)
     if HAS_BIAS:
         b_raw += b_bias[None, :]
     b_dt = softplus(b_raw) if SOFTPLUS else b_raw
@@ -92,6 +98,7 @@ def _fwd_scan(
     N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, M: tl.constexpr,
     NFMA: tl.constexpr, UNROLL_N: tl.constexpr, SUMMARY: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr,
+    VU: tl.constexpr, VT: tl.constexpr, VZ: tl.constexpr, VY: tl.constexpr,
 ):
     # grid (channel blocks, chunks, batch): neighbouring programs share the chunk's B and C in L2
     i_db, i_c, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
@@ -104,8 +111,8 @@ def _fwd_scan(
     i_g = i_db // BPG  # channel blocks per B/C group: a block never straddles two
     b_bias = tl.load(p_bias + o_d * s_one) if HAS_BIAS else tl.zeros([BD], dtype=tl.float32)
     b_Dv = tl.load(p_D + o_d * s_one) if HAS_D else tl.zeros([BD], dtype=tl.float32)
-    c_u, c_t = chan_offsets(o_d, s_ud, BD), chan_offsets(o_d, s_td, BD)
-    c_z, c_y = chan_offsets(o_d, s_zd, BD), chan_offsets(o_d, s_yd, BD)
+    c_u, c_t = chan_offsets(o_d, s_ud, s_one, BD, VU), chan_offsets(o_d, s_td, s_one, BD, VT)
+    c_z, c_y = chan_offsets(o_d, s_zd, s_one, BD, VZ), chan_offsets(o_d, s_yd, s_one, BD, VY)
     if HAS_H0:
         b_h = tl.load(p_h0 + i_b * s_hb + i_c * s_hc + state_offsets(o_n, o_d, s_hn, s_hd, BD), mask=m_sn,
                       other=0.0).to(tl.float32)
@@ -123,6 +130,16 @@ def _fwd_scan(
     t_c = i_c * CL
     n_tiles = tl.cdiv(tl.minimum(CL, L - t_c), T)
     p_bcb = p_BC + i_b * s_bb + i_g * s_bg  # staged B/C (b, g, tiles, 2, N, T)
+    # Each iteration loads the next tile's inputs before computing its own (software pipelining by hand): the
+    # loads' latency then hides behind a tile of compute. Past the chunk end they read the next chunk, unused.
+    WITH_Z: tl.constexpr = HAS_Z and not SUMMARY
+    m = tl.broadcast_to(((t_c + o_t) < L)[:, None], (T, BD))
+    r_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + t_c * s_tl, o_t, s_tl, c_t), mask=m, other=0.0)
+    r_u = tl.load(tile_ptrs(p_u, i_b * s_ub + t_c * s_ul, o_t, s_ul, c_u), mask=m, other=0.0)
+    if WITH_Z:
+        r_z = tl.load(tile_ptrs(p_z, i_b * s_zb + t_c * s_zl, o_t, s_zl, c_z), mask=m, other=0.0)
+    else:
+        r_z = r_u
     for i_tile in range(0, n_tiles):
         t0 = t_c + i_tile * T
         if not SUMMARY:
@@ -132,10 +149,15 @@ def _fwd_scan(
                     b_h = tl.load(p_sc + off_sc)
                 tl.store(p_ck + ((i_b * NCK + t0 // (M * T)) * NP) * D_ + off_own, b_h)
         m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BD))
-        b_dt, _ = load_delta(tile_ptrs(p_dt, i_b * s_tb + t0 * s_tl, o_t, s_tl, c_t), m, b_bias,
-                             HAS_BIAS, SOFTPLUS)
-        b_u = tl.load(tile_ptrs(p_u, i_b * s_ub + t0 * s_ul, o_t, s_ul, c_u), mask=m, other=0.0)
-        b_u = b_u.to(tl.float32)
+        m_next = tl.broadcast_to(((t0 + T + o_t) < L)[:, None], (T, BD))
+        n_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + (t0 + T) * s_tl, o_t, s_tl, c_t), mask=m_next, other=0.0)
+        n_u = tl.load(tile_ptrs(p_u, i_b * s_ub + (t0 + T) * s_ul, o_t, s_ul, c_u), mask=m_next, other=0.0)
+        if WITH_Z:
+            n_z = tl.load(tile_ptrs(p_z, i_b * s_zb + (t0 + T) * s_zl, o_t, s_zl, c_z), mask=m_next, other=0.0)
+        else:
+            n_z = n_u
+        b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
+        b_u = r_u.to(tl.float32)
         b_du = b_dt * b_u
         b_y = b_Dv[None, :] * b_u
         p_bct = p_bcb + (t0 // T) * (2 * N * T)
@@ -152,11 +174,11 @@ def _fwd_scan(
                 b_P = put_row(b_P, o_n, i_n, get_row(b_P, o_n, i_n) * tl.exp2(b_a2 * b_tot))
         else:
             if HAS_Z:
-                b_z = tl.load(tile_ptrs(p_z, i_b * s_zb + t0 * s_zl, o_t, s_zl, c_z), mask=m,
-                              other=0.0).to(tl.float32)
+                b_z = r_z.to(tl.float32)
                 b_y *= b_z * sigmoid(b_z)
             tl.store(tile_ptrs(p_y, i_b * s_yb + t0 * s_yl, o_t, s_yl, c_y), b_y.to(p_y.dtype.element_ty),
                      mask=m)
+        r_dt, r_u, r_z = n_dt, n_u, n_z
     if not UNROLL_N:
         tl.debug_barrier()
         b_h = tl.load(p_sc + off_sc)

@@ -4,13 +4,13 @@ column access, exp2 on either pipe, the two scan combines and the channel reduct
 Layout. Every tile is [T positions, BD channels] and every state block [NP states, BD channels], with one channel per
 thread (lanes and warps along the channel axis) and the whole position / state axis inside the thread. Then scans
 over positions and sums over states are in-thread register code, and only the backward's sums over channels (dB,
-dC) cross lanes. Triton picks layouts from the loads' address analysis, so the kernels steer it: channel-indexed
-addresses are built from runtime strides that are never specialized (`do_not_specialize`, so no stride is known to
-be 1 and nothing is vectorised across channels) and `chan_offsets` marks the channel axis as the contiguous one
-(`tl.max_contiguous`), which makes the coalescing pass put consecutive threads on consecutive channels. Alignment
-stays unknown, so the hint changes the thread order only, never the width of an access. The result, on Triton 3.6
-and 3.9 for sm_90, is a single `blocked<sizePerThread [1, 1], threadsPerWarp [1, 32], warpsPerCTA [1, W]>` for
-every tile (tests/kernels/test_scan_v2_layout.py checks the compiled kernels).
+dC) cross lanes. Triton picks layouts from the loads' address analysis, so the kernels steer it (`chan_offsets`):
+either a tensor's rows are 16-byte vectors the analysis can see (T positions of a 2-byte dtype, contiguous and
+aligned), which gives sizePerThread [T, 1], or its channel stride is hidden behind a runtime value and the channel
+axis marked contiguous (`tl.max_contiguous`; alignment stays unknown, so the hint changes the thread order only,
+never the width of an access), which gives sizePerThread [1, 1] with the T rows as register repetitions. Both are
+the same register/lane/warp map: `blocked<threadsPerWarp [1, 32], warpsPerCTA [1, W]>` with channel c on lane
+c % 32, on Triton 3.6 and 3.9 for sm_90 (tests/kernels/test_scan_v2_layout.py checks the compiled kernels).
 
 Per-row access of an in-thread axis (`get_row`, `put_row`) is a select with a compile-time predicate per register:
 after lowering it costs one add (get) or nothing (put), not a pass over the block.
@@ -37,10 +37,20 @@ _P5 = tl.constexpr(0.0013264623727193454)
 
 
 @triton.jit
-def chan_offsets(o_d, s_d, BD: tl.constexpr):
-    """int64 offsets of a program's channels in a tensor with channel stride s_d, marked contiguous (see the module
-    docstring). Computed once per kernel: a tile's addresses are then one add of a row offset each."""
-    return tl.max_contiguous(o_d * s_d, BD)
+def chan_offsets(o_d, s_d, s_one, BD: tl.constexpr, VEC: tl.constexpr):
+    """int64 offsets of a program's channels in a tensor with channel stride s_d (computed once per kernel: a tile's
+    addresses are then one add of a row offset each).
+
+    VEC (the launcher's `vec_rows`: positions contiguous, rows 16-byte aligned, T·itemsize = 16): the address
+    analysis sees each thread's T positions as one 16-byte vector, and the coalescing pass gives exactly the tile
+    layout of the module docstring with sizePerThread [T, 1]: one vector load per row. Otherwise (channels-last
+    views, unaligned rows) s_d is hidden behind s_one - 1 (a runtime 0) and the channel axis marked contiguous,
+    so threads go along channels and each position is one scalar load, coalesced across the warp when s_d = 1.
+    """
+    if VEC:
+        return o_d * s_d
+    else:
+        return tl.max_contiguous(o_d * (s_d + s_one - 1), BD)
 
 
 @triton.jit
