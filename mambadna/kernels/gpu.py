@@ -8,7 +8,7 @@ from mambadna.kernels.scan_triton import selective_scan_triton_v1
 from mambadna.kernels.scan_v2 import selective_scan_triton_v2
 
 V1_KEYS = {"chunk_size", "num_warps", "stages"}
-V2_KEYS = {"tile", "ckpt_tiles", "chunk", "fwd_warps", "bwd_warps", "sm_warps"}
+V2_KEYS = {"tile", "ckpt_tiles", "chunk", "fwd_warps", "bwd_warps", "sm_warps", "fma_exps"}
 
 
 def pick_version(u, A, B, C) -> int:

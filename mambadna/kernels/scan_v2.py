@@ -77,10 +77,11 @@ class Plan(NamedTuple):
     unroll: bool  # whether the forward unrolls its loop over states
     fwd_warps: int
     bwd_warps: int  # BD / (32·bwd_warps) channels per thread in the backward
+    fma_exps: int  # states whose exp2 runs on the FMA pipe (tiles.exp2_fma) instead of the MUFU
 
 
 def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, ckpt_tiles=None, chunk=None,
-         unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None) -> Plan:
+         unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None) -> Plan:
     """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
 
     A sequence is cut into chunks only when b · d/BD programs fill fewer than FULL_WARPS_PER_SM warps per SM, and
@@ -106,7 +107,7 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
         CL = triton.cdiv(n_steps, nc) * step
     else:
         CL = triton.cdiv(chunk, step) * step
-    return Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw)
+    return Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0)
 
 
 def _stage_bc(B: torch.Tensor, C: torch.Tensor, b: int, g: int, n: int, l: int, T: int) -> torch.Tensor:
@@ -151,7 +152,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
     hlast = alloc((b, NP, d), torch.float32, dev)
     y = alloc_like(u)
     dummy = A2
-    flags = dict(N=n, NP=NP, T=T, BD=BD, M=M, NFMA=0, UNROLL_N=unroll, HAS_BIAS=bias is not None,
+    flags = dict(N=n, NP=NP, T=T, BD=BD, M=M, NFMA=cfg.fma_exps, UNROLL_N=unroll, HAS_BIAS=bias is not None,
                  SOFTPLUS=softplus, HAS_D=Df is not None, HAS_Z=z is not None, num_warps=cfg.fwd_warps,
                  num_stages=1)
     st = (*_common(u, delta, z, BC), *_strides(y))
@@ -200,7 +201,7 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
     dummy = A2
     warps = cfg.bwd_warps
     asm = BD % (32 * warps) == 0  # the butterfly needs whole warps of channels (emulated in the interpreter)
-    flags = dict(N=n, NP=NP, T=T, BD=BD, NFMA=0, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+    flags = dict(N=n, NP=NP, T=T, BD=BD, NFMA=cfg.fma_exps, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
                  HAS_Z=z is not None, num_warps=warps, num_stages=1)
     st = (*_common(u, delta, z, BC)[:9], *_strides(dy), BC.stride(0), BC.stride(1))
     grid = (nblk, nc, b)

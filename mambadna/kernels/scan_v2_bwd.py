@@ -247,16 +247,16 @@ def _bwd_states(b_dt, b_du, b_dyp, b_y, b_gB, b_gA, p_A2, p_bc, p_h0, p_p, p_dAs
         b_C = tl.load(p_bc + (N + i_n) * T + o_t)
         o_s = i_n * BD + o_dl * s_one  # this state's row of a scratch slot
         b_x = b_du * b_B[:, None]
-        b_xf = tl.where(o_t[:, None] == 0, b_x + b_a * tl.load(p_h0 + o_s)[None, :], b_x)
+        b_xf = tl.where(o_t[:, None] == 0, tl.fma(b_a, tl.load(p_h0 + o_s)[None, :], b_x), b_x)
         _, b_hs = tl.associative_scan((b_a, b_xf), axis=0, combine_fn=combine_fwd)
-        b_y += b_hs * b_C[:, None]
+        b_y = tl.fma(b_hs, b_C[:, None], b_y)
         b_c = b_dyp * b_C[:, None]
         b_c = tl.where(o_t[:, None] == T - 1, b_c + tl.load(p_p + o_s)[None, :], b_c)
         b_g = reverse_adjoint(b_a, b_c)
         tl.store(p_p + o_s, get_row(b_a * b_g, o_t, 0))
-        b_gB += b_g * b_B[:, None]
+        b_gB = tl.fma(b_g, b_B[:, None], b_gB)
         b_r = b_g * (b_hs - b_x)  # g_t·a_t·h_{t-1} as g_t·(h_t − Δ_t u_t B_t): no division
-        b_gA += b_r * (b_a2 * LN2)[None, :]
+        b_gA = tl.fma(b_r, (b_a2 * LN2)[None, :], b_gA)
         tl.store(p_dAs + o_s, tl.load(p_dAs + o_s) + tl.sum(b_r * b_dt, axis=0))
         if REDUCE_ASM:
             o_w = i_n * BD + tl.arange(0, BD // CPT) * s_one  # the lane-distributed warp sums of this state

@@ -52,10 +52,10 @@ def fwd_tile(b_h, b_dt, b_du, b_y, p_A2, p_bc, o_n, o_t, o_d, D_, s_one,
         b_a2 = tl.load(p_A2 + i_n * D_ + o_d * s_one)  # [BD]; reloaded per state: fewer live registers
         b_a = exp2_on(b_dt * b_a2[None, :], i_n >= N - NFMA)
         b_x = b_du * tl.load(p_bc + i_n * T + o_t)[:, None]  # [T], the same for every thread
-        b_x = tl.where(o_t[:, None] == 0, b_x + b_a * get_row(b_h, o_n, i_n)[None, :], b_x)
+        b_x = tl.where(o_t[:, None] == 0, tl.fma(b_a, get_row(b_h, o_n, i_n)[None, :], b_x), b_x)
         _, b_hs = tl.associative_scan((b_a, b_x), axis=0, combine_fn=combine_fwd)
         if WITH_Y:
-            b_y += b_hs * tl.load(p_bc + (N + i_n) * T + o_t)[:, None]
+            b_y = tl.fma(b_hs, tl.load(p_bc + (N + i_n) * T + o_t)[:, None], b_y)
         b_h = put_row(b_h, o_n, i_n, get_row(b_hs, o_t, T - 1))
     return b_h, b_y
 
@@ -67,10 +67,10 @@ def _fwd_states(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_, 
         b_a2 = tl.load(p_A2 + i_n * D_ + o_d * s_one)
         b_a = exp2_on(b_dt * b_a2[None, :], FMA)
         b_x = b_du * tl.load(p_bc + i_n * T + o_t)[:, None]
-        b_x = tl.where(o_t[:, None] == 0, b_x + b_a * tl.load(p_hin + i_n * BD + o_dl * s_one)[None, :], b_x)
+        b_x = tl.where(o_t[:, None] == 0, tl.fma(b_a, tl.load(p_hin + i_n * BD + o_dl * s_one)[None, :], b_x), b_x)
         _, b_hs = tl.associative_scan((b_a, b_x), axis=0, combine_fn=combine_fwd)
         if WITH_Y:
-            b_y += b_hs * tl.load(p_bc + (N + i_n) * T + o_t)[:, None]
+            b_y = tl.fma(b_hs, tl.load(p_bc + (N + i_n) * T + o_t)[:, None], b_y)
         tl.store(p_hout + i_n * BD + o_dl * s_one, get_row(b_hs, o_t, T - 1))
     return b_y
 

@@ -130,14 +130,14 @@ def sigmoid(x):
 def combine_fwd(a1, b1, a2, b2):
     # x -> a1·x + b1 (earlier) followed by x -> a2·x + b2 (later). With the start state folded into the first
     # element, only the second component is used and the product chain is dead code after lowering.
-    return a1 * a2, a2 * b1 + b2
+    return a1 * a2, tl.fma(a2, b1, b2)
 
 
 @triton.jit
 def combine_rev(f1, p1, g1, f2, p2, g2):
     """Adjoint g_t = c_t + a_{t+1} g_{t+1} without a shifted a: a segment is (f = its first a, p = product of its
     other a's, g = its adjoint from a zero right boundary); (f1, p1, g1) is the segment later in time."""
-    return f2, p2 * f1 * p1, g2 + p2 * f1 * g1
+    return f2, p2 * f1 * p1, tl.fma(p2 * f1, g1, g2)
 
 
 @triton.jit
