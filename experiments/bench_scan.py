@@ -30,13 +30,15 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from mambadna.kernels.gpu import selective_scan_triton  # noqa: E402
+from mambadna.kernels.gpu import pick_version, selective_scan_triton  # noqa: E402
 
 SHAPES = [(1, 512, 2**20, 16), (8, 512, 2**17, 16), (8, 1536, 4096, 16), (32, 2048, 2048, 16)]
 CHANNELS_LAST = {(1, 512, 2**20, 16), (8, 1536, 4096, 16)}  # also timed with the model's (b, l, d) views
 # v2 launch shapes tried besides the default plan (keywords of scan_v2.plan); the JSON keeps every one
 V2_CONFIGS = [dict(), dict(sm_warps=8), dict(unroll=False), dict(block_d=64), dict(fma_exps=3)]
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "bench_scan.json")
+# shapes of (u, A, B, C) the dispatcher's choice is read from (it depends on n and d, which all SHAPES share)
+DUMMY = (torch.empty(1, 512, 1), torch.empty(512, 16), torch.empty(1, 16, 1), torch.empty(1, 16, 1))
 
 
 @triton.jit
@@ -131,9 +133,12 @@ def sdpa_ms(batch, l, heads, rep):
 def variants(mamba):
     """(name, callable) of everything timed per shape; the first is what the dispatcher runs by default."""
     out = [("ours", lambda *a, **k: selective_scan_triton(*a, **k))]
+    if pick_version(*DUMMY) != 2:  # the dispatcher runs v1: time v2's default plan as well
+        out.append(("v2", lambda *a, **k: selective_scan_triton(*a, version=2, **k)))
     out += [(f"v2 {json.dumps(c)}", (lambda c: lambda *a, **k: selective_scan_triton(*a, version=2, **c, **k))(c))
             for c in V2_CONFIGS[1:]]
-    out.append(("v1", lambda *a, **k: selective_scan_triton(*a, version=1, **k)))
+    if pick_version(*DUMMY) != 1:
+        out.append(("v1", lambda *a, **k: selective_scan_triton(*a, version=1, **k)))
     if mamba is not None:
         out.append(("mamba_ssm", mamba))
     return out

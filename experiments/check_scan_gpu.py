@@ -26,7 +26,7 @@ if "--cpu-smoke" in sys.argv:  # the interpreter must be chosen before triton is
 import torch  # noqa: E402
 
 from mambadna.kernels import buffers  # noqa: E402
-from mambadna.kernels.gpu import pick_version, selective_scan_triton  # noqa: E402
+from mambadna.kernels.gpu import selective_scan_triton, v2_applies  # noqa: E402
 from mambadna.kernels.scan_chunked import selective_scan_chunked  # noqa: E402
 
 # ‖x − ref‖ / ‖ref‖ allowed per input dtype (states and accumulation are fp32 in every case).
@@ -73,7 +73,7 @@ def check(version, b, d, l, n, groups, dtype, layout="bdl", seed=0, device="cuda
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     gy = torch.randn(b, d, l, device=device, generator=gen)
     gh = torch.randn(b, d, n, device=device, generator=gen)
-    used = version if version == 1 or force else pick_version(xs[0], xs[2], xs[3], xs[4])
+    used = 2 if version == 2 and (force or v2_applies(xs[0], xs[2], xs[3], xs[4])) else 1
     got = run(selective_scan_triton, xs, gy, gh, version=used)
     ref_in = [x.detach().double().requires_grad_() for x in xs]
     ref = run(selective_scan_chunked, ref_in, gy.double(), gh.double())

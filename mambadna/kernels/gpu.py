@@ -11,12 +11,22 @@ V1_KEYS = {"chunk_size", "num_warps", "stages"}
 V2_KEYS = {"tile", "ckpt_tiles", "chunk", "fwd_warps", "bwd_warps", "sm_warps", "fma_exps"}
 
 
-def pick_version(u, A, B, C) -> int:
-    """The kernel the dispatcher uses: v2 (scan_v2.py) where it applies (n ≤ 16, channel blocks of whole warps
-    inside one B/C group), else v1. experiments/BENCHMARKS.md has the measurements behind the rule."""
+# Whether the dispatcher may pick v2 at all. Off: in the one same-run measurement on an H200 (2026-12-01,
+# experiments/results/bench_scan.json) v2 was slower than v1 at every benchmark shape, so v1 stays the default until
+# v2 wins on every shape (issue 13); `version=2` runs v2 anywhere `v2_applies`.
+PREFER_V2 = False
+
+
+def v2_applies(u, A, B, C) -> bool:
+    """v2 takes n <= 16 (its states live in registers) and channel blocks of whole warps inside one B/C group."""
     g = max(B.shape[1] if B.dim() == 4 else 1, C.shape[1] if C.dim() == 4 else 1)
-    ok = A.shape[1] <= scan_v2.MAX_STATES and (u.shape[1] // g) % 32 == 0
-    return 2 if ok else 1
+    return A.shape[1] <= scan_v2.MAX_STATES and (u.shape[1] // g) % 32 == 0
+
+
+def pick_version(u, A, B, C) -> int:
+    """The kernel the dispatcher uses: v2 where it applies and PREFER_V2 is set, else v1 (experiments/BENCHMARKS.md
+    has the measurements behind the choice)."""
+    return 2 if PREFER_V2 and v2_applies(u, A, B, C) else 1
 
 
 def selective_scan_triton(
