@@ -246,7 +246,9 @@ def profile(fn, xs, dy):
     from torch.profiler import profile as tprofile
 
     u, delta, A, B, C, D, z, bias = xs
-    step = lambda: torch.autograd.grad(fn(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True), xs, dy)  # noqa: E731
+    def step():
+        return torch.autograd.grad(fn(u, delta, A, B, C, D, z, delta_bias=bias, delta_softplus=True), xs, dy)
+
     step()
     torch.cuda.synchronize()
     with tprofile(activities=[ProfilerActivity.CUDA]) as prof:

@@ -1,8 +1,9 @@
 """Selective-scan backends behind one entry point, ``selective_scan``.
 
 Backends: "ref" (sequential definition), "chunked" (exact two-level PyTorch scan, the CPU default) and
-"triton" (GPU kernels; gpu.py picks v1, scan_triton.py, or v2, scan_v2.py). Triton is imported lazily so that ``import mambadna`` never fails on machines where
-Triton or the kernel module is missing or broken; auto-selection then falls back to "chunked".
+"triton" (GPU kernels; gpu.py picks v1, scan_triton.py, or v2, scan_v2.py). Triton is imported lazily so that
+``import mambadna`` never fails on machines where Triton or the kernel module is missing or broken;
+auto-selection then falls back to "chunked".
 """
 
 from __future__ import annotations

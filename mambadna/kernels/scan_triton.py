@@ -380,7 +380,9 @@ def backward(dy, dh_last, saved, softplus, cfg, B_shape, C_shape, has_h0):
     nc = dsum.shape[1]
     dev = u.device
     dy = dy.contiguous()
-    dh_last = (dh_last if dh_last is not None else torch.zeros(b, d, n, device=dev)).float().transpose(1, 2).contiguous()
+    if dh_last is None:
+        dh_last = torch.zeros(b, d, n, device=dev)
+    dh_last = dh_last.float().transpose(1, 2).contiguous()
     dummy = u
     grid = (nc, d // BD, b)
     G = _alloc((b, nc + 1, n, d), torch.float32, dev)  # B1 writes adjoint summaries here, B2 the carried adjoint

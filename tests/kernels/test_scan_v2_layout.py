@@ -33,7 +33,8 @@ SCRIPT = textwrap.dedent(r'''
     def build(kern, cx, warps):
         sig, attrs = {}, {}
         for i, nm in enumerate(kern.arg_names):
-            sig[nm] = "constexpr" if nm in cx else ("*bf16" if nm in BF16 else "*fp32") if nm.startswith("p_") else "i32"
+            ptr = "*bf16" if nm in BF16 else "*fp32"
+            sig[nm] = "constexpr" if nm in cx else ptr if nm.startswith("p_") else "i32"
             if sig[nm] != "constexpr" and (nm.startswith("p_") or nm in DIV16):
                 attrs[(i,)] = [["tt.divisibility", 16]]
         src = triton.compiler.ASTSource(fn=kern, signature=sig, constexprs=cx, attrs=attrs)
