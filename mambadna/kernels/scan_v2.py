@@ -15,9 +15,10 @@ chunk of positions in tiles of T (kernels in scan_v2_fwd.py / scan_v2_bwd.py, la
 Chunks exist only to give the GPU enough programs: b·d/BD programs of BD channels each are enough at large batch
 (one chunk: one pass of exps in the forward), batch 1 needs the sequence cut. Inputs are read in whatever strides
 they come: u, Δ, z (and dy) as (b, d, l) views of (b, l, d) storage are read without a copy, and the outputs (y, du,
-dΔ, dz) take the layout of the input they belong to. B and C are staged once per call as fp32 (b, g, n, l): n/d of
-u's size, it turns the per-state loads into 16-byte broadcast loads and removes every bf16 conversion from the
-inner loop. Saved for the backward: the inputs, the staged B/C and fp32 states every M·T positions
+dΔ, dz) take the layout of the input they belong to. B and C are the exception: they are staged once per call as
+one fp32 (b, g, tiles, 2, n, T) buffer (`_stage_bc`; 2n/d of u's elements, 6% at d 512): a tile's B and C rows are
+then 16-byte broadcast loads at fixed offsets, with no bf16 conversion in the inner loop, where reading them in
+place from (b, l, n) storage costs a scalar load per (position, state). Saved for the backward: the inputs, the staged B/C and fp32 states every M·T positions
 (4·n/(M·T) bytes per (b, d, l) element: 1 byte at n 16, T 8, M 8).
 """
 
