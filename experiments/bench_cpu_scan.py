@@ -1,6 +1,7 @@
 """Forward + backward time of the chunked selective scan against the sequential definition on this CPU.
 
 Run: python experiments/bench_cpu_scan.py [--threads 2 1] [--repeats 5] [--length 4096]
+     python experiments/bench_cpu_scan.py --cpu-smoke --out /tmp/x.txt    # tiny sizes, seconds (CI)
 Prints a table (one pair of rows per thread count) and writes it to experiments/results/bench_cpu_scan.txt.
 Each timing is the best of --repeats runs (the minimum is the least disturbed by other processes sharing
 the CPU); the sequential scan is slow, so it gets --ref-repeats runs. The 1-minute load average is printed
@@ -64,7 +65,13 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=4096)
     parser.add_argument("--d-state", type=int, default=16)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes, one repeat: checks the script runs")
     args = parser.parse_args()
+    if args.cpu_smoke:
+        args.threads, args.repeats, args.ref_repeats = [1], 1, 1
+        args.batch, args.d, args.length, args.d_state = 1, 4, 64, 4
+        if args.out == RESULTS:
+            raise SystemExit("--cpu-smoke would overwrite the committed results: give --out")
     b, d, l, n = args.batch, args.d, args.length, args.d_state
     inputs = make_inputs(b, d, l, n)
     lines = [

@@ -1,67 +1,84 @@
-"""Per-kernel time, registers and spills of the Triton scan for several launch shapes (a tuning aid, GPU only).
+"""Per-kernel device time of the Triton scans over one fwd+bwd, with each kernel's registers and spills.
 
-    python experiments/profile_scan.py
+    python experiments/profile_scan.py [--version 2] [--shape 1 512 1048576 16] [--out log.json]   # a GPU
+    python experiments/profile_scan.py --cpu-smoke        # tiny shape, Triton's interpreter: times are wall clock
 
-Times come from torch.profiler's CUDA activity over a few fwd+bwd calls; registers and spills from the compiled
-kernels. Results went into experiments/BENCHMARKS.md's notes on how the launch shape was chosen.
+Times come from torch.profiler's CUDA activity (mean of 3 fwd+bwd); registers and spills from the compiled
+kernels that the launches produced (Triton's per-device kernel cache). A tuning aid: BENCHMARKS.md's notes on what
+bounds each kernel cite its output.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
+import json
+import os
+import sys
+import time
 
-import torch
-from torch.profiler import ProfilerActivity, profile
+if "--cpu-smoke" in sys.argv:  # the interpreter must be chosen before triton is imported
+    os.environ["TRITON_INTERPRET"] = "1"
 
-from mambadna.kernels import scan_triton
-from mambadna.kernels.scan_triton import selective_scan_triton
+import torch  # noqa: E402
 
-KERNELS = ("_fwd_chunk_summary", "_carry_scan", "_fwd_chunk_scan", "_bwd_chunk_summary", "_bwd_chunk_scan")
-CONFIGS = [(32, 32, 2, None, None), (32, 32, 2, None, 2), (32, 32, 2, 2, None), (32, 32, 2, None, 4),
-           (64, 32, 4, None, 2), (32, 64, 4, None, 2), (64, 32, 2, None, None)]
-SHAPES = [(1, 512, 2**20, 16), (8, 1536, 4096, 16)]
-stats: dict[str, tuple[int, int]] = {}
+from mambadna.kernels import scan_triton, scan_v2_bwd, scan_v2_fwd  # noqa: E402
+from mambadna.kernels.gpu import selective_scan_triton  # noqa: E402
 
-
-def _record(name, jit_fn):
-    run = jit_fn.run
-
-    def wrapped(*args, **kwargs):
-        k = run(*args, **kwargs)
-        if k is not None and hasattr(k, "n_regs"):
-            stats[name] = (k.n_regs, k.n_spills)
-        return k
-
-    jit_fn.run = wrapped
+KERNELS = {1: {"_fwd_chunk_summary": scan_triton, "_carry_scan": scan_triton, "_fwd_chunk_scan": scan_triton,
+               "_bwd_chunk_summary": scan_triton, "_bwd_chunk_scan": scan_triton},
+           2: {"_fwd_scan": scan_v2_fwd, "_carry": scan_v2_fwd, "_bwd_summary": scan_v2_bwd,
+               "_bwd_scan": scan_v2_bwd}}
 
 
-for _name in KERNELS:
-    _record(_name, getattr(scan_triton, _name))
+def inputs(b, d, l, n, device):
+    mk = lambda *s: torch.randn(*s, device=device).to(torch.bfloat16).requires_grad_()  # noqa: E731
+    u, delta, z, B, C = mk(b, d, l), mk(b, d, l), mk(b, d, l), mk(b, n, l), mk(b, n, l)
+    A = (-torch.exp(torch.randn(d, n, device=device) * 0.5)).requires_grad_()
+    D, bias = torch.randn(d, device=device).requires_grad_(), torch.randn(d, device=device).requires_grad_()
+    return (u, delta, A, B, C, D, z, bias), torch.randn(b, d, l, device=device).to(torch.bfloat16)
 
 
-def inputs(b, d, l, n):
-    bf = torch.bfloat16
-    mk = lambda *s: torch.randn(*s, device="cuda").to(bf).requires_grad_()  # noqa: E731
-    u, delta, z = mk(b, d, l), mk(b, d, l), mk(b, d, l)
-    B, C = mk(b, n, l), mk(b, n, l)
-    A = (-torch.exp(torch.randn(d, n, device="cuda") * 0.5)).requires_grad_()
-    D = torch.randn(d, device="cuda").requires_grad_()
-    bias = torch.randn(d, device="cuda").requires_grad_()
-    return (u, delta, A, B, C, D, z, bias), torch.randn(b, d, l, device="cuda").to(bf)
+def registers(version):
+    """{kernel: [(regs, spills), ...]} of every compiled specialization (GPU only)."""
+    out = {}
+    for name, mod in KERNELS[version].items():
+        fn = getattr(mod, name)
+        for cache in getattr(fn, "device_caches", {}).values():
+            for k in cache[0].values():
+                if hasattr(k, "n_regs"):
+                    out.setdefault(name, []).append((k.n_regs, k.n_spills))
+    return out
 
 
-for shape in SHAPES:
-    xs, dy = inputs(*shape)
-    for T, BD, W, S, U in CONFIGS:
-        def step():
-            y = selective_scan_triton(*xs[:7], delta_bias=xs[7], delta_softplus=True, chunk_size=T, block_d=BD,
-                                      num_warps=W, stages=S, unroll=U)
-            torch.autograd.grad(y, xs, dy)
-        try:
-            step()
-        except Exception as exc:
-            print(shape, (T, BD, W, S, U), "failed:", str(exc)[:300])
-            continue
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--version", type=int, default=2)
+    ap.add_argument("--shape", type=int, nargs=4, default=[1, 512, 2**20, 16])
+    ap.add_argument("--launch", default="{}", help="JSON launch keywords (scan_v2.plan or v1's)")
+    ap.add_argument("--out", help="also write the result here (JSON)")
+    ap.add_argument("--cpu-smoke", action="store_true", help="a tiny shape on the CPU (Triton's interpreter)")
+    args = ap.parse_args()
+    shape = [1, 4, 40, 4] if args.cpu_smoke else args.shape
+    device = "cpu" if args.cpu_smoke else "cuda"
+    launch = json.loads(args.launch)
+    if args.cpu_smoke and args.version == 1:
+        launch.setdefault("chunk_size", 16)
+    xs, dy = inputs(*shape, device)
+
+    def step():
+        y = selective_scan_triton(*xs[:7], delta_bias=xs[7], delta_softplus=True, version=args.version, **launch)
+        torch.autograd.grad(y, xs, dy)
+
+    step()  # compiles
+    result = dict(shape=shape, version=args.version, launch=launch)
+    if args.cpu_smoke:
+        t0 = time.perf_counter()
+        step()
+        result["wall_s"] = time.perf_counter() - t0
+    else:
+        from torch.profiler import ProfilerActivity, profile
+
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
@@ -69,11 +86,14 @@ for shape in SHAPES:
             torch.cuda.synchronize()
         times = collections.defaultdict(float)
         for ev in prof.key_averages():
-            for k in KERNELS:
-                if ev.key.startswith(k):
-                    times[k] += ev.device_time_total / 3 / 1e3
-            if not any(ev.key.startswith(k) for k in KERNELS):
-                times["other"] += ev.device_time_total / 3 / 1e3
-        row = "  ".join(f"{k.strip('_')} {times[k]:.2f}ms r{stats.get(k, ('?', '?'))[0]}/s{stats.get(k, ('?', '?'))[1]}"
-                        for k in KERNELS)
-        print(f"{shape} T{T} BD{BD} W{W} S{S} U{U}: {row}  other {times['other']:.2f}ms", flush=True)
+            key = next((k for k in KERNELS[args.version] if ev.key.startswith(k)), "other")
+            times[key] += ev.device_time_total / 3 / 1e3
+        result.update(device=torch.cuda.get_device_name(), kernels_ms=dict(times), registers=registers(args.version))
+    print(json.dumps(result))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,9 @@
 """Selective-scan backends behind one entry point, ``selective_scan``.
 
 Backends: "ref" (sequential definition), "chunked" (exact two-level PyTorch scan, the CPU default) and
-"triton" (GPU kernel). Triton is imported lazily so that ``import mambadna`` never fails on machines where
-Triton or the kernel module is missing or broken; auto-selection then falls back to "chunked".
+"triton" (GPU kernels; gpu.py picks v1, scan_triton.py, or v2, scan_v2.py). Triton is imported lazily so that
+``import mambadna`` never fails on machines where Triton or the kernel module is missing or broken;
+auto-selection then falls back to "chunked".
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _load_triton():
     if not _triton_tried:
         _triton_tried = True
         try:
-            from mambadna.kernels.scan_triton import selective_scan_triton
+            from mambadna.kernels.gpu import selective_scan_triton
         except Exception as exc:  # Triton raises more than ImportError when its driver or compiler is unusable
             _triton_error = f"{type(exc).__name__}: {exc}"
         else:

@@ -34,16 +34,14 @@ that 2^20 positions × 1536 channels × batch never overflow int32.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from mambadna.kernels.buffers import alloc as _alloc
+
 LOG2E = 1.4426950408889634
 
-# Tests set this to poison every output buffer with NaN, so an element a kernel forgot to write fails loudly.
-POISON_OUTPUTS = os.environ.get("MAMBADNA_POISON_OUTPUTS", "") == "1"
 
 
 @triton.jit
@@ -305,12 +303,6 @@ def _bwd_chunk_scan(
     tl.store(p_ddelta_base + p_row, b_ddt.to(p_ddelta_base.dtype.element_ty), mask=m)
 
 
-def _alloc(shape, dtype, device):
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _pick_blocks(
     d: int, dpg: int, chunk_size: int | None, block_d: int | None, num_warps: int | None = None,
     stages: int | None = None, unroll: int | None = None,
@@ -337,97 +329,117 @@ def _as_grouped(x: torch.Tensor) -> torch.Tensor:
     return (x if x.dim() == 4 else x.unsqueeze(1)).contiguous()  # (b, g, n, l), contiguous along l
 
 
+def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, launch):
+    """Launch F1-F3. Returns y, the final state (b, d, n) and what the backward needs."""
+    b, d, l = u.shape
+    n = A.shape[1]
+    u, delta = u.contiguous(), delta.contiguous()
+    z = z.contiguous() if z is not None else None
+    B4, C4 = _as_grouped(B), _as_grouped(C)
+    g = max(B4.shape[1], C4.shape[1])
+    B4, C4 = B4.expand(b, g, n, l), C4.expand(b, g, n, l)  # a shared one may meet a grouped one
+    A2 = (A.float() * LOG2E).t().contiguous()  # (n, d): one state's channels are contiguous
+    Df = D.float().contiguous() if D is not None else None
+    bias = delta_bias.float().contiguous() if delta_bias is not None else None
+    h0 = initial_state.float().transpose(1, 2).contiguous() if initial_state is not None else None  # (b, n, d)
+    cfg = _pick_blocks(d, d // g, *launch)
+    T, BD, warps, stages, unroll = cfg
+    nc = triton.cdiv(l, T)
+    dev = u.device
+    dsum = _alloc((b, nc, d), torch.float32, dev)
+    H = _alloc((b, nc + 1, n, d), torch.float32, dev)  # F1 writes chunk summaries here, F2 turns them into H
+    y = _alloc((b, d, l), u.dtype, dev)
+    grid = (nc, d // BD, b)
+    dummy = u  # stands in for absent optional tensors; the constexpr flags keep it from being read
+    _fwd_chunk_summary[grid](
+        u, delta, bias if bias is not None else dummy, A2, B4, H, dsum,
+        l, nc, n, d // g,
+        u.stride(0), u.stride(1), B4.stride(0), B4.stride(1), B4.stride(2),
+        HAS_BIAS=bias is not None, SOFTPLUS=softplus, BLOCK_D=BD, T=T, num_warps=warps,
+    )
+    _launch_carry(A2, dsum, H, h0, b, d, n, nc, reverse=False)
+    _fwd_chunk_scan[grid](
+        u, delta, bias if bias is not None else dummy, A2, B4, C4, Df if Df is not None else dummy,
+        z if z is not None else dummy, H, y,
+        l, nc, n, d // g,
+        u.stride(0), u.stride(1), B4.stride(0), B4.stride(1), B4.stride(2),
+        C4.stride(0), C4.stride(1), C4.stride(2),
+        HAS_BIAS=bias is not None, SOFTPLUS=softplus, HAS_D=Df is not None, HAS_Z=z is not None,
+        BLOCK_D=BD, T=T, STAGES=stages, UNROLL=unroll, num_warps=warps,
+    )
+    saved = (u, delta, A2, B4, C4, Df, z, bias, dsum, H)
+    return y, H[:, nc].transpose(1, 2).contiguous(), saved, cfg
+
+
+def backward(dy, dh_last, saved, softplus, cfg, B_shape, C_shape, has_h0):
+    """Launch B1-B3. Returns du, ddelta, dA (d, n) fp32, dB, dC, dD, dz, ddelta_bias (fp32 where reduced), dh0."""
+    u, delta, A2, B4, C4, Df, z, bias, dsum, H = saved
+    T, BD, warps, stages, unroll = cfg
+    b, d, l = u.shape
+    g, n = B4.shape[1], B4.shape[2]
+    nc = dsum.shape[1]
+    dev = u.device
+    dy = dy.contiguous()
+    if dh_last is None:
+        dh_last = torch.zeros(b, d, n, device=dev)
+    dh_last = dh_last.float().transpose(1, 2).contiguous()
+    dummy = u
+    grid = (nc, d // BD, b)
+    G = _alloc((b, nc + 1, n, d), torch.float32, dev)  # B1 writes adjoint summaries here, B2 the carried adjoint
+    _bwd_chunk_summary[grid](
+        delta, bias if bias is not None else dummy, A2, C4, z if z is not None else dummy, dy, G,
+        l, nc, n, d // g,
+        u.stride(0), u.stride(1), C4.stride(0), C4.stride(1), C4.stride(2),
+        HAS_BIAS=bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None, BLOCK_D=BD, T=T, num_warps=warps,
+    )
+    _launch_carry(A2, dsum, G, dh_last, b, d, n, nc, reverse=True)
+    du = _alloc(u.shape, u.dtype, dev)
+    ddelta = _alloc(delta.shape, delta.dtype, dev)
+    dz = _alloc(z.shape, z.dtype, dev) if z is not None else None
+    nblk = d // BD
+    dB_part = _alloc((b, nblk, n, l), torch.float32, dev)
+    dC_part = _alloc((b, nblk, n, l), torch.float32, dev)
+    dA_part = _alloc((b, nc, n, d), torch.float32, dev)
+    dD_part = _alloc((b, nc, d), torch.float32, dev) if Df is not None else None
+    dbias_part = _alloc((b, nc, d), torch.float32, dev) if bias is not None else None
+    _bwd_chunk_scan[grid](
+        u, delta, bias if bias is not None else dummy, A2, B4, C4, Df if Df is not None else dummy,
+        z if z is not None else dummy, H, G, dy,
+        du, ddelta, dz if dz is not None else dummy, dB_part, dC_part, dA_part,
+        dD_part if dD_part is not None else dummy, dbias_part if dbias_part is not None else dummy,
+        l, nc, n, d // g,
+        u.stride(0), u.stride(1), B4.stride(0), B4.stride(1), B4.stride(2),
+        C4.stride(0), C4.stride(1), C4.stride(2),
+        HAS_BIAS=bias is not None, SOFTPLUS=softplus, HAS_D=Df is not None, HAS_Z=z is not None,
+        BLOCK_D=BD, T=T, STAGES=None, UNROLL=unroll, num_warps=warps,
+    )
+    # channel blocks never straddle groups (BLOCK_D divides d / g), so block i belongs to group i // (nblk / g)
+    dB = _ungroup(dB_part.view(b, g, nblk // g, n, l).sum(2), B_shape)
+    del dB_part
+    dC = _ungroup(dC_part.view(b, g, nblk // g, n, l).sum(2), C_shape)
+    dA = dA_part.sum((0, 1)).t()
+    dD = dD_part.sum((0, 1)) if dD_part is not None else None
+    dbias = dbias_part.sum((0, 1)) if dbias_part is not None else None
+    dh0 = G[:, 0].transpose(1, 2).contiguous() if has_h0 else None
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0
+
+
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, launch):
-        b, d, l = u.shape
-        n = A.shape[1]
-        u, delta = u.contiguous(), delta.contiguous()
-        z = z.contiguous() if z is not None else None
-        B4, C4 = _as_grouped(B), _as_grouped(C)
-        g = max(B4.shape[1], C4.shape[1])
-        B4, C4 = B4.expand(b, g, n, l), C4.expand(b, g, n, l)  # a shared one may meet a grouped one
-        A2 = (A.float() * LOG2E).t().contiguous()  # (n, d): one state's channels are contiguous
-        Df = D.float().contiguous() if D is not None else None
-        bias = delta_bias.float().contiguous() if delta_bias is not None else None
-        h0 = initial_state.float().transpose(1, 2).contiguous() if initial_state is not None else None  # (b, n, d)
-        T, BD, warps, stages, unroll = _pick_blocks(d, d // g, *launch)
-        nc = triton.cdiv(l, T)
-        dev = u.device
-        dsum = _alloc((b, nc, d), torch.float32, dev)
-        H = _alloc((b, nc + 1, n, d), torch.float32, dev)  # F1 writes chunk summaries here, F2 turns them into H
-        y = _alloc((b, d, l), u.dtype, dev)
-        grid = (nc, d // BD, b)
-        dummy = u  # stands in for absent optional tensors; the constexpr flags keep it from being read
-        _fwd_chunk_summary[grid](
-            u, delta, bias if bias is not None else dummy, A2, B4, H, dsum,
-            l, nc, n, d // g,
-            u.stride(0), u.stride(1), B4.stride(0), B4.stride(1), B4.stride(2),
-            HAS_BIAS=bias is not None, SOFTPLUS=softplus, BLOCK_D=BD, T=T, num_warps=warps,
-        )
-        _launch_carry(A2, dsum, H, h0, b, d, n, nc, reverse=False)
-        _fwd_chunk_scan[grid](
-            u, delta, bias if bias is not None else dummy, A2, B4, C4, Df if Df is not None else dummy,
-            z if z is not None else dummy, H, y,
-            l, nc, n, d // g,
-            u.stride(0), u.stride(1), B4.stride(0), B4.stride(1), B4.stride(2),
-            C4.stride(0), C4.stride(1), C4.stride(2),
-            HAS_BIAS=bias is not None, SOFTPLUS=softplus, HAS_D=Df is not None, HAS_Z=z is not None,
-            BLOCK_D=BD, T=T, STAGES=stages, UNROLL=unroll, num_warps=warps,
-        )
-        ctx.save_for_backward(u, delta, A, A2, B4, C4, D, Df, z, delta_bias, bias, dsum, H)
-        ctx.cfg = (softplus, T, BD, warps, stages, unroll, B.shape, C.shape, initial_state is not None)
-        return y, H[:, nc].transpose(1, 2).contiguous()
+        y, h_last, saved, cfg = forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, launch)
+        ctx.save_for_backward(*saved, A, D, delta_bias)
+        ctx.cfg = (softplus, cfg, B.shape, C.shape, B.dtype, C.dtype, initial_state is not None)
+        return y, h_last
 
     @staticmethod
     def backward(ctx, dy, dh_last):
-        u, delta, A, A2, B4, C4, D, Df, z, delta_bias, bias, dsum, H = ctx.saved_tensors
-        softplus, T, BD, warps, stages, unroll, B_shape, C_shape, has_h0 = ctx.cfg
-        b, d, l = u.shape
-        g, n = B4.shape[1], B4.shape[2]
-        nc = dsum.shape[1]
-        dev = u.device
-        dy = dy.contiguous()
-        dh_last = (dh_last if dh_last is not None else torch.zeros(b, d, n, device=dev)).float().transpose(1, 2).contiguous()
-        dummy = u
-        grid = (nc, d // BD, b)
-        G = _alloc((b, nc + 1, n, d), torch.float32, dev)  # B1 writes adjoint summaries here, B2 the carried adjoint
-        _bwd_chunk_summary[grid](
-            delta, bias if bias is not None else dummy, A2, C4, z if z is not None else dummy, dy, G,
-            l, nc, n, d // g,
-            u.stride(0), u.stride(1), C4.stride(0), C4.stride(1), C4.stride(2),
-            HAS_BIAS=bias is not None, SOFTPLUS=softplus, HAS_Z=z is not None, BLOCK_D=BD, T=T, num_warps=warps,
-        )
-        _launch_carry(A2, dsum, G, dh_last, b, d, n, nc, reverse=True)
-        du = _alloc(u.shape, u.dtype, dev)
-        ddelta = _alloc(delta.shape, delta.dtype, dev)
-        dz = _alloc(z.shape, z.dtype, dev) if z is not None else None
-        nblk = d // BD
-        dB_part = _alloc((b, nblk, n, l), torch.float32, dev)
-        dC_part = _alloc((b, nblk, n, l), torch.float32, dev)
-        dA_part = _alloc((b, nc, n, d), torch.float32, dev)
-        dD_part = _alloc((b, nc, d), torch.float32, dev) if Df is not None else None
-        dbias_part = _alloc((b, nc, d), torch.float32, dev) if bias is not None else None
-        _bwd_chunk_scan[grid](
-            u, delta, bias if bias is not None else dummy, A2, B4, C4, Df if Df is not None else dummy,
-            z if z is not None else dummy, H, G, dy,
-            du, ddelta, dz if dz is not None else dummy, dB_part, dC_part, dA_part,
-            dD_part if dD_part is not None else dummy, dbias_part if dbias_part is not None else dummy,
-            l, nc, n, d // g,
-            u.stride(0), u.stride(1), B4.stride(0), B4.stride(1), B4.stride(2),
-            C4.stride(0), C4.stride(1), C4.stride(2),
-            HAS_BIAS=bias is not None, SOFTPLUS=softplus, HAS_D=Df is not None, HAS_Z=z is not None,
-            BLOCK_D=BD, T=T, STAGES=None, UNROLL=unroll, num_warps=warps,
-        )
-        # channel blocks never straddle groups (BLOCK_D divides d / g), so block i belongs to group i // (nblk / g)
-        dB = _ungroup(dB_part.view(b, g, nblk // g, n, l).sum(2), B_shape).to(B4.dtype)
-        del dB_part
-        dC = _ungroup(dC_part.view(b, g, nblk // g, n, l).sum(2), C_shape).to(C4.dtype)
-        dA = dA_part.sum((0, 1)).t().to(A.dtype)
-        dD = dD_part.sum((0, 1)).to(D.dtype) if D is not None else None
-        dbias = dbias_part.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else None
-        dh0 = G[:, 0].transpose(1, 2).contiguous() if has_h0 else None
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0, None, None
+        *saved, A, D, delta_bias = ctx.saved_tensors
+        softplus, cfg, B_shape, C_shape, B_dtype, C_dtype, has_h0 = ctx.cfg
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = backward(dy, dh_last, saved, softplus, cfg, B_shape, C_shape,
+                                                              has_h0)
+        return (du, ddelta, dA.to(A.dtype), dB.to(B_dtype), dC.to(C_dtype), dD.to(D.dtype) if D is not None else None,
+                dz, dbias.to(delta_bias.dtype) if dbias is not None else None, dh0, None, None)
 
 
 def _ungroup(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -447,12 +459,12 @@ def _launch_carry(A2, dsum, buf, init, b, d, n, nc, reverse):
     )
 
 
-def selective_scan_triton(
+def selective_scan_triton_v1(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
     initial_state=None, return_final_state=False, *, chunk_size=None, block_d=None, num_warps=None, stages=None,
     unroll=None,
 ):
-    """The selective scan on Triton; arguments and result as ``scan_ref.selective_scan_ref``.
+    """The chunk-parallel (v1) scan; arguments and result as ``scan_ref.selective_scan_ref``.
 
     ``chunk_size`` (power of two ≥ 16), ``block_d``, ``num_warps``, and the software-pipelining ``stages`` and
     ``unroll`` factor of the loop over states override the launch shape; tests use small chunks so that chunk

@@ -4,58 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from scan_cases import NAMES, assert_scan_close, make_inputs, run_scan
 
 from mambadna.kernels import selective_scan_chunked, selective_scan_ref
 from mambadna.kernels.scan_chunked import default_chunk_size
-
-# dtype of a compared tensor -> (rtol, atol as a fraction of the reference's largest magnitude).
-# Both scans compute in fp32, so fp32 results differ only by summation order; bf16 results (y and the
-# gradients of bf16 inputs) are the same fp32 values rounded to bf16 (8 bits of mantissa).
-TOLERANCES = {torch.float32: (1e-4, 1e-5), torch.bfloat16: (2e-2, 1e-2), torch.float64: (1e-10, 1e-12)}
-
-NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
-
-
-def make_inputs(b=2, d=4, l=63, n=3, g=None, dtype=torch.float32, seed=0, delta_scale=1.0, a_scale=1.0):
-    """Realistic ranges: delta ~ N(0, 1) (softplus-ed in the scan), A = -exp(N(0, 1)); u, delta, z in dtype."""
-    gen = torch.Generator().manual_seed(seed)
-    bc = (b, n, l) if g is None else (b, g, n, l)
-    return dict(
-        u=torch.randn(b, d, l, generator=gen).to(dtype),
-        delta=(delta_scale * torch.randn(b, d, l, generator=gen)).to(dtype),
-        A=-a_scale * torch.exp(torch.randn(d, n, generator=gen)),
-        B=torch.randn(*bc, generator=gen),
-        C=torch.randn(*bc, generator=gen),
-        D=torch.randn(d, generator=gen),
-        z=torch.randn(b, d, l, generator=gen).to(dtype),
-        delta_bias=0.5 * torch.randn(d, generator=gen),
-        initial_state=torch.randn(b, d, n, generator=gen),
-    )
-
-
-def run(fn, x, with_grads=True, **kwargs):
-    """Scan with softplus and the final state; backprop a fixed random mix of y and the final state.
-    Returns {"y", "h_last", "d<name>" for every input}."""
-    leaves = {k: v.clone().requires_grad_(with_grads) if v is not None else None for k, v in x.items()}
-    y, h_last = fn(**leaves, delta_softplus=True, return_final_state=True, **kwargs)
-    out = {"y": y.detach(), "h_last": h_last.detach()}
-    if with_grads:
-        gen = torch.Generator().manual_seed(1)
-        wy = torch.randn(y.shape, generator=gen).to(y.dtype)
-        wh = torch.randn(h_last.shape, generator=gen)
-        ((y * wy).float().sum() + (h_last * wh).sum()).backward()
-        out.update({"d" + k: v.grad for k, v in leaves.items() if v is not None})
-    return out
-
-
-def assert_matches(got, want):
-    for key, w in want.items():
-        g = got[key]
-        assert g.dtype == w.dtype, f"{key}: dtype {g.dtype} != {w.dtype}"
-        assert torch.isfinite(g.float()).all(), f"{key} is not finite"
-        rtol, atol = TOLERANCES[w.dtype]
-        scale = w.float().abs().max().item() or 1.0
-        torch.testing.assert_close(g.float(), w.float(), rtol=rtol, atol=atol * scale, msg=lambda m: f"{key}: {m}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -63,29 +15,29 @@ def assert_matches(got, want):
 @pytest.mark.parametrize("l", [1, 63, 1000])
 def test_chunked_matches_ref_with_every_option(l, groups, dtype):
     x = make_inputs(l=l, g=groups, dtype=dtype)
-    assert_matches(run(selective_scan_chunked, x), run(selective_scan_ref, x))
+    assert_scan_close(run_scan(selective_scan_chunked, x), run_scan(selective_scan_ref, x), "between")
 
 
 def test_chunked_matches_ref_long_sequence():
     """l = 4097 is one past a multiple of the default chunk (64): the last chunk is almost all padding."""
     x = make_inputs(b=1, d=2, l=4097, n=4, g=2)
     assert default_chunk_size(4097) == 64
-    assert_matches(run(selective_scan_chunked, x), run(selective_scan_ref, x))
+    assert_scan_close(run_scan(selective_scan_chunked, x), run_scan(selective_scan_ref, x), "between")
 
 
 @pytest.mark.parametrize("optional", [(), ("D",), ("z",), ("delta_bias",), ("initial_state",), NAMES[5:]])
 def test_chunked_matches_ref_without_optional_inputs(optional):
     x = make_inputs(l=40)
     x.update({k: None for k in optional})
-    assert_matches(run(selective_scan_chunked, x), run(selective_scan_ref, x))
+    assert_scan_close(run_scan(selective_scan_chunked, x), run_scan(selective_scan_ref, x), "between")
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 7, 40, 41, 100])
 def test_chunk_size_does_not_change_the_result(chunk_size):
     """Chunks of 1, chunks that do and don't divide l, a single chunk, and a chunk longer than l."""
     x = make_inputs(l=40, g=4)
-    want = run(selective_scan_ref, x)
-    assert_matches(run(selective_scan_chunked, x, chunk_size=chunk_size), want)
+    want = run_scan(selective_scan_ref, x)
+    assert_scan_close(run_scan(selective_scan_chunked, x, chunk_size=chunk_size), want, "between")
 
 
 def test_channel_blocks_do_not_change_the_result(monkeypatch):
@@ -93,9 +45,9 @@ def test_channel_blocks_do_not_change_the_result(monkeypatch):
     import mambadna.kernels.scan_chunked as scan_chunked
 
     x = make_inputs(d=6, l=50, g=2)
-    want = run(selective_scan_ref, x)
+    want = run_scan(selective_scan_ref, x)
     monkeypatch.setattr(scan_chunked, "BLOCK_ELEMENTS", 2 * 50 * 3 * 2)  # 2 of the 3 channels of a group
-    assert_matches(run(selective_scan_chunked, x, chunk_size=8), want)
+    assert_scan_close(run_scan(selective_scan_chunked, x, chunk_size=8), want, "between")
 
 
 def test_stable_for_large_delta_and_very_negative_A():
@@ -103,10 +55,10 @@ def test_stable_for_large_delta_and_very_negative_A():
     x = make_inputs(l=300, delta_scale=4.0)
     x["delta"] = x["delta"].clamp(max=10.0)
     x["A"] = -torch.linspace(1e-3, 64.0, x["A"].numel()).view_as(x["A"])
-    got = run(selective_scan_chunked, x)
+    got = run_scan(selective_scan_chunked, x)
     for key, value in got.items():
         assert torch.isfinite(value).all(), key
-    assert_matches(got, run(selective_scan_ref, x))
+    assert_scan_close(got, run_scan(selective_scan_ref, x), "between")
 
 
 def test_returns_only_y_without_final_state_and_backprops():
@@ -120,7 +72,7 @@ def test_returns_only_y_without_final_state_and_backprops():
 
 def test_bf16_inputs_give_bf16_output_and_gradients():
     x = make_inputs(l=30, dtype=torch.bfloat16)
-    got = run(selective_scan_chunked, x)
+    got = run_scan(selective_scan_chunked, x)
     assert got["y"].dtype == torch.bfloat16 and got["h_last"].dtype == torch.float32
     assert got["du"].dtype == got["ddelta"].dtype == got["dz"].dtype == torch.bfloat16
     assert got["dA"].dtype == got["dB"].dtype == got["dinitial_state"].dtype == torch.float32
@@ -129,10 +81,10 @@ def test_bf16_inputs_give_bf16_output_and_gradients():
 def test_autocast_does_not_lower_precision():
     """Under CPU autocast to bf16 the scan still computes in fp32 (its einsum/matmul would otherwise drop)."""
     x = make_inputs(l=50)
-    want = run(selective_scan_chunked, x)
+    want = run_scan(selective_scan_chunked, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = run(selective_scan_chunked, x)
-    assert_matches(got, want)
+        got = run_scan(selective_scan_chunked, x)
+    assert_scan_close(got, want, "between")
 
 
 @pytest.mark.parametrize("groups", [None, 2])

@@ -1,0 +1,290 @@
+"""Selective scan v2 in Triton: state in registers, sequential in time, channels across threads.
+
+Same semantics as ``scan_ref.selective_scan_ref``. Each thread owns one channel and all its n states and walks a
+chunk of positions in tiles of T (kernels in scan_v2_fwd.py / scan_v2_bwd.py, layout in tiles.py):
+
+  forward   [chunks > 1]  F1 `_fwd_scan(SUMMARY)`  each chunk's end state from zero, and its decay product
+                          F2 `_carry`             the state entering every chunk
+                          F3 `_fwd_scan`          the scan from that state: y, the state every M·T positions
+                                                  (checkpoints), the final state
+  backward  [chunks > 1]  B1 `_bwd_summary`       each chunk's adjoint from a zero adjoint at its end
+                          B2 `_carry` (reversed)  the adjoint entering every chunk's end
+                          B3 `_bwd_scan`          per checkpoint interval, recompute the tile-start states, then the
+                                                  reverse scan and every gradient
+
+Chunks exist only to give the GPU enough programs: b·d/BD programs of BD channels each are enough at large batch
+(one chunk: one pass of exps in the forward), batch 1 needs the sequence cut. Inputs are read in whatever strides
+they come: u, Δ, z (and dy) as (b, d, l) views of (b, l, d) storage are read without a copy, and the outputs (y, du,
+dΔ, dz) take the layout of the input they belong to. B and C are the exception: they are staged once per call as
+one fp32 (b, g, tiles, 2, n, T) buffer (`_stage_bc`; 2n/d of u's elements, 6% at d 512): a tile's B and C rows are
+then 16-byte broadcast loads at fixed offsets, with no bf16 conversion in the inner loop, where reading them in
+place from (b, l, n) storage costs a scalar load per (position, state). Saved for the backward: the inputs, the staged B/C and fp32 states every M·T positions
+(4·n/(M·T) bytes per (b, d, l) element: 1 byte at n 16, T 8, M 8).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+
+from mambadna.kernels.buffers import alloc, alloc_like
+from mambadna.kernels.scan_v2_bwd import _bwd_scan, _bwd_summary
+from mambadna.kernels.scan_v2_fwd import _carry, _fwd_scan
+from mambadna.kernels.tiles import LOG2E_F
+
+# Warps per SM that one chunk per sequence must reach before it is left uncut, and that chunking aims for; see
+# `plan`. The kernels' registers allow about 8 resident warps per SM.
+FULL_WARPS_PER_SM, WARPS_PER_SM = 8, 16
+MAX_STATES = 16  # the states of a channel live in registers (and are unrolled): above this v1 is used
+
+
+def vec_rows(x: torch.Tensor | None, T: int) -> bool:
+    """Whether the kernels may read x's rows as 16-byte vectors (tiles.chan_offsets): positions contiguous, a tile
+    row exactly 16 bytes, every row 16-byte aligned (Triton then specializes the strides as multiples of 16)."""
+    if x is None or x.stride(2) != 1 or x.element_size() * T != 16 or x.data_ptr() % 16:
+        return False
+    return x.stride(1) % 16 == 0 and (x.stride(0) % 16 == 0 or x.shape[0] == 1)
+
+
+def _strides(x: torch.Tensor | None) -> tuple[int, int, int]:
+    """(batch, position, channel) strides of a (b, d, l) tensor; zeros stand in for an absent one."""
+    return (0, 0, 0) if x is None else (x.stride(0), x.stride(2), x.stride(1))
+
+
+def supported(u, A, B, C, block_d: int | None = None) -> bool:
+    """Whether v2 handles these inputs: at most MAX_STATES states, and a channel block that fits in a group."""
+    n, d = A.shape[1], u.shape[1]
+    g = max(B.shape[1] if B.dim() == 4 else 1, C.shape[1] if C.dim() == 4 else 1)
+    return n <= MAX_STATES and _block_d(d // g, block_d) > 0
+
+
+def _block_d(dpg: int, want: int | None) -> int:
+    """Channels per program: a power of two dividing the channels of a group, 32·warps on the GPU."""
+    want = want or 128
+    bd = 1
+    while bd * 2 <= want and dpg % (bd * 2) == 0:
+        bd *= 2
+    return bd
+
+
+class Plan(NamedTuple):
+    T: int  # positions per tile (in registers)
+    BD: int  # channels per program
+    M: int  # tiles per checkpoint interval
+    CL: int  # positions per chunk, a multiple of M·T
+    NC: int  # chunks
+    unroll: bool  # whether the forward unrolls its loop over states
+    fwd_warps: int
+    bwd_warps: int  # BD / (32·bwd_warps) channels per thread in the backward
+    fma_exps: int  # states whose exp2 runs on the FMA pipe (tiles.exp2_fma) instead of the MUFU
+
+
+def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, ckpt_tiles=None, chunk=None,
+         unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None) -> Plan:
+    """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
+
+    A sequence is cut into chunks only when b · d/BD programs fill fewer than FULL_WARPS_PER_SM warps per SM, and
+    then into enough for `sm_warps` (WARPS_PER_SM): chunks cost a summary pass (one more exp per element) in each
+    direction, but at batch 1 they are the only parallelism along the sequence (experiments/BENCHMARKS.md). The defaults
+    (T 8, BD 128 on 4 warps, M 8) are those whose compiled kernels spill no registers (tests/kernels/
+    test_scan_v2_layout.py); checkpoints every 64 positions cost 1 byte per (b, d, l) element at n 16.
+    """
+    T = tile or 8
+    BD = _block_d(dpg, block_d)
+    M = ckpt_tiles or 8
+    fw = fwd_warps or max(1, min(4, BD // 32))
+    bw = bwd_warps or max(1, min(4, BD // 32))
+    step = M * T
+    n_steps = triton.cdiv(l, step)
+    if chunk is None:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+        progs = b * (d // BD)
+        if progs * fw >= sms * FULL_WARPS_PER_SM:
+            nc = 1
+        else:
+            nc = min(n_steps, triton.cdiv(max(1, sms * (sm_warps or WARPS_PER_SM) // fw), progs))
+        CL = triton.cdiv(n_steps, nc) * step
+    else:
+        CL = triton.cdiv(chunk, step) * step
+    return Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0)
+
+
+def _stage_bc(B: torch.Tensor, C: torch.Tensor, b: int, g: int, n: int, l: int, T: int) -> torch.Tensor:
+    """B and C as one fp32 (b, g, tiles, 2, n, T) buffer, zero past l: a tile's B and C are one 2·n·T block,
+    so the kernels read each state's row of a tile as 16-byte vectors at fixed offsets. From (b, n, l) or
+    (b, g', n, l) with any strides; n/d of u's size."""
+    nt = triton.cdiv(l, T)
+    out = torch.zeros((b, g, nt * T, 2, n), dtype=torch.float32, device=B.device)
+    for k, M in enumerate((B, C)):
+        src = M if M.dim() == 4 else M.unsqueeze(1)
+        out[:, :, :l, k].copy_(src.expand(b, g, n, l).transpose(2, 3))
+    return out.view(b, g, nt, T, 2, n).permute(0, 1, 2, 4, 5, 3).contiguous()
+
+
+def _ungroup(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """(b, g, n, l) gradient back to the caller's B or C shape, summing groups a shared input was expanded to."""
+    if len(shape) == 3:
+        return grad.sum(1)
+    return grad.sum(1, keepdim=True) if shape[1] == 1 and grad.shape[1] > 1 else grad
+
+
+def _common(u, delta, z, BC):
+    """The input strides every kernel takes: u, Δ, z as (batch, position, channel), then the staged B/C."""
+    return (*_strides(u), *_strides(delta), *_strides(z if z is not None else u), BC.stride(0), BC.stride(1))
+
+
+def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
+    """Launch F1-F3. Returns y, h_last (b, d, n) and what the backward needs."""
+    b, d, l = u.shape
+    n = A.shape[1]
+    NP = triton.next_power_of_2(n)
+    g = max(B.shape[1] if B.dim() == 4 else 1, C.shape[1] if C.dim() == 4 else 1)
+    T, BD, M, CL, nc, unroll = cfg.T, cfg.BD, cfg.M, cfg.CL, cfg.NC, cfg.unroll
+    nblk, dev = d // BD, u.device
+    bpg = (d // g) // BD
+    BC = _stage_bc(B, C, b, g, n, l, T)
+    A2 = (A.float() * LOG2E_F).t().contiguous()  # (n, d)
+    Df = D.float().contiguous() if D is not None else None
+    bias = delta_bias.float().contiguous() if delta_bias is not None else None
+    nck = triton.cdiv(l, M * T)
+    ck = alloc((b, nck, NP, d), torch.float32, dev)
+    hlast = alloc((b, NP, d), torch.float32, dev)
+    y = alloc_like(u)
+    dummy = A2
+    flags = dict(N=n, NP=NP, T=T, BD=BD, M=M, NFMA=cfg.fma_exps, UNROLL_N=unroll, HAS_BIAS=bias is not None,
+                 SOFTPLUS=softplus, HAS_D=Df is not None, HAS_Z=z is not None, num_warps=cfg.fwd_warps,
+                 num_stages=1)
+    st = (*_common(u, delta, z, BC), *_strides(y))
+    scr = torch.empty(0 if unroll else b * nc * d * NP, dtype=torch.float32, device=dev)
+    grid = (nblk, nc, b)
+    P = None
+    if nc > 1:
+        vec = dict(VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=False, VY=False)
+        S = alloc((b, nc, NP, d), torch.float32, dev)
+        P = alloc((b, nc, NP, d), torch.float32, dev)
+        _fwd_scan[grid](u, delta, bias if bias is not None else dummy, A2, BC, dummy, dummy, dummy, dummy,
+                        dummy, S, P, dummy, scr if not unroll else dummy, l, CL, nc, nck, bpg, *st, 0, 0, 0, 0, 1,
+                        SUMMARY=True, HAS_H0=False, **vec, **flags)
+        H = alloc((b, nc, NP, d), torch.float32, dev)
+        _launch_carry(P, S, initial_state, H, b, nc, NP, d, n, reverse=False)
+        h0, hst = H, (H.stride(0), H.stride(1), H.stride(2), H.stride(3))
+    else:
+        h0 = initial_state
+        hst = (0, 0, 0, 0) if h0 is None else (h0.stride(0), 0, h0.stride(2), h0.stride(1))
+    flags.update(VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=vec_rows(z, T), VY=vec_rows(y, T))
+    _fwd_scan[grid](u, delta, bias if bias is not None else dummy, A2, BC, Df if Df is not None else dummy,
+                    z if z is not None else dummy, h0 if h0 is not None else dummy, y, ck, dummy, dummy, hlast,
+                    scr if not unroll else dummy, l, CL, nc, nck, bpg, *st, *hst, 1, SUMMARY=False,
+                    HAS_H0=h0 is not None, **flags)
+    saved = (BC, A2, Df, bias, ck, P)
+    return y, hlast[:, :n].transpose(1, 2), saved
+
+
+def _launch_carry(P, S, init, out, b, nc, NP, d, n, reverse):
+    block = 256
+    ist = (0, 0, 0) if init is None else (init.stride(0), init.stride(2), init.stride(1))
+    _carry[(triton.cdiv(NP * d, block), b)](P, S, init if init is not None else P, out, nc, NP * d, *ist, d, n,
+                                           HAS_INIT=init is not None, REVERSE=reverse, BLOCK=block, num_warps=4)
+
+
+def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cfg, saved):
+    """Launch B1-B3. Returns the gradients of u, delta, A, B, C, D, z, delta_bias, initial_state."""
+    BC, A2, Df, bias, ck, P = saved
+    b, d, l = u.shape
+    g, n = BC.shape[1], BC.shape[4]
+    NP = triton.next_power_of_2(n)
+    T, BD, M, CL, nc = cfg.T, cfg.BD, cfg.M, cfg.CL, cfg.NC
+    nblk, dev = d // BD, u.device
+    bpg = (d // g) // BD
+    nck = ck.shape[1]
+    dummy = A2
+    warps = cfg.bwd_warps
+    asm = BD % (32 * warps) == 0  # the butterfly needs whole warps of channels (emulated in the interpreter)
+    flags = dict(N=n, NP=NP, T=T, BD=BD, NFMA=cfg.fma_exps, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
+                 HAS_Z=z is not None, num_warps=warps, num_stages=1)
+    st = (*_common(u, delta, z, BC)[:9], *_strides(dy), BC.stride(0), BC.stride(1))
+    grid = (nblk, nc, b)
+    if nc > 1:
+        Q = alloc((b, nc, NP, d), torch.float32, dev)
+        _bwd_summary[grid](delta, bias if bias is not None else dummy, A2, BC, z if z is not None else dummy, dy, Q,
+                           l, CL, nc, bpg, *st, 0, 0, 0, 0, 0, 0, 0, 1, *([0] * 9), VT=vec_rows(delta, T),
+                           VZ=vec_rows(z, T), VY=vec_rows(dy, T), **flags)
+        Pin = alloc((b, nc, NP, d), torch.float32, dev)
+        _launch_carry(P, Q, dh_last, Pin, b, nc, NP, d, n, reverse=True)
+        pin, pst = Pin, (Pin.stride(0), Pin.stride(1), Pin.stride(2), Pin.stride(3))
+    else:
+        pin = dh_last
+        pst = (0, 0, 0, 0) if pin is None else (pin.stride(0), 0, pin.stride(2), pin.stride(1))
+    scr = torch.empty(b * nc * d * (M + 4) * NP, dtype=torch.float32, device=dev)  # see _bwd_scan
+    du, ddelta = alloc_like(u), alloc_like(delta)
+    dz = alloc_like(z) if z is not None else None
+    dB_part = alloc((b, nblk, NP, l), torch.float32, dev)
+    dC_part = alloc((b, nblk, NP, l), torch.float32, dev)
+    dA_part = alloc((b, nc, NP, d), torch.float32, dev)
+    dD_part = alloc((b, nc, d), torch.float32, dev) if Df is not None else None
+    dbias_part = alloc((b, nc, d), torch.float32, dev) if bias is not None else None
+    dh0 = alloc((b, d, n), torch.float32, dev) if has_h0 else None
+    hst = (0, 0, 0) if dh0 is None else (dh0.stride(0), dh0.stride(2), dh0.stride(1))
+    _bwd_scan[grid](
+        u, delta, bias if bias is not None else dummy, A2, BC, Df if Df is not None else dummy,
+        z if z is not None else dummy, dy, ck, pin if pin is not None else dummy, scr,
+        du, ddelta, dz if dz is not None else dummy, dB_part, dC_part, dA_part,
+        dD_part if dD_part is not None else dummy, dbias_part if dbias_part is not None else dummy,
+        dh0 if dh0 is not None else dummy, l, CL, nc, nck, bpg, *st, *pst, *hst, 1,
+        *_strides(du), *_strides(ddelta), *_strides(dz if dz is not None else du),
+        M=M, HAS_D=Df is not None, HAS_PIN=pin is not None, HAS_H0=has_h0, REDUCE_ASM=asm,
+        CPT=max(1, BD // (32 * warps)), VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=vec_rows(z, T),
+        VY=vec_rows(dy, T), VOU=vec_rows(du, T), VOT=vec_rows(ddelta, T), VOZ=vec_rows(dz, T), **flags,
+    )
+    # channel blocks never straddle groups (BD divides d / g), so block i belongs to group i // (nblk / g)
+    dB = _ungroup(dB_part[:, :, :n].reshape(b, g, nblk // g, n, l).sum(2), B_shape)
+    del dB_part
+    dC = _ungroup(dC_part[:, :, :n].reshape(b, g, nblk // g, n, l).sum(2), C_shape)
+    dA = dA_part[:, :, :n].sum((0, 1)).t()
+    dD = dD_part.sum((0, 1)) if dD_part is not None else None
+    dbias = dbias_part.sum((0, 1)) if dbias_part is not None else None
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0
+
+
+class _SelectiveScanV2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, launch):
+        b, d, l = u.shape
+        g = max(B.shape[1] if B.dim() == 4 else 1, C.shape[1] if C.dim() == 4 else 1)
+        cfg = plan(b, d, l, d // g, u.device, **launch)
+        y, h_last, saved = forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg)
+        ctx.save_for_backward(u, delta, A, D, z, delta_bias, *saved[:5], *([saved[5]] if saved[5] is not None else []))
+        ctx.meta = (softplus, cfg, B.shape, C.shape, B.dtype, C.dtype,
+                    initial_state.dtype if initial_state is not None else None)
+        ctx.set_materialize_grads(False)  # an unused final state then costs no zero tensor and no load
+        return y, h_last
+
+    @staticmethod
+    def backward(ctx, dy, dh_last):
+        u, delta, A, D, z, delta_bias, BC, A2, Df, bias, ck, *rest = ctx.saved_tensors
+        softplus, cfg, B_shape, C_shape, B_dtype, C_dtype, h0_dtype = ctx.meta
+        saved = (BC, A2, Df, bias, ck, rest[0] if rest else None)
+        if dy is None:
+            dy = torch.zeros_like(u)
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = backward(
+            dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, h0_dtype is not None, cfg, saved)
+        return (du, ddelta, dA.to(A.dtype), dB.to(B_dtype), dC.to(C_dtype),
+                dD.to(D.dtype) if dD is not None else None, dz,
+                dbias.to(delta_bias.dtype) if dbias is not None else None,
+                dh0.to(h0_dtype) if dh0 is not None else None, None, None)
+
+
+def selective_scan_triton_v2(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    initial_state=None, return_final_state=False, **launch,
+):
+    """The v2 scan; arguments and result as ``scan_ref.selective_scan_ref``. Keywords of `plan` (tile, block_d,
+    ckpt_tiles, chunk, unroll, fwd_warps, bwd_warps) override the launch shape: tests put chunk boundaries inside
+    short sequences, the benchmark sweeps them."""
+    if u.shape[-1] == 0:
+        raise ValueError("selective_scan_triton_v2 needs a sequence length of at least 1")
+    y, h_last = _SelectiveScanV2.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus),
+                                      launch)
+    return (y, h_last) if return_final_state else y

@@ -1,0 +1,214 @@
+"""Forward kernels of the v2 selective scan: state in registers, sequential in time (see scan_v2.py for the plan).
+
+A program owns BD channels (one per thread) of one batch row and one chunk of positions, and walks the chunk in
+tiles of T positions: per state n (unrolled), a = exp2(Δ·A2_n) over the tile, the recurrence h = a·h + Δ·u·B_n as an
+in-thread scan with the carried state folded into the first position, y += C_n·h. Nothing crosses lanes. Per
+(position, channel, state) that is one exp2 and four FMA-pipe operations, so the kernel is bound by the MUFU's exp2
+rate; `NFMA` of the N states take their exp2 on the FMA pipe instead (tiles.exp2_fma) to share that load.
+
+`_fwd_scan` with SUMMARY=True runs a chunk from a zero state and writes only its end state S and its decay product
+P = Π a (for the carry between chunks, `_carry`); with SUMMARY=False it starts from the given state and writes y,
+the states at every checkpoint (every M tiles, for the backward) and the final state.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from mambadna.kernels.tiles import (chan_offsets, combine_fwd, exp2_on, get_row, put_row, sigmoid, softplus,
+                                    state_offsets, tile_ptrs)
+
+# Never specialized (see tiles.py): the strides of the user's state tensors and s_one (= 1), which hides the channel
+# axis of our own buffers. Tile strides are specialized (tiles.chan_offsets hides them where it must), position
+# strides are constexpr (a tile's row offsets become immediates), and the staged B/C are tile blocks (2, N, T): every
+# per-state load of a tile is a 16-byte vector at a fixed offset from one pointer.
+FWD_STRIDES = ["s_hb", "s_hc", "s_hn", "s_hd", "s_one"]
+
+
+@triton.jit
+def load_delta(p_dt, m, b_bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Δ tile in fp32, zero where masked (a masked position then neither decays nor feeds the state); and the raw
+    value (delta + bias) that softplus took."""
+    return delta_of(tl.load(p_dt, mask=m, other=0.0), m, b_bias, HAS_BIAS, SOFTPLUS)
+
+
+@triton.jit
+def delta_of(b_ld, m, b_bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """load_delta from an already loaded tile."""
+    b_raw = b_ld.to(tl.float32)
+    if HAS_BIAS:
+        b_raw += b_bias[None, :]
+    b_dt = softplus(b_raw) if SOFTPLUS else b_raw
+    return tl.where(m, b_dt, 0.0), b_raw
+
+
+@triton.jit
+def fwd_tile(b_h, b_dt, b_du, b_y, p_A2, p_bc, o_n, o_t, o_d, D_, s_one,
+             N: tl.constexpr, NFMA: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, WITH_Y: tl.constexpr):
+    """Advance the states b_h [NP, BD] over one tile, the states unrolled; with WITH_Y add C·h to b_y [T, BD].
+    p_bc: the tile's block of the staged B/C, (2, N, T) fp32; p_A2: A·log2(e) as (n, d)."""
+    for i_n in tl.static_range(N):
+        b_a2 = tl.load(p_A2 + i_n * D_ + o_d * s_one)  # [BD]; reloaded per state: fewer live registers
+        b_a = exp2_on(b_dt * b_a2[None, :], i_n >= N - NFMA)
+        b_x = b_du * tl.load(p_bc + i_n * T + o_t)[:, None]  # [T], the same for every thread
+        b_x = tl.where(o_t[:, None] == 0, tl.fma(b_a, get_row(b_h, o_n, i_n)[None, :], b_x), b_x)
+        _, b_hs = tl.associative_scan((b_a, b_x), axis=0, combine_fn=combine_fwd)
+        if WITH_Y:
+            b_y = tl.fma(b_hs, tl.load(p_bc + (N + i_n) * T + o_t)[:, None], b_y)
+        b_h = put_row(b_h, o_n, i_n, get_row(b_hs, o_t, T - 1))
+    return b_h, b_y
+
+
+@triton.jit
+def _fwd_states(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_, s_one, n0, n1,
+                N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, WITH_Y: tl.constexpr, FMA: tl.constexpr):
+    for i_n in tl.range(n0, n1, loop_unroll_factor=1):
+        b_a2 = tl.load(p_A2 + i_n * D_ + o_d * s_one)
+        b_a = exp2_on(b_dt * b_a2[None, :], FMA)
+        b_x = b_du * tl.load(p_bc + i_n * T + o_t)[:, None]
+        b_x = tl.where(o_t[:, None] == 0, tl.fma(b_a, tl.load(p_hin + i_n * BD + o_dl * s_one)[None, :], b_x), b_x)
+        _, b_hs = tl.associative_scan((b_a, b_x), axis=0, combine_fn=combine_fwd)
+        if WITH_Y:
+            b_y = tl.fma(b_hs, tl.load(p_bc + (N + i_n) * T + o_t)[:, None], b_y)
+        tl.store(p_hout + i_n * BD + o_dl * s_one, get_row(b_hs, o_t, T - 1))
+    return b_y
+
+
+@triton.jit
+def fwd_tile_loop(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_, s_one,
+                  N: tl.constexpr, NFMA: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, WITH_Y: tl.constexpr):
+    """fwd_tile with a loop over the states instead of unrolling them: the states come from and go to a
+    per-program scratch (NP, BD) (p_hin, p_hout; the same one is fine: each thread reads its own row before
+    writing it). Far fewer live registers, for two L1-resident accesses per state and tile."""
+    b_y = _fwd_states(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_, s_one, 0, N - NFMA,
+                      N, T, BD, WITH_Y, False)
+    if NFMA > 0:
+        b_y = _fwd_states(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_, s_one, N - NFMA, N,
+                          N, T, BD, WITH_Y, True)
+    return b_y
+
+
+@triton.jit(do_not_specialize=FWD_STRIDES)
+def _fwd_scan(
+    p_u, p_dt, p_bias, p_A2, p_BC, p_D, p_z, p_h0, p_y, p_ck, p_S, p_P, p_hlast, p_scr,
+    L, CL, NC, NCK, BPG,
+    s_ub, s_ul: tl.constexpr, s_ud, s_tb, s_tl: tl.constexpr, s_td, s_zb, s_zl: tl.constexpr, s_zd, s_bb, s_bg,
+    s_yb, s_yl: tl.constexpr, s_yd, s_hb, s_hc, s_hn, s_hd, s_one,
+    N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, M: tl.constexpr,
+    NFMA: tl.constexpr, UNROLL_N: tl.constexpr, SUMMARY: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr,
+    VU: tl.constexpr, VT: tl.constexpr, VZ: tl.constexpr, VY: tl.constexpr,
+):
+    # grid (channel blocks, chunks, batch): neighbouring programs share the chunk's B and C in L2
+    i_db, i_c, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    D_ = tl.num_programs(0) * BD
+    o_dl = tl.arange(0, BD).to(tl.int64)
+    o_d = i_db * BD + o_dl
+    o_t = tl.arange(0, T)
+    o_n = tl.arange(0, NP)
+    m_sn = tl.broadcast_to((o_n < N)[:, None], (NP, BD))
+    i_g = i_db // BPG  # channel blocks per B/C group: a block never straddles two
+    b_bias = tl.load(p_bias + o_d * s_one) if HAS_BIAS else tl.zeros([BD], dtype=tl.float32)
+    b_Dv = tl.load(p_D + o_d * s_one) if HAS_D else tl.zeros([BD], dtype=tl.float32)
+    c_u, c_t = chan_offsets(o_d, s_ud, s_one, BD, VU), chan_offsets(o_d, s_td, s_one, BD, VT)
+    c_z, c_y = chan_offsets(o_d, s_zd, s_one, BD, VZ), chan_offsets(o_d, s_yd, s_one, BD, VY)
+    if HAS_H0:
+        b_h = tl.load(p_h0 + i_b * s_hb + i_c * s_hc + state_offsets(o_n, o_d, s_hn, s_hd, BD), mask=m_sn,
+                      other=0.0).to(tl.float32)
+    else:
+        b_h = tl.zeros([NP, BD], dtype=tl.float32)
+    # checkpoints and summaries are our own (b, ·, NP, d) fp32 buffers; s_one = 1 keeps their channel axis
+    # behind a runtime stride like every other channel-indexed address
+    off_own = state_offsets(o_n, o_d, D_ * s_one, s_one, BD)
+    # with UNROLL_N=False the states live in this program's scratch (NP, BD) between tiles
+    p_sc = p_scr + ((i_b * NC + i_c) * tl.num_programs(0) + i_db) * (NP * BD)
+    off_sc = state_offsets(o_n, o_dl, BD * s_one, s_one, BD)
+    if not UNROLL_N:
+        tl.store(p_sc + off_sc, b_h)
+    b_P = tl.full([NP, BD], 1.0, dtype=tl.float32)
+    t_c = i_c * CL
+    n_tiles = tl.cdiv(tl.minimum(CL, L - t_c), T)
+    p_bcb = p_BC + i_b * s_bb + i_g * s_bg  # staged B/C (b, g, tiles, 2, N, T)
+    # Each iteration loads the next tile's inputs before computing its own (software pipelining by hand): the
+    # loads' latency then hides behind a tile of compute. Past the chunk end they read the next chunk, unused.
+    WITH_Z: tl.constexpr = HAS_Z and not SUMMARY
+    m = tl.broadcast_to(((t_c + o_t) < L)[:, None], (T, BD))
+    r_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + t_c * s_tl, o_t, s_tl, c_t), mask=m, other=0.0)
+    r_u = tl.load(tile_ptrs(p_u, i_b * s_ub + t_c * s_ul, o_t, s_ul, c_u), mask=m, other=0.0)
+    if WITH_Z:
+        r_z = tl.load(tile_ptrs(p_z, i_b * s_zb + t_c * s_zl, o_t, s_zl, c_z), mask=m, other=0.0)
+    else:
+        r_z = r_u
+    for i_tile in range(0, n_tiles):
+        t0 = t_c + i_tile * T
+        if not SUMMARY:
+            if i_tile % M == 0:  # the state entering this checkpoint interval, for the backward's recompute
+                if not UNROLL_N:
+                    tl.debug_barrier()
+                    b_h = tl.load(p_sc + off_sc)
+                tl.store(p_ck + ((i_b * NCK + t0 // (M * T)) * NP) * D_ + off_own, b_h)
+        m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BD))
+        m_next = tl.broadcast_to(((t0 + T + o_t) < L)[:, None], (T, BD))
+        n_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + (t0 + T) * s_tl, o_t, s_tl, c_t), mask=m_next, other=0.0)
+        n_u = tl.load(tile_ptrs(p_u, i_b * s_ub + (t0 + T) * s_ul, o_t, s_ul, c_u), mask=m_next, other=0.0)
+        if WITH_Z:
+            n_z = tl.load(tile_ptrs(p_z, i_b * s_zb + (t0 + T) * s_zl, o_t, s_zl, c_z), mask=m_next, other=0.0)
+        else:
+            n_z = n_u
+        b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
+        b_u = r_u.to(tl.float32)
+        b_du = b_dt * b_u
+        b_y = b_Dv[None, :] * b_u
+        p_bct = p_bcb + (t0 // T) * (2 * N * T)
+        if UNROLL_N:
+            b_h, b_y = fwd_tile(b_h, b_dt, b_du, b_y, p_A2, p_bct, o_n, o_t, o_d, D_, s_one, N, NFMA, T, BD,
+                                not SUMMARY)
+        else:
+            b_y = fwd_tile_loop(p_sc, p_sc, b_dt, b_du, b_y, p_A2, p_bct, o_t, o_d, o_dl, D_, s_one, N, NFMA, T,
+                                BD, not SUMMARY)
+        if SUMMARY:
+            b_tot = tl.sum(b_dt, axis=0)  # ΣΔ over the tile: the tile's decay is exp2(A2·ΣΔ), exact to rounding
+            for i_n in tl.static_range(N):
+                b_a2 = tl.load(p_A2 + i_n * D_ + o_d * s_one)
+                b_P = put_row(b_P, o_n, i_n, get_row(b_P, o_n, i_n) * tl.exp2(b_a2 * b_tot))
+        else:
+            if HAS_Z:
+                b_z = r_z.to(tl.float32)
+                b_y *= b_z * sigmoid(b_z)
+            tl.store(tile_ptrs(p_y, i_b * s_yb + t0 * s_yl, o_t, s_yl, c_y), b_y.to(p_y.dtype.element_ty),
+                     mask=m)
+        r_dt, r_u, r_z = n_dt, n_u, n_z
+    if not UNROLL_N:
+        tl.debug_barrier()
+        b_h = tl.load(p_sc + off_sc)
+    if SUMMARY:
+        tl.store(p_S + ((i_b * NC + i_c) * NP) * D_ + off_own, b_h)
+        tl.store(p_P + ((i_b * NC + i_c) * NP) * D_ + off_own, b_P)
+    else:
+        if i_c == NC - 1:
+            tl.store(p_hlast + i_b * NP * D_ + off_own, b_h)
+
+
+@triton.jit
+def _carry(p_P, p_S, p_init, p_out, NC, R, s_ib, s_in, s_id, D_, N,
+           HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    """Across chunks, for every (n, channel) row of a batch: x ← P_c·x + S_c in chunk order (forward: out[c] is
+    the state entering chunk c, init the initial state) or in reverse (out[c] is the adjoint entering chunk c's end,
+    init the gradient of the final state). P, S, out are (b, NC, NP, d) fp32; init (b, d, n) with any strides."""
+    i_r, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    o_r = i_r * BLOCK + tl.arange(0, BLOCK).to(tl.int64)  # row = n·d + channel
+    m_r = o_r < R
+    if HAS_INIT:
+        b_x = tl.load(p_init + i_b * s_ib + (o_r // D_) * s_in + (o_r % D_) * s_id, mask=m_r & (o_r // D_ < N),
+                      other=0.0)
+        b_x = b_x.to(tl.float32)
+    else:
+        b_x = tl.zeros([BLOCK], dtype=tl.float32)
+    for k in tl.range(0, NC, num_stages=3):  # loads do not depend on x: pipelined
+        i_c = NC - 1 - k if REVERSE else k
+        o = (i_b * NC + i_c) * R + o_r
+        b_p = tl.load(p_P + o, mask=m_r, other=1.0)
+        b_s = tl.load(p_S + o, mask=m_r, other=0.0)
+        tl.store(p_out + o, b_x, mask=m_r)
+        b_x = b_p * b_x + b_s

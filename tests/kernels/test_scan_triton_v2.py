@@ -1,0 +1,115 @@
+"""The Triton selective scan v2 (state in registers, scan_v2.py) against the sequential definition in float64.
+
+In Triton's interpreter on a CPU-only machine (root conftest.py). Launch shapes are shrunk (tiles of 8, 2 tiles a
+checkpoint interval, chunks of 16) so that tile, checkpoint and chunk boundaries all fall inside short sequences of
+lengths that are not powers of two; outputs are NaN-poisoned, so an unwritten element fails. The layouts and the
+inline-PTX butterfly only exist on the GPU: tests/kernels/test_scan_v2_layout.py checks the compiled kernels, and
+experiments/check_scan_gpu.py runs these checks on a GPU up to 2^20 positions.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scan_cases import TOLERANCE, as_float64, assert_scan_close, make_inputs, rel_err, run_scan
+
+triton = pytest.importorskip("triton")
+
+from mambadna.kernels import buffers, scan_v2  # noqa: E402
+from mambadna.kernels.scan_ref import selective_scan_ref  # noqa: E402
+from mambadna.kernels.scan_v2 import selective_scan_triton_v2  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+RANGES = dict(delta_shift=-1.0, delta_scale=0.5, a_spread=0.5, bias_scale=0.3, device=DEVICE)
+SMALL = dict(tile=8, ckpt_tiles=2, chunk=16)  # tiles, checkpoint intervals and chunks inside every sequence
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    monkeypatch.setattr(buffers, "POISON_OUTPUTS", True)
+
+
+def compare(b, d, l, n, groups=None, dtype=torch.float32, seed=0, optional=True, layout="bdl", **launch):
+    x = make_inputs(b, d, l, n, groups, dtype, seed, optional=optional, layout=layout, **RANGES)
+    got = run_scan(selective_scan_triton_v2, x, **launch)
+    assert_scan_close(got, run_scan(selective_scan_ref, as_float64(x)), "vs_float64", key_dtype=dtype)
+    for k, v in x.items():
+        if v is not None:
+            assert got[f"d{k}"].dtype == v.dtype
+    return got
+
+
+@pytest.mark.parametrize("l, n", [(63, 4), (37, 3), (1, 1)])
+def test_fp32_with_chunks_and_checkpoints(l, n):
+    compare(2, 4, l, n, block_d=4, **SMALL)
+
+
+def test_bf16_channels_last_views():
+    """u, Δ, z as views of (b, l, d) storage and B, C of (b, l, n): read in place (no copy), outputs in that layout."""
+    got = compare(1, 4, 37, 4, dtype=torch.bfloat16, layout="bld", block_d=4, **SMALL)
+    assert got["du"].stride(1) == 1  # gradients come back in the layout of their input
+
+
+def test_bf16_vector_rows():
+    """(b, d, l) bf16 with 16-byte aligned rows: the kernels take the vector-load path (scan_v2.vec_rows)."""
+    x = make_inputs(1, 4, 64, 4, dtype=torch.bfloat16, **RANGES)
+    assert scan_v2.vec_rows(x["u"], 8)
+    compare(1, 4, 64, 4, dtype=torch.bfloat16, block_d=4, **SMALL)
+
+
+def test_grouped_bc_and_loop_over_states():
+    compare(1, 8, 50, 4, groups=2, block_d=4, unroll=False, **SMALL)
+
+
+def test_without_optional_inputs_or_softplus():
+    x = make_inputs(1, 4, 40, 3, optional=False, **RANGES)
+    x["delta"] = x["delta"].abs()  # without softplus, Δ must already be >= 0
+    got = run_scan(selective_scan_triton_v2, x, softplus=False, block_d=4, **SMALL)
+    assert_scan_close(got, run_scan(selective_scan_ref, as_float64(x), softplus=False), "vs_float64",
+                      key_dtype=torch.float32)
+
+
+def test_exps_on_the_fma_pipe_keep_fp32_accuracy():
+    """tiles.exp2_fma (polynomial, 1.9e-7 relative) for half the states stays within the fp32 tolerance."""
+    compare(1, 4, 45, 4, block_d=4, fma_exps=2, **SMALL)
+
+
+def test_warp_reduction_path():
+    """Channel blocks of whole warps take the butterfly reduction of dB/dC (emulated in the interpreter) and its
+    cross-warp sum: 2 warps of one channel each, and 1 warp of two channels a thread."""
+    compare(1, 64, 24, 2, block_d=64, bwd_warps=2, **SMALL)
+
+
+@pytest.mark.slow
+def test_warp_reduction_two_channels_per_thread():
+    compare(1, 64, 24, 2, block_d=64, bwd_warps=1, **SMALL)
+
+
+def test_default_plan_one_chunk():
+    """The default launch shape (no overrides) on a short sequence: one chunk, the final state from F3."""
+    compare(1, 4, 33, 4)
+
+
+def test_large_delta_does_not_overflow():
+    x = make_inputs(1, 4, 40, 2, **RANGES)
+    x["delta"].fill_(60.0)
+    x["A"].fill_(-64.0)
+    y, h = selective_scan_triton_v2(**x, delta_softplus=True, return_final_state=True, block_d=4, **SMALL)
+    ref_y, ref_h = selective_scan_ref(**x, delta_softplus=True, return_final_state=True)
+    tol = TOLERANCE["vs_float64"][torch.float32]
+    assert torch.isfinite(y).all() and torch.isfinite(h).all()
+    assert rel_err(y, ref_y) < tol and rel_err(h, ref_h) < tol
+
+
+def test_plan_cuts_sequences_only_below_full_occupancy():
+    cpu = torch.device("cpu")  # 4 "SMs" off the GPU
+    assert scan_v2.plan(64, 2048, 2048, 2048, cpu).NC == 1
+    p = scan_v2.plan(1, 512, 2**20, 512, cpu)
+    assert p.NC > 1 and p.CL % (p.M * p.T) == 0 and p.NC * p.CL >= 2**20
+
+
+def test_rejects_empty_sequence():
+    x = make_inputs(1, 4, 1, 2, **RANGES)
+    x = {k: (v[..., :0] if k in ("u", "delta", "z", "B", "C") else v) for k, v in x.items()}
+    with pytest.raises(ValueError, match="at least 1"):
+        selective_scan_triton_v2(**x)

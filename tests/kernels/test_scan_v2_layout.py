@@ -1,0 +1,103 @@
+"""The v2 kernels compiled for an H100/H200 (sm_90), no GPU needed: the layouts and instruction mix they rely on.
+
+The butterfly reduction of dB/dC assumes channel c of a tile sits on lane c % 32 with the positions of a tile inside
+the thread; the forward assumes it has no cross-lane work at all. Both hold only if Triton's layout passes choose
+what tiles.py steers them to, so this compiles the default-plan kernels (in a subprocess: the interpreter, which the
+root conftest.py switches on, cannot compile) for (b, d, l) bf16 rows (vector loads) and for channels-last views
+(hidden strides), and checks the TTGIR layouts and the SASS (ptxas and cuobjdump ship with Triton).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("triton")
+
+SCRIPT = textwrap.dedent(r'''
+    import json, os, re, subprocess, sys, tempfile
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from mambadna.kernels import scan_v2_bwd, scan_v2_fwd
+
+    BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    BF16 = {"p_u", "p_dt", "p_z", "p_y", "p_dy", "p_du", "p_ddt", "p_dz"}
+    DIV16 = {"L", "CL", "s_bb", "s_bg", "s_ub", "s_ud", "s_tb", "s_td", "s_zb", "s_zd", "s_yb", "s_yd",
+             "s_oub", "s_oud", "s_otb", "s_otd", "s_ozb", "s_ozd"}
+
+    def build(kern, cx, warps):
+        sig, attrs = {}, {}
+        for i, nm in enumerate(kern.arg_names):
+            ptr = "*bf16" if nm in BF16 else "*fp32"
+            sig[nm] = "constexpr" if nm in cx else ptr if nm.startswith("p_") else "i32"
+            if sig[nm] != "constexpr" and (nm.startswith("p_") or nm in DIV16):
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        src = triton.compiler.ASTSource(fn=kern, signature=sig, constexprs=cx, attrs=attrs)
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 1})
+        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+            f.write(k.asm["cubin"])
+        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
+        res = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", f.name], capture_output=True,
+                             text=True).stdout
+        ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+)", sass, re.M)
+        two_d = re.findall(r"#ttg\.blocked<\{sizePerThread = \[(\d+), (\d+)\], threadsPerWarp = \[(\d+), (\d+)\], "
+                           r"warpsPerCTA = \[(\d+), (\d+)\]", k.asm["ttgir"])
+        regs, stack = re.search(r"REG:(\d+)", res), re.search(r"STACK:(\d+)", res)
+        return dict(regs=int(regs.group(1)), spills=int(stack.group(1)), shfl=ops.count("SHFL"), stl=ops.count("STL"),
+                    mufu=ops.count("MUFU"), layouts=sorted(set(two_d)))
+
+    out = {}
+    T, BD, W = 8, 128, 4  # scan_v2.plan's defaults
+    for name, sl, vec in (("bdl", 1, True), ("bld", 512, False)):
+        base = dict(N=16, NP=16, T=T, BD=BD, M=8, NFMA=0, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True, HAS_D=True,
+                    s_ul=sl, s_tl=sl, s_zl=sl, s_yl=sl, VU=vec, VT=vec, VZ=vec, VY=vec)
+        out["F3 " + name] = build(scan_v2_fwd._fwd_scan, dict(base, UNROLL_N=True, SUMMARY=False, HAS_H0=True), W)
+        out["B3 " + name] = build(scan_v2_bwd._bwd_scan, dict(
+            base, HAS_PIN=True, HAS_H0=True, REDUCE_ASM=True, CPT=1, s_oul=sl, s_otl=sl, s_ozl=sl,
+            VOU=vec, VOT=vec, VOZ=vec), W)
+    print(json.dumps(out))
+''')
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+                                         env.get("PYTHONPATH", "")])
+    try:
+        res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        pytest.skip("compiling for sm_90 took over 10 minutes")
+    if res.returncode != 0:
+        if "ptxas" in res.stderr or "No such file" in res.stderr:
+            pytest.skip(f"this Triton cannot compile for sm_90 here: {res.stderr[-300:]}")
+        raise AssertionError(res.stderr[-3000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_tiles_put_positions_in_thread_and_channels_on_lanes(compiled):
+    for name, k in compiled.items():
+        for size0, size1, tpw0, tpw1, w0, w1 in k["layouts"]:
+            if (size0, size1) in (("1", "1"), ("8", "1"), ("2", "1"), ("4", "1")):  # the tile family
+                assert (tpw0, tpw1, w0) == ("1", "32", "1"), f"{name}: positions across lanes or warps: {k}"
+
+
+def test_forward_has_no_cross_lane_work_and_no_spills(compiled):
+    for name in ("F3 bdl", "F3 bld"):
+        k = compiled[name]
+        assert k["shfl"] == 0 and k["spills"] == 0 and k["stl"] == 0, (name, k)
+        assert k["mufu"] >= 8 * 16, (name, k)  # at least one exp2 per (position, state) of a tile
+
+
+def test_backward_uses_the_butterfly_and_does_not_spill(compiled):
+    for name in ("B3 bdl", "B3 bld"):
+        k = compiled[name]
+        assert k["spills"] == 0 and k["stl"] == 0, (name, k)
+        # one loop iteration per state: 2 reductions of T = 8 rows, T - 1 + (5 - 3) = 9 shuffles each
+        assert k["shfl"] == 18, (name, k)
