@@ -18,7 +18,7 @@ import torch
 
 from mambadna.checkpoint import load
 from mambadna.chunking import check_chunk_bp
-from mambadna.model import MambaClassifier, MambaLM, pool
+from mambadna.model import MambaClassifier, MambaLM
 
 
 @dataclass
@@ -77,13 +77,13 @@ def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", 
                   batch_size: int = 16, max_length_bp: int | None = None, device: str = "cpu",
                   chunk_bp: int | None = None):
     """-> (pooled (n, d) float32, per-position list of (l_i, d) arrays or None). Batches are length-sorted and
-    right-padded (the model is causal: right padding leaves real positions unchanged). `chunk_bp` runs each batch
-    chunk by chunk with the state carried (`MambaLM.embed(..., chunk_bp=...)`): the same vectors in activation
-    memory that grows with the chunk rather than the sequence."""
+    right-padded (the mask keeps padding out of every real position, in either reading direction). `chunk_bp` runs
+    each batch chunk by chunk with the state carried (`MambaLM.embed(..., chunk_bp=...)`; causal models): the same
+    vectors in activation memory that grows with the chunk rather than the sequence."""
     from mambadna.tokenizer import tokenizer_from_name
 
     if chunk_bp is not None:
-        check_chunk_bp(chunk_bp)
+        check_chunk_bp(chunk_bp, model.config)
     tokenizer = tokenizer_from_name(model.config.tokenizer)
     model = model.to(device).eval()
     order = sorted(range(len(records)), key=lambda i: len(records[i].sequence))
@@ -97,8 +97,7 @@ def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", 
         if chunk_bp is not None and not per_position:
             _, vectors = model.embed(input_ids, attention_mask, pooling, chunk_bp)  # (b, d), never (b, l, d)
         else:
-            hidden = model.hidden_states(input_ids)  # (b, l, d)
-            vectors = pool(hidden, attention_mask, pooling)  # (b, d), as MambaLM.embed pools
+            hidden, vectors = model.embed(input_ids, attention_mask, pooling)  # (b, l, d), (b, d)
         for j, i in enumerate(idx):
             pooled[i] = vectors[j].float().cpu().numpy()
             if per_position:
