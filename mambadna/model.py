@@ -1,4 +1,4 @@
-"""Mamba language model for DNA, in the style of mamba-minimal (one readable file, the paper's equations).
+"""Mamba language model for DNA, in the style of mamba-minimal (readable code, the paper's equations).
 
 Glossary (shape comments use these; see docs/ARCHITECTURE.md):
     b        batch size
