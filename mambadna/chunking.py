@@ -11,6 +11,7 @@ layer's state at the chunk boundary and the (small) shares. The backward recompu
 (chunk k+1 consumed chunk k's states, so its backward runs first) and state gradients flow from chunk k+1 into
 chunk k. Peak activation memory grows with `chunk_bp`, not with the sequence. The other form of activation
 checkpointing, one (b, l, d) residual stored per block, is `MambaLM.activation_checkpointing`.
+Only a causal model runs in chunks (`NOT_CHUNKABLE` says why).
 Symbols as in mambadna/model.py.
 """
 
@@ -22,32 +23,52 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 if TYPE_CHECKING:
+    from mambadna.config import MambaConfig
     from mambadna.model import LayerState, MambaLM
 
 # share(residual (b, c, d) of positions [start, end), start, end) -> tuple of tensors, summed over the chunks
 Share = Callable[[torch.Tensor, int, int], tuple]
 
 
-def check_chunk_bp(chunk_bp) -> None:
+def check_chunk_bp(chunk_bp, config: "MambaConfig | None" = None) -> None:
+    """A positive int, and (given the model's config) a causal model: see `NOT_CHUNKABLE`."""
     if isinstance(chunk_bp, bool) or not isinstance(chunk_bp, int) or chunk_bp < 1:
         raise ValueError(f"chunk_bp must be a positive int, got {chunk_bp!r}")
+    if config is not None and not config.causal:
+        raise ValueError(NOT_CHUNKABLE.format(kind=config.kind))
 
 
-def _chunk(model: "MambaLM", share: Share, input_ids: torch.Tensor, start: int, end: int, states, n_layers):
+# Why a non-causal model cannot run chunk-major: its reverse direction runs from the end, so no chunk of a layer's
+# output is final before the layer below has produced the whole sequence. The most a bidirectional model could keep
+# is one (b, l, d) residual per layer, which is what per-block activation checkpointing already stores.
+NOT_CHUNKABLE = (
+    "chunk_bp (--chunk-bp) needs a causal model: a {kind} model reads each sequence from both ends, so a layer's "
+    "output for any chunk depends on the whole sequence of the layer below and chunks cannot go through all layers "
+    "one at a time. Drop --chunk-bp; to save training memory use --activation-checkpointing"
+)
+
+
+def _chunk(model: "MambaLM", share: Share, input_ids: torch.Tensor, start: int, end: int, states, n_layers,
+           attention_mask):
     """The checkpointed unit: positions [start, end) through every layer, then reduced."""
-    residual, new_states = model.trunk(input_ids[:, start:end], states, n_layers=n_layers)  # (b, c, d)
+    mask = None if attention_mask is None else attention_mask[:, start:end]
+    residual, new_states = model.trunk(input_ids[:, start:end], states, n_layers=n_layers,
+                                       attention_mask=mask)  # (b, c, d)
     return tuple(share(residual, start, end)), new_states
 
 
 def run_chunked(model: "MambaLM", input_ids: torch.Tensor, chunk_bp: int | None, share: Share,
-                states: list["LayerState"] | None = None, n_layers: int | None = None):
+                states: list["LayerState"] | None = None, n_layers: int | None = None,
+                attention_mask: torch.Tensor | None = None):
     """Run input_ids (b, l) through the trunk in chunks of `chunk_bp` positions, continuing from `states` (None:
-    start of sequence) -> (the shares summed over chunks, every layer's state after position l-1).
+    start of sequence) -> (the shares summed over chunks, every layer's state after position l-1; None for a
+    non-causal model). `attention_mask` (b, l) goes to the trunk (the non-causal models need it).
 
-    `chunk_bp=None` is one plain pass (one chunk, no recomputation), so callers keep a single code path. Without
-    grad the chunks simply run one after another. `n_layers` stops after the first n blocks (`MambaLM.trunk`)."""
+    `chunk_bp=None` is one plain pass (one chunk, no recomputation), so callers keep a single code path; it is the
+    only form a non-causal model takes. Without grad the chunks simply run one after another. `n_layers` stops
+    after the first n blocks (`MambaLM.trunk`)."""
     if chunk_bp is not None:
-        check_chunk_bp(chunk_bp)
+        check_chunk_bp(chunk_bp, model.config)
     recompute = chunk_bp is not None and torch.is_grad_enabled()
     length = input_ids.shape[1]
     size = chunk_bp or length
@@ -56,8 +77,8 @@ def run_chunked(model: "MambaLM", input_ids: torch.Tensor, chunk_bp: int | None,
         end = min(start + size, length)
         if recompute:
             shares, states = checkpoint(_chunk, model, share, input_ids, start, end, states, n_layers,
-                                        use_reentrant=False)
+                                        attention_mask, use_reentrant=False)
         else:
-            shares, states = _chunk(model, share, input_ids, start, end, states, n_layers)
+            shares, states = _chunk(model, share, input_ids, start, end, states, n_layers, attention_mask)
         totals = shares if totals is None else tuple(t + s for t, s in zip(totals, shares))
     return totals, states

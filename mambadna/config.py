@@ -48,6 +48,20 @@ class MambaConfig:
     residual_in_fp32: bool = setting(True, help="keep the residual stream in fp32 under mixed precision")
     tokenizer: str = setting("nucleotide", help="tokenizer: nucleotide (A C G T N) or byte")
     scan_backend: str | None = setting(None, help="selective scan: none (auto), ref, chunked or triton")
+    bidirectional: bool = setting(
+        False, flag="--bidirectional",
+        help="BiMamba (Caduceus): every block also runs a mixer over each sequence reversed and adds the two "
+             "directions; the model sees both sides of every base, so it trains with --objective mlm")
+    bidirectional_weight_tie: bool = setting(
+        True, help="with bidirectional: the reverse mixer shares the in/out projections of the forward one "
+                   "(Caduceus's default; most of a mixer's parameters), keeping its own conv, x/dt projections, A "
+                   "and D")
+    rc_equivariant: bool = setting(
+        False, flag="--rc-equivariant",
+        help="reverse-complement equivariance (Caduceus RCPS): both strands through shared weights, so outputs for "
+             "the reverse complement are exactly the reverse complement of the outputs and the classifier is "
+             "RC-invariant; twice the compute, same parameters; nucleotide tokenizer only; trains with "
+             "--objective mlm")
 
     def __post_init__(self):
         for name in ("d_model", "n_layer", "vocab_size", "d_state", "d_conv", "expand", "pad_vocab_multiple"):
@@ -80,6 +94,28 @@ class MambaConfig:
             )
         if self.scan_backend not in SCAN_BACKENDS:
             raise ValueError(f"MambaConfig.scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
+        for name in ("bidirectional", "bidirectional_weight_tie", "rc_equivariant"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"MambaConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        if not self.bidirectional_weight_tie and not self.bidirectional:
+            raise ValueError("MambaConfig.bidirectional_weight_tie=False only applies with bidirectional=True (it "
+                             "unties the reverse mixer's projections)")
+        if self.rc_equivariant and self.tokenizer != "nucleotide":
+            raise ValueError(f"MambaConfig.rc_equivariant needs the nucleotide tokenizer (it complements A<->T, "
+                             f"C<->G); got tokenizer {self.tokenizer!r}")
+
+    @property
+    def causal(self) -> bool:
+        """Whether position t sees only positions <= t: true unless bidirectional or rc_equivariant (the reverse
+        strand is read from the other end). Only a causal model predicts the next base, generates, or runs in
+        chunks carrying state."""
+        return not (self.bidirectional or self.rc_equivariant)
+
+    @property
+    def kind(self) -> str:
+        """A short name for messages: causal, bidirectional, rc_equivariant or bidirectional+rc_equivariant."""
+        names = [n for n in ("bidirectional", "rc_equivariant") if getattr(self, n)]
+        return "+".join(names) or "causal"
 
     @property
     def d_inner(self) -> int:

@@ -1,4 +1,4 @@
-"""Mamba language model for DNA, in the style of mamba-minimal (one readable file, the paper's equations).
+"""Mamba language model for DNA, in the style of mamba-minimal (readable code, the paper's equations).
 
 Glossary (shape comments use these; see docs/ARCHITECTURE.md):
     b        batch size
@@ -19,6 +19,12 @@ State: a layer's whole memory of the past is a `LayerState` (its last d_conv con
 one position and updates the state in place. `MambaLM.trunk` is the one place that runs the layers: the full
 forward, prefill, the recurrent step, sequence-chunked recomputation (mambadna/chunking.py) and truncated BPTT
 (mambadna/tbptt.py) all call it.
+
+Reading directions (Caduceus, Schiff et al. 2024), options of the same blocks (MambaConfig): `bidirectional` adds
+a reverse-direction mixer to every block (BiMamba); `rc_equivariant` runs the trunk over both strands with
+shared weights (RCPS), so that outputs for the reverse complement are the reverse complement of the outputs.
+Either makes the model non-causal: it trains as a masked LM, and has no recurrent step or carried state. How
+padding and the two strands are handled: mambadna/strands.py.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from mambadna import inference
+from mambadna import inference, strands
 from mambadna.checkpoint import Pretrained
-from mambadna.chunking import run_chunked
 from mambadna.config import POOLINGS, MambaConfig
 from mambadna.kernels import selective_scan, step_kernels
+from mambadna.pooling import check_mask, check_pooling, pool, pooled_chunked
+from mambadna.strands import Reverser
+from mambadna.tokenizer import PAD_ID
 
 
 @dataclass
@@ -116,7 +124,12 @@ class MambaMixer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
         """hidden (b, l, d), continuing from `state` (None: start of sequence) -> (out (b, l, d), state after it)."""
-        xz = self.in_proj(hidden)  # (b, l, 2*d_inner)
+        y, state = self.ssm(self.in_proj(hidden), state)  # (b, l, 2*d_inner) -> (b, l, d_inner)
+        return self.out_proj(y), state  # (b, l, d)
+
+    def ssm(self, xz: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
+        """Everything between the two projections: in_proj's output xz (b, l, 2*d_inner) -> (the gated scan
+        output (b, l, d_inner), the state after it). Split out so a bidirectional block can share the projections."""
         x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (b, d_inner, l) each
         x_conv, conv_state = self.conv(x, None if state is None else state.conv)
         x_conv = F.silu(x_conv)
@@ -127,7 +140,7 @@ class MambaMixer(nn.Module):
             initial_state=None if state is None else state.ssm, return_final_state=True,
             backend=self.config.scan_backend,
         )  # (b, d_inner, l), (b, d_inner, n)
-        return self.out_proj(y.transpose(1, 2)), LayerState(conv_state, ssm_state)  # (b, l, d)
+        return y.transpose(1, 2), LayerState(conv_state, ssm_state)  # (b, l, d_inner)
 
     def step(self, hidden: torch.Tensor, state: LayerState, fused: bool = False) -> torch.Tensor:
         """One position: hidden (b, d) -> (b, d); updates `state` in place (so a captured CUDA graph can replay it).
@@ -187,15 +200,38 @@ class MambaMixer(nn.Module):
 
 
 class MambaBlock(nn.Module):
-    """Pre-norm residual block: residual <- residual + Mixer(RMSNorm(residual))."""
+    """Pre-norm residual block: residual <- residual + Mixer(RMSNorm(residual)).
+
+    Bidirectional (Caduceus BiMamba): a second mixer, `mixer_rev`, reads each sequence from its last real base
+    and its output, put back in order, is added to the forward mixer's. With `bidirectional_weight_tie` the two
+    share in_proj and out_proj (the same modules), so the sequence is projected once and the directions are summed
+    before the one out_proj (with bias=True its bias is then added once, not once per direction)."""
 
     def __init__(self, config: MambaConfig):
         super().__init__()
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.mixer = MambaMixer(config)
+        self.mixer_rev = MambaMixer(config) if config.bidirectional else None
+        if config.bidirectional and config.bidirectional_weight_tie:
+            self.mixer_rev.in_proj, self.mixer_rev.out_proj = self.mixer.in_proj, self.mixer.out_proj
 
-    def forward(self, residual: torch.Tensor, state: LayerState | None = None) -> tuple[torch.Tensor, LayerState]:
-        out, state = self.mixer(self.norm(residual), state)
+    def forward(self, residual: torch.Tensor, state: LayerState | None = None,
+                reverse: Reverser | None = None) -> tuple[torch.Tensor, LayerState]:
+        """residual (b, l, d) -> (b, l, d) and the forward mixer's state; `reverse` (bidirectional only) reverses
+        each row's real positions."""
+        hidden = self.norm(residual)
+        fwd, rev = self.mixer, self.mixer_rev
+        if rev is None:
+            out, state = fwd(hidden, state)
+        elif rev.in_proj is fwd.in_proj:  # tied: the projections are per position, so they commute with reversal
+            xz = fwd.in_proj(hidden)  # (b, l, 2*d_inner)
+            y, state = fwd.ssm(xz, state)
+            y_rev, _ = rev.ssm(reverse(xz))  # (b, l, d_inner), in reversed order
+            out = fwd.out_proj(y + reverse(y_rev))  # (b, l, d)
+        else:
+            out, state = fwd(hidden, state)
+            out_rev, _ = rev(reverse(hidden))
+            out = out + reverse(out_rev)
         return residual + out.to(residual.dtype), state
 
     def step(self, residual: torch.Tensor, state: LayerState, fused: bool = False) -> torch.Tensor:
@@ -224,6 +260,8 @@ class MambaLM(Pretrained, nn.Module):
         self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layer))
         self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.rc_equivariant:  # the reverse strand's logits, permuted to the forward strand's bases
+            self.register_buffer("complement", strands.complement_ids(config.vocab_size), persistent=False)
         self.activation_checkpointing = False
         self.fused_step: bool | None = None
         self._init_weights()
@@ -241,9 +279,12 @@ class MambaLM(Pretrained, nn.Module):
                 nn.init.zeros_(bias)
         nn.init.normal_(self.embedding.weight, std=0.02)
         for layer in self.layers:
-            w = layer.mixer.out_proj.weight
-            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-            w /= math.sqrt(self.config.n_layer)
+            out_projs = [layer.mixer.out_proj]
+            if layer.mixer_rev is not None and layer.mixer_rev.out_proj is not layer.mixer.out_proj:
+                out_projs.append(layer.mixer_rev.out_proj)  # a tied one is rescaled once
+            for out_proj in out_projs:
+                nn.init.kaiming_uniform_(out_proj.weight, a=math.sqrt(5))
+                out_proj.weight /= math.sqrt(self.config.n_layer)
 
     # ---- state ----
 
@@ -289,21 +330,30 @@ class MambaLM(Pretrained, nn.Module):
     # ---- the trunk ----
 
     def trunk(self, input_ids: torch.Tensor, states: list[LayerState] | None = None, step: bool = False,
-              n_layers: int | None = None, check: bool = True):
+              n_layers: int | None = None, check: bool = True, attention_mask: torch.Tensor | None = None):
         """Run the layers, carrying state. The one place the layers are run.
 
         input_ids (b, l) [(b,) with `step`], `states` to continue from (None: start of sequence; required with
         `step`, which updates them in place) -> (residual stream after the last block run, before the final norm,
-        (b, l, d) [(b, d)]; the states after the last position). `n_layers` runs only the first n blocks (an
-        intermediate layer's output; `states` then cover those blocks). `check=False` skips the input checks, which
-        read values back to the host: a CUDA graph capture cannot."""
+        (b, l, d) [(b, d)], or (b, l, 2d) for rc_equivariant (mambadna/strands.py); the states after the last
+        position, None for a non-causal model). `n_layers` runs only the first n blocks (an intermediate layer's
+        output; `states` then cover those blocks). `check=False` skips the input checks, which read values back to
+        the host: a CUDA graph capture cannot. `attention_mask` (b, l), right-padded, is needed only by the
+        non-causal models, whose reverse direction must start at each row's last real base."""
         n_layers = len(self.layers) if n_layers is None else n_layers
         if check:
             if not 1 <= n_layers <= len(self.layers):
                 raise ValueError(f"n_layers must be in [1, {len(self.layers)}], got {n_layers}")
             self.check_ids(input_ids, ndim=1 if step else 2)
+            if not self.config.causal and (step or states is not None):
+                raise ValueError(f"this {self.config.kind} model reads each sequence from both ends, so it has no "
+                                 "left-to-right state to continue from: carried states (prefill, truncated BPTT, "
+                                 "chunks) and the recurrent step need a causal model")
             if states is not None or step:
                 self.check_states(states, input_ids.shape[0], n_layers)
+        both = None if self.config.causal else self._strands(input_ids, attention_mask)
+        if both is not None:
+            input_ids = both.stack(input_ids)  # (b, l), or (2b, l) with the reverse complements
         residual = self.embedding(input_ids)  # (b, l, d) or (b, d)
         if self.config.residual_in_fp32:
             residual = residual.float()
@@ -313,23 +363,51 @@ class MambaLM(Pretrained, nn.Module):
             for layer, state in zip(layers, states):
                 residual = layer.step(residual, state, fused)
             return residual, states
+        reverse = both.trunk_reverse if self.config.bidirectional else None
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
         new_states = []
         for layer, state in zip(layers, states or [None] * n_layers):
             if recompute:
-                residual, state = checkpoint(layer, residual, state, use_reentrant=False)
+                residual, state = checkpoint(layer, residual, state, reverse, use_reentrant=False)
             else:
-                residual, state = layer(residual, state)
+                residual, state = layer(residual, state, reverse)
             new_states.append(state)
+        if both is not None:
+            return both.join(residual), None  # (b, l, d) or (b, l, 2d)
         return residual, new_states
 
-    def hidden_states(self, input_ids: torch.Tensor, states: list[LayerState] | None = None) -> torch.Tensor:
-        """input_ids (b, l) -> final-normed hidden states (b, l, d)."""
-        return self.norm_f(self.trunk(input_ids, states)[0])
+    def _strands(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> strands.Strands:
+        if attention_mask is None and bool((input_ids == PAD_ID).any()):
+            raise ValueError(f"input_ids hold padding (id {PAD_ID}) but no attention_mask was given: a "
+                             f"{self.config.kind} model needs the mask to read each row from its last real base")
+        mask = check_mask(attention_mask, *input_ids.shape, input_ids.device)
+        return strands.Strands(mask, self.config.rc_equivariant, self.config.vocab_size)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids (b, l) -> next-token logits (b, l, V)."""
-        return self.lm_head(self.hidden_states(input_ids))  # (b, l, V)
+    def final_hidden(self, residual: torch.Tensor) -> torch.Tensor:
+        """The trunk's residual -> per-position features (b, l, d) after the final norm. For rc_equivariant the
+        mean of both strands' features of each base pair: the same vector whichever strand is read."""
+        if not self.config.rc_equivariant:
+            return self.norm_f(residual)
+        forward, rev = residual.chunk(2, dim=-1)  # (b, l, d) each
+        return (self.norm_f(forward) + self.norm_f(rev)) / 2
+
+    def logits(self, residual: torch.Tensor) -> torch.Tensor:
+        """The trunk's residual -> logits (b, l, V). For rc_equivariant (Caduceus's RCPS LM head) the reverse
+        strand's logits are for the complementary base, so they are permuted back before the two are added."""
+        if not self.config.rc_equivariant:
+            return self.lm_head(self.norm_f(residual))
+        forward, rev = residual.chunk(2, dim=-1)  # (b, l, d) each
+        return self.lm_head(self.norm_f(forward)) + self.lm_head(self.norm_f(rev))[..., self.complement]
+
+    def hidden_states(self, input_ids: torch.Tensor, states: list[LayerState] | None = None,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (b, l) -> final-normed hidden states (b, l, d)."""
+        return self.final_hidden(self.trunk(input_ids, states, attention_mask=attention_mask)[0])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (b, l) -> logits (b, l, V): of the next base for a causal model, of the base itself (masked
+        LM) for a non-causal one."""
+        return self.logits(self.trunk(input_ids, attention_mask=attention_mask)[0])  # (b, l, V)
 
     def step(self, token_ids: torch.Tensor, states: list[LayerState], check: bool = True) -> torch.Tensor:
         """Consume one token per sequence: token_ids (b,) -> next-token logits (b, V); advances `states` in place."""
@@ -345,13 +423,24 @@ class MambaLM(Pretrained, nn.Module):
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, pooling: str = "mean",
               chunk_bp: int | None = None):
         """-> (per_position (b, l, d) or None with `chunk_bp`, pooled (b, d)). See `pool` for the modes; with
-        `chunk_bp` the sequence runs in chunks carrying state and only the pooled vectors are built."""
+        `chunk_bp` the sequence runs in chunks carrying state and only the pooled vectors are built. For
+        rc_equivariant each strand is pooled in its own reading order and the two are averaged, so the pooled
+        vector of a sequence and of its reverse complement are the same, for every pooling mode."""
         if chunk_bp is not None:
             return None, pooled_chunked(self, input_ids, attention_mask, pooling, chunk_bp)
-        hidden = self.hidden_states(input_ids)
-        return hidden, pool(hidden, attention_mask, pooling)
+        residual, _ = self.trunk(input_ids, attention_mask=attention_mask)
+        hidden = self.final_hidden(residual)  # (b, l, d)
+        if not self.config.rc_equivariant:
+            return hidden, pool(hidden, attention_mask, pooling)
+        check_pooling(pooling)
+        forward, rev = (self.norm_f(x) for x in residual.chunk(2, dim=-1))  # (b, l, d) each, at the same base pair
+        pooled = pool(forward, attention_mask, pooling) + pool(rev, attention_mask, strands.MIRRORED_POOLING[pooling])
+        return hidden, pooled / 2
 
     def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k=None, generator=None):
+        if not self.config.causal:
+            raise ValueError(f"generation samples one base after another from the left, which needs a causal model; "
+                             f"this one is {self.config.kind} (it sees the bases after each position)")
         return inference.generate(self, prompt_ids, max_new_tokens, temperature, top_k, generator)
 
     def init_kwargs(self) -> dict:
@@ -359,85 +448,9 @@ class MambaLM(Pretrained, nn.Module):
         return {}
 
 
-def check_mask(attention_mask: torch.Tensor | None, b: int, l: int, device) -> torch.Tensor:
-    """The (b, l) bool mask of real tokens (all true when None); refuses empty rows and left padding."""
-    if attention_mask is None:
-        return torch.ones(b, l, dtype=torch.bool, device=device)
-    if tuple(attention_mask.shape) != (b, l):
-        raise ValueError(f"attention_mask must be (b, l) = {(b, l)}, got {tuple(attention_mask.shape)}")
-    mask = attention_mask.bool()
-    lengths = mask.sum(-1)  # (b,)
-    if bool((lengths == 0).any()):
-        empty = torch.nonzero(lengths == 0).flatten().tolist()
-        raise ValueError(f"attention_mask has rows with no real tokens: {empty}")
-    prefix = torch.arange(l, device=mask.device)[None, :] < lengths[:, None]  # (b, l)
-    if not torch.equal(prefix, mask):
-        raise ValueError("attention_mask must be right-padded (real tokens first, then padding) for a causal model")
-    return mask
-
-
-def pool_partial(hidden: torch.Tensor, mask: torch.Tensor, next_mask: torch.Tensor, offset: int,
-                 pooling: str) -> torch.Tensor:
-    """One chunk's share of the pooled vector: hidden (b, c, d) at positions [offset, offset + c), mask (b, c)
-    its real-token mask, next_mask (b, c) whether position t + 1 is real -> (b, d). The shares of a sequence's
-    chunks sum to what `pool_finish` turns into the pooled vector."""
-    if pooling == "cls":
-        return hidden[:, 0] if offset == 0 else hidden.new_zeros(hidden.shape[0], hidden.shape[-1])  # (b, d)
-    if pooling == "last":
-        mask = mask & ~next_mask  # the last real position: its successor is padding or the end; one per row
-    return (hidden * mask.to(hidden.dtype).unsqueeze(-1)).sum(1)  # (b, d)
-
-
-def pool_finish(total: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """Summed chunk shares (b, d) -> pooled (b, d): the mean divides by the number of real tokens."""
-    if pooling == "mean":
-        return total / mask.sum(-1, keepdim=True).to(total.dtype)
-    return total
-
-
-def _check_pooling(pooling: str) -> None:
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-
-
-def _next_mask(mask: torch.Tensor) -> torch.Tensor:
-    """(b, l) real-token mask -> (b, l + 1): whether position t is real, with a False past the end."""
-    return torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
-    """hidden (b, l, d) -> (b, d).
-
-    "mean": average over real tokens; "last": the last real token (with a causal model the only position that has
-    seen the whole sequence); "cls": position 0 (it has seen only the first token in a causal model, so it carries
-    little beyond BOS: prefer "last"). Batches must be right-padded: in a causal model left padding would change
-    the states of every real token.
-    """
-    _check_pooling(pooling)
-    b, l, _ = hidden.shape
-    mask = check_mask(attention_mask, b, l, hidden.device)
-    return pool_finish(pool_partial(hidden, mask, _next_mask(mask)[:, 1:], 0, pooling), mask, pooling)
-
-
-def pooled_chunked(model: MambaLM, input_ids: torch.Tensor, attention_mask, pooling: str, chunk_bp: int):
-    """`pool(model.hidden_states(input_ids), ...)` computed chunk by chunk (mambadna/chunking.py): activation
-    memory grows with `chunk_bp`, not with l, and with grad each chunk is recomputed in the backward."""
-    _check_pooling(pooling)
-    model.check_ids(input_ids)
-    b, l = input_ids.shape
-    mask = check_mask(attention_mask, b, l, input_ids.device)
-    after = _next_mask(mask)  # (b, l + 1)
-
-    def share(residual, start, end):  # residual (b, c, d) of positions [start, end)
-        return (pool_partial(model.norm_f(residual), mask[:, start:end], after[:, start + 1 : end + 1], start,
-                             pooling),)
-
-    (total,), _ = run_chunked(model, input_ids, chunk_bp, share)
-    return pool_finish(total, mask, pooling)
-
-
 class MambaClassifier(Pretrained, nn.Module):
-    """Sequence classifier: a MambaLM backbone, pooling over real tokens, then one Linear layer."""
+    """Sequence classifier: a MambaLM backbone, pooling over real tokens, then one Linear layer. With an
+    rc_equivariant backbone the logits of a sequence and of its reverse complement are the same (see `embed`)."""
 
     def __init__(self, config: MambaConfig, num_classes: int, pooling: str = "last", class_names=None):
         super().__init__()

@@ -1,10 +1,12 @@
-"""The training objectives, in one place: next-base prediction and sequence classification.
+"""The training objectives, in one place: next-base prediction, masked-base prediction and classification.
 
-Every language-model batch arrives with `input_ids` and `targets` already aligned by the data layer (target t is
-the base after input t, `IGNORE_INDEX` where nothing is scored), so there is no shifting here and one loss path
-serves plain, sequence-chunked (`chunk_bp`, mambadna/chunking.py) and truncated-BPTT (`states` carried in by
-mambadna/tbptt.py) training. Losses are summed in fp32 and returned with the number of scored positions, so that
-chunks, windows and DDP ranks combine exactly; the mean is loss_sum / n_tokens.
+Every language-model batch arrives with `input_ids` and `targets` already aligned by the data layer, so there is
+no shifting here and one loss path serves both language-model objectives (`OBJECTIVES`): "clm", target t is the
+base after input t (mambadna/data/windows.py); "mlm", target t is the original base at a masked position t
+(mambadna/data/masking.py). `IGNORE_INDEX` marks what is not scored. The same path serves plain,
+sequence-chunked (`chunk_bp`, mambadna/chunking.py) and truncated-BPTT (`states` carried in by mambadna/tbptt.py)
+training. Losses are summed in fp32 and returned with the number of scored positions, so that chunks, windows and
+DDP ranks combine exactly; the mean is loss_sum / n_tokens.
 """
 
 from __future__ import annotations
@@ -18,7 +20,20 @@ from mambadna.chunking import run_chunked
 from mambadna.tokenizer import IGNORE_INDEX
 
 if TYPE_CHECKING:
+    from mambadna.config import MambaConfig
     from mambadna.model import LayerState, MambaClassifier, MambaLM
+
+# causal (next-base) and masked language modelling
+OBJECTIVES = ("clm", "mlm")
+
+
+def check_objective(config: "MambaConfig", objective: str) -> None:
+    """Refuse an objective the model cannot learn: next-base prediction is trivial for a model that sees the base."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if objective == "clm" and not config.causal:
+        raise ValueError(f"next-base prediction (--objective clm) needs a causal model: a {config.kind} model sees "
+                         "the base it would be asked to predict; pretrain it with --objective mlm")
 
 
 def check_targets(model: "MambaLM", targets: torch.Tensor, shape, name: str = "targets") -> None:
@@ -47,24 +62,35 @@ def next_token_targets(sequence: torch.Tensor, attention_mask: torch.Tensor | No
     return sequence[:, :-1], targets
 
 
-def lm_loss(model: "MambaLM", input_ids: torch.Tensor, targets: torch.Tensor, chunk_bp: int | None = None,
-            states: list["LayerState"] | None = None):
-    """Summed cross-entropy of logits[:, t] against targets[:, t] -> (loss_sum () fp32, n_tokens () int64, every
-    layer's state after the last position).
+def token_scores(model: "MambaLM", input_ids: torch.Tensor, targets: torch.Tensor, chunk_bp: int | None = None,
+                 states: list["LayerState"] | None = None, attention_mask: torch.Tensor | None = None):
+    """Summed cross-entropy of logits[:, t] against targets[:, t] and the number of them predicted right (argmax)
+    -> (loss_sum () fp32, n_correct () int64, n_tokens () int64, every layer's state after the last position).
 
     input_ids, targets (b, l); `states` continue an earlier window (None: start of sequence). `chunk_bp` runs the
-    window chunk-major with each chunk recomputed in the backward (exact; memory grows with the chunk)."""
+    window chunk-major with each chunk recomputed in the backward (exact; memory grows with the chunk).
+    `attention_mask` (b, l) marks real tokens of a right-padded batch (needed by the non-causal models)."""
     model.check_ids(input_ids)
     check_targets(model, targets, input_ids.shape)
 
     def share(residual, start, end):  # residual (b, c, d) of positions [start, end)
-        logits = model.lm_head(model.norm_f(residual))  # (b, c, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets[:, start:end].flatten(),
+        logits = model.logits(residual)  # (b, c, V)
+        chunk_targets = targets[:, start:end]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), chunk_targets.flatten(),
                                ignore_index=IGNORE_INDEX, reduction="sum")  # (b*c, V) -> (); fp32 under bf16
-        return (loss,)
+        correct = (logits.detach().argmax(-1) == chunk_targets).sum()  # IGNORE_INDEX never equals an id
+        return loss, correct
 
-    (loss_sum,), new_states = run_chunked(model, input_ids, chunk_bp, share, states)
-    return loss_sum, (targets != IGNORE_INDEX).sum(), new_states
+    (loss_sum, n_correct), new_states = run_chunked(model, input_ids, chunk_bp, share, states,
+                                                    attention_mask=attention_mask)
+    return loss_sum, n_correct, (targets != IGNORE_INDEX).sum(), new_states
+
+
+def lm_loss(model: "MambaLM", input_ids: torch.Tensor, targets: torch.Tensor, chunk_bp: int | None = None,
+            states: list["LayerState"] | None = None, attention_mask: torch.Tensor | None = None):
+    """`token_scores` without the count of right predictions -> (loss_sum, n_tokens, states)."""
+    loss_sum, _, n_tokens, new_states = token_scores(model, input_ids, targets, chunk_bp, states, attention_mask)
+    return loss_sum, n_tokens, new_states
 
 
 def lm_loss_mean(model: "MambaLM", input_ids, targets, chunk_bp: int | None = None, states=None) -> torch.Tensor:

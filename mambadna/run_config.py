@@ -19,7 +19,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mambadna.chunking import check_chunk_bp
 from mambadna.config import POOLINGS, PRESETS, MambaConfig, setting, tiny
+from mambadna.objective import OBJECTIVES, check_objective
 
 try:
     import tomllib
@@ -196,6 +198,26 @@ class TrainSpec:
 
 
 @dataclass
+class MaskingSpec:
+    """Masked-LM corruption (BERT's 80/10/10, as Caduceus pretrains; mambadna/data/masking.py)."""
+
+    rate: float = setting(0.15, flag="--mask-rate", help="--objective mlm: fraction of bases chosen to be predicted")
+    mask_fraction: float = setting(0.8, help="of the chosen bases, the fraction replaced by [MASK]")
+    random_fraction: float = setting(0.1, help="of the chosen bases, the fraction replaced by a random base (the "
+                                               "rest stay as they are)")
+
+    def __post_init__(self):
+        _check("masking", self, "rate")
+        _check("masking", self, "mask_fraction", "random_fraction", strict=False)
+        if self.rate > 1 or self.mask_fraction + self.random_fraction > 1:
+            raise ValueError(f"masking: need rate <= 1 and mask_fraction + random_fraction <= 1, got rate "
+                             f"{self.rate}, {self.mask_fraction} + {self.random_fraction}")
+
+    def as_tuple(self) -> tuple[float, float, float]:
+        return self.rate, self.mask_fraction, self.random_fraction
+
+
+@dataclass
 class PretrainConfig:
     out_dir: str = setting("runs/pretrain", help="run folder: checkpoints, logs, plots and the final model",
                            flag="--out")
@@ -203,6 +225,18 @@ class PretrainConfig:
     data: DataSpec = setting(help="data", factory=DataSpec)
     optim: OptimSpec = setting(help="optimizer", factory=OptimSpec)
     train: TrainSpec = setting(help="training", factory=TrainSpec)
+    objective: str = setting("clm", choices=OBJECTIVES,
+                             help="clm: predict the next base (causal models); mlm: predict masked bases (the "
+                                  "objective of bidirectional and rc_equivariant models)")
+    masking: MaskingSpec = setting(help="masked-LM corruption (--objective mlm)", factory=MaskingSpec)
+
+    def __post_init__(self):
+        check_objective(self.model, self.objective)
+        if self.train.tbptt and (self.objective != "clm" or not self.model.causal):
+            raise ValueError("train.tbptt carries the state left to right from window to window: it needs a causal "
+                             "model and --objective clm")
+        if self.train.chunk_bp is not None:
+            check_chunk_bp(self.train.chunk_bp, self.model)
 
 
 @dataclass
@@ -225,6 +259,8 @@ class FinetuneConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.train.tbptt:
             raise ValueError("train.tbptt applies to pretraining only")
+        if self.train.chunk_bp is not None and not self.pretrained:  # a checkpoint's model is checked by the task
+            check_chunk_bp(self.train.chunk_bp, self.model)
 
 
 # ---- dict <-> dataclass, recipes and overrides ----

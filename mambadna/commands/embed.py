@@ -23,7 +23,8 @@ from mambadna.checkpoint import load
 from mambadna.chunking import check_chunk_bp, run_chunked
 from mambadna.commands.embedding_io import PER_POSITION_NAME, write_embeddings
 from mambadna.config import POOLINGS
-from mambadna.model import MambaClassifier, MambaLM, check_mask, pool_finish, pool_partial
+from mambadna.model import MambaClassifier, MambaLM
+from mambadna.pooling import check_mask, pool_finish, pool_partial
 from mambadna.tokenizer import reverse_complement_bytes, tokenizer_from_name
 
 AUTO_CHUNK_BP = 1 << 16  # sequences longer than this run in chunks of this size unless chunk_bp is given
@@ -114,20 +115,22 @@ def load_lm(checkpoint: str | Path, map_location="cpu") -> MambaLM:
     return model.backbone if isinstance(model, MambaClassifier) else model
 
 
-def _hidden_fn(model: MambaLM, layer: int | None):
-    """residual (b, c, d) of the blocks run -> the vectors embedded: the final-normed hidden states, or with
-    `layer` the residual stream after that block (0-based), un-normed."""
-    return (lambda residual: residual) if layer is not None else model.norm_f
-
-
 def embed_batch(model: MambaLM, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: str,
                 chunk_bp: int | None, layer: int | None = None, per_position=None):
     """Pooled vectors (b, d) fp32 of a right-padded batch; `per_position(start, end, vectors (b, c, d))` receives
-    every chunk's per-position vectors as they are made (nothing of size (b, l, d) is kept)."""
+    every chunk's per-position vectors as they are made (nothing of size (b, l, d) is kept). The vectors are the
+    final-normed hidden states, or with `layer` the residual stream after that block (0-based), un-normed."""
     b, l = input_ids.shape
+    if not model.config.causal:  # read from both ends: one pass over the whole batch, with the model's own pooling
+        if layer is not None:
+            raise ValueError(f"--layer needs a causal model; this one is {model.config.kind}")
+        hidden, vectors = model.embed(input_ids, attention_mask, pooling)  # (b, l, d), (b, d)
+        if per_position is not None:
+            per_position(0, l, hidden.float())
+        return vectors.float()
     mask = check_mask(attention_mask, b, l, input_ids.device)
     after = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)  # (b, l + 1): is position t real
-    hidden = _hidden_fn(model, layer)
+    hidden = model.norm_f if layer is None else (lambda residual: residual)
     n_layers = None if layer is None else layer + 1
 
     def share(residual, start, end):
@@ -136,7 +139,7 @@ def embed_batch(model: MambaLM, input_ids: torch.Tensor, attention_mask: torch.T
             per_position(start, end, vectors)
         return (pool_partial(vectors, mask[:, start:end], after[:, start + 1 : end + 1], start, pooling),)
 
-    (total,), _ = run_chunked(model, input_ids, chunk_bp, share, n_layers=n_layers)
+    (total,), _ = run_chunked(model, input_ids, chunk_bp, share, n_layers=n_layers, attention_mask=attention_mask)
     return pool_finish(total, mask, pooling)
 
 
@@ -156,7 +159,7 @@ def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", 
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if chunk_bp is not None:
-        check_chunk_bp(chunk_bp)
+        check_chunk_bp(chunk_bp, model.config)
     if layer is not None and not 0 <= layer < model.config.n_layer:
         raise ValueError(f"--layer {layer}: the model has blocks 0..{model.config.n_layer - 1}")
     device = resolve_device(device)
@@ -177,7 +180,8 @@ def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", 
         batch = tokenizer.batch_encode([seqs[i] for i in idx])
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         lengths = [len(seqs[i]) for i in idx]
-        chunk = chunk_bp or (AUTO_CHUNK_BP if ids.shape[1] > AUTO_CHUNK_BP else None)
+        long = ids.shape[1] > AUTO_CHUNK_BP and model.config.causal
+        chunk = chunk_bp or (AUTO_CHUNK_BP if long else None)
         strands = [(ids, False)]
         if rc_average:
             strands.append((_reverse_complement_padded(tokenizer, ids, lengths), True))

@@ -13,7 +13,7 @@ from mambadna.model import MambaClassifier, MambaLM
 from mambadna.tasks.classify import ClassifyTask
 from mambadna.commands.defaults import default_pretrain_genome
 from mambadna.tasks.lm import LMTask
-from mambadna.run_config import FinetuneConfig, OptimSpec
+from mambadna.run_config import FinetuneConfig, MaskingSpec, OptimSpec
 from mambadna.commands.train import finetune_datamodule, memory_advice, test_classifier
 from mambadna.tokenizer import tokenizer_from_name
 
@@ -46,12 +46,14 @@ def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", prog
         from mambadna.data import GenomeDataModule
 
         d = cfg.data
+        objective = "clm" if model.config.causal else "mlm"  # a non-causal LM is scored on masked bases
         datamodule = GenomeDataModule(genome or str(default_pretrain_genome(out_dir)), window_bp=d.window_bp,
                                       batch_size=d.batch_size, test_windows=d.test_windows,
-                                      tokenizer=tokenizer_from_name(model.config.tokenizer))
+                                      tokenizer=tokenizer_from_name(model.config.tokenizer),
+                                      masking=MaskingSpec().as_tuple() if objective == "mlm" else None)
         with memory_advice():
             results = _trainer(progress_bar).test(LMTask(model.config, OptimSpec(), model=model,
-                                                         chunk_bp=cfg.train.chunk_bp),
+                                                         chunk_bp=cfg.train.chunk_bp, objective=objective),
                                                   datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in results[0].items()}
     else:

@@ -142,10 +142,12 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
             max_n_fraction=d.max_n_fraction, reverse_complement=d.reverse_complement, train_windows=d.train_windows,
             val_windows=d.val_windows, test_windows=d.test_windows, tokenizer=tokenizer,
             val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_by=d.split_by,
+            masking=cfg.masking.as_tuple() if cfg.objective == "mlm" else None,
         )
     save_config(cfg, out_dir / "run_config.json")
     t = cfg.train
-    task = LMTask(model_config, cfg.optim, t.activation_checkpointing, t.compile, chunk_bp=t.chunk_bp, tbptt=t.tbptt)
+    task = LMTask(model_config, cfg.optim, t.activation_checkpointing, t.compile, chunk_bp=t.chunk_bp, tbptt=t.tbptt,
+                  objective=cfg.objective)
     extra = []
     if cfg.train.seqlen_warmup_from_bp:
         extra.append(SeqLenWarmup(doubling_stages(cfg.train.seqlen_warmup_from_bp, d.window_bp, d.batch_size,
@@ -183,7 +185,8 @@ def load_backbone(pretrained: str | Path, spec: MambaConfig, window_bp: int) -> 
                          f"model.tokenizer={saved.get('tokenizer')} or pretrain with the same tokenizer")
     if spec != tiny(tokenizer=spec.tokenizer):  # model.* settings changed from the default: they must match
         differ = [f"{k}: checkpoint {saved.get(k)} vs run {getattr(spec, k)}"
-                  for k in ("d_model", "n_layer", "d_state", "d_conv", "expand") if saved.get(k) != getattr(spec, k)]
+                  for k in ("d_model", "n_layer", "d_state", "d_conv", "expand", "bidirectional", "rc_equivariant")
+                  if saved.get(k, False) != getattr(spec, k)]
         if differ:
             raise ValueError(f"{directory} has another model shape than the run config ({'; '.join(differ)}); "
                              "drop the model.* settings to take the checkpoint's shape")

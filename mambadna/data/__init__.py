@@ -9,6 +9,7 @@ from mambadna.data.bundled import bundled_genomes, bundled_path, data_dir
 from mambadna.data.errors import DataError, DataWarning
 from mambadna.data.genome import ContigStats, Genome
 from mambadna.data.labelled import LabelledSequenceDataset
+from mambadna.data.masking import MaskedWindows, mask_tokens
 from mambadna.data.normalize import normalize_fasta
 from mambadna.data.regions import Interval, read_bed, split_regions
 from mambadna.data.species import SpeciesWindowDataset, read_manifest
@@ -19,8 +20,9 @@ _LIGHTNING = ("GenomeDataModule", "SpeciesDataModule", "LabelledDataModule", "St
 
 __all__ = [
     "ContigStats", "ContigStreams", "DataError", "DataWarning", "Genome", "GenomeWindowDataset", "Interval",
-    "LabelledSequenceDataset", "LengthBucketBatchSampler", "PadCollate", "SpeciesWindowDataset", "bundled_genomes",
-    "bundled_path", "data_dir", "normalize_fasta", "read_bed", "read_manifest", "split_regions", *_LIGHTNING,
+    "LabelledSequenceDataset", "LengthBucketBatchSampler", "MaskedWindows", "PadCollate", "SpeciesWindowDataset",
+    "bundled_genomes", "bundled_path", "data_dir", "mask_tokens", "normalize_fasta", "read_bed", "read_manifest",
+    "split_regions", *_LIGHTNING,
 ]
 
 

@@ -32,6 +32,7 @@ from mambadna.data.batching import LengthBucketBatchSampler, PadCollate
 from mambadna.data.errors import DataError, DataWarning
 from mambadna.data.genome import Genome
 from mambadna.data.labelled import LabelledSequenceDataset
+from mambadna.data.masking import MaskedWindows, check_masking
 from mambadna.data.species import SpeciesWindowDataset, read_manifest
 from mambadna.data.streams import ContigStreams
 from mambadna.data.windows import GenomeWindowDataset
@@ -90,20 +91,26 @@ class GenomeDataModule(_WindowDataModule):
                  seed: int = 0, max_n_fraction: float = 0.1, reverse_complement: bool = False, bed=None,
                  val_fraction: float = 0.1, test_fraction: float = 0.1, split_by: str = "auto", val_contigs=None,
                  test_contigs=None, train_windows: int | None = None, val_windows: int | None = None,
-                 test_windows: int | None = None, pin_memory: bool = False, tokenizer=None):
+                 test_windows: int | None = None, pin_memory: bool = False, tokenizer=None,
+                 masking: tuple[float, float, float] | None = None):
         self.genome = Genome(genome)
         self.options = dict(max_n_fraction=max_n_fraction, reverse_complement=reverse_complement, bed=bed,
                             val_fraction=val_fraction, test_fraction=test_fraction, split_by=split_by,
                             val_contigs=val_contigs, test_contigs=test_contigs, tokenizer=tokenizer)
+        # (rate, mask_fraction, random_fraction): masked-LM items (mambadna.data.masking) instead of next-base ones
+        self.masking = masking
+        if masking is not None:
+            check_masking(*masking)
         super().__init__(window_bp, batch_size, num_workers, seed, val_windows, test_windows, train_windows,
                          pin_memory)
 
-    def _make(self, split: str) -> GenomeWindowDataset:
+    def _make(self, split: str) -> GenomeWindowDataset | MaskedWindows:
         opts = dict(self.options)
         if split != "train":
             opts["reverse_complement"] = False  # evaluation sees the genome as written
-        return GenomeWindowDataset(self.genome, self.window_bp, split=split, num_windows=self.num_windows[split],
-                                   seed=self.seed, **opts)
+        windows = GenomeWindowDataset(self.genome, self.window_bp, split=split, num_windows=self.num_windows[split],
+                                      seed=self.seed, **opts)
+        return windows if self.masking is None else MaskedWindows(windows, *self.masking)
 
 
 class SpeciesDataModule(_WindowDataModule):

@@ -1,5 +1,5 @@
 """Sequence classification: a MambaClassifier (pooled features -> Linear) with accuracy, macro-F1 and a
-confusion matrix."""
+confusion matrix. Any backbone: causal, bidirectional or RC-equivariant (whose classifier is RC-invariant)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from mambadna.chunking import check_chunk_bp
 from mambadna.model import MambaClassifier
 from mambadna.objective import classification_loss
 from mambadna.run_config import OptimSpec
@@ -29,6 +30,8 @@ class ClassifyTask(pl.LightningModule):
         if activation_checkpointing and chunk_bp:
             raise ValueError("activation_checkpointing does not combine with chunk_bp: chunk_bp already recomputes "
                              "each chunk in the backward")
+        if chunk_bp is not None:
+            check_chunk_bp(chunk_bp, model.config)  # before training starts: a non-causal model cannot run chunked
         self.model.backbone.activation_checkpointing = activation_checkpointing
         self.chunk_bp = chunk_bp
         # kept off the module tree so state_dict keys stay those of MambaClassifier
