@@ -18,6 +18,7 @@ import torch
 
 from mambadna.checkpoint import load
 from mambadna.chunking import check_chunk_bp
+from mambadna.files import atomic_open, atomic_path
 from mambadna.model import MambaClassifier, MambaLM, pool
 
 
@@ -110,13 +111,15 @@ def write_embeddings(out_dir: str | Path, records: list[Record], pooled: np.ndar
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"embeddings": out_dir / "embeddings.npy", "index": out_dir / "index.tsv"}
-    np.save(files["embeddings"], pooled)
+    with atomic_open(files["embeddings"], "wb") as fh:
+        np.save(fh, pooled)
     offsets = np.zeros(len(records) + 1, dtype=np.int64)
     if per_position is not None:
         offsets[1:] = np.cumsum([p.shape[0] for p in per_position])
         files["per_position"] = out_dir / "per_position.npy"
-        np.save(files["per_position"], np.concatenate(per_position, axis=0))
-    with open(files["index"], "w", newline="") as fh:
+        with atomic_open(files["per_position"], "wb") as fh:
+            np.save(fh, np.concatenate(per_position, axis=0))
+    with atomic_open(files["index"], "w", newline="") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
         writer.writerow(["row", "name", "length_bp", "label"] + (["pos_start", "pos_end"] if per_position else []))
         for i, rec in enumerate(records):
@@ -129,7 +132,8 @@ def write_embeddings(out_dir: str | Path, records: list[Record], pooled: np.ndar
         table = pa.table({"name": [r.name for r in records], "length_bp": [len(r.sequence) for r in records],
                           "label": [r.label for r in records], "embedding": list(pooled)})
         files["parquet"] = out_dir / "embeddings.parquet"
-        pq.write_table(table, files["parquet"])
+        with atomic_path(files["parquet"]) as tmp:
+            pq.write_table(table, tmp)
     return {k: str(v) for k, v in files.items()}
 
 
