@@ -88,8 +88,12 @@ class LabelledSequenceDataset(Dataset):
                 if not seq:
                     raise DataError(f"{path}: line {line_no}: empty sequence")
                 _check_dna(seq, f"{path}: line {line_no}")
+                label = (row[label_column] or "").strip()
+                if not label:  # it would become a class named ''
+                    raise DataError(f"{path}: line {line_no}: no label in column {label_column!r}; give every row "
+                                    "one, or drop the unlabelled rows")
                 seqs.append(seq)
-                labels.append((row[label_column] or "").strip())
+                labels.append(label)
         return cls(seqs, labels, tokenizer, class_names, source=str(path))
 
     @classmethod
