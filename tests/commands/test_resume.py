@@ -64,5 +64,5 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     cfg = rc.PretrainConfig(out_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="no checkpoint to resume"):
+    with pytest.raises(ValueError, match="holds no run to continue"):
         train.run_pretrain(cfg, resume=True)
