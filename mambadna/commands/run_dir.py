@@ -153,6 +153,14 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def check_not_finished(path: Path, ckpt: dict, out_dir: Path, max_steps: int) -> None:
+    """Resuming a run that reached its last step and wrote its results would only write them again."""
+    step = int(ckpt.get("global_step", 0))
+    if step >= max_steps and (out_dir / "summary.json").is_file():
+        raise ValueError(f"the run in {out_dir} already finished at step {step} (train.max_steps {max_steps}); "
+                         f"to train it longer resume with a larger --steps")
+
+
 def check_checkpoint_fits(path: Path, ckpt: dict, model: torch.nn.Module, class_names=None) -> None:
     """Refuse, before Lightning's 60-line traceback, a checkpoint saved by another model shape or class set."""
     meta = ckpt.get("mambadna") or {}

@@ -29,8 +29,8 @@ import torch
 from mambadna.checkpoint import read_config
 from mambadna.commands.defaults import default_pretrain_genome, default_species_manifest
 from mambadna.commands.plots import plot_curves, save_confusion
-from mambadna.commands.run_dir import (RunStart, check_checkpoint_fits, continue_command, keep_interrupted_logs,
-                                       read_checkpoint, start_run)
+from mambadna.commands.run_dir import (RunStart, check_checkpoint_fits, check_not_finished, continue_command,
+                                       keep_interrupted_logs, read_checkpoint, start_run)
 from mambadna.config import MambaConfig, tiny
 from mambadna.data.datamodules import LabelledDataModule, StreamsDataModule
 from mambadna.data.errors import DataError
@@ -135,11 +135,16 @@ def check_data(datamodule, cfg, world_size: int, held_out=("val",)) -> None:
         datamodule.set_window(d.window_bp, d.batch_size)
 
 
-def _fit(trainer: pl.Trainer, task, datamodule, run: RunStart, class_names=None) -> None:
+def check_resume(trainer: pl.Trainer, task, run: RunStart, class_names=None) -> None:
+    """Refuse a checkpoint that cannot continue this run, before anything in the run folder is touched."""
     if run.ckpt_path is not None:
         ckpt = read_checkpoint(run.ckpt_path)
         check_checkpoint_fits(run.ckpt_path, ckpt, task.model, class_names)
-        del ckpt
+        check_not_finished(run.ckpt_path, ckpt, run.out_dir, trainer.max_steps)
+
+
+def _fit(trainer: pl.Trainer, task, datamodule, run: RunStart) -> None:
+    if run.ckpt_path is not None:
         keep_interrupted_logs(run.out_dir)
     with memory_advice():
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(run.ckpt_path) if run.ckpt_path else None,
@@ -190,6 +195,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, resume_from=None, ov
     callbacks, stats = run_callbacks(cfg, "pretrain", out_dir)
     trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *_warmup(cfg)])
     check_data(datamodule, cfg, trainer.world_size)
+    check_resume(trainer, task, run)
     save_config(cfg, out_dir / "run_config.json")
     _fit(trainer, task, datamodule, run)
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -290,8 +296,9 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, resume_from=None, ov
     callbacks, stats = run_callbacks(cfg, "finetune", out_dir)
     trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *_warmup(cfg)])
     check_data(datamodule, cfg, trainer.world_size, held_out=("val", "test"))
+    check_resume(trainer, task, run, datamodule.class_names)
     save_config(cfg, out_dir / "run_config.json")
-    _fit(trainer, task, datamodule, run, datamodule.class_names)
+    _fit(trainer, task, datamodule, run)
     summary = {"out_dir": str(out_dir), "steps": trainer.global_step, "classes": datamodule.class_names,
                **stats.summary(trainer)}
     summary.update(test_classifier(trainer, task, datamodule, out_dir))

@@ -57,11 +57,23 @@ class SkippableBatchSampler(BatchSampler):
                 yield batch
 
 
+class SkippableSampler(SequentialSampler):
+    """0, 1, 2, ... with the same one-pass ``skip`` as SkippableBatchSampler (loaders whose items are batches)."""
+
+    def __init__(self, data_source):
+        super().__init__(data_source)
+        self.skip = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return iter(range(skip, len(self.data_source)))
+
+
 class ResumableLoader(DataLoader):
     """A training DataLoader with the ``state_dict`` / ``load_state_dict`` Lightning saves and restores.
 
     ``progress()`` returns how many batches of the current epoch have been trained (read from the trainer when a
-    checkpoint is saved); the batch sampler must have a ``skip`` attribute."""
+    checkpoint is saved); the batch sampler (or, for ``batch_size=None``, the sampler) has a ``skip`` attribute."""
 
     def __init__(self, *args, progress=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -76,8 +88,9 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         done = int(state.get("batches_done", 0))
-        if state.get("epoch") == self._epoch() and 0 < done < len(self) and hasattr(self.batch_sampler, "skip"):
-            self.batch_sampler.skip = done
+        skipper = self.batch_sampler if self.batch_sampler is not None else self.sampler
+        if state.get("epoch") == self._epoch() and 0 < done < len(self) and hasattr(skipper, "skip"):
+            skipper.skip = done
 
 
 def _trained_batches(datamodule: pl.LightningDataModule):
@@ -293,7 +306,10 @@ class StreamsDataModule(pl.LightningDataModule):
         dataset = self._streams("train")
         trainer = getattr(self, "trainer", None)
         dataset.set_epoch(int(trainer.current_epoch) if trainer is not None else 0)
-        return self._stream_loader(dataset)
+        # resumable like the window loaders: the windows continue where they stopped (the carried state starts
+        # from zero there, as it is not in the checkpoint)
+        return ResumableLoader(dataset, batch_size=None, sampler=SkippableSampler(dataset),
+                               num_workers=self.num_workers, persistent_workers=False, progress=_trained_batches(self))
 
     def val_dataloader(self) -> DataLoader:
         return self._stream_loader(self._streams("val"))

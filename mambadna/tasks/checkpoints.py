@@ -1,8 +1,8 @@
 """Training checkpoints that are never half-written and never hold non-finite weights.
 
-`RunCheckpoints` saves `step-<N>.ckpt` (N = optimizer steps done) every `every_n_steps`, at each epoch end (the
-state that resumes exactly) and when training ends, keeps the newest `keep`, and points `last.ckpt` at the
-newest. Before a checkpoint is written its weights are checked finite; it also records, under "mambadna", the
+`RunCheckpoints` saves `step-<N>.ckpt` (N = optimizer steps done) every `every_n_steps` and when training ends
+(interrupts save through it too), keeps the newest `keep`, and points `last.ckpt` at the newest. Any of them
+resumes exactly, mid-epoch included (the training loaders are resumable, see mambadna/data/datamodules.py). Before a checkpoint is written its weights are checked finite; it also records, under "mambadna", the
 model class, config and init arguments, so a resume can refuse another model shape with one line.
 `AtomicCheckpointIO` writes each checkpoint to a temporary name in the same folder and renames it into place;
 `RunCSVLogger` keeps the metrics log whole too.
@@ -72,8 +72,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path, "wb") as fh:
-            torch.save(checkpoint, fh)
+        try:
+            with atomic_open(path, "wb") as fh:
+                torch.save(checkpoint, fh)
+        except RuntimeError as err:
+            # torch's zip writer reports a failed write (a full disk) as a RuntimeError about positions
+            cause = err.__context__
+            if isinstance(cause, OSError):
+                raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from err
+            raise
 
 
 class RunCheckpoints(pl.Callback):
@@ -104,13 +111,6 @@ class RunCheckpoints(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if step and step % self.every_n_steps == 0 and step != self.last_saved and not _accumulating(trainer):
-            self.save(trainer)
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        # re-saving the step just saved mid-epoch is deliberate: the end-of-epoch state resumes exactly; an epoch
-        # cut short by max_steps needs no second copy, nothing is left to resume
-        finished = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
-        if trainer.global_step and not (finished and trainer.global_step == self.last_saved):
             self.save(trainer)
 
     def on_train_end(self, trainer, pl_module):
@@ -144,8 +144,21 @@ class OptimizerSettingsFromConfig(pl.Callback):
     rate, weight decay, betas) from the run config, so that `--resume --lr X` after a NaN stop really lowers it.
     Lightning would otherwise restore the old settings over the new optimizer, and the scheduler's old base rate."""
 
+    def __init__(self):
+        self._pending: dict | None = None
+
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
-        # runs after the new optimizers and schedulers exist and before their saved state is loaded into them
+        # the checkpoint is loaded into the optimizers later; most strategies create them later too (on_fit_start)
+        self._pending = checkpoint
+        if trainer.optimizers:
+            self._apply(trainer)
+
+    def on_fit_start(self, trainer, pl_module):
+        if self._pending is not None and trainer.optimizers:
+            self._apply(trainer)
+
+    def _apply(self, trainer) -> None:
+        checkpoint, self._pending = self._pending, None
         for fresh, saved in zip(trainer.optimizers, checkpoint.get("optimizer_states", [])):
             for group, old in zip(fresh.param_groups, saved.get("param_groups", [])):
                 new_base, old_base = group.get("initial_lr", group["lr"]), old.get("initial_lr", old.get("lr"))
