@@ -84,7 +84,9 @@ def read_config(directory) -> dict:
     """The parsed config.json of a checkpoint directory."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a mambadna checkpoint directory")
+        inner = Path(directory) / "model" / CONFIG_NAME
+        hint = f" (it is a run folder: its model is {inner.parent})" if inner.is_file() else ""
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a mambadna checkpoint directory{hint}")
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 from mambadna.config import POOLINGS
-from mambadna.errors import error_line
+from mambadna.errors import error_line, one_line_warning
 from mambadna.version import __version__
 
 class _Parser(argparse.ArgumentParser):
@@ -274,26 +274,13 @@ def _cmd_train(args, finetune: bool) -> int:
     return 0
 
 
-def _refuse_existing(paths, overwrite: bool) -> None:
-    """Results are replaced only when asked (--overwrite)."""
-    existing = [p for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise ValueError(f"{existing[0]} already exists; choose another --out or add --overwrite to replace it")
-
-
-def _out_folder(path: str) -> Path:
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--out {folder} is a file; give a folder")
-    return folder
-
-
 def _cmd_evaluate(args) -> int:
+    from mambadna.commands.run_dir import out_folder, refuse_existing
     from mambadna import run_config as rc
     from mambadna.commands.evaluate import evaluate
 
-    out = _out_folder(args.out)
-    _refuse_existing([out / "evaluation.json"], args.overwrite)
+    out = out_folder(args.out)
+    refuse_existing([out / "evaluation.json"], args.overwrite)
     data = rc.DataSpec(manifest=args.manifest or "", train=args.test or "", test=args.test or "",
                        label_regex=args.label_regex, window_bp=args.window_bp, batch_size=args.batch_size)
     cfg = rc.FinetuneConfig(out_dir=args.out, data=data, train=rc.TrainSpec(accelerator=args.accelerator))
@@ -302,18 +289,22 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_embed(args) -> int:
+    from mambadna.commands.run_dir import out_folder, refuse_existing
     from mambadna.commands.embed import embed_records, load_lm, read_records, write_embeddings
     from mambadna.run_config import check_label_regex
 
-    out = _out_folder(args.out)
+    out = out_folder(args.out)
     outputs = [out / name for name in ("embeddings.npy", "index.tsv", "per_position.npy", "embeddings.parquet")]
     if Path(args.input).resolve() in [p.resolve() for p in outputs]:
         raise ValueError(f"--out {out} would overwrite the input {args.input}; choose another --out")
-    _refuse_existing(outputs[:2], args.overwrite)
+    refuse_existing(outputs[:2], args.overwrite)
     if args.label_regex:
         check_label_regex(args.label_regex, "--label-regex")
     model = load_lm(args.checkpoint)
-    records = read_records(args.input, label_regex=args.label_regex)
+    try:
+        records = read_records(args.input, label_regex=args.label_regex)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{args.input}: not a text file ({exc}); give a FASTA or a CSV/TSV table") from None
     pooled, positions = embed_records(model, records, args.pooling, args.per_position, args.batch_size,
                                       args.max_length_bp, chunk_bp=args.chunk_bp)
     files = write_embeddings(out, records, pooled, positions)
@@ -322,6 +313,7 @@ def _cmd_embed(args) -> int:
 
 
 def _cmd_generate(args) -> int:
+    from mambadna.commands.run_dir import out_folder, refuse_existing
     from mambadna.commands.embed import load_lm
     from mambadna.commands.generate import generate_fasta
 
@@ -331,7 +323,7 @@ def _cmd_generate(args) -> int:
         raise ValueError(f"--out {out} is inside the model folder {args.checkpoint}; choose another --out")
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the FASTA file to write")
-    _refuse_existing([out], args.overwrite)
+    refuse_existing([out], args.overwrite)
     seqs = generate_fasta(load_lm(args.checkpoint), args.prompt, out, args.num, args.length_bp,
                           args.temperature, args.top_k, args.seed)
     print(f"wrote {len(seqs)} sequence(s) of {len(seqs[0])} bp to {args.out}")
@@ -339,13 +331,14 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_probe(args) -> int:
+    from mambadna.commands.run_dir import out_folder, refuse_existing
     from mambadna.commands.embed import read_embeddings
     from mambadna.commands.plots import plot_pca
     from mambadna.commands.probe import probe_embeddings
     from mambadna.files import write_json
 
-    out = _out_folder(args.out or args.embeddings)
-    _refuse_existing([out / "probe.json", out / "pca.png"], args.overwrite)
+    out = out_folder(args.out or args.embeddings)
+    refuse_existing([out / "probe.json", out / "pca.png"], args.overwrite)
     vectors, labels = read_embeddings(args.embeddings)
     result = probe_embeddings(vectors, labels, args.folds)
     out.mkdir(parents=True, exist_ok=True)
@@ -357,9 +350,9 @@ def _cmd_probe(args) -> int:
 
 def _cmd_demo(args) -> int:
     from mambadna.commands.demo import run_demo
-    from mambadna.commands.run_dir import start_run
+    from mambadna.commands.run_dir import out_folder, start_run
 
-    out = _out_folder(args.out)
+    out = out_folder(args.out)
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
             raise ValueError(f"{out} already holds a demo; add --overwrite to move it aside, or choose another --out")
@@ -403,33 +396,6 @@ COMMANDS = {
 }
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    # Python prints a warning with its source line under it; a user needs the message only
-    stream = file if file is not None else sys.stderr
-    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
-    try:
-        stream.write(f"warning: {text}\n")
-    except (OSError, ValueError):
-        pass
-
-
-def _interrupted_line(args, exc) -> str:
-    from mambadna.commands.run_dir import continue_command, newest_checkpoint
-
-    name = exc.args[0] if exc.args else "signal"
-    if args.command not in ("pretrain", "finetune"):
-        return f"interrupted ({name})"
-    out = Path(getattr(args, "out_dir", None) or "")
-    resume = continue_command(args.command, out)
-    if exc.step is not None:
-        if exc.checkpoint is None:
-            return f"interrupted ({name}) before the first training step; nothing to resume: start again (--overwrite)"
-        return f"interrupted at step {exc.step}; continue with: {resume}"
-    if out.name and newest_checkpoint(out) is not None:
-        return f"interrupted ({name}); continue with: {resume}"
-    return f"interrupted ({name}) before the first checkpoint; nothing to resume: start again (with --overwrite)"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -446,13 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     from mambadna.tasks.interrupts import Interrupted, install_handlers, restore_handlers
 
     previous_handlers, previous_warning = install_handlers(), warnings.showwarning
-    warnings.showwarning = _one_line_warning
+    warnings.showwarning = one_line_warning
     start = time.time()
     try:
         _quiet_lightning(args.verbose)
         code = COMMANDS[args.command](args)
     except Interrupted as exc:
-        print(f"\n{_interrupted_line(args, exc)}", file=sys.stderr)
+        from mambadna.commands.run_dir import interrupted_line
+
+        print(f"\n{interrupted_line(args.command, getattr(args, 'out_dir', None), exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # raised before the handlers were installed
         print("\ninterrupted (SIGINT)", file=sys.stderr)

@@ -46,6 +46,8 @@ def error_line(err: Exception) -> tuple[str, int]:
                 "--chunk-bp", 2)
     if isinstance(err, MemoryError):
         return "out of memory (host RAM); use smaller batches or shorter sequences", 2
+    if isinstance(err, UnicodeDecodeError):
+        return f"a file read as text is not UTF-8 text ({err}); check the file arguments", 2
     if isinstance(err, ValueError):
         return _first_line(err), 2  # mambadna.data.DataError and every checked setting are ValueErrors
     if isinstance(err, OSError):
@@ -55,3 +57,14 @@ def error_line(err: Exception) -> tuple[str, int]:
     if type(err).__name__ in USER_EXCEPTION_NAMES:
         return f"{_first_line(err)} (Lightning)", 2
     return f"internal error: {type(err).__name__}: {_first_line(err)[:200]} (a bug in mambadna; please report it)", 1
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning for the CLI: Python prints a warning with its source line under it; a user needs the
+    message only."""
+    stream = file if file is not None else sys.stderr
+    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+    try:
+        stream.write(f"warning: {text}\n")
+    except (OSError, ValueError):
+        pass

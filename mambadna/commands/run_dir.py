@@ -187,3 +187,33 @@ def check_checkpoint_fits(path: Path, ckpt: dict, model: torch.nn.Module, class_
     if class_names is not None and saved_names is not None and list(saved_names) != list(class_names):
         raise ValueError(f"cannot resume from {path}: it was trained on classes {saved_names} but the data now has "
                          f"{list(class_names)}; resume with the same data or start a new --out")
+
+
+def refuse_existing(paths, overwrite: bool) -> None:
+    """Results are replaced only when asked (--overwrite)."""
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{existing[0]} already exists; choose another --out or add --overwrite to replace it")
+
+
+def out_folder(path: str) -> Path:
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file; give a folder")
+    return folder
+
+
+def interrupted_line(command: str, out_dir, exc) -> str:
+    """The one line after SIGINT/SIGTERM: where training stopped and the command that continues it."""
+    name = exc.args[0] if exc.args else "signal"
+    if command not in ("pretrain", "finetune") or not out_dir:
+        return f"interrupted ({name})"
+    out = Path(out_dir)
+    resume = continue_command(command, out)
+    if exc.step is not None:
+        if exc.checkpoint is None:
+            return f"interrupted ({name}) before the first training step; nothing to resume: start again (--overwrite)"
+        return f"interrupted at step {exc.step}; continue with: {resume}"
+    if newest_checkpoint(out) is not None:
+        return f"interrupted ({name}); continue with: {resume}"
+    return f"interrupted ({name}) before the first checkpoint; nothing to resume: start again (with --overwrite)"

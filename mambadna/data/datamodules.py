@@ -231,10 +231,14 @@ class LabelledDataModule(pl.LightningDataModule):
             if path is None:
                 continue
             names = self.datasets["train"].class_names if "train" in self.datasets else None
-            if str(path).lower().endswith((".csv", ".tsv", ".txt")):
-                ds = LabelledSequenceDataset.from_table(path, sequence_column, label_column, class_names=names, **read)
-            else:
-                ds = LabelledSequenceDataset.from_fasta(path, label_regex, label_key, class_names=names, **read)
+            try:
+                if str(path).lower().endswith((".csv", ".tsv", ".txt")):
+                    ds = LabelledSequenceDataset.from_table(path, sequence_column, label_column, class_names=names,
+                                                            **read)
+                else:
+                    ds = LabelledSequenceDataset.from_fasta(path, label_regex, label_key, class_names=names, **read)
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}: not a text file ({exc}); give a CSV/TSV table or a FASTA") from None
             self.datasets[split] = ds
         self.class_names = self.datasets["train"].class_names
         self.pad_id = getattr(self.datasets["train"].tokenizer, "pad_id", 0)

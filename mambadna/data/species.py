@@ -41,7 +41,11 @@ def read_manifest(path: str | os.PathLike, min_species: int = 2) -> list[Manifes
     if path.is_dir():
         rows = _rows_from_folder(path)
     elif path.is_file():
-        rows = _rows_from_tsv(path)
+        try:
+            rows = _rows_from_tsv(path)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not a text manifest ({exc}); give a tab-separated species<TAB>fasta file"
+                            ) from None
     else:
         raise DataError(f"{path}: no such manifest file or folder")
     species = sorted({r.species for r in rows})
