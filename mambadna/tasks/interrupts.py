@@ -79,6 +79,8 @@ class GracefulInterrupt(pl.Callback):
         if not pending:
             return
         path = self.checkpoints.save(trainer) if trainer.global_step else None
+        for logger in trainer.loggers:  # the metrics so far, for the curves of the resumed run
+            logger.save()
         raise Interrupted(pending, trainer.global_step, path)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

@@ -121,6 +121,32 @@ def test_sigterm_sigint_sigkill_then_resume_continues_the_same_schedule(genome, 
         assert json.loads((out_dir / "summary.json").read_text())["steps"] == STEPS
 
 
+class SignalDuringValidation(pl.Callback):
+    """Sends this process SIGTERM from inside the first validation after step `step`."""
+
+    def __init__(self, step: int):
+        self.step, self.sent = step, False
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not self.sent and trainer.global_step >= self.step:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_validation_saves_that_step_and_resumes_exactly(genome, reference, tmp_path, capsys,
+                                                                       monkeypatch):
+    out = tmp_path / "run"
+    _extra_callback(monkeypatch, SignalDuringValidation(8))
+    assert cli.main(pretrain(out, genome)) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("interrupted at step 8; continue with:")
+    monkeypatch.undo()
+    assert cli.main(["pretrain", "--out", str(out), "--resume"]) == 0
+    found = losses(out)
+    assert sorted(found) == list(range(STEPS))
+    for step in range(8, STEPS):
+        assert found[step] == pytest.approx(reference[step], rel=1e-4, abs=1e-6), step
+
+
 class FullDisk:
     """`open` for mambadna.files whose files raise OSError(ENOSPC) once `budget` bytes were written in all."""
 
@@ -186,14 +212,19 @@ class Poison(pl.Callback):
                 pl_module.model.norm_f.weight.fill_(self.value)
 
 
-def _poisoned(monkeypatch, step: int, value: float) -> None:
+def _extra_callback(monkeypatch, callback: pl.Callback) -> None:
+    """Run `callback` first, before the run's own (its checkpoints included)."""
     real = train.run_callbacks
 
     def run_callbacks(cfg, command, out_dir):
         callbacks, stats = real(cfg, command, out_dir)
-        return [Poison(step, value), *callbacks], stats
+        return [callback, *callbacks], stats
 
     monkeypatch.setattr(train, "run_callbacks", run_callbacks)
+
+
+def _poisoned(monkeypatch, step: int, value: float) -> None:
+    _extra_callback(monkeypatch, Poison(step, value))
 
 
 def test_nan_stop_names_a_checkpoint_whose_weights_and_loss_were_finite(genome, tmp_path, capsys, monkeypatch):
