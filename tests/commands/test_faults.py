@@ -79,24 +79,27 @@ def _start(argv: list[str], tmp_path: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_step(proc: subprocess.Popen, ckpt_dir: Path, step: int, timeout_s: float = 240) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if any(s >= step for s, _ in step_checkpoints(ckpt_dir)):
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"training ended early ({proc.returncode}): {proc.stderr.read()}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("no checkpoint in time")
+def _signal_at_step(procs: dict, signals: dict, dirs: dict, step: int, timeout_s: float = 240) -> None:
+    """Send each process its signal as soon as it has saved the checkpoint of `step` (all watched at once, so
+    none trains on far past it while another one is awaited)."""
+    waiting, deadline = set(procs), time.time() + timeout_s
+    while waiting and time.time() < deadline:
+        for name in sorted(waiting):
+            if any(s >= step for s, _ in step_checkpoints(dirs[name] / "checkpoints")):
+                procs[name].send_signal(signals[name])
+                waiting.discard(name)
+            elif procs[name].poll() is not None:
+                pytest.fail(f"{name}: training ended early ({procs[name].returncode}): {procs[name].stderr.read()}")
+        time.sleep(0.02)
+    for name in waiting:
+        procs[name].kill()
+    assert not waiting, f"no checkpoint in time: {sorted(waiting)}"
 
 
 def test_sigterm_sigint_sigkill_then_resume_continues_the_same_schedule(genome, reference, tmp_path, capsys):
     signals = {"term": signal.SIGTERM, "int": signal.SIGINT, "kill": signal.SIGKILL}
     procs = {name: _start(pretrain(tmp_path / name, genome), tmp_path) for name in signals}  # all three at once
-    for name, signum in signals.items():
-        _wait_for_step(procs[name], tmp_path / name / "checkpoints", 6)
-        procs[name].send_signal(signum)
+    _signal_at_step(procs, signals, {name: tmp_path / name for name in signals}, 6)
     for name, signum in signals.items():
         _, err = procs[name].communicate(timeout=120)
         out_dir, ckpts = tmp_path / name, step_checkpoints(tmp_path / name / "checkpoints")
