@@ -418,9 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_lightning(args.verbose)
         code = COMMANDS[args.command](args)
     except Interrupted as exc:
-        from mambadna.commands.run_dir import interrupted_line
+        from mambadna.commands.run_dir import interrupted_line, is_rank_zero
 
-        print(f"\n{interrupted_line(args.command, getattr(args, 'out_dir', None), exc)}", file=sys.stderr)
+        if is_rank_zero():  # the other processes of a DDP run stop with it, silently
+            print(f"\n{interrupted_line(args.command, getattr(args, 'out_dir', None), exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # raised before the handlers were installed
         print("\ninterrupted (SIGINT)", file=sys.stderr)

@@ -71,10 +71,21 @@ class RunStart:
     moved_to: Path | None = None
 
 
+def is_rank_zero() -> bool:
+    """False in the other processes of a multi-process run (DDP relaunches this command once per device; they
+    find the folder rank 0 has just prepared and must neither refuse nor move it)."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def start_run(out_dir: str | Path, command: str, resume: bool = False, resume_from: str | Path | None = None,
               overwrite: str | None = None) -> RunStart:
     """Apply the run-folder rules above; returns the folder and the checkpoint to continue (if any)."""
     out_dir = Path(out_dir)
+    if not is_rank_zero():
+        ckpt = newest_checkpoint(out_dir) if resume else (Path(resume_from) if resume_from else None)
+        return RunStart(out_dir, ckpt)
     if overwrite is not None and overwrite not in OVERWRITE_MODES:
         raise ValueError(f"--overwrite takes {' or '.join(OVERWRITE_MODES)}, got {overwrite!r}")
     if resume and resume_from:
@@ -129,6 +140,8 @@ def _delete_run(out_dir: Path) -> None:
 
 def keep_interrupted_logs(out_dir: Path) -> None:
     """Lightning's CSV logger starts logs/metrics.csv afresh on resume: keep the earlier part beside it."""
+    if not is_rank_zero():
+        return
     logs = out_dir / "logs"
     if (logs / "metrics.csv").is_file():
         part = 1

@@ -30,7 +30,7 @@ from mambadna.checkpoint import read_config
 from mambadna.commands.defaults import default_pretrain_genome, default_species_manifest
 from mambadna.commands.plots import plot_curves, save_confusion
 from mambadna.commands.run_dir import (RunStart, check_checkpoint_fits, check_not_finished, continue_command,
-                                       keep_interrupted_logs, read_checkpoint, start_run)
+                                       is_rank_zero, keep_interrupted_logs, read_checkpoint, start_run)
 from mambadna.config import MambaConfig, tiny
 from mambadna.data.datamodules import LabelledDataModule, StreamsDataModule
 from mambadna.data.errors import DataError
@@ -196,7 +196,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, resume_from=None, ov
     trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *_warmup(cfg)])
     check_data(datamodule, cfg, trainer.world_size)
     check_resume(trainer, task, run)
-    save_config(cfg, out_dir / "run_config.json")
+    if is_rank_zero():  # the other ranks of a DDP run re-run this command
+        save_config(cfg, out_dir / "run_config.json")
     _fit(trainer, task, datamodule, run)
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     summary = {"out_dir": str(out_dir), "steps": trainer.global_step, **val, **stats.summary(trainer)}
@@ -297,7 +298,8 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, resume_from=None, ov
     trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *_warmup(cfg)])
     check_data(datamodule, cfg, trainer.world_size, held_out=("val", "test"))
     check_resume(trainer, task, run, datamodule.class_names)
-    save_config(cfg, out_dir / "run_config.json")
+    if is_rank_zero():  # the other ranks of a DDP run re-run this command
+        save_config(cfg, out_dir / "run_config.json")
     _fit(trainer, task, datamodule, run)
     summary = {"out_dir": str(out_dir), "steps": trainer.global_step, "classes": datamodule.class_names,
                **stats.summary(trainer)}

@@ -98,8 +98,20 @@ def _signal_at_step(procs: dict, signals: dict, dirs: dict, step: int, timeout_s
 
 def test_sigterm_sigint_sigkill_then_resume_continues_the_same_schedule(genome, reference, tmp_path, capsys):
     signals = {"term": signal.SIGTERM, "int": signal.SIGINT, "kill": signal.SIGKILL}
-    procs = {name: _start(pretrain(tmp_path / name, genome), tmp_path) for name in signals}  # all three at once
-    _signal_at_step(procs, signals, {name: tmp_path / name for name in signals}, 6)
+    procs = {name: _start(pretrain(tmp_path / name, genome), tmp_path) for name in signals}  # all at once
+    # and a two-process DDP run (gloo): rank 1 re-runs the command in the folder rank 0 prepared, and a SIGTERM
+    # sent to rank 0 alone must stop both ranks at one step, with one checkpoint and one line
+    ddp_dir = tmp_path / "ddp"
+    procs["ddp"] = _start([*pretrain(ddp_dir, genome, "--steps", "400"), "--accelerator", "cpu", "--devices", "2",
+                           "--strategy", "ddp"], tmp_path)
+    _signal_at_step(procs, {**signals, "ddp": signal.SIGTERM}, {name: tmp_path / name for name in procs}, 6)
+    ddp = procs.pop("ddp")
+    _, err = ddp.communicate(timeout=120)
+    assert ddp.returncode == 143, err
+    stopped_at = step_checkpoints(ddp_dir / "checkpoints")[-1][0]
+    assert [line for line in err.splitlines() if line.startswith("interrupted")] == [
+        f"interrupted at step {stopped_at}; continue with: mambadna pretrain --out {ddp_dir} --resume"], err
+    assert read_checkpoint(ddp_dir / "checkpoints" / f"step-{stopped_at:08d}.ckpt")["global_step"] == stopped_at
     for name, signum in signals.items():
         _, err = procs[name].communicate(timeout=120)
         out_dir, ckpts = tmp_path / name, step_checkpoints(tmp_path / name / "checkpoints")
@@ -274,3 +286,4 @@ def test_overwrite_moves_the_old_run_aside_or_deletes_it(genome, tmp_path, capsy
     assert not (tmp_path / "run.old-2").exists()
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "curves.png", "logs", "model", "run_config.json",
                                                      "summary.json"]
+
