@@ -47,6 +47,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _at_least_two(text: str) -> int:
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {text!r}")
+    return value
+
+
 def _finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -181,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("probe", help="cross-validated logistic regression on embeddings + PCA scatter")
     p.add_argument("embeddings", help="folder written by `mambadna embed` (labels from index.tsv)")
-    p.add_argument("--folds", type=_positive_int, default=5, help="cross-validation folds (at least 2)")
+    p.add_argument("--folds", type=_at_least_two, default=5, help="cross-validation folds (at least 2)")
     p.add_argument("--out", help="folder for probe.json and pca.png (default: the embeddings folder)")
     _add_overwrite(p, "probe.json and pca.png")
 
