@@ -146,6 +146,7 @@ ROWS = [
                                                w["root"] / "o14"], 2, "are for classifiers"),
     ("embed --batch-size 0", lambda w: ["embed", w["lm"], w["small"], "--batch-size", "0"], 2,
      "must be a positive integer"),
+    ("probe without labels", lambda w: ["probe", w["emb"], "--out", w["root"] / "o17"], 2, "index.tsv has none"),
     ("probe --folds 1", lambda w: ["probe", w["emb"], "--folds", "1"], 2, "must be at least 2"),
     ("generate --temperature nan", lambda w: ["generate", w["lm"], "--temperature", "nan"], 2, "finite number"),
     ("normalize over its input", lambda w: ["normalize", w["small"], w["small"]], 2, "never overwrites"),
