@@ -16,10 +16,13 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from mambadna import hf
 from mambadna.config import MambaConfig
+from mambadna.files import write_bytes, write_text
 from mambadna.tokenizer import tokenizer_from_name
 from mambadna.version import __version__
 
@@ -75,8 +78,11 @@ def save_pretrained(model: torch.nn.Module, directory) -> None:
         "init_kwargs": model.init_kwargs(),
         "tied_weights": tied,
     }
-    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "mambadna_version": __version__})
+    # weights first, each file renamed into place whole: a crash leaves the old pair or a new weights file beside
+    # the old config, never a truncated file under either name
+    write_bytes(directory / WEIGHTS_NAME,
+                safetensors_bytes(tensors, metadata={"format": "pt", "mambadna_version": __version__}))
+    write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
 
 
 def read_config(directory) -> dict:
@@ -84,17 +90,33 @@ def read_config(directory) -> dict:
     directory = hf.locate(directory)
     path = directory / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a mambadna or transformers Mamba model folder")
+        inner = Path(directory) / "model" / CONFIG_NAME
+        hint = f" (it is a run folder: its model is {inner.parent})" if inner.is_file() else ""
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}: not a mambadna or transformers Mamba model "
+                                f"folder{hint}")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the file is damaged or not a mambadna config") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a mambadna config (expected a JSON object)")
     if hf.is_transformers_config(meta):
         return hf.read_transformers_config(directory, meta)
     missing = [k for k in ("model_class", "config", "tokenizer") if k not in meta]
     if missing:
         raise ValueError(f"{path} lacks required keys {missing}")
     return meta
+
+
+def read_weights(path: Path, map_location="cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged, truncated or non-safetensors file is a one-line ValueError."""
+    try:
+        return load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError) as err:
+        size = path.stat().st_size if path.is_file() else 0
+        raise ValueError(f"{path} is not a readable safetensors file ({err}; {size} bytes): it is truncated, damaged "
+                         "or in another format (a torch.save pickle?); save the model again with save_pretrained"
+                         ) from None
 
 
 def load_pretrained(cls, directory, config: MambaConfig | None = None, map_location="cpu"):
@@ -128,7 +150,7 @@ def load_pretrained(cls, directory, config: MambaConfig | None = None, map_locat
     elif not weights.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}")
     else:
-        state = load_file(str(weights), device=str(map_location))
+        state = read_weights(weights, map_location)
     expected = model.state_dict()
     tied = meta.get("tied_weights", {})
     missing = sorted(k for k in expected if k not in state and k not in tied)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,7 +31,21 @@ except ImportError:  # Python 3.10
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 SPLIT_MODES = ("auto", "contig", "block")
+LABELLED_SUFFIXES = (".csv", ".tsv", ".txt")
+
+
+def check_label_regex(pattern: str, name: str = "data.label_regex") -> re.Pattern:
+    """A label regex compiled, with exactly one group (the label), or a ValueError saying what is wrong."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{name} {pattern!r} is not a valid regular expression ({err})") from None
+    if compiled.groups != 1:
+        raise ValueError(f"{name} {pattern!r} must have exactly one (group) capturing the label, it has "
+                         f"{compiled.groups}; e.g. 'label=(\\w+)'")
+    return compiled
 
 
 def _check(section: str, obj, *names: str, allow_none: bool = False, minimum=None, strict: bool = True) -> None:
@@ -97,6 +112,27 @@ class DataSpec:
             raise ValueError(f"data.split_by must be one of {SPLIT_MODES}, got {self.split_by!r}")
         if self.manifest and self.train:
             raise ValueError("give data.manifest (species windows) or data.train (labelled sequences), not both")
+        self._check_labelled()
+
+    def _check_labelled(self) -> None:
+        # settings that only apply to labelled files would otherwise be ignored without a word
+        if (self.val or self.test) and not self.train:
+            raise ValueError("data.val / data.test (--val / --test) are labelled files that go with data.train "
+                             "(--train); a manifest's held-out windows come from data.val_fraction / test_fraction")
+        if self.label_regex and self.label_key:
+            raise ValueError("give data.label_regex or data.label_key, not both")
+        if self.label_regex:
+            check_label_regex(self.label_regex)
+        fasta_train = bool(self.train) and not self.train.lower().endswith(LABELLED_SUFFIXES)
+        if (self.label_regex or self.label_key) and self.train and not fasta_train:
+            raise ValueError(f"data.label_regex / data.label_key read labels from FASTA headers; {self.train} is a "
+                             f"table, whose labels are in the column data.label_column ({self.label_column!r})")
+        if (self.label_regex or self.label_key) and self.manifest:
+            raise ValueError("data.label_regex / data.label_key read labels from FASTA headers of data.train; a "
+                             "manifest's labels are its species column")
+        if fasta_train and not (self.label_regex or self.label_key):
+            raise ValueError(f"data.train {self.train} is a FASTA: say where its labels are with data.label_key "
+                             "(e.g. label for 'label=x' in the header) or data.label_regex (one group)")
 
 
 @dataclass
@@ -129,11 +165,15 @@ class TrainSpec:
     activation_checkpointing: bool = setting(False, help="recompute each Mamba block in the backward to save memory",
                                              flag="--activation-checkpointing")
     compile: bool = setting(False, help="torch.compile the loss computation", flag="--compile")
-    accelerator: str = setting("auto", help="Lightning accelerator: auto, cpu or gpu", flag="--accelerator")
+    accelerator: str = setting("auto", help="Lightning accelerator: auto, cpu or gpu", flag="--accelerator",
+                               choices=ACCELERATORS)
     devices: str = setting("auto", help="Lightning devices: auto, a count (2) or a list (0,1)", flag="--devices")
     strategy: str = setting("auto", help="Lightning strategy", flag="--strategy", choices=STRATEGIES)
     num_nodes: int = setting(1, help="machines (Lightning num_nodes)")
-    ckpt_every_n_steps: int = setting(500, help="save a checkpoint every N steps", flag="--ckpt-every")
+    ckpt_every_n_steps: int = setting(500, help="save a checkpoint every N steps (also at each epoch end, on "
+                                               "SIGTERM/SIGINT and at the end)", flag="--ckpt-every")
+    keep_checkpoints: int = setting(2, help="keep the newest N step checkpoints (2 or more keeps a good one "
+                                            "behind a NaN)")
     val_every_n_steps: int | None = setting(None, help="validate every N steps (none: at the end of each epoch)")
     log_every_n_steps: int = setting(10, help="log metrics every N steps")
     seed: int = setting(0, help="random seed", flag="--seed")
@@ -154,13 +194,15 @@ class TrainSpec:
 
     def __post_init__(self):
         _check("train", self, "max_steps", "accumulate_grad_batches", "ckpt_every_n_steps", "log_every_n_steps",
-               "epochs_per_stage", "num_nodes")
+               "epochs_per_stage", "num_nodes", "keep_checkpoints")
         _check("train", self, "val_every_n_steps", "chunk_bp", allow_none=True)
         _check("train", self, "seqlen_warmup_from_bp", strict=False)
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"train.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.accelerator not in ACCELERATORS:
+            raise ValueError(f"train.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
         self._check_long_context()
         self.lightning_devices()
 
@@ -433,6 +475,41 @@ def _merge(base: dict, update: dict) -> None:
 
 
 def save_config(cfg, path: str | Path) -> None:
+    from mambadna.files import write_json
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"kind": type(cfg).__name__, **to_dict(cfg)}, indent=2) + "\n")
+    write_json(path, {"kind": type(cfg).__name__, **to_dict(cfg)})
+
+
+def load_config(path: str | Path):
+    """The config a run saved (`run_config.json`), as its dataclass; a damaged file is a one-line ValueError."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        kind = data.pop("kind")
+    except (OSError, ValueError, KeyError, AttributeError) as err:
+        raise ValueError(f"{path} is not a readable run config ({err}); start afresh with --overwrite") from None
+    classes = {c.__name__: c for c in (PretrainConfig, FinetuneConfig)}
+    if kind not in classes:
+        raise ValueError(f"{path} holds a {kind!r} config, not a pretrain or finetune run")
+    try:
+        return from_dict(classes[kind], data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def changed_settings(before, after) -> list[tuple[str, object, object]]:
+    """(dotted key, old, new) of every setting that differs between two configs of one kind."""
+    old, new = _flat(to_dict(before)), _flat(to_dict(after))
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -99,4 +99,4 @@ def test_nan_loss_stops_with_step(capsys, tmp_path):
 
 
 def test_resume_without_checkpoint(capsys, tmp_path):
-    assert "no checkpoint to resume" in run_error(capsys, ["pretrain", "--resume", "--out", str(tmp_path), *TINY])
+    assert "holds no run to continue" in run_error(capsys, ["pretrain", "--resume", "--out", str(tmp_path), *TINY])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mambadna.data import bundled_path
+from mambadna.files import write_text
 
 # class name -> bundled_path name
 DEFAULT_SPECIES = {
@@ -27,7 +28,8 @@ def default_species_manifest(out_dir: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "species.tsv"
     lines = ["species\tfasta"] + [f"{name}\t{bundled_path(key).resolve()}" for name, key in DEFAULT_SPECIES.items()]
-    manifest.write_text("\n".join(lines) + "\n")
+    if not manifest.is_file() or manifest.read_text() != "\n".join(lines) + "\n":
+        write_text(manifest, "\n".join(lines) + "\n")
     return manifest
 
 
@@ -44,7 +46,7 @@ def default_pretrain_genome(out_dir: str | Path) -> Path:
         parts.append(text if text.endswith("\n") else text + "\n")
     content = "".join(parts)
     if not target.is_file() or target.read_text() != content:
-        target.write_text(content)
+        write_text(target, content)
         stale_index = target.with_suffix(".fa.fai")
         if stale_index.exists():
             stale_index.unlink()

@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from mambadna import run_config as rc
 from mambadna.commands.defaults import default_species_manifest
 from mambadna.config import tiny
+from mambadna.files import write_json
 
 BASELINE_TRAIN_WINDOWS = 1024
 
@@ -111,7 +111,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress_ba
         "results": [{"method": m, "accuracy": a, "macro_f1": f} for m, a, f in rows],
         "seconds": {"pretrain": round(t_pre, 1), "finetune": round(t_ft, 1), "total": round(total, 1)},
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "summary.json", summary)
     _print_table(summary, rows, out_dir)
     return summary
 

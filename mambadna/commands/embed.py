@@ -11,6 +11,7 @@ mambadna/commands/embedding_io.py's.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from mambadna.checkpoint import load
 from mambadna.chunking import check_chunk_bp, run_chunked
 from mambadna.commands.embedding_io import PER_POSITION_NAME, write_embeddings
 from mambadna.config import POOLINGS
+from mambadna.files import atomic_path
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.pooling import check_mask, pool_finish, pool_partial
 from mambadna.tokenizer import reverse_complement_bytes, tokenizer_from_name
@@ -252,23 +254,26 @@ def run_embed(checkpoint, input_path, out_dir, pooling="mean", per_position=Fals
     seqs = [r.sequence[:max_length_bp] if max_length_bp else r.sequence for r in records]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, stream = per_position_rows(seqs), None
-    if per_position:
-        if per_position_dtype not in ("float16", "float32"):
-            raise ValueError(f"--per-position-dtype must be float16 or float32, got {per_position_dtype!r}")
-        stream = np.lib.format.open_memmap(out_dir / PER_POSITION_NAME, mode="w+", dtype=per_position_dtype,
-                                           shape=(int(rows[-1]), model.config.d_model))
+    rows = per_position_rows(seqs)
+    if per_position and per_position_dtype not in ("float16", "float32"):
+        raise ValueError(f"--per-position-dtype must be float16 or float32, got {per_position_dtype!r}")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    pooled, _ = embed_records(model, records, pooling, per_position, batch_size, max_length_bp, device, chunk_bp,
-                              layer, rc_average, precision, per_position_out=stream)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    if stream is not None:
-        stream.flush()
-        del stream
+    # the per-position file is streamed under a temporary name and renamed into place only when complete
+    with atomic_path(out_dir / PER_POSITION_NAME) if per_position else contextlib.nullcontext() as tmp:
+        stream = None
+        if per_position:
+            stream = np.lib.format.open_memmap(tmp, mode="w+", dtype=per_position_dtype,
+                                               shape=(int(rows[-1]), model.config.d_model))
+        start = time.perf_counter()
+        pooled, _ = embed_records(model, records, pooling, per_position, batch_size, max_length_bp, device, chunk_bp,
+                                  layer, rc_average, precision, per_position_out=stream)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        if stream is not None:
+            stream.flush()
+            del stream
     files = write_embeddings(out_dir, records, pooled, fmt=fmt, per_position_rows=rows if per_position else None)
     stats = {"sequences": len(records), "bases": int(rows[-1]), "seconds": round(seconds, 3),
              "bases_per_s": round(rows[-1] / max(seconds, 1e-9), 1), "device": str(device),

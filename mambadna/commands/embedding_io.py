@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mambadna.files import atomic_open, atomic_path
+
 EMBEDDING_FORMATS = ("npy", "parquet", "h5ad")
 FILES = {"npy": "embeddings.npy", "parquet": "embeddings.parquet", "h5ad": "embeddings.h5ad"}
 INDEX_NAME = "index.tsv"
@@ -63,17 +65,19 @@ def write_embeddings(out_dir: str | Path, records, pooled: np.ndarray, per_posit
     table = Embeddings(np.ascontiguousarray(pooled, dtype=np.float32), [r.name for r in records],
                        [r.label for r in records], [len(r.sequence) for r in records])
     files = {"embeddings": out_dir / FILES[fmt]}
+    # every file under a temporary name first (mambadna/files.py): a crash never leaves half of one
     if fmt == "npy":
-        np.save(files["embeddings"], table.vectors)
-    elif fmt == "parquet":
-        _write_parquet(writer, files["embeddings"], table)
+        with atomic_open(files["embeddings"], "wb") as fh:
+            np.save(fh, table.vectors)
     else:
-        _write_h5ad(writer, files["embeddings"], table)
+        with atomic_path(files["embeddings"]) as tmp:
+            (_write_parquet if fmt == "parquet" else _write_h5ad)(writer, tmp, table)
     offsets = per_position_rows
     if per_position is not None:
         offsets = np.zeros(len(records) + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([p.shape[0] for p in per_position])
-        np.save(out_dir / PER_POSITION_NAME, np.concatenate(per_position, axis=0))
+        with atomic_open(out_dir / PER_POSITION_NAME, "wb") as fh:
+            np.save(fh, np.concatenate(per_position, axis=0))
     if offsets is not None:
         files["per_position"] = out_dir / PER_POSITION_NAME
     if fmt == "npy" or offsets is not None:
@@ -83,7 +87,7 @@ def write_embeddings(out_dir: str | Path, records, pooled: np.ndarray, per_posit
 
 
 def _write_index(path: Path, table: Embeddings, offsets) -> None:
-    with open(path, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.writer(fh, delimiter="\t", lineterminator="\n")
         extra = ["pos_start", "pos_end"] if offsets is not None else []
         writer.writerow(["row", "name", "length_bp", "label", *extra])

@@ -1,32 +1,57 @@
 """Evaluating a saved model on held-out data: a classifier's accuracy / macro-F1 / confusion matrix, or a language
-model's bits per base on a genome's test split."""
+model's bits per base on a genome's test split.
+
+A classifier's classes are matched by name, never by position: the test data may list its classes in another
+order or hold only some of them, and a label the model never saw is refused by name."""
 
 from __future__ import annotations
 
-import json
+import time
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 
 from mambadna.checkpoint import load
-from mambadna.model import MambaClassifier, MambaLM
-from mambadna.tasks.classify import ClassifyTask
 from mambadna.commands.defaults import default_pretrain_genome
+from mambadna.commands.train import TaskWarning, check_accelerator, finetune_datamodule, memory_advice, test_classifier
+from mambadna.files import write_json
+from mambadna.model import MambaClassifier, MambaLM
+from mambadna.run_config import FinetuneConfig, OptimSpec, TrainSpec
+from mambadna.tasks.classify import ClassifyTask
 from mambadna.tasks.lm import LMTask
-from mambadna.run_config import FinetuneConfig, MaskingSpec, OptimSpec
-from mambadna.commands.train import finetune_datamodule, memory_advice, test_classifier
+from mambadna.run_config import MaskingSpec
 from mambadna.tokenizer import tokenizer_from_name
 
 
-def _trainer(progress_bar: bool) -> pl.Trainer:
-    return pl.Trainer(accelerator="auto", devices=1, logger=False, enable_progress_bar=progress_bar,
+def _trainer(progress_bar: bool, accelerator: str = "auto") -> pl.Trainer:
+    check_accelerator(TrainSpec(accelerator=accelerator))
+    return pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=progress_bar,
                       enable_model_summary=False, enable_checkpointing=False)
+
+
+def label_map(model: MambaClassifier, data_classes: list[str], where: str) -> list[int]:
+    """The model's class index of each of the data's classes, by name."""
+    names = model.class_names
+    if names is None:  # saved before classifiers kept their names: positions are all there is
+        if len(data_classes) != model.num_classes:
+            raise ValueError(f"{where} predicts {model.num_classes} classes (names not saved) but the data has "
+                             f"{len(data_classes)}: {data_classes}")
+        warnings.warn(f"{where} was saved without class names; matching the data's classes {data_classes} by "
+                      "sorted position", TaskWarning, stacklevel=2)
+        return list(range(model.num_classes))
+    unseen = [c for c in data_classes if c not in names]
+    if unseen:
+        raise ValueError(f"the test data has label(s) {unseen} that {where} was never trained on (its classes: "
+                         f"{names}); evaluate on data with those classes only")
+    return [names.index(c) for c in data_classes]
 
 
 def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", progress_bar: bool = True) -> dict:
     """Metrics of the model in `checkpoint` (a save_pretrained folder). Classifiers use `cfg.data` (manifest or
     labelled files; default the bundled species windows), language models `genome` (default: bundled genomes).
     `cfg.train.chunk_bp` runs each window in chunks carrying the state (million-base windows in bounded memory)."""
+    started = time.perf_counter()
     directory = Path(checkpoint)
     try:
         model = load(directory)
@@ -34,30 +59,38 @@ def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", prog
         raise ValueError(str(err)) from None
     kind = type(model).__name__
     out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    d = cfg.data
     if isinstance(model, MambaClassifier):
-        datamodule = finetune_datamodule(cfg, tokenizer_from_name(model.config.tokenizer))
-        if datamodule.num_classes != model.num_classes:
-            raise ValueError(f"{directory} predicts {model.num_classes} classes but the data has "
-                             f"{datamodule.num_classes}: {datamodule.class_names}")
-        task = ClassifyTask(model, OptimSpec(), datamodule.class_names, chunk_bp=cfg.train.chunk_bp)
-        metrics = test_classifier(_trainer(progress_bar), task, datamodule, out_dir)
+        if genome:
+            raise ValueError(f"--genome is for language models; {directory} holds a classifier: give its test data "
+                             "with --manifest or --test")
+        datamodule = finetune_datamodule(cfg, tokenizer_from_name(model.config.tokenizer), min_classes=1)
+        mapping = label_map(model, datamodule.class_names, str(directory))
+        names = model.class_names or datamodule.class_names
+        task = ClassifyTask(model, OptimSpec(), names, label_map=mapping, chunk_bp=cfg.train.chunk_bp)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = test_classifier(_trainer(progress_bar, cfg.train.accelerator), task, datamodule, out_dir)
+        metrics = {"classes": names, "test_classes": datamodule.class_names, **metrics}
     elif isinstance(model, MambaLM):
         from mambadna.data import GenomeDataModule
 
-        d = cfg.data
+        if d.manifest or d.test:
+            raise ValueError(f"--manifest / --test are for classifiers; {directory} holds a language model: give its "
+                             "test genome with --genome")
+        out_dir.mkdir(parents=True, exist_ok=True)
         objective = "clm" if model.config.causal else "mlm"  # a non-causal LM is scored on masked bases
         datamodule = GenomeDataModule(genome or str(default_pretrain_genome(out_dir)), window_bp=d.window_bp,
                                       batch_size=d.batch_size, test_windows=d.test_windows,
                                       tokenizer=tokenizer_from_name(model.config.tokenizer),
                                       masking=MaskingSpec().as_tuple() if objective == "mlm" else None)
         with memory_advice():
-            results = _trainer(progress_bar).test(LMTask(model.config, OptimSpec(), model=model,
-                                                         chunk_bp=cfg.train.chunk_bp, objective=objective),
-                                                  datamodule=datamodule, verbose=False)
+            results = _trainer(progress_bar, cfg.train.accelerator).test(
+                LMTask(model.config, OptimSpec(), model=model, chunk_bp=cfg.train.chunk_bp, objective=objective),
+                datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in results[0].items()}
     else:
         raise ValueError(f"{directory} holds a {kind}; evaluate knows MambaLM and MambaClassifier")
-    metrics = {"checkpoint": str(directory), "model_class": kind, **metrics}
-    (out_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics = {"checkpoint": str(directory), "model_class": kind, **metrics,
+               "wall_time_s": round(time.perf_counter() - started, 2)}
+    write_json(out_dir / "evaluation.json", metrics)
     return metrics

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from mambadna.files import atomic_open
 from mambadna.model import MambaLM
 from mambadna.tokenizer import tokenizer_from_name
 
@@ -30,7 +31,7 @@ def generate_fasta(model: MambaLM, prompt: str, out_fasta: str | Path, num_seque
     seqs = [tokenizer.decode(row.tolist()) for row in out]
     out_fasta = Path(out_fasta)
     out_fasta.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_fasta, "w") as fh:
+    with atomic_open(out_fasta, "w") as fh:
         for i, seq in enumerate(seqs):
             fh.write(f">generated_{i} prompt_bp={len(prompt)} new_bp={max_new_bp} temperature={temperature}\n")
             for lo in range(0, len(seq), line_width):

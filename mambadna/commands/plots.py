@@ -12,6 +12,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mambadna.files import atomic_open  # noqa: E402
+
+
+def _save(fig, out_png) -> None:
+    with atomic_open(out_png, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
+
 
 def read_metrics(metrics_csv) -> dict[str, tuple[list[float], list[float]]]:
     """{metric: (steps, values)} from Lightning CSVLogger metrics.csv file(s) (a path or a list of paths, e.g. the
@@ -57,15 +65,14 @@ def plot_curves(metrics_csv, out_png: str | Path, title: str = "") -> Path:
         axes[0, 1].set(xlabel="step", title="metrics")
         axes[0, 1].legend()
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    _save(fig, out_png)
     return Path(out_png)
 
 
 def save_confusion(matrix: np.ndarray, class_names: list[str], out_png: str | Path, out_csv: str | Path) -> None:
     """Rows = true class, columns = predicted class; counts."""
     matrix = np.asarray(matrix, dtype=np.int64)
-    with open(out_csv, "w", newline="") as fh:
+    with atomic_open(out_csv, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["true\\predicted", *class_names])
         for name, row in zip(class_names, matrix):
@@ -82,8 +89,7 @@ def save_confusion(matrix: np.ndarray, class_names: list[str], out_png: str | Pa
                     color="white" if matrix[i, j] > matrix.max() / 2 else "black")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    _save(fig, out_png)
 
 
 def plot_pca(features: np.ndarray, labels: list[str], out_png: str | Path, title: str = "PCA of embeddings") -> None:
@@ -97,5 +103,4 @@ def plot_pca(features: np.ndarray, labels: list[str], out_png: str | Path, title
     ax.set(xlabel="PC1", ylabel="PC2", title=title)
     ax.legend(markerscale=2, fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    _save(fig, out_png)

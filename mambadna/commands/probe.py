@@ -18,6 +18,13 @@ def probe_embeddings(vectors: np.ndarray, labels: list[str], folds: int = 5, see
     """Stratified k-fold accuracy and macro-F1 of a logistic regression on `vectors`."""
     from sklearn.model_selection import StratifiedKFold, cross_validate
 
+    if not any(labels):
+        raise ValueError("probing needs labels, and index.tsv has none: embed a FASTA with --label-regex, or a "
+                         "table with a 'label' column")
+    if not all(labels):
+        missing = [i for i, label in enumerate(labels) if not label]
+        raise ValueError(f"{len(missing)} of {len(labels)} sequences have no label (index.tsv rows {missing[:5]}); "
+                         "give every sequence one")
     classes, counts = np.unique(np.asarray(labels), return_counts=True)
     if len(classes) < 2:
         raise ValueError(f"probing needs at least 2 labels, got {list(classes)} (labels come from index.tsv)")

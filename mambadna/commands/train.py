@@ -1,39 +1,48 @@
 """Running pretraining and fine-tuning: datamodule, Trainer (checkpoints, logs, precision, strategy), resume,
 final save_pretrained, plots and a summary.
 
-Layout of a run directory:
+Layout of a run directory (the rules for reusing one are in mambadna/commands/run_dir.py):
     run_config.json            the resolved config
-    checkpoints/*.ckpt         Lightning checkpoints (every N steps, each epoch end, last.ckpt); --resume uses last
-    logs/metrics.csv           CSV log (TensorBoard events too when tensorboard is installed)
+    checkpoints/step-N.ckpt    Lightning checkpoints (every N steps, each epoch end, on interrupt, at the end; the
+                               newest train.keep_checkpoints kept; last.ckpt links to the newest); --resume uses it
+    logs/metrics.csv           CSV log (TensorBoard events too when tensorboard is installed); logs.partK/ earlier
+                               parts of a resumed run
     curves.png                 loss / metric curves
     model/                     save_pretrained (config.json + model.safetensors) + training.json
-    summary.json               final metrics
+    summary.json               final metrics, wall time, bases per second, peak GPU memory
+Every file is written under a temporary name and renamed into place (mambadna/files.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
+import time
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger
 
 from mambadna.checkpoint import read_config
 from mambadna.hf import locate
-from mambadna.model import MambaClassifier, MambaLM
-from mambadna.tasks.callbacks import NonFiniteLossGuard, SeqLenWarmup, doubling_stages
-from mambadna.tasks.classify import ClassifyTask
 from mambadna.commands.defaults import default_pretrain_genome, default_species_manifest
-from mambadna.tasks.lm import LMTask
 from mambadna.commands.plots import plot_curves, save_confusion
+from mambadna.commands.run_dir import (RunStart, check_checkpoint_fits, check_not_finished, continue_command,
+                                       is_rank_zero, keep_interrupted_logs, read_checkpoint, start_run)
 from mambadna.config import MambaConfig, tiny
+from mambadna.data.datamodules import LabelledDataModule, StreamsDataModule
+from mambadna.data.errors import DataError
+from mambadna.files import write_json, write_text
+from mambadna.model import MambaClassifier, MambaLM
 from mambadna.run_config import FinetuneConfig, PretrainConfig, TrainSpec, save_config
-from mambadna.data.datamodules import StreamsDataModule
+from mambadna.tasks.callbacks import NonFiniteLossGuard, RunStats, SeqLenWarmup, doubling_stages
+from mambadna.tasks.checkpoints import AtomicCheckpointIO, OptimizerSettingsFromConfig, RunCheckpoints, RunCSVLogger
+from mambadna.tasks.classify import ClassifyTask
+from mambadna.tasks.interrupts import GracefulInterrupt
+from mambadna.tasks.lm import LMTask
 from mambadna.tokenizer import tokenizer_from_name
 
 TRAINING_INFO = "training.json"
@@ -56,22 +65,21 @@ def memory_advice():
                          "train.precision=bf16-mixed") from None
 
 
-def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra_callbacks=(),
-                  epoch_checkpoints: bool = True) -> pl.Trainer:
+def check_accelerator(train: TrainSpec) -> None:
+    """A GPU run on a machine without one, said before Lightning's 30-line traceback."""
+    if train.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        cuda = torch.version.cuda
+        build = "a CPU-only build of torch" if cuda is None else f"torch built for CUDA {cuda}"
+        raise ValueError(f"train.accelerator={train.accelerator} but no GPU is visible ({build}, "
+                         "torch.cuda.is_available() is False); use --accelerator cpu or auto")
+
+
+def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra_callbacks=()) -> pl.Trainer:
+    """A Trainer writing into `out_dir`; checkpointing comes with the callbacks (see `run_callbacks`)."""
+    check_accelerator(train)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
-    ckpt_dir = out_dir / "checkpoints"
-    callbacks = [
-        NonFiniteLossGuard(ckpt_dir),
-        ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", auto_insert_metric_name=False,
-                        every_n_train_steps=train.ckpt_every_n_steps, save_top_k=1, save_last=True),
-        *extra_callbacks,
-    ]
-    if epoch_checkpoints:
-        # an epoch-end checkpoint resumes exactly (the next epoch's windows are a function of seed and epoch)
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="epoch-end", every_n_epochs=1,
-                                         save_on_train_epoch_end=True, save_top_k=1, save_last=True))
-    loggers = [CSVLogger(str(out_dir), name="", version="logs")]
+    loggers = [RunCSVLogger(str(out_dir), name="", version="logs")]
     if importlib.util.find_spec("tensorboard") is not None:
         from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -82,7 +90,8 @@ def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra
         default_root_dir=str(out_dir), max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator,
         devices=train.lightning_devices(), strategy=train.strategy, num_nodes=train.num_nodes,
         precision=train.precision, accumulate_grad_batches=train.accumulate_grad_batches,
-        gradient_clip_val=grad_clip or None, log_every_n_steps=train.log_every_n_steps, callbacks=callbacks, logger=loggers,
+        gradient_clip_val=grad_clip or None, log_every_n_steps=train.log_every_n_steps,
+        callbacks=list(extra_callbacks), logger=loggers, plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
         enable_progress_bar=train.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
         reload_dataloaders_every_n_epochs=1, **val_kwargs,
         # TBPTT streams are already split per rank and must keep their order: no DistributedSampler
@@ -90,25 +99,57 @@ def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra
     )
 
 
-def _resume_path(out_dir: Path, resume: bool) -> str | None:
-    if not resume:
-        return None
-    last = out_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise ValueError(f"--resume: no checkpoint to resume at {last}; run without --resume to start")
-    # Lightning's CSV logger would overwrite metrics.csv: keep the interrupted part beside it for the plots
-    logs = out_dir / "logs"
-    if (logs / "metrics.csv").is_file():
-        part = 1
-        while (out_dir / f"logs.part{part}").exists():
-            part += 1
-        logs.rename(out_dir / f"logs.part{part}")
-    return str(last)
+def run_callbacks(cfg, command: str, out_dir: Path) -> tuple[list, RunStats]:
+    """The callbacks every run has: checkpoints, the NaN stop, clean interrupts, the optimizer settings on resume,
+    and the speed / memory statistics (returned too, for the summary)."""
+    ckpt_dir = out_dir / "checkpoints"
+    checkpoints = RunCheckpoints(ckpt_dir, cfg.train.ckpt_every_n_steps, keep=cfg.train.keep_checkpoints)
+    stats = RunStats()
+    guard = NonFiniteLossGuard(ckpt_dir, continue_command(command, out_dir), cfg.optim.lr)
+    # order matters at train end: the final checkpoint is saved before an interrupt that came late is raised
+    return [guard, checkpoints, GracefulInterrupt(checkpoints), OptimizerSettingsFromConfig(), stats], stats
 
 
-def _fit(trainer: pl.Trainer, task, datamodule, ckpt_path) -> None:
+def check_data(datamodule, cfg, world_size: int, held_out=("val",)) -> None:
+    """Before training: every held-out split has a window (Lightning would only build it after the first epoch),
+    and an epoch has at least one batch (else nothing trains and max_steps is never reached), for the final
+    window and every sequence-length warmup stage."""
+    if isinstance(datamodule, (StreamsDataModule, LabelledDataModule)):
+        return  # streams are batches already; labelled data keeps its last, smaller batch
+    d = cfg.data
+    for split in held_out:
+        datamodule.check_split(split)
+    stages = [(w, b) for w, b, _ in _warmup(cfg)[0].stages] if cfg.train.seqlen_warmup_from_bp else []
+    try:
+        for window_bp, batch_size in [*stages, (d.window_bp, d.batch_size)]:
+            datamodule.set_window(window_bp, batch_size)
+            windows = datamodule.train_windows_per_epoch()
+            if windows < batch_size * world_size:
+                devices = f" x {world_size} devices" if world_size > 1 else ""
+                stage = f" (sequence-length warmup stage of {window_bp} bp)" if window_bp != d.window_bp else ""
+                raise DataError(
+                    f"an epoch has {windows} training windows of {window_bp} bp{stage} (data.train_windows; default: "
+                    f"training bases // window) but a batch takes {batch_size}{devices}, so nothing would train; "
+                    f"lower data.batch_size to at most {max(1, windows // world_size)}, raise data.train_windows, "
+                    "or lower data.window_bp")
+    finally:
+        datamodule.set_window(d.window_bp, d.batch_size)
+
+
+def check_resume(trainer: pl.Trainer, task, run: RunStart, class_names=None) -> None:
+    """Refuse a checkpoint that cannot continue this run, before anything in the run folder is touched."""
+    if run.ckpt_path is not None:
+        ckpt = read_checkpoint(run.ckpt_path)
+        check_checkpoint_fits(run.ckpt_path, ckpt, task.model, class_names)
+        check_not_finished(run.ckpt_path, ckpt, run.out_dir, trainer.max_steps)
+
+
+def _fit(trainer: pl.Trainer, task, datamodule, run: RunStart) -> None:
+    if run.ckpt_path is not None:
+        keep_interrupted_logs(run.out_dir)
     with memory_advice():
-        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(run.ckpt_path) if run.ckpt_path else None,
+                    weights_only=True)
 
 
 def _finish(trainer: pl.Trainer, out_dir: Path, title: str) -> Path | None:
@@ -121,12 +162,19 @@ def _finish(trainer: pl.Trainer, out_dir: Path, title: str) -> Path | None:
     return None
 
 
-def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
+def _warmup(cfg) -> list:
+    t, d = cfg.train, cfg.data
+    if not t.seqlen_warmup_from_bp:
+        return []
+    return [SeqLenWarmup(doubling_stages(t.seqlen_warmup_from_bp, d.window_bp, d.batch_size, t.epochs_per_stage))]
+
+
+def run_pretrain(cfg: PretrainConfig, resume: bool = False, resume_from=None, overwrite: str | None = None) -> dict:
     from mambadna.data import GenomeDataModule
 
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = _resume_path(out_dir, resume)
+    started = time.perf_counter()
+    run = start_run(cfg.out_dir, "pretrain", resume, resume_from, overwrite)
+    out_dir = run.out_dir
     genome = cfg.data.genome or str(default_pretrain_genome(out_dir))
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     model_config = cfg.model
@@ -144,24 +192,25 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
             val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_by=d.split_by,
             masking=cfg.masking.as_tuple() if cfg.objective == "mlm" else None,
         )
-    save_config(cfg, out_dir / "run_config.json")
     t = cfg.train
     task = LMTask(model_config, cfg.optim, t.activation_checkpointing, t.compile, chunk_bp=t.chunk_bp, tbptt=t.tbptt,
                   objective=cfg.objective)
-    extra = []
-    if cfg.train.seqlen_warmup_from_bp:
-        extra.append(SeqLenWarmup(doubling_stages(cfg.train.seqlen_warmup_from_bp, d.window_bp, d.batch_size,
-                                                  cfg.train.epochs_per_stage)))
-    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, extra)
-    _fit(trainer, task, datamodule, ckpt_path)
+    callbacks, stats = run_callbacks(cfg, "pretrain", out_dir)
+    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *_warmup(cfg)])
+    check_data(datamodule, cfg, trainer.world_size)
+    check_resume(trainer, task, run)
+    if is_rank_zero():  # the other ranks of a DDP run re-run this command
+        save_config(cfg, out_dir / "run_config.json")
+    _fit(trainer, task, datamodule, run)
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    summary = {"out_dir": str(out_dir), "steps": trainer.global_step, **val}
+    summary = {"out_dir": str(out_dir), "steps": trainer.global_step, **val, **stats.summary(trainer)}
     if trainer.is_global_zero:
         task.model.save_pretrained(out_dir / "model")
-        (out_dir / "model" / TRAINING_INFO).write_text(json.dumps({"window_bp": d.window_bp, "genome": genome}) + "\n")
+        write_text(out_dir / "model" / TRAINING_INFO, json.dumps({"window_bp": d.window_bp, "genome": genome}) + "\n")
         curves = _finish(trainer, out_dir, "pretraining")
-        summary.update(model_dir=str(out_dir / "model"), curves=str(curves) if curves else None)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary.update(model_dir=str(out_dir / "model"), curves=str(curves) if curves else None,
+                       wall_time_s=round(time.perf_counter() - started, 2))
+        write_json(out_dir / "summary.json", summary)
     return summary
 
 
@@ -201,8 +250,10 @@ def load_backbone(pretrained: str | Path, spec: MambaConfig, window_bp: int) -> 
     return MambaLM.from_pretrained(directory)
 
 
-def finetune_datamodule(cfg: FinetuneConfig, tokenizer):
-    from mambadna.data import LabelledDataModule, SpeciesDataModule
+def finetune_datamodule(cfg: FinetuneConfig, tokenizer, min_classes: int = 2):
+    """The DataModule of a classifier's data: labelled files (data.train/val/test) or species windows (a manifest,
+    default the bundled genomes). `evaluate` takes `min_classes=1`: a test set may hold a subset of the classes."""
+    from mambadna.data import SpeciesDataModule
 
     d = cfg.data
     if d.train:
@@ -217,42 +268,57 @@ def finetune_datamodule(cfg: FinetuneConfig, tokenizer):
             manifest, window_bp=d.window_bp, batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.train.seed,
             max_n_fraction=d.max_n_fraction, reverse_complement=d.reverse_complement, train_windows=d.train_windows,
             val_windows=d.val_windows, test_windows=d.test_windows, tokenizer=tokenizer,
-            val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_by=d.split_by)
-    if datamodule.num_classes < 2:
-        raise ValueError(f"fine-tuning needs at least 2 classes; the training data has {datamodule.num_classes}: "
-                         f"{datamodule.class_names}")
+            val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_by=d.split_by, min_species=min_classes)
+    if datamodule.num_classes < min_classes:
+        raise ValueError(f"fine-tuning needs at least {min_classes} classes; the training data has "
+                         f"{datamodule.num_classes}: {datamodule.class_names}")
     return datamodule
 
 
-def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = _resume_path(out_dir, resume)
+def _model_config(cfg: FinetuneConfig, resuming: bool) -> tuple[MambaConfig, MambaLM | None]:
+    """(the classifier's shape, the pretrained backbone to start from); a resumed run needs no backbone weights."""
+    if not cfg.pretrained:
+        return cfg.model, None
+    if resuming:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return MambaConfig.from_dict(read_config(cfg.pretrained)["config"]), None
+        return cfg.model, None
+    backbone = load_backbone(cfg.pretrained, cfg.model, cfg.data.window_bp)
+    return backbone.config, backbone
+
+
+def run_finetune(cfg: FinetuneConfig, resume: bool = False, resume_from=None, overwrite: str | None = None) -> dict:
+    started = time.perf_counter()
+    run = start_run(cfg.out_dir, "finetune", resume, resume_from, overwrite)
+    out_dir = run.out_dir
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    backbone = load_backbone(cfg.pretrained, cfg.model, cfg.data.window_bp) if cfg.pretrained else None
-    model_config = backbone.config if backbone is not None else cfg.model
+    model_config, backbone = _model_config(cfg, run.ckpt_path is not None)
+    # run_config.json records the shape that is trained, which a fine-tune takes from its pretrained model
+    cfg = dataclasses.replace(cfg, model=model_config)
     datamodule = finetune_datamodule(cfg, tokenizer_from_name(model_config.tokenizer))
     model = MambaClassifier(model_config, datamodule.num_classes, cfg.pooling, datamodule.class_names)
     if backbone is not None:
         model.backbone.load_state_dict(backbone.state_dict())
-    save_config(cfg, out_dir / "run_config.json")
     task = ClassifyTask(model, cfg.optim, datamodule.class_names, cfg.freeze_backbone,
                         cfg.train.activation_checkpointing, cfg.train.compile, cfg.train.chunk_bp)
-    extra = []
-    if cfg.train.seqlen_warmup_from_bp:
-        extra.append(SeqLenWarmup(doubling_stages(cfg.train.seqlen_warmup_from_bp, cfg.data.window_bp,
-                                                  cfg.data.batch_size, cfg.train.epochs_per_stage)))
-    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, extra)
-    _fit(trainer, task, datamodule, ckpt_path)
-    summary = {"out_dir": str(out_dir), "steps": trainer.global_step, "classes": datamodule.class_names}
+    callbacks, stats = run_callbacks(cfg, "finetune", out_dir)
+    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *_warmup(cfg)])
+    check_data(datamodule, cfg, trainer.world_size, held_out=("val", "test"))
+    check_resume(trainer, task, run, datamodule.class_names)
+    if is_rank_zero():  # the other ranks of a DDP run re-run this command
+        save_config(cfg, out_dir / "run_config.json")
+    _fit(trainer, task, datamodule, run)
+    summary = {"out_dir": str(out_dir), "steps": trainer.global_step, "classes": datamodule.class_names,
+               **stats.summary(trainer)}
     summary.update(test_classifier(trainer, task, datamodule, out_dir))
     if trainer.is_global_zero:
         model.save_pretrained(out_dir / "model")
-        (out_dir / "model" / TRAINING_INFO).write_text(
-            json.dumps({"window_bp": cfg.data.window_bp, "class_names": datamodule.class_names}) + "\n")
+        write_text(out_dir / "model" / TRAINING_INFO,
+                   json.dumps({"window_bp": cfg.data.window_bp, "class_names": datamodule.class_names}) + "\n")
         curves = _finish(trainer, out_dir, "fine-tuning")
-        summary.update(model_dir=str(out_dir / "model"), curves=str(curves) if curves else None)
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary.update(model_dir=str(out_dir / "model"), curves=str(curves) if curves else None,
+                       wall_time_s=round(time.perf_counter() - started, 2))
+        write_json(out_dir / "summary.json", summary)
     return summary
 
 

@@ -43,6 +43,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     Each epoch: shuffle all indices (seeded by seed and epoch), cut them into pools of
     ``batch_size * pool_batches``, sort each pool by length, cut pools into batches, shuffle the batches.
     With ``world_size > 1`` rank r keeps batches r, r + W, ... (whole batches, so ranks never share an index).
+    ``skip`` leaves out the first batches of the next pass only (a resumed epoch); ``len`` stays the full count.
     """
 
     def __init__(self, lengths, batch_size: int, pool_batches: int = 50, shuffle: bool = True, seed: int = 0,
@@ -54,6 +55,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self.lengths = np.asarray(lengths)
         self.batch_size, self.pool_batches, self.shuffle = batch_size, max(1, pool_batches), shuffle
         self.seed, self.drop_last, self.rank, self.world_size, self.epoch = seed, drop_last, rank, world_size, 0
+        self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -75,7 +77,8 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         return batches[self.rank :: self.world_size]
 
     def __iter__(self):
-        return iter(self._batches())
+        skip, self.skip = self.skip, 0
+        return iter(self._batches()[skip:])
 
     def __len__(self) -> int:
         return len(self._batches())

@@ -12,6 +12,11 @@ metric is comparable across epochs; they use the current ``window_bp``.
 DDP: leave Lightning's ``use_distributed_sampler=True`` (default). Dataset index g always maps to its own stratum
 of the genome, so the DistributedSampler's disjoint index split gives disjoint windows across ranks.
 
+Resuming mid-epoch: the training loaders are ``ResumableLoader``s. Lightning saves their ``state_dict`` (the
+sampling epoch and the batches already trained in it) in every checkpoint and hands it back on resume, and the
+loader then skips those batches, so a run killed mid-epoch continues with exactly the batches it had not trained
+yet rather than the start of the epoch again.
+
 ``StreamsDataModule`` (truncated BPTT) is the exception: each item of ``ContigStreams`` is already a
 (batch_size, window_bp) batch of consecutive windows, so its loaders use ``batch_size=None`` and keep the order
 (build the Trainer with ``use_distributed_sampler=False``; under DDP every rank builds its own streams from its rank
@@ -26,7 +31,7 @@ import os
 import warnings
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from mambadna.data.batching import LengthBucketBatchSampler, PadCollate
 from mambadna.data.errors import DataError, DataWarning
@@ -36,6 +41,65 @@ from mambadna.data.masking import MaskedWindows, check_masking
 from mambadna.data.species import SpeciesWindowDataset, read_manifest
 from mambadna.data.streams import ContigStreams
 from mambadna.data.windows import GenomeWindowDataset
+
+
+class SkippableBatchSampler(BatchSampler):
+    """A BatchSampler whose next pass can skip its first ``skip`` batches (indices only: no data is read for
+    them) while ``len`` stays the epoch's full count, which is how Lightning counts a resumed epoch."""
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool):
+        super().__init__(sampler, batch_size, drop_last)
+        self.skip = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        for i, batch in enumerate(super().__iter__()):
+            if i >= skip:
+                yield batch
+
+
+class SkippableSampler(SequentialSampler):
+    """0, 1, 2, ... with the same one-pass ``skip`` as SkippableBatchSampler (loaders whose items are batches)."""
+
+    def __init__(self, data_source):
+        super().__init__(data_source)
+        self.skip = 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return iter(range(skip, len(self.data_source)))
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader with the ``state_dict`` / ``load_state_dict`` Lightning saves and restores.
+
+    ``progress()`` returns how many batches of the current epoch have been trained (read from the trainer when a
+    checkpoint is saved); the batch sampler (or, for ``batch_size=None``, the sampler) has a ``skip`` attribute."""
+
+    def __init__(self, *args, progress=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def _epoch(self) -> int:
+        holder = self.batch_sampler if hasattr(self.batch_sampler, "epoch") else self.dataset
+        return int(getattr(holder, "epoch", 0))
+
+    def state_dict(self) -> dict:
+        return {"epoch": self._epoch(), "batches_done": int(self.progress()) if self.progress else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        done = int(state.get("batches_done", 0))
+        skipper = self.batch_sampler if self.batch_sampler is not None else self.sampler
+        if state.get("epoch") == self._epoch() and 0 < done < len(self) and hasattr(skipper, "skip"):
+            skipper.skip = done
+
+
+def _trained_batches(datamodule: pl.LightningDataModule):
+    def progress() -> int:
+        trainer = getattr(datamodule, "trainer", None)
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready) if trainer is not None else 0
+
+    return progress
 
 
 class _WindowDataModule(pl.LightningDataModule):
@@ -66,8 +130,20 @@ class _WindowDataModule(pl.LightningDataModule):
         dataset = self._make(split)
         dataset.set_epoch(epoch)
         # the dataset shuffles itself from (seed, epoch); persistent workers would keep a stale epoch/window
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=False, drop_last=split == "train")
+        if split != "train":
+            return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                              pin_memory=self.pin_memory, persistent_workers=False)
+        batches = SkippableBatchSampler(SequentialSampler(dataset), self.batch_size, drop_last=True)
+        return ResumableLoader(dataset, batch_sampler=batches, num_workers=self.num_workers,
+                               pin_memory=self.pin_memory, persistent_workers=False, progress=_trained_batches(self))
+
+    def check_split(self, split: str) -> None:
+        """Build the split's dataset now, so a window that cannot fit it is reported before training."""
+        self._make(split)
+
+    def train_windows_per_epoch(self) -> int:
+        """Training windows in one epoch over all ranks (data.train_windows, default bases // window_bp)."""
+        return self._make("train").num_windows
 
     def train_dataloader(self) -> DataLoader:
         trainer = getattr(self, "trainer", None)
@@ -120,12 +196,12 @@ class SpeciesDataModule(_WindowDataModule):
                  num_workers: int = 0, seed: int = 0, max_n_fraction: float = 0.1, reverse_complement: bool = False,
                  val_fraction: float = 0.1, test_fraction: float = 0.1, split_by: str = "auto",
                  train_windows: int | None = None, val_windows: int | None = None, test_windows: int | None = None,
-                 pin_memory: bool = False, tokenizer=None):
+                 pin_memory: bool = False, tokenizer=None, min_species: int = 2):
         self.manifest = manifest
-        self.class_names = sorted({r.species for r in read_manifest(manifest)})
+        self.class_names = sorted({r.species for r in read_manifest(manifest, min_species)})
         self.options = dict(max_n_fraction=max_n_fraction, reverse_complement=reverse_complement,
                             val_fraction=val_fraction, test_fraction=test_fraction, split_by=split_by,
-                            tokenizer=tokenizer)
+                            tokenizer=tokenizer, min_species=min_species)
         super().__init__(window_bp, batch_size, num_workers, seed, val_windows, test_windows, train_windows,
                          pin_memory)
 
@@ -163,8 +239,13 @@ class LabelledDataModule(pl.LightningDataModule):
             if path is None:
                 continue
             names = self.datasets["train"].class_names if "train" in self.datasets else None
-            self.datasets[split] = LabelledSequenceDataset.from_path(path, sequence_column, label_column, label_regex,
-                                                                     label_key, class_names=names, **read)
+            try:
+                ds = LabelledSequenceDataset.from_path(path, sequence_column, label_column, label_regex, label_key,
+                                                       class_names=names, **read)
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}: not a text file ({exc}); give a table (CSV/TSV, parquet, a datasets "
+                                "folder) or a FASTA") from None
+            self.datasets[split] = ds
         self.class_names = self.datasets["train"].class_names
         self.pad_id = getattr(self.datasets["train"].tokenizer, "pad_id", 0)
 
@@ -188,6 +269,9 @@ class LabelledDataModule(pl.LightningDataModule):
         if self.bucket:
             sampler = LengthBucketBatchSampler(ds.lengths, self.batch_size, shuffle=train, seed=self.seed)
             sampler.set_epoch(epoch)
+            if train:
+                return ResumableLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                                       progress=_trained_batches(self))
             return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=train, collate_fn=collate,
                           num_workers=self.num_workers)
@@ -232,7 +316,10 @@ class StreamsDataModule(pl.LightningDataModule):
         dataset = self._streams("train")
         trainer = getattr(self, "trainer", None)
         dataset.set_epoch(int(trainer.current_epoch) if trainer is not None else 0)
-        return self._stream_loader(dataset)
+        # resumable like the window loaders: the windows continue where they stopped (the carried state starts
+        # from zero there, as it is not in the checkpoint)
+        return ResumableLoader(dataset, batch_size=None, sampler=SkippableSampler(dataset),
+                               num_workers=self.num_workers, persistent_workers=False, progress=_trained_batches(self))
 
     def val_dataloader(self) -> DataLoader:
         return self._stream_loader(self._streams("val"))

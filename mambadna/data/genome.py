@@ -8,6 +8,9 @@ Where derived files go (see mambadna.data.cache):
 - A user's existing ``.fai`` that is corrupt, stale (older than the FASTA) or disagrees with the FASTA is left
   untouched: a fresh index is built in ``<cache>/index/`` and a DataWarning says so.
 - Plain gzip, GenBank, EMBL and MAF are converted once to ``<cache>/converted/`` (see convert.py).
+- A FASTA pyfaidx cannot index in place (lines of unequal length within a contig, blank lines, mixed line
+  endings, as concatenated files often have) is normalised once to ``<cache>/normalized/`` with a DataWarning
+  (see normalize.py; ``mambadna normalize IN OUT`` writes such a copy where the user wants it).
 - Per-contig length / N / soft-masked counts are computed in one pass and kept in ``<cache>/stats/*.json``; the
   same pass rejects letters that are not DNA, naming the contig and the 0-based offset.
 """
@@ -16,7 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import warnings
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,7 @@ from mambadna.data.convert import converted_fasta
 from mambadna.data.errors import DataError, DataWarning
 from mambadna.data.fai import fai_problem
 from mambadna.data.formats import is_bgzf, sniff_format
+from mambadna.data.normalize import normalize_fasta
 
 DNA_LETTERS = b"ACGTNRYKMSWBDHV"  # the tokenizer contract: IUPAC ambiguity codes read as N
 N_LETTERS = b"NRYKMSWBDHV"
@@ -71,7 +77,7 @@ class Genome:
         self.format = sniff_format(self.source_path)
         self.fasta_path, self.compressed = self._indexable_fasta()
         self.fai_path, self.gzi_path = self._index_paths()
-        faidx = self._open_faidx()
+        faidx = self._open_or_normalize()
         self._records = OrderedDict((name, rec) for name, rec in faidx.index.items())
         faidx.close()
         self.contigs: OrderedDict[str, int] = OrderedDict((n, int(r.rlen)) for n, r in self._records.items())
@@ -124,6 +130,36 @@ class Genome:
             return beside, gzi
         return in_cache, cache_gzi
 
+    def _open_or_normalize(self):
+        existed = self.fai_path.exists()
+        try:
+            faidx = self._open_faidx()
+        except _NotIndexableInPlace as exc:
+            reason = exc.reason
+        else:
+            # pyfaidx also accepts some layouts it then reads wrongly (a last line longer than the others)
+            reason = None if self.compressed else fai_problem(self.fai_path, self.fasta_path, False, check_age=False)
+            if reason is None:
+                return faidx
+            faidx.close()
+            self._discard_new_index(existed)
+        self._use_normalized_copy(reason)
+        try:
+            return self._open_faidx()
+        except _NotIndexableInPlace as exc:
+            raise DataError(f"{self.source_path}: pyfaidx cannot index it even after normalising ({exc.reason})")
+
+    def _use_normalized_copy(self, reason: str) -> None:
+        """Point this Genome at a normalised copy in the cache (made once per version of the file)."""
+        out = cached_path("normalized", file_key(self.source_path), Path(self.source_path.name).stem + ".fa")
+        if not out.exists():
+            warnings.warn(f"{self.source_path} cannot be indexed in place ({reason}); normalising it once to {out} "
+                          f"(your file is not changed; `mambadna normalize {self.source_path} fixed.fa` writes such "
+                          "a copy where you want it)", DataWarning, stacklevel=4)
+            normalize_fasta(self.fasta_path if not self.compressed else self.source_path, out)
+        self.fasta_path, self.compressed = out, False
+        self.fai_path, self.gzi_path = self._index_paths()
+
     def _open_faidx(self):
         import pyfaidx
 
@@ -138,12 +174,8 @@ class Genome:
             text = str(exc)
             if "does not contain a valid sequence" in text:
                 raise DataError(f"{self.source_path}: no FASTA record (no line starting with '>')") from exc
-            if "Line length" in text or "Unexpected text" in text or "Bad sequence name" in text:
-                raise DataError(
-                    f"{self.source_path}: pyfaidx cannot index this FASTA ({text.strip()}). Lines must all have the "
-                    "same length within a contig and the same line ending; blank lines are not allowed. Rewrite it "
-                    f"with mambadna.data.normalize_fasta({str(self.source_path)!r}, 'fixed.fa') and use the copy."
-                ) from exc
+            if "Line length" in text or "Unexpected text" in text:
+                raise _NotIndexableInPlace(text.strip()) from exc
             raise DataError(f"{self.source_path}: pyfaidx cannot index it ({text.strip()})") from exc
         except ValueError as exc:
             self._discard_new_index(existed)
@@ -152,8 +184,12 @@ class Genome:
                 raise DataError(f"{self.source_path}: contig name {name!r} appears more than once; contig names "
                                 "(the header up to the first space) must be unique") from exc
             raise DataError(f"{self.source_path}: pyfaidx cannot index it ({exc})") from exc
-        except OSError as exc:
+        except (OSError, EOFError, struct.error, zlib.error) as exc:
             self._discard_new_index(existed)
+            if self.compressed:
+                reason = str(exc) or type(exc).__name__
+                raise DataError(f"{self.source_path}: the bgzip file is truncated or damaged ({reason}); download it "
+                                "again or recompress it with `bgzip`") from exc
             raise DataError(f"{self.source_path}: cannot read or index it ({exc})") from exc
 
     def _discard_new_index(self, existed_before: bool) -> None:
@@ -208,7 +244,12 @@ class Genome:
             return b""
         handle = self._reader()
         if self.compressed:
-            return handle.from_file(contig, start_bp + 1, end_bp).encode("ascii")
+            try:
+                return handle.from_file(contig, start_bp + 1, end_bp).encode("ascii")
+            except (OSError, EOFError, struct.error, zlib.error, ValueError) as exc:
+                raise DataError(f"{self.source_path}: reading {contig}:{start_bp}-{end_bp} failed ({exc}); the bgzip "
+                                "file is truncated or damaged: download it again or recompress it with `bgzip`"
+                                ) from exc
         lenc, lenb = rec.lenc, rec.lenb
         first = rec.offset + (start_bp // lenc) * lenb + start_bp % lenc
         last = rec.offset + (end_bp // lenc) * lenb + end_bp % lenc
@@ -258,6 +299,14 @@ class Genome:
             n_bp += int(_IS_N[chunk].sum())
             lower_bp += int(_IS_LOWER[chunk].sum())
         return ContigStats(length_bp=length_bp, n_bp=n_bp, soft_masked_bp=lower_bp)
+
+
+class _NotIndexableInPlace(DataError):
+    """pyfaidx refused the layout; a normalised copy will do."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _preview(names, limit: int = 5) -> str:

@@ -78,12 +78,16 @@ class LabelledSequenceDataset(Dataset):
         first = 2 if counted == "line" else 0  # CSV lines count from 1, after the header
         seqs, labels = [], []
         for i, (raw, label) in enumerate(zip(columns[sequence_column], columns[label_column]), start=first):
-            seq = raw.strip().encode()
+            seq = (raw or "").strip().encode()
             if not seq:
                 raise DataError(f"{path}: {counted} {i}: empty sequence")
             _check_dna(seq, f"{path}: {counted} {i}")
+            label = (label or "").strip()
+            if not label:  # it would become a class named ''
+                raise DataError(f"{path}: {counted} {i}: no label in column {label_column!r}; give every row one, "
+                                "or drop the unlabelled rows")
             seqs.append(seq)
-            labels.append(label.strip())
+            labels.append(label)
         return cls(seqs, labels, tokenizer, class_names, source=str(path))
 
     @classmethod

@@ -11,6 +11,7 @@ between epochs cannot leak held-out bases into training.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,28 @@ def split_regions(contigs: dict[str, int], val_fraction: float = 0.1, test_fract
             if hi > lo:
                 out[split].append(Interval(name, lo, hi))
     return out
+
+
+def held_out_advice(split: str, read_bp: int, contig_lengths, val_fraction: float, test_fraction: float,
+                    split_by: str, manifest: bool = False) -> str:
+    """How to make a window of `read_bp` fit the held-out split `split` (for the 'longer than every region'
+    error): the settings that size the held-out blocks, and for species data the manifest's split column."""
+    if split not in ("val", "test"):
+        return ""
+    fraction = val_fraction if split == "val" else test_fraction
+    other = test_fraction if split == "val" else val_fraction
+    longest = max(contig_lengths, default=0)
+    ways = []
+    if longest:
+        need = math.ceil(100 * read_bp / longest) / 100
+        if need + other < 1:
+            ways.append(f"raise data.{split}_fraction to {need:g} or more (now {fraction:g} of each contig)")
+    ways.append("set data.split_by=contig to hold out whole contigs (for genomes of many contigs; now "
+                f"{split_by!r})")
+    if manifest:
+        ways.append("or, best for several genomes (strains) per species, give whole genomes to val and test in the "
+                    "manifest's split column (species<TAB>fasta<TAB>split, split = train, val or test)")
+    return "; to fit it, " + ", ".join(ways)
 
 
 def _split_by_names(contigs: dict[str, int], val: list[str], test: list[str]) -> dict[str, list[Interval]]:

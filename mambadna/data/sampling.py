@@ -27,7 +27,7 @@ class RegionWindows:
     ``lookahead_bp`` extra bases are read after each window (1 for next-base targets) and must fit too."""
 
     def __init__(self, parts: Sequence[tuple[Genome, list[Interval]]], window_bp: int, what: str = "region",
-                 lookahead_bp: int = 0):
+                 lookahead_bp: int = 0, advice: str = ""):
         if not isinstance(window_bp, (int, np.integer)) or isinstance(window_bp, bool) or window_bp < 1:
             raise DataError(f"window_bp must be a positive integer, got {window_bp!r}")
         self.window_bp = int(window_bp)
@@ -45,7 +45,7 @@ class RegionWindows:
             names = ", ".join(str(g.source_path) for g in self.genomes)
             plus = f"; a window reads {lookahead_bp} more base for its next-base target" if lookahead_bp else ""
             raise DataError(f"window_bp {self.window_bp} is longer than every {what} of {names} (the longest "
-                            f"is {longest} bp{plus}); use a smaller window_bp")
+                            f"is {longest} bp{plus}); use a smaller window_bp{advice}")
         counts = np.array([iv.length_bp - self.read_bp + 1 for _, iv in self.slots], dtype=np.int64)
         self._cum = np.cumsum(counts)
         self.n_starts = int(self._cum[-1])

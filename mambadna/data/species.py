@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from mambadna.data.errors import DataError
 from mambadna.data.genome import Genome
-from mambadna.data.regions import Interval
+from mambadna.data.regions import Interval, held_out_advice
 from mambadna.data.sampling import RegionWindows, WindowReader
 from mambadna.data.windows import check_rank, split_intervals
 
@@ -34,18 +34,23 @@ class ManifestRow:
     split: str | None
 
 
-def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
-    """Rows of a species manifest (TSV) or of a folder of FASTAs, checked: >= 2 species, every file exists."""
+def read_manifest(path: str | os.PathLike, min_species: int = 2) -> list[ManifestRow]:
+    """Rows of a species manifest (TSV) or of a folder of FASTAs, checked: >= `min_species` species (a test set
+    may hold one), every file exists."""
     path = Path(path)
     if path.is_dir():
         rows = _rows_from_folder(path)
     elif path.is_file():
-        rows = _rows_from_tsv(path)
+        try:
+            rows = _rows_from_tsv(path)
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: not a text manifest ({exc}); give a tab-separated species<TAB>fasta file"
+                            ) from None
     else:
         raise DataError(f"{path}: no such manifest file or folder")
     species = sorted({r.species for r in rows})
-    if len(species) < 2:
-        raise DataError(f"{path}: species classification needs at least 2 species, found {len(species)} "
+    if len(species) < min_species:
+        raise DataError(f"{path}: species classification needs at least {min_species} species, found {len(species)} "
                         f"({', '.join(species) or 'none'})")
     return rows
 
@@ -96,9 +101,9 @@ class SpeciesWindowDataset(Dataset):
     def __init__(self, manifest: str | os.PathLike, window_bp: int, split: str = "train",
                  num_windows: int | None = None, seed: int = 0, max_n_fraction: float = 0.1,
                  reverse_complement: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.1,
-                 split_by: str = "auto", rank: int = 0, world_size: int = 1, tokenizer=None):
+                 split_by: str = "auto", rank: int = 0, world_size: int = 1, tokenizer=None, min_species: int = 2):
         check_rank(rank, world_size)
-        rows = read_manifest(manifest)
+        rows = read_manifest(manifest, min_species)
         self.class_names = sorted({r.species for r in rows})
         self.split = split
         genomes: dict[Path, Genome] = {}
@@ -112,7 +117,10 @@ class SpeciesWindowDataset(Dataset):
                     parts.append((genome, intervals))
             if not parts:
                 raise DataError(f"{manifest}: species {name!r} has no sequence in the {split!r} split")
-            self.per_class.append(RegionWindows(parts, window_bp, what=f"{split!r} region of species {name!r}"))
+            advice = held_out_advice(split, window_bp, [n for g, _ in parts for n in g.contigs.values()],
+                                     val_fraction, test_fraction, split_by, manifest=True)
+            self.per_class.append(RegionWindows(parts, window_bp, what=f"{split!r} region of species {name!r}",
+                                                advice=advice))
         self.window_bp = int(window_bp)
         if num_windows is None:
             num_windows = max(1, sum(w.total_bp for w in self.per_class) // self.window_bp)

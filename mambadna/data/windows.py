@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from mambadna.data.errors import DataError
 from mambadna.data.genome import Genome
-from mambadna.data.regions import intersect, read_bed, split_regions, Interval
+from mambadna.data.regions import held_out_advice, intersect, read_bed, split_regions, Interval
 from mambadna.data.sampling import RegionWindows, WindowReader
 
 
@@ -65,7 +65,10 @@ class GenomeWindowDataset(Dataset):
                                          test_fraction=test_fraction, by=split_by, val_contigs=val_contigs,
                                          test_contigs=test_contigs)
         what = "interval of the BED file" if bed is not None else f"contig/region of the {split!r} split"
-        self.windows = RegionWindows([(self.genome, self.intervals)], window_bp, what=what, lookahead_bp=1)
+        advice = "" if bed is not None else held_out_advice(split, window_bp + 1, self.genome.contigs.values(),
+                                                            val_fraction, test_fraction, split_by)
+        self.windows = RegionWindows([(self.genome, self.intervals)], window_bp, what=what, lookahead_bp=1,
+                                     advice=advice)
         self.window_bp = self.windows.window_bp
         if num_windows is None:
             num_windows = max(1, self.windows.total_bp // self.window_bp)

@@ -17,7 +17,9 @@ from mambadna.tasks.optim import build_optimizer
 class ClassifyTask(pl.LightningModule):
     def __init__(self, model: MambaClassifier, optim: OptimSpec, class_names: list[str],
                  freeze_backbone: bool = False, activation_checkpointing: bool = False, compile: bool = False,
-                 chunk_bp: int | None = None):
+                 chunk_bp: int | None = None, label_map: list[int] | None = None):
+        """`label_map[i]` is the model's class index of the data's label i (evaluation data names its classes in
+        its own order, or holds only some of them); None when the data's labels are the model's."""
         super().__init__()
         if len(class_names) < 2:
             raise ValueError(f"classification needs at least 2 classes, the data has {len(class_names)}: "
@@ -44,6 +46,8 @@ class ClassifyTask(pl.LightningModule):
             }) for split in ("train_", "val_", "test_")  # "train" is a reserved ModuleDict key prefix clash
         })
         self.confusion = MulticlassConfusionMatrix(k)
+        self.register_buffer("label_map", None if label_map is None else torch.as_tensor(label_map, dtype=torch.long),
+                             persistent=False)
 
     def on_train_epoch_start(self):
         if self.freeze_backbone:
@@ -53,7 +57,7 @@ class ClassifyTask(pl.LightningModule):
         return self.model(input_ids, attention_mask, self.chunk_bp)
 
     def _step(self, split: str, batch) -> torch.Tensor:
-        labels = batch["label"]
+        labels = batch["label"] if self.label_map is None else self.label_map[batch["label"]]
         loss, logits = self._loss(self.model, batch["input_ids"], batch.get("attention_mask"), labels, self.chunk_bp)
         preds = logits.argmax(-1)
         on_step = split == "train"

@@ -1,4 +1,5 @@
-"""--resume continues the exact run: optimizer, scheduler, sampling epoch and warmup stage."""
+"""--resume continues the exact run: optimizer, scheduler, sampling epoch, warmup stage and, mid-epoch, the batches
+not trained yet."""
 
 import pytest
 import pytorch_lightning as pl
@@ -27,12 +28,12 @@ class Record(pl.Callback):
 REAL_BUILD_TRAINER = train.build_trainer
 
 
-def run(monkeypatch, out_dir, recorder, resume=False):
+def run(monkeypatch, out_dir, recorder, resume=False, ckpt_every=100):
     monkeypatch.setattr(train, "build_trainer",
                         lambda t, o, clip, extra=(): REAL_BUILD_TRAINER(t, o, clip, [*extra, recorder]))
     cfg = rc.apply_overrides(rc.PretrainConfig(), [
         f"out_dir={out_dir}", "model.d_model=16", "model.d_state=4", "data.window_bp=64", "data.batch_size=4",
-        "data.train_windows=16", "data.val_windows=4", "train.max_steps=8", "train.ckpt_every_n_steps=100",
+        "data.train_windows=16", "data.val_windows=4", "train.max_steps=8", f"train.ckpt_every_n_steps={ckpt_every}",
         "train.log_every_n_steps=1", "train.progress_bar=false", "train.seqlen_warmup_from_bp=32"])
     try:
         train.run_pretrain(cfg, resume=resume)
@@ -40,21 +41,22 @@ def run(monkeypatch, out_dir, recorder, resume=False):
         pass
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop_at", [6, 5], ids=["epoch-end", "mid-epoch"])
+def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, stop_at):
     full = Record()
     run(monkeypatch, tmp_path / "full", full)
     # warmup: epoch 0 = 32 bp x 8 (2 steps), then 64 bp x 4 (4 steps per epoch)
     assert full.shapes[1] == (8, 32) and full.shapes[3] == (4, 64) and full.shapes[8] == (4, 64)
 
-    first = Record(stop_at=6)  # killed at the start of step 7, after epoch 1's end-of-epoch checkpoint
-    run(monkeypatch, tmp_path / "cut", first)
-    assert sorted(first.losses) == [1, 2, 3, 4, 5, 6]
+    first = Record(stop_at=stop_at)  # killed at the start of the next step, just after a checkpoint
+    run(monkeypatch, tmp_path / "cut", first, ckpt_every=stop_at)
+    assert sorted(first.losses) == list(range(1, stop_at + 1))
     assert (tmp_path / "cut" / "checkpoints" / "last.ckpt").is_file()
 
     resumed = Record()
-    run(monkeypatch, tmp_path / "cut", resumed, resume=True)
-    assert sorted(resumed.losses) == [7, 8]
-    for step in (7, 8):
+    run(monkeypatch, tmp_path / "cut", resumed, resume=True, ckpt_every=stop_at)
+    assert sorted(resumed.losses) == list(range(stop_at + 1, 9))
+    for step in resumed.losses:
         assert resumed.shapes[step] == full.shapes[step]
         assert resumed.losses[step] == pytest.approx(full.losses[step], rel=1e-4, abs=1e-5)
     assert (tmp_path / "cut" / "model" / "model.safetensors").is_file()
@@ -64,5 +66,5 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch):
 
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     cfg = rc.PretrainConfig(out_dir=str(tmp_path))
-    with pytest.raises(ValueError, match="no checkpoint to resume"):
+    with pytest.raises(ValueError, match="holds no run to continue"):
         train.run_pretrain(cfg, resume=True)

@@ -2,6 +2,7 @@
 
 import os
 import time
+import warnings
 
 import pytest
 
@@ -27,18 +28,39 @@ def test_header_only_fasta(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["ragged.fa", "mixed_endings.fa"])
-def test_unindexable_fasta_names_normalize_fasta_and_the_copy_works(name, fixture_copy, tmp_path):
+def test_unindexable_fasta_is_normalised_once_into_the_cache(name, fixture_copy, tmp_path, private_cache):
     path = fixture_copy(name)
     before = path.read_bytes()
-    with pytest.raises(DataError, match=r"pyfaidx cannot index.*normalize_fasta\("):
-        Genome(path)
+    letters = b"".join(line.strip() for line in before.splitlines() if not line.startswith(b">"))
+    with pytest.warns(DataWarning, match=r"cannot be indexed in place.*normalising it once.*mambadna normalize"):
+        g = Genome(path)
     assert path.read_bytes() == before and not path.with_name(name + ".fai").exists()
+    assert g.fasta_path.is_relative_to(private_cache)
+    assert g.fetch(next(iter(g.contigs)), 0, len(letters)) == letters
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second open reuses the copy, silently
+        assert Genome(path).fasta_path == g.fasta_path
     fixed = tmp_path / "fixed.fa"
     lengths = normalize_fasta(path, fixed)
-    g = Genome(fixed)
-    assert dict(g.contigs) == lengths
-    letters = b"".join(line.strip() for line in before.splitlines() if not line.startswith(b">"))
-    assert g.fetch(next(iter(g.contigs)), 0, len(letters)) == letters
+    assert dict(Genome(fixed).contigs) == lengths == dict(g.contigs)
+
+
+def test_a_layout_pyfaidx_accepts_but_reads_wrongly_is_normalised(tmp_path):
+    path = tmp_path / "long_last_line.fa"
+    path.write_text(">a\nACGT\nACGTTTGGCCAA\n>b\nGGGG\n")  # a last line longer than the ones before it
+    with pytest.warns(DataWarning, match="cannot be indexed in place"):
+        g = Genome(path)
+    assert g.contigs == {"a": 16, "b": 4} and g.fetch("a", 0, 16) == b"ACGTACGTTTGGCCAA"
+
+
+def test_index_listing_fewer_contigs_than_the_fasta_is_not_trusted(copy_bundled, tmp_path):
+    path = tmp_path / "two.fa"
+    path.write_text(">c1\n" + "ACGT" * 15 + "\n" + "ACG\n>c2\n" + "GATTACA" * 9 + "\n")
+    fai = path.with_name("two.fa.fai")
+    fai.write_text("c1\t63\t4\t60\t61\n")  # right for c1, newer than the FASTA, silent about c2
+    with pytest.warns(DataWarning, match="lists fewer contigs than the FASTA"):
+        g = Genome(path)
+    assert list(g.contigs) == ["c1", "c2"] and fai.read_text() == "c1\t63\t4\t60\t61\n"
 
 
 def test_normalize_never_overwrites(fixture_copy):

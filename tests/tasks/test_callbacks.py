@@ -56,7 +56,12 @@ class PoisonAfter(pl.Callback):
 
 def test_nan_guard_stops_with_step_and_checkpoint(tmp_path):
     dm = GenomeDataModule(bundled_path("lambda"), window_bp=32, batch_size=4, train_windows=8, val_windows=2)
-    (tmp_path / "step2.ckpt").write_bytes(b"")
+    for step in (2, 3):
+        (tmp_path / f"step-{step:08d}.ckpt").write_bytes(b"")
     task = LMTask(tiny(d_model=16, d_state=4), OptimSpec())
-    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3; stopped; last good checkpoint: .*step2"):
+    # the loss of step 3 is that of the weights checkpointed as step 3: that one is set aside, step 2 is named
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 3; stopped; the newest checkpoint whose "
+                                                 r"weights and loss were finite is .*step-00000002\.ckpt"):
         tiny_trainer([PoisonAfter(3), NonFiniteLossGuard(tmp_path)], max_steps=6).fit(task, datamodule=dm)
+    assert (tmp_path / "nonfinite" / "step-00000003.ckpt").is_file() and not (tmp_path / "step-00000003.ckpt").exists()
+    assert (tmp_path / "last.ckpt").resolve() == (tmp_path / "step-00000002.ckpt").resolve()
