@@ -32,7 +32,8 @@ def test_cache_follows_mambadna_cache_then_xdg(tmp_path, monkeypatch):
 
 
 def test_recipes_parse_with_tomli_where_tomllib_is_missing(tmp_path):
-    """Python 3.10 has no tomllib; run_config then imports tomli. Simulated on this Python by refusing the import."""
+    """Python 3.10 has no tomllib; mambadna.settings (which reads recipes) then imports tomli. Simulated on this
+    Python by refusing the import."""
     pytest.importorskip("tomli")
     recipe = tmp_path / "r.toml"
     recipe.write_text("[train]\nmax_steps = 7\n[model]\npreset = 'small'\nd_state = 8\n")
@@ -44,8 +45,8 @@ class NoTomllib:
             raise ImportError("no tomllib before Python 3.11")
 sys.meta_path.insert(0, NoTomllib())
 sys.modules.pop("tomllib", None)
-from mambadna import run_config as rc
-assert rc.tomllib.__name__ == "tomli", rc.tomllib
+from mambadna import run_config as rc, settings
+assert settings.tomllib.__name__ == "tomli", settings.tomllib
 cfg = rc.load_recipe(rc.PretrainConfig(), {str(recipe)!r})
 assert (cfg.train.max_steps, cfg.model.d_model, cfg.model.d_state) == (7, 128, 8)
 try:

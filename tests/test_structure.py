@@ -98,7 +98,7 @@ def test_shared_constants_are_defined_once():
 RANKS = [
     (0, ("mambadna.version", "mambadna.tokenizer", "mambadna.kernels", "mambadna.files", "mambadna.errors")),
     (1, ("mambadna.config", "mambadna.data", "mambadna.strands")),
-    (2, ("mambadna.hf", "mambadna.chunking", "mambadna.inference")),
+    (2, ("mambadna.hf", "mambadna.chunking", "mambadna.inference", "mambadna.settings")),
     (3, ("mambadna.checkpoint", "mambadna.pooling")),
     (4, ("mambadna.model",)),
     (5, ("mambadna.objective",)),
