@@ -132,6 +132,6 @@ def test_mlm_pretrain_finetune_embed_evaluate_through_the_cli(tmp_path, capsys):
     assert 0 < evaluation["test/bits_per_masked_base"] and 0 <= evaluation["test/masked_accuracy"] <= 1
 
     assert "needs a causal model" in _error(capsys, ["embed", str(pre / "model"), str(table), "--out",
-                                                     str(emb), "--chunk-bp", "16"])
+                                                     str(tmp_path / "emb_chunked"), "--chunk-bp", "16"])
     assert "needs a causal model" in _error(capsys, ["generate", str(pre / "model"), "--out", str(tmp_path / "g.fa")])
     assert "--objective mlm" in _error(capsys, ["pretrain", "--out", str(tmp_path / "x"), "--bidirectional", *TINY])

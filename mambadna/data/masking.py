@@ -69,6 +69,11 @@ class MaskedWindows(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.windows.set_epoch(epoch)
 
+    @property
+    def num_windows(self) -> int:
+        """Windows in one epoch over all ranks, as the wrapped dataset's (the run checks batch against it)."""
+        return self.windows.num_windows
+
     def __len__(self) -> int:
         return len(self.windows)
 
