@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "this many bases, carrying the state: memory grows with the chunk, not the sequence; same output "
                    f"(default: chunks of {1 << 16} for longer sequences)")
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--devices", type=_positive_int, default=1, help="spread the sequences over this many GPUs (or "
+                   "CPU processes with --device cpu) through Lightning's predict loop")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "32"),
                    help="auto: bf16 autocast on a GPU, fp32 on the CPU")
     _add_overwrite(p, "embeddings already in --out")
@@ -345,10 +347,11 @@ def _cmd_embed(args) -> int:
     try:
         result = run_embed(args.checkpoint, args.input, out, args.pooling, args.per_position, args.batch_size,
                            args.max_length_bp, args.chunk_bp, args.device, args.layer, args.rc_average, args.regions,
-                           args.label_regex, args.precision, args.per_position_dtype, args.format)
+                           args.label_regex, args.precision, args.per_position_dtype, args.format, args.devices)
     except UnicodeDecodeError as exc:
         raise ValueError(f"{args.input}: not a text file ({exc}); give a FASTA or a table") from None
-    _print_summary(f"embedded {result['sequences']} sequences (d = {result['d']})", result)
+    if result:  # the other processes of a --devices run leave the report to the first
+        _print_summary(f"embedded {result['sequences']} sequences (d = {result['d']})", result)
     return 0
 
 

@@ -12,8 +12,10 @@ mambadna/commands/embedding_io.py's.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,9 +151,11 @@ def embed_batch(model: MambaLM, input_ids: torch.Tensor, attention_mask: torch.T
 def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", per_position: bool = False,
                   batch_size: int = 16, max_length_bp: int | None = None, device="cpu", chunk_bp: int | None = None,
                   layer: int | None = None, rc_average: bool = False, precision: str = "auto",
-                  per_position_out: np.ndarray | None = None, progress=None):
+                  per_position_out: np.ndarray | None = None, progress=None, pooled_out: np.ndarray | None = None,
+                  batches: list[list[int]] | None = None):
     """-> (pooled (n, d) float32, per-position list of (l_i, d) arrays, or None when not asked or when written into
-    `per_position_out` (sum of l_i, d) at the rows of `per_position_rows(records, max_length_bp)`).
+    `per_position_out` (sum of l_i, d) at the rows of `per_position_rows(records, max_length_bp)`). `pooled_out`
+    receives the pooled rows instead of a new array; `batches` (lists of record indices) embeds only those.
 
     Batches are length-sorted and right-padded (the model is causal: right padding leaves real positions
     unchanged). `chunk_bp` (default: `AUTO_CHUNK_BP` for sequences longer than that) runs each batch chunk by chunk
@@ -173,12 +177,10 @@ def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", 
     d = model.config.d_model
     seqs = [r.sequence[:max_length_bp] if max_length_bp else r.sequence for r in records]
     rows = per_position_rows(seqs)
-    pooled = np.zeros((len(records), d), dtype=np.float32)
+    pooled = np.zeros((len(records), d), dtype=np.float32) if pooled_out is None else pooled_out
     positions: list[np.ndarray | None] | None = [None] * len(records) if per_position and per_position_out is None \
         else None
-    order = sorted(range(len(records)), key=lambda i: len(seqs[i]))
-    for lo in range(0, len(order), batch_size):
-        idx = order[lo : lo + batch_size]
+    for idx in length_batches(seqs, batch_size) if batches is None else batches:
         batch = tokenizer.batch_encode([seqs[i] for i in idx])
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         lengths = [len(seqs[i]) for i in idx]
@@ -198,6 +200,12 @@ def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", 
         if progress is not None:
             progress(sum(lengths))
     return pooled, positions
+
+
+def length_batches(seqs, batch_size: int) -> list[list[int]]:
+    """Record indices in batches of similar length (sorted by length): little padding, and the longest last."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    return [order[lo : lo + batch_size] for lo in range(0, len(order), batch_size)]
 
 
 def per_position_rows(seqs) -> np.ndarray:
@@ -245,9 +253,14 @@ class _PositionSink:
 
 def run_embed(checkpoint, input_path, out_dir, pooling="mean", per_position=False, batch_size=16,
               max_length_bp=None, chunk_bp=None, device="auto", layer=None, rc_average=False, regions=None,
-              label_regex="", precision="auto", per_position_dtype="float16", fmt="npy") -> dict:
+              label_regex="", precision="auto", per_position_dtype="float16", fmt="npy", devices: int = 1) -> dict:
     """The `mambadna embed` command: read, embed (per-position vectors streamed to disk), write, and report bases
-    per second and peak GPU memory."""
+    per second and peak GPU memory. `devices` > 1 spreads the batches over that many devices (GPUs, or CPU
+    processes with --device cpu) through Lightning's predict loop."""
+    if devices > 1:
+        return _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_position, batch_size,
+                                      max_length_bp, chunk_bp, device, layer, rc_average, regions, label_regex,
+                                      precision, per_position_dtype, fmt, devices)
     device = resolve_device(device)
     model = load_lm(checkpoint, map_location=device)
     records = read_records(input_path, label_regex=label_regex, regions=regions)
@@ -280,3 +293,65 @@ def run_embed(checkpoint, input_path, out_dir, pooling="mean", per_position=Fals
              "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda"
              else None, "d": int(pooled.shape[1])}
     return {**files, **stats}
+
+
+def _launched_rank() -> int:
+    """This process's rank in a multi-process run (Lightning relaunches the command with RANK/LOCAL_RANK set)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_position, batch_size, max_length_bp,
+                           chunk_bp, device, layer, rc_average, regions, label_regex, precision, per_position_dtype,
+                           fmt, devices: int) -> dict:
+    """Every process embeds the batches it is dealt and writes their rows straight into two memory-mapped files
+    (pooled vectors, per-position vectors) that the first process made before the others started; the first
+    process then writes the outputs and renames the per-position file into place."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from mambadna.tasks.predict import PredictTask
+
+    accelerator = resolve_device(device).type
+    if accelerator == "cuda" and torch.cuda.device_count() < devices:
+        raise ValueError(f"--devices {devices}: this machine has {torch.cuda.device_count()} GPU(s)")
+    model = load_lm(checkpoint).eval()
+    records = read_records(input_path, label_regex=label_regex, regions=regions)
+    seqs = [r.sequence[:max_length_bp] if max_length_bp else r.sequence for r in records]
+    rows, d = per_position_rows(seqs), model.config.d_model
+    tokenizer = tokenizer_from_name(model.config.tokenizer)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pooled_path, positions_path = out_dir / ".embed-pooled.partial.npy", out_dir / ".embed-positions.partial.npy"
+    mode = "w+" if _launched_rank() == 0 else "r+"  # made by the first process, before it starts the others
+    pooled = np.lib.format.open_memmap(pooled_path, mode=mode, dtype=np.float32, shape=(len(records), d))
+    stream = np.lib.format.open_memmap(positions_path, mode=mode, dtype=per_position_dtype,
+                                       shape=(int(rows[-1]), d)) if per_position else None
+
+    def embed_some(idx, dev):  # this process's batch of record indices, into the shared files' rows
+        embed_records(model, records, pooling, per_position, batch_size, max_length_bp, dev, chunk_bp, layer,
+                      rc_average, precision, per_position_out=stream, pooled_out=pooled, batches=[idx])
+
+    loader = DataLoader(length_batches(seqs, batch_size), batch_size=None, shuffle=False)
+    trainer = pl.Trainer(accelerator="gpu" if accelerator == "cuda" else "cpu", devices=devices, strategy="ddp",
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    start = time.perf_counter()
+    with warnings.catch_warnings():  # the rows are written by embed_some; that predict_step returns None is meant
+        warnings.filterwarnings("ignore", message=".*predict returned None.*")
+        trainer.predict(PredictTask(model, embed_some), dataloaders=loader, return_predictions=False)
+    pooled.flush()
+    if stream is not None:
+        stream.flush()
+    trainer.strategy.barrier()  # every process has flushed its rows
+    seconds = time.perf_counter() - start
+    if not trainer.is_global_zero:
+        return {}
+    vectors = np.array(pooled)
+    del pooled, stream
+    if per_position:
+        os.replace(positions_path, out_dir / PER_POSITION_NAME)
+    pooled_path.unlink()
+    files = write_embeddings(out_dir, records, vectors, fmt=fmt, per_position_rows=rows if per_position else None)
+    return {**files, "sequences": len(records), "bases": int(rows[-1]), "seconds": round(seconds, 3),
+            "bases_per_s": round(rows[-1] / max(seconds, 1e-9), 1), "device": f"{devices} x {accelerator}",
+            "peak_gpu_gib": None, "d": d}

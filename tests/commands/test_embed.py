@@ -3,6 +3,8 @@ complement averaging and BED regions do what they say; bad arguments end in one 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,31 @@ def test_bad_embed_arguments_are_one_line_errors(model_dir, records, tmp_path, c
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in error("--device", "cuda")
     assert "expected auto, cpu, cuda" in error("--device", "tpu")
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_through_lightnings_predict_loop_equal_one(model_dir, records, tmp_path):
+    """`--devices 2` (here two CPU processes on gloo, as it would be two GPUs) deals the batches out; every process
+    writes its rows of the shared files, and the result equals a one-process run row for row."""
+    import os
+    import subprocess
+    import sys
+
+    table = tmp_path / "seqs.tsv"
+    table.write_text("name\tsequence\tlabel\n" + "".join(f"{r.name}\t{r.sequence.decode()}\t{r.label}\n"
+                                                          for r in records))
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "MASTER_ADDR": "127.0.0.1"}
+    outs = {}
+    for name, extra in (("one", []), ("two", ["--devices", "2"])):
+        out = tmp_path / name
+        proc = subprocess.run([sys.executable, "-m", "mambadna", "embed", str(model_dir), str(table), "--out", str(out),
+                               "--device", "cpu", "--per-position", "--per-position-dtype", "float32",
+                               "--batch-size", "2", *extra], capture_output=True, text=True, cwd=repo, env=env,
+                              stdin=subprocess.DEVNULL, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[name] = {f: np.load(out / f"{f}.npy") for f in ("embeddings", "per_position")}
+        assert not list(out.glob(".*")), list(out.glob(".*"))  # no partial files left
+    for f in ("embeddings", "per_position"):
+        np.testing.assert_allclose(outs["two"][f], outs["one"][f], rtol=1e-5, atol=1e-6, err_msg=f)
+    assert np.abs(outs["one"]["embeddings"]).sum() > 0
