@@ -85,13 +85,7 @@ def task_data(task: str, folder: Path) -> tuple[Path, Path]:
 
 def species_windows(manifest: Path, window_bp: int, split: str, count: int, seed: int):
     """(raw sequences, labels) of the windows a SpeciesDataModule gives for `split` with this seed."""
-    ds = SpeciesWindowDataset(manifest, window_bp, split=split, num_windows=count, seed=seed)
-    seqs, labels = [], []
-    for i in range(len(ds)):
-        label, _, _, raw, _ = ds.window(i)
-        seqs.append(raw)
-        labels.append(ds.class_names[label])
-    return seqs, labels
+    return SpeciesWindowDataset(manifest, window_bp, split=split, num_windows=count, seed=seed).raw_windows()
 
 
 def steps_per_second(model_config, objective: str, batch_size: int, window_bp: int, num_classes: int | None,

@@ -80,22 +80,13 @@ def _add_overwrite(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--overwrite", action="store_true", help=f"replace {what} if it exists (never an input file)")
 
 
-def _flatten(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _run_settings(finetune: bool):
     """(dotted key, type, field, default) of the settings a pretrain / finetune run takes (mambadna/run_config.py)."""
     from mambadna import run_config as rc
+    from mambadna.settings import flatten
 
     cls, run = (rc.FinetuneConfig, "finetune") if finetune else (rc.PretrainConfig, "pretrain")
-    defaults = _flatten(rc.to_dict(cls()))
+    defaults = flatten(rc.to_dict(cls()))
     for key, kind, f in rc.leaf_settings(cls):
         if run in f.metadata.get("runs", (run,)):
             yield key, kind, f, defaults.get(key)

@@ -92,22 +92,9 @@ def atomic_open(final: str | os.PathLike, mode: str = "w", **kwargs):
     """`open(final, mode)` that only replaces `final` once everything was written (mode "w"/"wb" and variants)."""
     if "w" not in mode:
         raise ValueError(f"atomic_open writes whole files; mode must contain 'w', got {mode!r}")
-    final = Path(final)
-    tmp = temp_sibling(final)
-    try:
-        with _open(tmp, mode, **kwargs) as fh:
-            yield fh
-            fh.flush()
-            with contextlib.suppress(OSError, AttributeError, ValueError):
-                os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except OSError as err:
-        raise _with_path(err, final) from err
-    finally:
-        if tmp.exists():
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-    _fsync_dir(final.parent)
+    # the file is closed (flushed) before atomic_path syncs it and renames it into place
+    with atomic_path(final) as tmp, _open(tmp, mode, **kwargs) as fh:
+        yield fh
 
 
 def write_text(final: str | os.PathLike, text: str) -> Path:

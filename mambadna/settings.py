@@ -190,15 +190,16 @@ def _merge(base: dict, update: dict) -> None:
 
 def changed_settings(before, after) -> list[tuple[str, object, object]]:
     """(dotted key, old, new) of every setting that differs between two configs of one kind."""
-    old, new = _flat(to_dict(before)), _flat(to_dict(after))
+    old, new = flatten(to_dict(before)), flatten(to_dict(after))
     return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
-def _flat(data: dict, prefix: str = "") -> dict:
+def flatten(data: dict, prefix: str = "") -> dict:
+    """A nested settings dict -> {dotted key: value}."""
     out = {}
     for key, value in data.items():
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

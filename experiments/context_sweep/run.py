@@ -113,12 +113,9 @@ def species_windows(manifest: Path, window_bp: int, split: str, count: int, seed
 
     ds = SpeciesWindowDataset(manifest, window_bp, split=split, num_windows=count, seed=seed,
                               max_n_fraction=max_n_fraction)
-    seqs, labels, pairs = [], [], []
-    for i in range(len(ds)):
-        label, _, _, raw, _ = ds.window(i)
-        seqs.append(raw)
-        labels.append(ds.class_names[label])
-        pairs.append((label, ds.reader.tokenizer.encode(raw)))
+    seqs, labels = ds.raw_windows()
+    index = {name: i for i, name in enumerate(ds.class_names)}
+    pairs = [(index[label], ds.reader.tokenizer.encode(raw)) for raw, label in zip(seqs, labels)]
     return seqs, labels, _digest(pairs)
 
 

@@ -24,13 +24,7 @@ def _windows(manifest: Path, window_bp: int, split: str, count: int, seed: int):
     """(raw sequences, label names) of the species windows a SpeciesDataModule would give for `split`."""
     from mambadna.data import SpeciesWindowDataset
 
-    ds = SpeciesWindowDataset(manifest, window_bp, split=split, num_windows=count, seed=seed)
-    seqs, labels = [], []
-    for i in range(len(ds)):
-        label, _, _, raw, _ = ds.window(i)
-        seqs.append(raw)
-        labels.append(ds.class_names[label])
-    return seqs, labels
+    return SpeciesWindowDataset(manifest, window_bp, split=split, num_windows=count, seed=seed).raw_windows()
 
 
 def demo_pretrain(out_dir: str) -> rc.PretrainConfig:

@@ -151,6 +151,12 @@ class SpeciesWindowDataset(Dataset):
         _, contig, start, raw = self.reader.draw(windows, rng, 0, windows.n_starts)
         return label, contig, start, raw, rng
 
+    def raw_windows(self) -> tuple[list[bytes], list[str]]:
+        """(raw sequences, class names) of every item of this epoch, in order: the windows a model sees, for
+        baselines that read text (k-mer counts) or embedding them as records."""
+        items = [self.window(i) for i in range(len(self))]
+        return [raw for _, _, _, raw, _ in items], [self.class_names[label] for label, *_ in items]
+
     def __getitem__(self, index: int) -> dict:
         label, _, _, raw, rng = self.window(index)
         ids = self.reader.encode(raw, rng)
