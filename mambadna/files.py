@@ -47,10 +47,10 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     return removed
 
 
-def _fsync_dir(folder: Path) -> None:
-    # the rename itself must reach the disk too; not every platform lets a folder be opened
+def _fsync(path: Path) -> None:
+    """Flush a file (its bytes) or a folder (a rename in it) to the disk; not every platform opens folders."""
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -71,12 +71,7 @@ def atomic_path(final: str | os.PathLike):
     tmp = temp_sibling(final)
     try:
         yield tmp
-        with contextlib.suppress(OSError):
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        _fsync(tmp)
         os.replace(tmp, final)
     except OSError as err:
         raise _with_path(err, final) from err
@@ -84,7 +79,7 @@ def atomic_path(final: str | os.PathLike):
         if tmp.exists():
             with contextlib.suppress(OSError):
                 tmp.unlink()
-    _fsync_dir(final.parent)
+    _fsync(final.parent)  # the rename itself must reach the disk too
 
 
 @contextlib.contextmanager
