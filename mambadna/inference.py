@@ -74,7 +74,7 @@ class Decoder:
     def __init__(self, model: "MambaLM", batch_size: int, temperature: float = 1.0, top_k: int | None = None,
                  block: int = BLOCK_STEPS, graph: bool | None = None):
         param = model.embedding.weight
-        self.model, self.block, self.temperature, self.top_k = model, block, temperature, top_k
+        self.model, self.block, self.temperature = model, block, temperature
         allowed = tokenizer_from_name(model.config.tokenizer).sampleable_ids
         self.bias = allowed_bias(model.config.vocab_size, allowed, param.device)
         self.top_k = None if top_k is None else min(top_k, allowed[1] - allowed[0])

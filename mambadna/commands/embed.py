@@ -29,6 +29,7 @@ from mambadna.config import POOLINGS
 from mambadna.files import atomic_path
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.pooling import check_mask, pool_finish, pool_partial
+from mambadna.run_config import check_label_regex
 from mambadna.tokenizer import reverse_complement_bytes, tokenizer_from_name
 
 AUTO_CHUNK_BP = 1 << 16  # sequences longer than this run in chunks of this size unless chunk_bp is given
@@ -55,12 +56,7 @@ def read_records(path: str | Path, label_regex: str = "", sequence_column: str =
     path = Path(path)
     if not path.is_file() and not (regions is None and is_table(path)):
         raise ValueError(f"{path}: no such file")
-    try:
-        pattern = re.compile(label_regex) if label_regex else None
-    except re.error as err:
-        raise ValueError(f"--label-regex {label_regex!r} is not a valid regular expression: {err}") from None
-    if pattern is not None and pattern.groups < 1:
-        raise ValueError(f"--label-regex {label_regex!r} needs one (group) around the label")
+    pattern = check_label_regex(label_regex, "--label-regex") if label_regex else None
 
     def label_of(text: str) -> str:
         match = pattern.search(text) if pattern else None
@@ -288,11 +284,8 @@ def run_embed(checkpoint, input_path, out_dir, pooling="mean", per_position=Fals
             stream.flush()
             del stream
     files = write_embeddings(out_dir, records, pooled, fmt=fmt, per_position_rows=rows if per_position else None)
-    stats = {"sequences": len(records), "bases": int(rows[-1]), "seconds": round(seconds, 3),
-             "bases_per_s": round(rows[-1] / max(seconds, 1e-9), 1), "device": str(device),
-             "peak_gpu_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda"
-             else None, "d": int(pooled.shape[1])}
-    return {**files, **stats}
+    peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
+    return _report(files, records, rows, seconds, str(device), peak, pooled.shape[1])
 
 
 def _launched_rank() -> int:
@@ -352,6 +345,11 @@ def _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_positio
         os.replace(positions_path, out_dir / PER_POSITION_NAME)
     pooled_path.unlink()
     files = write_embeddings(out_dir, records, vectors, fmt=fmt, per_position_rows=rows if per_position else None)
+    return _report(files, records, rows, seconds, f"{devices} x {accelerator}", None, d)
+
+
+def _report(files: dict, records, rows, seconds: float, device: str, peak_gib, d: int) -> dict:
+    """What `mambadna embed` prints and returns: the files written, then throughput and memory."""
     return {**files, "sequences": len(records), "bases": int(rows[-1]), "seconds": round(seconds, 3),
-            "bases_per_s": round(rows[-1] / max(seconds, 1e-9), 1), "device": f"{devices} x {accelerator}",
-            "peak_gpu_gib": None, "d": d}
+            "bases_per_s": round(rows[-1] / max(seconds, 1e-9), 1), "device": device, "peak_gpu_gib": peak_gib,
+            "d": int(d)}
