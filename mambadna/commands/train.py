@@ -174,7 +174,7 @@ def curriculum(cfg, datamodule, min_windows: int) -> SeqLenWarmup | None:
     if isinstance(datamodule, LabelledDataModule) and t.seqlen_warmup_from_bp is None:
         start = 0
     stages = length_curriculum(start or d.window_bp, d.window_bp, d.batch_size, t.max_steps,
-                               t.accumulate_grad_batches, min_windows)
+                               t.accumulate_grad_batches, min_windows, t.chunk_bp)
     if len(stages) == 1 and stages[0][2] == t.accumulate_grad_batches:
         return None
     return SeqLenWarmup(stages)

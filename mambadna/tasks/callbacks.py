@@ -3,6 +3,7 @@ and memory."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -18,29 +19,38 @@ class NonFiniteLossError(ValueError):
 
 
 def length_curriculum(start_bp: int, window_bp: int, batch_size: int, max_steps: int, accumulate: int = 1,
-                      min_windows: int = 1) -> list[tuple[int, int, int, int | None]]:
-    """The length curriculum: windows start_bp, 2*start_bp, ... up to window_bp, the batch scaled so that window *
-    batch (bases per micro-batch) stays that of the final stage, and gradient accumulation raised where a step would
-    otherwise see fewer than `min_windows` windows (a classifier's batch of one million-base window holds one class,
-    and Adam moves every weight as far on that one label as on a balanced batch: classes collapse).
+                      min_windows: int = 1, chunk_bp: int | None = None) -> list[tuple[int, int, int, int | None]]:
+    """The length curriculum: windows start_bp, 2*start_bp, ... up to window_bp, each stage training on the same
+    bases per optimizer step as the final one (window_bp * batch_size * accumulate).
 
-    Stages are sized in optimizer steps so that every stage trains on the same number of bases (a stage that
-    accumulates k micro-batches gets 1/k of the steps); the last stage runs until max_steps.
-    Returns [(window_bp, batch_size, accumulate, steps), ...] with steps None for the last stage."""
+    A stage's micro-batch holds as many windows as those bases allow, but no more bases than the final stage's
+    micro-batch keeps in memory at once: with `chunk_bp` that is batch_size * chunk_bp (a chunked million-base
+    window holds one chunk's activations; a thousand 1 kb windows in one batch would hold them all), and the
+    rest is gradient accumulation. Accumulation is also raised where a step would otherwise see fewer than
+    `min_windows` windows (a classifier's batch of one million-base window holds one class, and Adam moves every
+    weight as far on that one label as on a balanced batch: classes collapse).
+
+    Stages are sized in optimizer steps so that every stage trains on the same number of bases; the last stage
+    runs until max_steps. Returns [(window_bp, batch_size, accumulate, steps), ...], steps None for the last."""
     if start_bp < 1 or start_bp > window_bp:
         raise ValueError(f"the length curriculum must start at 1..window_bp ({window_bp}) bp, got {start_bp}")
-    bases = window_bp * batch_size
+    step_bp = window_bp * batch_size * accumulate
+    micro_bp = batch_size * min(window_bp, chunk_bp or window_bp)  # bases one micro-batch holds activations for
     plan, window = [], start_bp
-    while window < window_bp:
-        plan.append((window, max(1, bases // window)))
-        window *= 2
-    plan.append((window_bp, batch_size))
-    plan = [(w, b, max(accumulate, -(-min_windows // b))) for w, b in plan]
-    per_stage = max_steps / sum(1 / k for _, _, k in plan)  # steps of a stage that does not accumulate
+    while window <= window_bp:
+        final = window == window_bp
+        batch = batch_size if final else max(1, min(micro_bp, step_bp) // window)
+        k = accumulate if final else max(1, step_bp // (batch * window))
+        plan.append((window, batch, max(k, -(-min_windows // batch))))
+        window = window * 2 if window * 2 <= window_bp or final else window_bp
+    # equal bases per stage: a stage's steps go as 1 / its bases per step
+    shares = [step_bp / (w * b * k) for w, b, k in plan]  # steps of a stage per step of a plain one
+    per_stage = max_steps / sum(shares)
+    last = max(1, math.ceil(per_stage * shares[-1]))
     stages, used = [], 0
-    for w, b, k in plan[:-1]:
-        steps = max(1, round(per_stage / k))
-        if used + steps >= max_steps:  # too few steps for every stage: the target window still gets the last ones
+    for (w, b, k), share in zip(plan[:-1], shares):
+        steps = max(1, int(per_stage * share))
+        if used + steps > max_steps - last:  # too few steps for every stage: the target window keeps its share
             break
         stages.append((w, b, k, steps))
         used += steps

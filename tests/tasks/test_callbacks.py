@@ -43,6 +43,15 @@ def test_length_curriculum_accumulates_to_the_minimum_windows_and_keeps_bases_pe
     assert short[-1] == (2**20, 1, 1, None) and len(short) <= 3
 
 
+def test_length_curriculum_holds_a_chunked_runs_memory():
+    # a 1 Mb window in 64 kb chunks holds 64 kb of activations: a 1 kb stage takes 64 windows a micro-batch and
+    # accumulates 16 of them, not one batch of 1024 windows
+    stages = length_curriculum(1024, 2**20, 1, max_steps=64, chunk_bp=2**16)
+    assert stages[0][:3] == (1024, 64, 16) and all(w * b <= 2**16 or w > 2**16 for w, b, _, _ in stages)
+    assert all(w * b * k == 2**20 for w, b, k, _ in stages) and stages[-1] == (2**20, 1, 1, None)
+    assert sum(s for *_, s in stages[:-1]) < 64
+
+
 def test_warmup_changes_window_and_batch_on_schedule():
     torch.manual_seed(0)
     dm = GenomeDataModule(bundled_path("lambda"), window_bp=128, batch_size=2, train_windows=16, val_windows=2)
