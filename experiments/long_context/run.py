@@ -305,7 +305,8 @@ def main(argv=None) -> int:
     if not args.data:
         parser.error("--data is required (see data/prepare_long_context.py)")
     env = {**environment(), "scale": scale.__dict__, "data": args.data}
-    (out / f"{args.experiment}_env.json").write_text(json.dumps(env, indent=1) + "\n")
+    Path(args.rows or out).mkdir(parents=True, exist_ok=True)
+    (Path(args.rows or out) / f"{args.experiment}_env.json").write_text(json.dumps(env, indent=1) + "\n")
     (run_chrx if args.experiment == "chrx" else run_species)(args, scale)
     return 0
 
