@@ -7,7 +7,7 @@ summary.json's train_time_s, which leaves out the interpreter's start) and wall 
 setting, so it measures what a user gets: before mambadna set its threads that was torch's own default, after it
 is mambadna's choice (mambadna/commands/threads.py).
 
-    python experiments/cpu_threads.py [--steps 120] [--out experiments/results/cpu_threads]
+    python experiments/cpu_threads.py [--steps 60] [--out experiments/results/cpu_threads]
     python experiments/cpu_threads.py --cpu-smoke --out /tmp/x   (CI: 3 steps, two scenarios)
 
 Writes results.json (raw numbers, machine, date, commit) and table.md into --out.
@@ -32,13 +32,15 @@ PRESSURE = Path("/proc/pressure/cpu")
 # (name, parallel runs, environment added to each run's)
 SCENARIOS = [
     ("alone, default", 1, {}),
+    ("alone, 2 threads", 1, {"OMP_NUM_THREADS": "2"}),
+    ("alone, 2 threads, passive wait", 1, {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}),
     ("alone, 1 thread", 1, {"OMP_NUM_THREADS": "1"}),
     ("two at once, default", 2, {}),
     ("two at once, 2 threads each", 2, {"OMP_NUM_THREADS": "2"}),
     ("two at once, 2 threads, passive wait", 2, {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}),
     ("two at once, 1 thread each", 2, {"OMP_NUM_THREADS": "1"}),
 ]
-SMOKE = [SCENARIOS[0], SCENARIOS[5]]
+SMOKE = [SCENARIOS[0], SCENARIOS[7]]
 
 
 def cpu_pressure() -> str:
@@ -96,7 +98,7 @@ def table(results: list[dict]) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cpu-smoke", action="store_true", help="3 steps, two scenarios (CI)")
     args = parser.parse_args(argv)
