@@ -9,7 +9,10 @@ Layout of a run directory (the rules for reusing one are in mambadna/commands/ru
                                parts of a resumed run
     curves.png                 loss / metric curves
     model/                     save_pretrained (config.json + model.safetensors) + training.json
-    summary.json               final metrics, wall time, bases per second, peak GPU memory
+    model_best/                the same, of the validation with the lowest val/loss (its step in training.json)
+    summary.json               the newest validation's metrics, the best model's step and val/loss, test metrics
+                               (fine-tuning), wall time, bases per second, peak GPU memory
+Validation runs every train.val_every_n_steps optimizer steps (default: max_steps // 5), whatever the epoch length.
 Every file is written under a temporary name and renamed into place (mambadna/files.py).
 """
 
@@ -30,8 +33,9 @@ from mambadna.checkpoint import read_config
 from mambadna.hf import locate
 from mambadna.commands.defaults import default_pretrain_genome, default_species_manifest
 from mambadna.commands.plots import plot_curves, save_confusion
-from mambadna.commands.run_dir import (RunStart, check_checkpoint_fits, check_not_finished, continue_command,
-                                       is_rank_zero, keep_interrupted_logs, read_checkpoint, start_run)
+from mambadna.commands.run_dir import (BEST_MODEL, RunStart, check_checkpoint_fits, check_not_finished,
+                                       continue_command, is_rank_zero, keep_interrupted_logs, read_checkpoint,
+                                       start_run)
 from mambadna.config import MambaConfig, tiny
 from mambadna.data.datamodules import LabelledDataModule, StreamsDataModule
 from mambadna.data.errors import DataError
@@ -39,10 +43,12 @@ from mambadna.files import write_json, write_text
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.run_config import FinetuneConfig, PretrainConfig, TrainSpec, save_config
 from mambadna.tasks.callbacks import NonFiniteLossGuard, RunStats, SeqLenWarmup, length_curriculum
-from mambadna.tasks.checkpoints import AtomicCheckpointIO, OptimizerSettingsFromConfig, RunCheckpoints, RunCSVLogger
+from mambadna.tasks.checkpoints import (AtomicCheckpointIO, BestModel, OptimizerSettingsFromConfig, RunCheckpoints,
+                                        RunCSVLogger)
 from mambadna.tasks.classify import ClassifyTask
 from mambadna.tasks.interrupts import GracefulInterrupt
 from mambadna.tasks.lm import LMTask
+from mambadna.tasks.progress import ProgressReport
 from mambadna.tokenizer import tokenizer_from_name
 
 TRAINING_INFO = "training.json"
@@ -84,16 +90,17 @@ def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra
         from pytorch_lightning.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(str(out_dir), name="", version="tensorboard"))
-    val_kwargs = ({"val_check_interval": train.val_every_n_steps, "check_val_every_n_epoch": None}
-                  if train.val_every_n_steps else {})
+    # Lightning counts batches, not optimizer steps; with check_val_every_n_epoch None it counts across epochs
+    val_batches = train.val_interval_steps() * train.accumulate_grad_batches
     return pl.Trainer(
         default_root_dir=str(out_dir), max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator,
         devices=train.lightning_devices(), strategy=train.strategy, num_nodes=train.num_nodes,
         precision=train.precision, accumulate_grad_batches=train.accumulate_grad_batches,
         gradient_clip_val=grad_clip or None, log_every_n_steps=train.log_every_n_steps,
         callbacks=list(extra_callbacks), logger=loggers, plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
-        enable_progress_bar=train.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
-        reload_dataloaders_every_n_epochs=1, **val_kwargs,
+        # progress is our own ProgressReport (run_callbacks): Lightning's bar changes with what is installed
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        reload_dataloaders_every_n_epochs=1, val_check_interval=val_batches, check_val_every_n_epoch=None,
         # TBPTT streams are already split per rank and must keep their order: no DistributedSampler
         use_distributed_sampler=not train.tbptt,
     )
@@ -101,13 +108,35 @@ def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra
 
 def run_callbacks(cfg, command: str, out_dir: Path) -> tuple[list, RunStats]:
     """The callbacks every run has: checkpoints, the NaN stop, clean interrupts, the optimizer settings on resume,
-    and the speed / memory statistics (returned too, for the summary)."""
+    the best model by validation, progress (unless turned off) and the speed / memory statistics (returned too,
+    for the summary)."""
     ckpt_dir = out_dir / "checkpoints"
     checkpoints = RunCheckpoints(ckpt_dir, cfg.train.ckpt_every_n_steps, keep=cfg.train.keep_checkpoints)
     stats = RunStats()
     guard = NonFiniteLossGuard(ckpt_dir, continue_command(command, out_dir), cfg.optim.lr)
+    best = BestModel(out_dir / BEST_MODEL, save=lambda model, folder, extra: save_model(model, folder, cfg, out_dir,
+                                                                                       **extra))
+    progress = [ProgressReport(cfg.train.progress_every_s)] if cfg.train.progress_bar else []
     # order matters at train end: the final checkpoint is saved before an interrupt that came late is raised
-    return [guard, checkpoints, GracefulInterrupt(checkpoints), OptimizerSettingsFromConfig(), stats], stats
+    return [guard, checkpoints, GracefulInterrupt(checkpoints), OptimizerSettingsFromConfig(), best, stats,
+            *progress], stats
+
+
+def save_model(model, folder: Path, cfg, out_dir: Path, **extra) -> None:
+    """save_pretrained plus training.json: the window trained on and the genome (pretraining) or the classes, and
+    for the best model its step and val/loss."""
+    model.save_pretrained(folder)
+    if isinstance(cfg, PretrainConfig):
+        info = {"window_bp": cfg.data.window_bp, "genome": cfg.data.genome or str(default_pretrain_genome(out_dir))}
+    else:
+        info = {"window_bp": cfg.data.window_bp, "class_names": model.class_names}
+    write_text(Path(folder) / TRAINING_INFO, json.dumps({**info, **extra}) + "\n")
+
+
+def validation_summary(trainer: pl.Trainer) -> dict:
+    """The newest validation's metrics and the best model's step and val/loss (mambadna.tasks.BestModel)."""
+    best = next((c for c in trainer.callbacks if isinstance(c, BestModel)), None)
+    return best.summary() if best is not None else {}
 
 
 def check_data(datamodule, cfg, world_size: int, held_out=("val",), curriculum=None) -> None:
@@ -226,11 +255,10 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, resume_from=None, ov
     if is_rank_zero():  # the other ranks of a DDP run re-run this command
         save_config(cfg, out_dir / "run_config.json")
     _fit(trainer, task, datamodule, run)
-    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    summary = {"out_dir": str(out_dir), "steps": trainer.global_step, **val, **stats.summary(trainer)}
+    summary = {"out_dir": str(out_dir), "steps": trainer.global_step, **validation_summary(trainer),
+               **stats.summary(trainer)}
     if trainer.is_global_zero:
-        task.model.save_pretrained(out_dir / "model")
-        write_text(out_dir / "model" / TRAINING_INFO, json.dumps({"window_bp": d.window_bp, "genome": genome}) + "\n")
+        save_model(task.model, out_dir / "model", cfg, out_dir)
         curves = _finish(trainer, out_dir, "pretraining")
         summary.update(model_dir=str(out_dir / "model"), curves=str(curves) if curves else None,
                        wall_time_s=round(time.perf_counter() - started, 2))
@@ -337,12 +365,10 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, resume_from=None, ov
         save_config(cfg, out_dir / "run_config.json")
     _fit(trainer, task, datamodule, run)
     summary = {"out_dir": str(out_dir), "steps": trainer.global_step, "classes": datamodule.class_names,
-               **stats.summary(trainer)}
+               **validation_summary(trainer), **stats.summary(trainer)}
     summary.update(test_classifier(trainer, task, datamodule, out_dir))
     if trainer.is_global_zero:
-        model.save_pretrained(out_dir / "model")
-        write_text(out_dir / "model" / TRAINING_INFO,
-                   json.dumps({"window_bp": cfg.data.window_bp, "class_names": datamodule.class_names}) + "\n")
+        save_model(model, out_dir / "model", cfg, out_dir)
         curves = _finish(trainer, out_dir, "fine-tuning")
         summary.update(model_dir=str(out_dir / "model"), curves=str(curves) if curves else None,
                        wall_time_s=round(time.perf_counter() - started, 2))
