@@ -368,17 +368,18 @@ def _cmd_probe(args) -> int:
     from mambadna.commands.embedding_io import read_embeddings
     from mambadna.commands.run_dir import out_folder, refuse_existing
     from mambadna.commands.plots import plot_pca
-    from mambadna.commands.probe import probe_embeddings
+    from mambadna.commands.probe import kmer_probe, probe_embeddings
     from mambadna.files import write_json
 
     out = out_folder(args.out or args.embeddings)
     refuse_existing([out / "probe.json", out / "pca.png"], args.overwrite)
     vectors, labels = read_embeddings(args.embeddings)
     result = probe_embeddings(vectors, labels, args.folds)
+    result.update(kmer_probe(args.embeddings, args.folds))  # the same sequences and folds, k-mer counts
     out.mkdir(parents=True, exist_ok=True)
     plot_pca(vectors, labels, out / "pca.png")
     write_json(out / "probe.json", result)
-    _print_summary("linear probe (cross-validated logistic regression)", {**result, "pca": str(out / "pca.png")})
+    _print_summary("linear probe (cross-validated logistic regression) and the k-mer baseline on the same folds", {**result, "pca": str(out / "pca.png")})
     return 0
 
 

@@ -24,9 +24,9 @@ import torch
 
 from mambadna.checkpoint import load
 from mambadna.chunking import check_chunk_bp, run_chunked
-from mambadna.commands.embedding_io import PER_POSITION_NAME, write_embeddings
+from mambadna.commands.embedding_io import PER_POSITION_NAME, SOURCE_NAME, write_embeddings
 from mambadna.config import POOLINGS
-from mambadna.files import atomic_path
+from mambadna.files import atomic_path, write_json
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.pooling import check_mask, pool_finish, pool_partial
 from mambadna.run_config import check_label_regex
@@ -284,6 +284,7 @@ def run_embed(checkpoint, input_path, out_dir, pooling="mean", per_position=Fals
             stream.flush()
             del stream
     files = write_embeddings(out_dir, records, pooled, fmt=fmt, per_position_rows=rows if per_position else None)
+    files["source"] = write_source(out_dir, input_path, regions, label_regex, max_length_bp)
     peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
     return _report(files, records, rows, seconds, str(device), peak, pooled.shape[1])
 
@@ -345,7 +346,16 @@ def _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_positio
         os.replace(positions_path, out_dir / PER_POSITION_NAME)
     pooled_path.unlink()
     files = write_embeddings(out_dir, records, vectors, fmt=fmt, per_position_rows=rows if per_position else None)
+    files["source"] = write_source(out_dir, input_path, regions, label_regex, max_length_bp)
     return _report(files, records, rows, seconds, f"{devices} x {accelerator}", None, d)
+
+
+def write_source(out_dir: Path, input_path, regions, label_regex: str, max_length_bp) -> str:
+    """source.json: what `probe` needs to read the embedded sequences again (its k-mer baseline)."""
+    path = Path(out_dir) / SOURCE_NAME
+    write_json(path, {"input": str(Path(input_path).resolve()), "regions": str(Path(regions).resolve()) if regions
+                      else None, "label_regex": label_regex, "max_length_bp": max_length_bp})
+    return str(path)
 
 
 def _report(files: dict, records, rows, seconds: float, device: str, peak_gib, d: int) -> dict:

@@ -1,5 +1,6 @@
-"""Evaluating a saved model on held-out data: a classifier's accuracy / macro-F1 / confusion matrix, or a language
-model's bits per base on a genome's test split.
+"""Evaluating a saved model on held-out data: a classifier's accuracy / macro-F1 / confusion matrix, beside a k-mer
++ logistic-regression baseline cross-validated on the same test windows, or a language model's bits per base on a
+genome's test split.
 
 A classifier's classes are matched by name, never by position: the test data may list its classes in another
 order or hold only some of them, and a label the model never saw is refused by name."""
@@ -14,6 +15,7 @@ import pytorch_lightning as pl
 
 from mambadna.checkpoint import load
 from mambadna.commands.defaults import default_pretrain_genome
+from mambadna.commands.probe import KMER, kmer_cross_validated
 from mambadna.commands.train import TaskWarning, check_accelerator, finetune_datamodule, memory_advice, test_classifier
 from mambadna.files import write_json
 from mambadna.model import MambaClassifier, MambaLM
@@ -47,6 +49,16 @@ def label_map(model: MambaClassifier, data_classes: list[str], where: str) -> li
     return [names.index(c) for c in data_classes]
 
 
+def kmer_on_test_windows(datamodule, folds: int = 5) -> dict:
+    """The k-mer + logistic-regression baseline, cross-validated on the test windows the model was just scored on
+    (mambadna/commands/probe.py); a test set too small to split says so instead of failing the evaluation."""
+    sequences, labels = datamodule.raw_split("test")
+    try:
+        return kmer_cross_validated(sequences, labels, folds)
+    except ValueError as err:
+        return {KMER: f"not computed: {err}"}
+
+
 def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", progress_bar: bool = True) -> dict:
     """Metrics of the model in `checkpoint` (a save_pretrained folder). Classifiers use `cfg.data` (manifest or
     labelled files; default the bundled species windows), language models `genome` (default: bundled genomes).
@@ -70,7 +82,8 @@ def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", prog
         task = ClassifyTask(model, OptimSpec(), names, label_map=mapping, chunk_bp=cfg.train.chunk_bp)
         out_dir.mkdir(parents=True, exist_ok=True)
         metrics = test_classifier(_trainer(progress_bar, cfg.train.accelerator), task, datamodule, out_dir)
-        metrics = {"classes": names, "test_classes": datamodule.class_names, **metrics}
+        metrics = {"classes": names, "test_classes": datamodule.class_names, **metrics,
+                   **kmer_on_test_windows(datamodule)}
     elif isinstance(model, MambaLM):
         from mambadna.data import GenomeDataModule
 

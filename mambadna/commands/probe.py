@@ -1,9 +1,22 @@
-"""Linear probes with scikit-learn: logistic regression on model embeddings (cross-validated) and the k-mer
-frequency baseline the demo compares the fine-tuned classifier with."""
+"""Linear probes with scikit-learn: logistic regression on model embeddings (cross-validated), and the k-mer
+frequency + logistic-regression baseline that `probe`, `evaluate` and the demo put beside the model, so a user can
+tell whether the model adds anything to what k-mer counts already say.
+
+`probe` and `evaluate` score the baseline on the very windows the model is judged on, with the same stratified
+folds as the embedding probe (same labels, same seed); the demo fits it on training windows and scores the test
+windows the fine-tuned classifier is tested on. `probe` finds the sequences through the `source.json` that
+`mambadna embed` writes beside the embeddings (mambadna/commands/embedding_io.py).
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+
+KMER_KS = (4, 5, 6)  # k-mer lengths of the baseline's features
+KMER = "kmer_baseline"  # the prefix of its metrics
 
 
 def _logistic():
@@ -14,10 +27,8 @@ def _logistic():
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
 
 
-def probe_embeddings(vectors: np.ndarray, labels: list[str], folds: int = 5, seed: int = 0) -> dict:
-    """Stratified k-fold accuracy and macro-F1 of a logistic regression on `vectors`."""
-    from sklearn.model_selection import StratifiedKFold, cross_validate
-
+def _folds(labels: list[str], folds: int) -> tuple[int, np.ndarray]:
+    """(folds that fit the rarest label, label counts), or a ValueError saying which labels are missing or rare."""
     if not any(labels):
         raise ValueError("probing needs labels, and index.tsv has none: embed a FASTA with --label-regex, or a "
                          "table with a 'label' column")
@@ -32,14 +43,56 @@ def probe_embeddings(vectors: np.ndarray, labels: list[str], folds: int = 5, see
     if folds < 2:
         raise ValueError(f"probing needs at least 2 sequences of every label; counts: "
                          f"{dict(zip(classes.tolist(), counts.tolist()))}")
+    return folds, counts
+
+
+def _cross_validated(features: np.ndarray, labels: list[str], folds: int, seed: int) -> dict:
+    from sklearn.model_selection import StratifiedKFold, cross_validate
+
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    scores = cross_validate(_logistic(), vectors, labels, cv=cv, scoring=("accuracy", "f1_macro"))
-    return {"folds": folds, "accuracy": float(scores["test_accuracy"].mean()),
-            "accuracy_std": float(scores["test_accuracy"].std()), "macro_f1": float(scores["test_f1_macro"].mean()),
+    scores = cross_validate(_logistic(), features, labels, cv=cv, scoring=("accuracy", "f1_macro"))
+    return {"accuracy": float(scores["test_accuracy"].mean()), "accuracy_std": float(scores["test_accuracy"].std()),
+            "macro_f1": float(scores["test_f1_macro"].mean())}
+
+
+def probe_embeddings(vectors: np.ndarray, labels: list[str], folds: int = 5, seed: int = 0) -> dict:
+    """Stratified k-fold accuracy and macro-F1 of a logistic regression on `vectors`."""
+    folds, counts = _folds(labels, folds)
+    return {"folds": folds, **_cross_validated(vectors, labels, folds, seed),
             "chance": float(counts.max() / counts.sum())}
 
 
-def kmer_features(sequences, ks=(4, 5, 6)) -> np.ndarray:
+def kmer_cross_validated(sequences, labels: list[str], folds: int = 5, seed: int = 0) -> dict:
+    """The k-mer baseline on these sequences, with `probe_embeddings`' folds: {"kmer_baseline/accuracy", ...}."""
+    folds, _ = _folds(labels, folds)
+    scores = _cross_validated(kmer_features(sequences), labels, folds, seed)
+    return {f"{KMER}/{k}": v for k, v in scores.items()} | {f"{KMER}/k": ",".join(map(str, KMER_KS)),
+                                                              f"{KMER}/folds": folds}
+
+
+def kmer_probe(embeddings: str | Path, folds: int = 5, seed: int = 0) -> dict:
+    """`kmer_cross_validated` on the sequences an embeddings folder was made from (its source.json), or
+    {"kmer_baseline": why it could not be computed} when they cannot be read back."""
+    from mambadna.commands.embed import read_records
+    from mambadna.commands.embedding_io import SOURCE_NAME, load_embeddings
+
+    path = Path(embeddings)
+    source_file = (path if path.is_dir() else path.parent) / SOURCE_NAME
+    if not source_file.is_file():
+        return {KMER: f"not computed: no {SOURCE_NAME} beside the embeddings (written by `mambadna embed`)"}
+    source = json.loads(source_file.read_text())
+    if not Path(source["input"]).exists():
+        return {KMER: f"not computed: the embedded input {source['input']} is gone"}
+    table = load_embeddings(path)
+    records = read_records(source["input"], label_regex=source.get("label_regex", ""), regions=source.get("regions"))
+    if [r.name for r in records] != table.names:
+        return {KMER: f"not computed: {source['input']} no longer holds the embedded sequences"}
+    limit = source.get("max_length_bp")
+    return kmer_cross_validated([r.sequence[:limit] if limit else r.sequence for r in records], table.labels, folds,
+                                seed)
+
+
+def kmer_features(sequences, ks=KMER_KS) -> np.ndarray:
     """Normalised k-mer frequency vectors (ACGT only; windows with N just count fewer k-mers). (n, sum 4^k)."""
     lut = np.full(256, -1, dtype=np.int64)
     for i, base in enumerate(b"ACGT"):
@@ -60,7 +113,7 @@ def kmer_features(sequences, ks=(4, 5, 6)) -> np.ndarray:
     return out
 
 
-def kmer_baseline(train_seqs, train_labels, test_seqs, test_labels, ks=(4, 5, 6)) -> dict:
+def kmer_baseline(train_seqs, train_labels, test_seqs, test_labels, ks=KMER_KS) -> dict:
     """Fit logistic regression on k-mer frequencies of the training windows, score the test windows."""
     from sklearn.metrics import accuracy_score, f1_score
 

@@ -264,6 +264,12 @@ class SpeciesDataModule(_WindowDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def raw_split(self, split: str) -> tuple[list[bytes], list[str]]:
+        """(raw sequences, class names) of a split's windows, those its loader gives: for text baselines."""
+        dataset = self._make(split)
+        dataset.set_epoch(0)
+        return dataset.raw_windows()
+
     def _dataset(self, split: str, window_bp: int) -> SpeciesWindowDataset:
         opts = dict(self.options)
         if split != "train":
@@ -316,6 +322,12 @@ class LabelledDataModule(pl.LightningDataModule):
         self.max_length = None if window_bp is None else int(window_bp)
         if batch_size is not None:
             self.batch_size = int(batch_size)
+
+    def raw_split(self, split: str) -> tuple[list[bytes], list[str]]:
+        """(raw sequences, class names) of a split, truncated as its loader truncates them: for text baselines."""
+        ds = self.datasets[split]
+        return ([s[: self.max_length] if self.max_length else s for s in ds.sequences],
+                [ds.class_names[i] for i in ds.labels])
 
     def _loader(self, split: str, train: bool) -> DataLoader | None:
         if split not in self.datasets:

@@ -1,0 +1,61 @@
+"""The k-mer + logistic-regression baseline beside the model: `probe` (on the embedded sequences, read again from
+source.json, with the embedding probe's folds) and `evaluate` (cross-validated on the test windows)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from mambadna import cli
+from mambadna.commands.probe import kmer_cross_validated, probe_embeddings
+from mambadna.config import tiny
+from mambadna.model import MambaClassifier, MambaLM
+
+
+def _sequences(n: int = 12, length_bp: int = 60, seed: int = 0) -> tuple[list[str], list[str]]:
+    """AT-only vs GC-only sequences: k-mer counts separate them perfectly, random embeddings hardly."""
+    rng = np.random.default_rng(seed)
+    seqs = ["".join(rng.choice(list("AT" if i % 2 else "GC"), length_bp)) for i in range(n)]
+    return seqs, ["at" if i % 2 else "gc" for i in range(n)]
+
+
+def test_kmer_cross_validated_uses_the_probes_folds():
+    seqs, labels = _sequences()
+    kmer = kmer_cross_validated(seqs, labels, folds=3)
+    assert kmer["kmer_baseline/accuracy"] == 1.0 and kmer["kmer_baseline/folds"] == 3
+    assert kmer["kmer_baseline/k"] == "4,5,6"
+    assert probe_embeddings(np.random.default_rng(0).normal(size=(12, 4)), labels, folds=3)["folds"] == 3
+
+
+def test_probe_prints_the_kmer_baseline_of_the_embedded_fasta(tmp_path, capsys):
+    MambaLM(tiny(d_model=16, d_state=4)).save_pretrained(tmp_path / "m")
+    seqs, labels = _sequences()
+    fasta = tmp_path / "seqs.fa"
+    fasta.write_text("".join(f">s{i} class={lab}\n{seq}\n" for i, (seq, lab) in enumerate(zip(seqs, labels))))
+    emb = tmp_path / "emb"
+    assert cli.main(["embed", str(tmp_path / "m"), str(fasta), "--out", str(emb), "--label-regex", r"class=(\w+)",
+                     "--max-length-bp", "40"]) == 0
+    assert json.loads((emb / "source.json").read_text())["input"] == str(fasta.resolve())
+    assert cli.main(["probe", str(emb), "--folds", "3"]) == 0
+    result = json.loads((emb / "probe.json").read_text())
+    assert result["kmer_baseline/accuracy"] == 1.0 and result["kmer_baseline/folds"] == result["folds"] == 3
+    out = capsys.readouterr().out
+    assert "  accuracy: " in out and "  kmer_baseline/accuracy: 1.0000" in out
+
+    fasta.unlink()  # the sequences are gone: the probe still runs and says why there is no baseline
+    assert cli.main(["probe", str(emb), "--folds", "3", "--overwrite"]) == 0
+    assert json.loads((emb / "probe.json").read_text())["kmer_baseline"].startswith("not computed: the embedded")
+
+
+def test_evaluate_prints_the_kmer_baseline_on_the_test_windows(tmp_path, capsys):
+    model = MambaClassifier(tiny(d_model=16, d_state=4), 2, "mean", ["at", "gc"])
+    model.save_pretrained(tmp_path / "clf")
+    seqs, labels = _sequences(n=20)
+    table = tmp_path / "test.tsv"
+    table.write_text("sequence\tlabel\n" + "".join(f"{s}\t{lab}\n" for s, lab in zip(seqs, labels)))
+    assert cli.main(["evaluate", str(tmp_path / "clf"), "--test", str(table), "--window-bp", "32",
+                     "--out", str(tmp_path / "ev")]) == 0
+    evaluation = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert "test/accuracy" in evaluation and evaluation["kmer_baseline/accuracy"] == 1.0
+    assert "kmer_baseline/accuracy: 1.0000" in capsys.readouterr().out
