@@ -30,6 +30,7 @@ from mambadna.files import atomic_path, write_json
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.pooling import check_mask, pool_finish, pool_partial
 from mambadna.run_config import check_label_regex
+from mambadna.threads import configure_torch_threads
 from mambadna.tokenizer import reverse_complement_bytes, tokenizer_from_name
 
 AUTO_CHUNK_BP = 1 << 16  # sequences longer than this run in chunks of this size unless chunk_bp is given
@@ -253,6 +254,7 @@ def run_embed(checkpoint, input_path, out_dir, pooling="mean", per_position=Fals
     """The `mambadna embed` command: read, embed (per-position vectors streamed to disk), write, and report bases
     per second and peak GPU memory. `devices` > 1 spreads the batches over that many devices (GPUs, or CPU
     processes with --device cpu) through Lightning's predict loop."""
+    configure_torch_threads()
     if devices > 1:
         return _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_position, batch_size,
                                       max_length_bp, chunk_bp, device, layer, rc_average, regions, label_regex,

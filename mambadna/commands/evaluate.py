@@ -23,6 +23,7 @@ from mambadna.run_config import FinetuneConfig, OptimSpec, TrainSpec
 from mambadna.tasks.classify import ClassifyTask
 from mambadna.tasks.lm import LMTask
 from mambadna.run_config import MaskingSpec
+from mambadna.threads import configure_torch_threads
 from mambadna.tokenizer import tokenizer_from_name
 
 
@@ -64,6 +65,7 @@ def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", prog
     labelled files; default the bundled species windows), language models `genome` (default: bundled genomes).
     `cfg.train.chunk_bp` runs each window in chunks carrying the state (million-base windows in bounded memory)."""
     started = time.perf_counter()
+    configure_torch_threads()
     directory = Path(checkpoint)
     try:
         model = load(directory)

@@ -49,6 +49,7 @@ from mambadna.tasks.classify import ClassifyTask
 from mambadna.tasks.interrupts import GracefulInterrupt
 from mambadna.tasks.lm import LMTask
 from mambadna.tasks.progress import ProgressReport
+from mambadna.threads import configure_torch_threads
 from mambadna.tokenizer import tokenizer_from_name
 
 TRAINING_INFO = "training.json"
@@ -222,6 +223,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, resume_from=None, ov
     from mambadna.data import GenomeDataModule
 
     started = time.perf_counter()
+    configure_torch_threads()
     run = start_run(cfg.out_dir, "pretrain", resume, resume_from, overwrite)
     out_dir = run.out_dir
     genome = cfg.data.genome or str(default_pretrain_genome(out_dir))
@@ -341,6 +343,7 @@ def _model_config(cfg: FinetuneConfig, resuming: bool) -> tuple[MambaConfig, Mam
 
 def run_finetune(cfg: FinetuneConfig, resume: bool = False, resume_from=None, overwrite: str | None = None) -> dict:
     started = time.perf_counter()
+    configure_torch_threads()
     run = start_run(cfg.out_dir, "finetune", resume, resume_from, overwrite)
     out_dir = run.out_dir
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
