@@ -43,12 +43,12 @@ from mambadna.files import write_json, write_text
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.run_config import FinetuneConfig, PretrainConfig, TrainSpec, save_config
 from mambadna.tasks.callbacks import NonFiniteLossGuard, RunStats, SeqLenWarmup, length_curriculum
-from mambadna.tasks.checkpoints import (AtomicCheckpointIO, BestModel, OptimizerSettingsFromConfig, RunCheckpoints,
-                                        RunCSVLogger)
+from mambadna.tasks.checkpoints import AtomicCheckpointIO, OptimizerSettingsFromConfig, RunCheckpoints, RunCSVLogger
 from mambadna.tasks.classify import ClassifyTask
 from mambadna.tasks.interrupts import GracefulInterrupt
 from mambadna.tasks.lm import LMTask
 from mambadna.tasks.progress import ProgressReport
+from mambadna.tasks.validation import BestModel, StepValidation
 from mambadna.threads import configure_torch_threads
 from mambadna.tokenizer import tokenizer_from_name
 
@@ -91,17 +91,16 @@ def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra
         from pytorch_lightning.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(str(out_dir), name="", version="tensorboard"))
-    # Lightning counts batches, not optimizer steps; with check_val_every_n_epoch None it counts across epochs
-    val_batches = train.val_interval_steps() * train.accumulate_grad_batches
     return pl.Trainer(
         default_root_dir=str(out_dir), max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator,
         devices=train.lightning_devices(), strategy=train.strategy, num_nodes=train.num_nodes,
         precision=train.precision, accumulate_grad_batches=train.accumulate_grad_batches,
         gradient_clip_val=grad_clip or None, log_every_n_steps=train.log_every_n_steps,
-        callbacks=list(extra_callbacks), logger=loggers, plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
+        callbacks=[*extra_callbacks, StepValidation(train.val_interval_steps())], logger=loggers, plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
         # progress is our own ProgressReport (run_callbacks): Lightning's bar changes with what is installed
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        reload_dataloaders_every_n_epochs=1, val_check_interval=val_batches, check_val_every_n_epoch=None,
+        # every train.val_every_n_steps optimizer steps, whatever the epoch and the accumulation: StepValidation
+        reload_dataloaders_every_n_epochs=1, val_check_interval=1, check_val_every_n_epoch=None,
         # TBPTT streams are already split per rank and must keep their order: no DistributedSampler
         use_distributed_sampler=not train.tbptt,
     )
@@ -116,7 +115,7 @@ def run_callbacks(cfg, command: str, out_dir: Path) -> tuple[list, RunStats]:
     stats = RunStats()
     guard = NonFiniteLossGuard(ckpt_dir, continue_command(command, out_dir), cfg.optim.lr)
     best = BestModel(out_dir / BEST_MODEL, save=lambda model, folder, extra: save_model(model, folder, cfg, out_dir,
-                                                                                       **extra))
+                                                                                       **extra), saved=saved_info)
     progress = [ProgressReport(cfg.train.progress_every_s)] if cfg.train.progress_bar else []
     # order matters at train end: the final checkpoint is saved before an interrupt that came late is raised
     return [guard, checkpoints, GracefulInterrupt(checkpoints), OptimizerSettingsFromConfig(), best, stats,
@@ -132,6 +131,14 @@ def save_model(model, folder: Path, cfg, out_dir: Path, **extra) -> None:
     else:
         info = {"window_bp": cfg.data.window_bp, "class_names": model.class_names}
     write_text(Path(folder) / TRAINING_INFO, json.dumps({**info, **extra}) + "\n")
+
+
+def saved_info(folder: Path) -> dict | None:
+    """A saved model's training.json, or None when it has none or it is unreadable."""
+    try:
+        return json.loads((Path(folder) / TRAINING_INFO).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def validation_summary(trainer: pl.Trainer) -> dict:

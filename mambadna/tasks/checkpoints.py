@@ -5,8 +5,7 @@
 resumes exactly, mid-epoch included (the training loaders are resumable, see mambadna/data/datamodules.py). Before a checkpoint is written its weights are checked finite; it also records, under "mambadna", the
 model class, config and init arguments, so a resume can refuse another model shape with one line.
 `AtomicCheckpointIO` writes each checkpoint to a temporary name in the same folder and renames it into place;
-`RunCSVLogger` keeps the metrics log whole too. `BestModel` keeps the model of the lowest validation loss beside
-the final one.
+`RunCSVLogger` keeps the metrics log whole too.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import contextlib
 import csv
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -198,60 +196,3 @@ class RunCSVLogger(CSVLogger):
             self._experiment = _ExperimentWriter(log_dir=self.log_dir)
         return self._experiment
 
-
-class BestModel(pl.Callback):
-    """Keeps the model of the lowest `monitor` (val/loss) seen so far as a save_pretrained folder in `directory`,
-    beside the run's final model. The best score and its step live in the training checkpoints (this callback's
-    state), so a resumed run goes on comparing with the right one. `save(model, folder, {"step", monitor})` writes
-    the folder (default: `model.save_pretrained(folder)`); the folder is written under a temporary name and renamed
-    into place, so it always holds one whole model."""
-
-    def __init__(self, directory: str | Path, monitor: str = "val/loss", save=None):
-        self.directory, self.monitor = Path(directory), monitor
-        self.save = save if save is not None else (lambda model, folder, extra: model.save_pretrained(folder))
-        self.best: float | None = None
-        self.best_step: int | None = None
-        self.last_metrics: dict[str, float] = {}  # of the newest validation, for the summary
-        self.last_step: int | None = None
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "best_step": self.best_step, "monitor": self.monitor}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict.get("monitor", self.monitor) == self.monitor:
-            self.best, self.best_step = state_dict.get("best"), state_dict.get("best_step")
-
-    def on_validation_end(self, trainer, pl_module):
-        if trainer.sanity_checking:
-            return
-        self.last_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        self.last_step = trainer.global_step
-        score = self.last_metrics.get(self.monitor)
-        if score is None or score != score or (self.best is not None and score >= self.best):
-            return
-        self.best, self.best_step = score, trainer.global_step
-        if trainer.is_global_zero:
-            self._save(pl_module.model, trainer.global_step, score)
-
-    def _save(self, model, step: int, score: float) -> None:
-        parent = self.directory.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / f".{self.directory.name}.{os.getpid()}.tmp"
-        old = parent / f".{self.directory.name}.{os.getpid()}.old"
-        for stale in (tmp, old):
-            shutil.rmtree(stale, ignore_errors=True)
-        self.save(model, tmp, {"step": step, self.monitor: score})
-        if self.directory.exists():
-            os.replace(self.directory, old)
-        os.replace(tmp, self.directory)
-        shutil.rmtree(old, ignore_errors=True)
-
-    def summary(self) -> dict:
-        """The newest validation's metrics and the best model's step and score (empty before any validation)."""
-        if self.last_step is None and self.best_step is None:
-            return {}
-        out = {"val_step": self.last_step, **self.last_metrics}
-        if self.best_step is not None:
-            out.update({"best_step": self.best_step, f"best_{self.monitor.replace('/', '_')}": self.best,
-                        "best_model_dir": str(self.directory)})
-        return out

@@ -54,6 +54,19 @@ def test_pretraining_validates_within_an_epoch_and_keeps_the_best_model(tmp_path
     assert info["val/loss"] == written["best_val_loss"]
 
 
+def test_validation_follows_optimizer_steps_through_a_length_curriculum(tmp_path, monkeypatch):
+    seen = Validations()
+    _with(monkeypatch, seen)
+    # stages of 32 bp x 8 then 64 bp x 4, accumulating 2 throughout: the batches per step change with the stage
+    cfg = rc.apply_overrides(rc.PretrainConfig(), [
+        f"out_dir={tmp_path}", "model.d_model=16", "model.n_layer=1", "model.d_state=4", "data.window_bp=64",
+        "data.batch_size=4", "data.train_windows=64", "data.val_windows=4", "train.max_steps=7",
+        "train.accumulate_grad_batches=2", "train.seqlen_warmup_from_bp=32", "train.val_every_n_steps=3",
+        "train.progress_bar=false"])
+    train.run_pretrain(cfg)
+    assert seen.steps == [3, 6, 7]  # every 3 optimizer steps, and the last
+
+
 def test_finetune_reports_validation_accuracy_and_keeps_the_best_classifier(tmp_path, monkeypatch):
     seen = Validations()
     _with(monkeypatch, seen)
