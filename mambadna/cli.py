@@ -379,7 +379,8 @@ def _cmd_probe(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     plot_pca(vectors, labels, out / "pca.png")
     write_json(out / "probe.json", result)
-    _print_summary("linear probe (cross-validated logistic regression) and the k-mer baseline on the same folds", {**result, "pca": str(out / "pca.png")})
+    _print_summary("linear probe (cross-validated logistic regression) and the k-mer baseline on the same folds",
+                   {**result, "pca": str(out / "pca.png")})
     return 0
 
 

@@ -96,7 +96,8 @@ def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra
         devices=train.lightning_devices(), strategy=train.strategy, num_nodes=train.num_nodes,
         precision=train.precision, accumulate_grad_batches=train.accumulate_grad_batches,
         gradient_clip_val=grad_clip or None, log_every_n_steps=train.log_every_n_steps,
-        callbacks=[*extra_callbacks, StepValidation(train.val_interval_steps())], logger=loggers, plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
+        callbacks=[*extra_callbacks, StepValidation(train.val_interval_steps())], logger=loggers,
+        plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
         # progress is our own ProgressReport (run_callbacks): Lightning's bar changes with what is installed
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         # every train.val_every_n_steps optimizer steps, whatever the epoch and the accumulation: StepValidation
