@@ -1,6 +1,6 @@
 """Evaluating a saved model on held-out data: a classifier's accuracy / macro-F1 / confusion matrix, beside a k-mer
-+ logistic-regression baseline cross-validated on the same test windows, or a language model's bits per base on a
-genome's test split.
++ logistic-regression baseline scored on the same test windows, or a language model's bits per base on a genome's
+test split.
 
 A classifier's classes are matched by name, never by position: the test data may list its classes in another
 order or hold only some of them, and a label the model never saw is refused by name."""
@@ -15,7 +15,8 @@ import pytorch_lightning as pl
 
 from mambadna.checkpoint import load
 from mambadna.commands.defaults import default_pretrain_genome
-from mambadna.commands.probe import KMER, kmer_cross_validated
+from mambadna.commands.probe import KMER, KMER_KS, KMER_TRAIN_WINDOWS, kmer_baseline, kmer_cross_validated
+from mambadna.data import SpeciesDataModule
 from mambadna.commands.train import TaskWarning, check_accelerator, finetune_datamodule, memory_advice, test_classifier
 from mambadna.files import write_json
 from mambadna.model import MambaClassifier, MambaLM
@@ -51,11 +52,19 @@ def label_map(model: MambaClassifier, data_classes: list[str], where: str) -> li
 
 
 def kmer_on_test_windows(datamodule, folds: int = 5) -> dict:
-    """The k-mer + logistic-regression baseline, cross-validated on the test windows the model was just scored on
-    (mambadna/commands/probe.py); a test set too small to split says so instead of failing the evaluation."""
+    """The k-mer + logistic-regression baseline on the test windows the model was just scored on
+    (mambadna/commands/probe.py): fitted on up to KMER_TRAIN_WINDOWS training windows of a species manifest (the
+    test windows of a genome's held-out block overlap, so cross-validating on them would flatter it), or
+    cross-validated on a labelled test file's sequences. Data it cannot use says so instead of failing."""
     sequences, labels = datamodule.raw_split("test")
     try:
-        return kmer_cross_validated(sequences, labels, folds)
+        if isinstance(datamodule, SpeciesDataModule):
+            train_seqs, train_labels = datamodule.raw_split("train", KMER_TRAIN_WINDOWS)
+            scores = kmer_baseline(train_seqs, train_labels, sequences, labels)
+            return {**{f"{KMER}/{k}": v for k, v in scores.items()}, f"{KMER}/k": ",".join(map(str, KMER_KS)),
+                    f"{KMER}/fitted_on": f"{len(train_seqs)} training windows"}
+        return {**kmer_cross_validated(sequences, labels, folds),
+                f"{KMER}/fitted_on": "the test sequences, cross-validated"}
     except ValueError as err:
         return {KMER: f"not computed: {err}"}
 

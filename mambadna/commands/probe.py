@@ -2,10 +2,11 @@
 frequency + logistic-regression baseline that `probe`, `evaluate` and the demo put beside the model, so a user can
 tell whether the model adds anything to what k-mer counts already say.
 
-`probe` and `evaluate` score the baseline on the very windows the model is judged on, with the same stratified
-folds as the embedding probe (same labels, same seed); the demo fits it on training windows and scores the test
-windows the fine-tuned classifier is tested on. `probe` finds the sequences through the `source.json` that
-`mambadna embed` writes beside the embeddings (mambadna/commands/embedding_io.py).
+Where a training split exists (the demo, `evaluate` on species windows) the baseline is fitted on training
+windows and scores the test windows the classifier is scored on. Otherwise it is cross-validated: `probe` on the
+embedded sequences with the embedding probe's own folds (same labels, same seed; sequences that overlap inflate
+both alike), `evaluate` of a labelled test file on its sequences. `probe` finds the sequences through the
+`source.json` that `mambadna embed` writes beside the embeddings (mambadna/commands/embedding_io.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 KMER_KS = (4, 5, 6)  # k-mer lengths of the baseline's features
 KMER = "kmer_baseline"  # the prefix of its metrics
+KMER_TRAIN_WINDOWS = 1024  # training windows the baseline is fitted on where a training split exists
 
 
 def _logistic():

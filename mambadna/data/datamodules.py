@@ -264,9 +264,15 @@ class SpeciesDataModule(_WindowDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def raw_split(self, split: str) -> tuple[list[bytes], list[str]]:
-        """(raw sequences, class names) of a split's windows, those its loader gives: for text baselines."""
-        dataset = self._make(split)
+    def raw_split(self, split: str, num_windows: int | None = None) -> tuple[list[bytes], list[str]]:
+        """(raw sequences, class names) of a split's windows, those its loader gives (or its first `num_windows`
+        of epoch 0): for text baselines."""
+        if num_windows is None:
+            dataset = self._make(split)
+        else:
+            opts = dict(self.options, reverse_complement=False)
+            dataset = SpeciesWindowDataset(self.manifest, self._window(split), split=split, num_windows=num_windows,
+                                           seed=self.seed, **opts)
         dataset.set_epoch(0)
         return dataset.raw_windows()
 

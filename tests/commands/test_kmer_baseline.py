@@ -4,13 +4,17 @@ source.json, with the embedding probe's folds) and `evaluate` (cross-validated o
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 
 from mambadna import cli
-from mambadna.commands.probe import kmer_cross_validated, probe_embeddings
+from mambadna.commands.probe import KMER_TRAIN_WINDOWS, kmer_cross_validated, probe_embeddings
 from mambadna.config import tiny
 from mambadna.model import MambaClassifier, MambaLM
+
+DNA = Path(__file__).resolve().parents[2] / "mambadna" / "data" / "dna"
 
 
 def _sequences(n: int = 12, length_bp: int = 60, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -58,4 +62,20 @@ def test_evaluate_prints_the_kmer_baseline_on_the_test_windows(tmp_path, capsys)
                      "--out", str(tmp_path / "ev")]) == 0
     evaluation = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert "test/accuracy" in evaluation and evaluation["kmer_baseline/accuracy"] == 1.0
+    assert evaluation["kmer_baseline/fitted_on"] == "the test sequences, cross-validated"  # no training file here
     assert "kmer_baseline/accuracy: 1.0000" in capsys.readouterr().out
+
+
+def test_evaluate_on_species_windows_fits_the_baseline_on_training_windows(tmp_path):
+    genomes = tmp_path / "genomes"
+    genomes.mkdir()
+    for source in sorted(DNA.glob("*.fa")):
+        shutil.copy(source, genomes / source.name)
+    classes = sorted(p.stem for p in genomes.glob("*.fa"))
+    MambaClassifier(tiny(d_model=16, d_state=4), len(classes), "mean", classes).save_pretrained(tmp_path / "clf")
+    assert cli.main(["evaluate", str(tmp_path / "clf"), "--manifest", str(genomes), "--window-bp", "64",
+                     "--out", str(tmp_path / "ev")]) == 0
+    evaluation = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    # held-out blocks' windows overlap: the baseline learns from the training split, as the classifier did
+    assert evaluation["kmer_baseline/fitted_on"] == f"{KMER_TRAIN_WINDOWS} training windows"
+    assert 1 / len(classes) < evaluation["kmer_baseline/accuracy"] <= 1

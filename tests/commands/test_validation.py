@@ -79,3 +79,21 @@ def test_finetune_reports_validation_accuracy_and_keeps_the_best_classifier(tmp_
     assert {"val/loss", "val/accuracy", "best_step", "best_val_loss", "test/accuracy"} <= set(summary)
     best = load(tmp_path / "model_best")
     assert isinstance(best, MambaClassifier) and best.class_names == summary["classes"]
+
+
+def test_a_resumed_run_adopts_the_best_model_validation_saved_after_its_checkpoint(tmp_path):
+    from types import SimpleNamespace
+
+    from mambadna.tasks.validation import BestModel
+
+    folder = tmp_path / "model_best"
+    folder.mkdir()
+    (folder / "training.json").write_text(json.dumps({"step": 4, "val/loss": 1.0}))
+    best = BestModel(folder, saved=train.saved_info)
+    best.load_state_dict({"best": 1.5, "best_step": 2, "monitor": "val/loss"})  # the step-4 checkpoint's state
+    best.on_train_start(SimpleNamespace(global_step=4), None)
+    assert (best.best, best.best_step) == (1.0, 4)
+    later = BestModel(folder, saved=train.saved_info)  # resumed from an older checkpoint: its own state stands
+    later.load_state_dict({"best": 1.5, "best_step": 2, "monitor": "val/loss"})
+    later.on_train_start(SimpleNamespace(global_step=3), None)
+    assert (later.best, later.best_step) == (1.5, 2)
