@@ -43,11 +43,12 @@ class ProgressReport(pl.Callback):
         self._bases = None
         self._start = self._last = 0.0
         self._first_step = 0
+        self._shown_step: int | None = None
         self._drawn = False  # a bar is on the current terminal line
 
     def on_train_start(self, trainer, pl_module):
         self._start = self._last = time.monotonic()
-        self._first_step, self._bases = trainer.global_step, None
+        self._first_step, self._bases, self._shown_step = trainer.global_step, None, trainer.global_step
         if trainer.is_global_zero:
             resumed = f", resumed at step {trainer.global_step}" if trainer.global_step else ""
             self._write(f"training {trainer.max_steps} steps{resumed}", newline=True)
@@ -57,10 +58,10 @@ class ProgressReport(pl.Callback):
         self._bases = bases if self._bases is None else self._bases + bases
         now = time.monotonic()
         done = trainer.global_step >= trainer.max_steps
-        if not trainer.is_global_zero or (now - self._last < (TTY_REFRESH_S if self.tty else self.every_s)
-                                          and not done):
-            return
-        self._last = now
+        if not trainer.is_global_zero or trainer.global_step == self._shown_step or (
+                now - self._last < (TTY_REFRESH_S if self.tty else self.every_s) and not done):
+            return  # (the micro-batches of one accumulated step show once)
+        self._last, self._shown_step = now, trainer.global_step
         self._write(self.line(trainer, now), newline=not self.tty)
 
     def line(self, trainer, now: float) -> str:
