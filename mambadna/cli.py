@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/generate/generated.fa", help="output FASTA")
     _add_overwrite(p, "the --out file")
 
-    p = sub.add_parser("probe", help="cross-validated logistic regression on embeddings + PCA scatter")
+    p = sub.add_parser("probe", help="cross-validated logistic regression on embeddings, beside a k-mer baseline on "
+                       "the same sequences, + PCA scatter")
     p.add_argument("embeddings", help="folder written by `mambadna embed` (labels from index.tsv)")
     p.add_argument("--folds", type=_at_least_two, default=5, help="cross-validation folds (at least 2)")
     p.add_argument("--out", help="folder for probe.json and pca.png (default: the embeddings folder)")
