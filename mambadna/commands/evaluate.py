@@ -1,6 +1,6 @@
 """Evaluating a saved model on held-out data: a classifier's accuracy / macro-F1 / confusion matrix, beside a k-mer
 + logistic-regression baseline scored on the same test windows, or a language model's bits per base on a genome's
-test split.
+test split beside an order-3 Markov chain's (fitted on the training split) on the same windows.
 
 A classifier's classes are matched by name, never by position: the test data may list its classes in another
 order or hold only some of them, and a label the model never saw is refused by name."""
@@ -15,7 +15,8 @@ import pytorch_lightning as pl
 
 from mambadna.checkpoint import load
 from mambadna.commands.defaults import default_pretrain_genome
-from mambadna.commands.probe import KMER, KMER_KS, KMER_TRAIN_WINDOWS, kmer_baseline, kmer_cross_validated
+from mambadna.commands.probe import (KMER, KMER_KS, KMER_TRAIN_WINDOWS, MARKOV_ORDER, kmer_baseline,
+                                     kmer_cross_validated, markov_bits_per_base)
 from mambadna.data import SpeciesDataModule
 from mambadna.commands.train import TaskWarning, check_accelerator, finetune_datamodule, memory_advice, test_classifier
 from mambadna.files import write_json
@@ -112,6 +113,9 @@ def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", prog
                 LMTask(model.config, OptimSpec(), model=model, chunk_bp=cfg.train.chunk_bp, objective=objective),
                 datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in results[0].items()}
+        train_windows = datamodule.raw_split("train", KMER_TRAIN_WINDOWS)
+        metrics[f"{KMER}/bits_per_base"] = markov_bits_per_base(train_windows, datamodule.raw_split("test"))
+        metrics[f"{KMER}/fitted_on"] = f"order-{MARKOV_ORDER} Markov chain, {len(train_windows)} training windows"
     else:
         raise ValueError(f"{directory} holds a {kind}; evaluate knows MambaLM and MambaClassifier")
     metrics = {"checkpoint": str(directory), "model_class": kind, **metrics,

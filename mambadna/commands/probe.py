@@ -1,6 +1,7 @@
 """Linear probes with scikit-learn: logistic regression on model embeddings (cross-validated), and the k-mer
 frequency + logistic-regression baseline that `probe`, `evaluate` and the demo put beside the model, so a user can
-tell whether the model adds anything to what k-mer counts already say.
+tell whether the model adds anything to what k-mer counts already say; for a language model `evaluate` puts an
+order-3 Markov chain's bits per base beside the model's.
 
 Where a training split exists (the demo, `evaluate` on species windows) the baseline is fitted on training
 windows and scores the test windows the classifier is scored on. Otherwise it is cross-validated: `probe` on the
@@ -19,6 +20,7 @@ import numpy as np
 KMER_KS = (4, 5, 6)  # k-mer lengths of the baseline's features
 KMER = "kmer_baseline"  # the prefix of its metrics
 KMER_TRAIN_WINDOWS = 1024  # training windows the baseline is fitted on where a training split exists
+MARKOV_ORDER = 3  # a language model's baseline: the next base from the 3 before it (order 5 overfit small genomes)
 
 
 def _logistic():
@@ -94,25 +96,46 @@ def kmer_probe(embeddings: str | Path, folds: int = 5, seed: int = 0) -> dict:
                                 seed)
 
 
-def kmer_features(sequences, ks=KMER_KS) -> np.ndarray:
-    """Normalised k-mer frequency vectors (ACGT only; windows with N just count fewer k-mers). (n, sum 4^k)."""
+def _kmer_index(seq, k: int) -> np.ndarray:
+    """The index (base-4 number over A, C, G, T) of every k-mer of `seq` without another letter, in order."""
     lut = np.full(256, -1, dtype=np.int64)
     for i, base in enumerate(b"ACGT"):
         lut[base] = i
         lut[ord(chr(base).lower())] = i
+    codes = lut[np.frombuffer(seq if isinstance(seq, bytes) else seq.encode(), dtype=np.uint8)]
+    if len(codes) < k:
+        return np.zeros(0, dtype=np.int64)
+    windows = np.lib.stride_tricks.sliding_window_view(codes, k)
+    return (windows[(windows >= 0).all(axis=1)] * (4 ** np.arange(k - 1, -1, -1))).sum(axis=1)
+
+
+def kmer_features(sequences, ks=KMER_KS) -> np.ndarray:
+    """Normalised k-mer frequency vectors (ACGT only; windows with N just count fewer k-mers). (n, sum 4^k)."""
     out = np.zeros((len(sequences), sum(4**k for k in ks)), dtype=np.float32)
     for row, seq in enumerate(sequences):
-        codes = lut[np.frombuffer(seq if isinstance(seq, bytes) else seq.encode(), dtype=np.uint8)]
         offset = 0
         for k in ks:
-            if len(codes) >= k:
-                windows = np.lib.stride_tricks.sliding_window_view(codes, k)
-                ok = (windows >= 0).all(axis=1)
-                index = (windows[ok] * (4 ** np.arange(k - 1, -1, -1))).sum(axis=1)
-                counts = np.bincount(index, minlength=4**k).astype(np.float32)
-                out[row, offset : offset + 4**k] = counts / max(1.0, counts.sum())
+            counts = np.bincount(_kmer_index(seq, k), minlength=4**k).astype(np.float32)
+            out[row, offset : offset + 4**k] = counts / max(1.0, counts.sum())
             offset += 4**k
     return out
+
+
+def markov_bits_per_base(train_seqs, test_seqs, order: int = MARKOV_ORDER) -> float:
+    """The language-model counterpart of the k-mer baseline: bits per base of an order-`order` Markov chain (the
+    next base from the `order` before it; add-one smoothed (order + 1)-mer counts of the training sequences),
+    over every base of the test sequences that has `order` A/C/G/T bases before it."""
+    counts = np.ones((4**order, 4))
+    for seq in train_seqs:
+        index = _kmer_index(seq, order + 1)
+        np.add.at(counts, (index // 4, index % 4), 1)
+    log_p = np.log2(counts / counts.sum(axis=1, keepdims=True))
+    bits, n = 0.0, 0
+    for seq in test_seqs:
+        index = _kmer_index(seq, order + 1)
+        bits -= float(log_p[index // 4, index % 4].sum())
+        n += len(index)
+    return bits / max(1, n)
 
 
 def kmer_baseline(train_seqs, train_labels, test_seqs, test_labels, ks=KMER_KS) -> dict:

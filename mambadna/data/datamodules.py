@@ -243,6 +243,16 @@ class GenomeDataModule(_WindowDataModule):
                                       seed=self.seed, **opts)
         return windows if self.masking is None else MaskedWindows(windows, *self.masking)
 
+    def raw_split(self, split: str, num_windows: int | None = None) -> list[bytes]:
+        """The raw text of a split's windows of epoch 0 (each one base longer than the window: the last input's
+        target), or of its first `num_windows`: for text baselines."""
+        opts = dict(self.options, reverse_complement=False)
+        count = self._count(split) if num_windows is None else num_windows
+        windows = GenomeWindowDataset(self.genome, self._window(split), split=split, num_windows=count,
+                                      seed=self.seed, **opts)
+        windows.set_epoch(0)
+        return [windows.window(i)[2] for i in range(len(windows))]
+
 
 class SpeciesDataModule(_WindowDataModule):
     """Species-classification windows from a manifest TSV or a folder of FASTAs (see SpeciesWindowDataset)."""

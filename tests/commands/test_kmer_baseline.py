@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from mambadna import cli
-from mambadna.commands.probe import KMER_TRAIN_WINDOWS, kmer_cross_validated, probe_embeddings
+from mambadna.commands.probe import KMER_TRAIN_WINDOWS, kmer_cross_validated, markov_bits_per_base, probe_embeddings
 from mambadna.config import tiny
 from mambadna.model import MambaClassifier, MambaLM
 
@@ -79,3 +79,21 @@ def test_evaluate_on_species_windows_fits_the_baseline_on_training_windows(tmp_p
     # held-out blocks' windows overlap: the baseline learns from the training split, as the classifier did
     assert evaluation["kmer_baseline/fitted_on"] == f"{KMER_TRAIN_WINDOWS} training windows"
     assert 1 / len(classes) < evaluation["kmer_baseline/accuracy"] <= 1
+
+
+def test_markov_baseline_bits_per_base():
+    rng = np.random.default_rng(0)
+    periodic = "ACGGT" * 200  # the next base is fixed by the 3 before it
+    assert markov_bits_per_base([periodic], [periodic]) < 0.05
+    uniform = ["".join(rng.choice(list("ACGT"), 4000)) for _ in range(2)]
+    assert 1.9 < markov_bits_per_base(uniform[:1], uniform[1:], order=2) <= 2.05
+
+
+def test_evaluate_puts_a_markov_chain_beside_a_language_model(tmp_path, capsys):
+    MambaLM(tiny(d_model=16, d_state=4)).save_pretrained(tmp_path / "lm")
+    assert cli.main(["evaluate", str(tmp_path / "lm"), "--genome", str(DNA / "lambda_phage.fa"), "--window-bp", "64",
+                     "--out", str(tmp_path / "ev")]) == 0
+    evaluation = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert 1.5 < evaluation["kmer_baseline/bits_per_base"] < 2.0 < evaluation["test/bits_per_base"]  # untrained
+    assert evaluation["kmer_baseline/fitted_on"].startswith("order-3 Markov chain")
+    assert "kmer_baseline/bits_per_base: 1." in capsys.readouterr().out
