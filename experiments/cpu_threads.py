@@ -8,6 +8,7 @@ setting, so it measures what a user gets: before mambadna set its threads that w
 is mambadna's choice (mambadna/commands/threads.py).
 
     python experiments/cpu_threads.py [--steps 60] [--out experiments/results/cpu_threads]
+    python experiments/cpu_threads.py --scenarios "two at once, default"   (one scenario)
     python experiments/cpu_threads.py --cpu-smoke --out /tmp/x   (CI: 3 steps, two scenarios)
 
 Writes results.json (raw numbers, machine, date, commit) and table.md into --out.
@@ -101,8 +102,11 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cpu-smoke", action="store_true", help="3 steps, two scenarios (CI)")
+    parser.add_argument("--scenarios", nargs="+", metavar="NAME", help="run only these scenarios (by name)")
     args = parser.parse_args(argv)
     steps, scenarios = (3, SMOKE) if args.cpu_smoke else (args.steps, SCENARIOS)
+    if args.scenarios:
+        scenarios = [s for s in scenarios if s[0] in args.scenarios]
     results = []
     with tempfile.TemporaryDirectory(prefix="cpu_threads-") as work:
         for name, runs, env in scenarios:
