@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mambadna import run_config as rc  # noqa: E402
-from mambadna.commands.defaults import default_pretrain_genome, default_species_manifest  # noqa: E402
+from mambadna.data.bundled import default_pretrain_genome, default_species_manifest  # noqa: E402
 from mambadna.data import SpeciesWindowDataset, bundled_path  # noqa: E402
 from mambadna.model import MambaClassifier, MambaLM  # noqa: E402
 from mambadna.objective import classification_loss, lm_loss  # noqa: E402

@@ -12,16 +12,16 @@ def test_set_converts_types_and_nested_keys():
     assert cfg.train.max_steps == 12 and isinstance(cfg.train.max_steps, int)
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.train.compile is True
     assert cfg.data.train_windows is None and cfg.optim.betas == [0.8, 0.9] and cfg.out_dir == "x"
-    assert cfg.train.lightning_devices() == [0, 1]
+    assert cfg.runtime.lightning_devices() == [0, 1]  # train.devices moved to runtime.devices; the old key works
 
 
 @pytest.mark.parametrize("item, message", [
-    ("train.max_step=3", "valid keys: max_steps, precision"),
+    ("train.max_step=3", "valid keys: max_steps, accumulate_grad_batches"),
     ("nope=1", "valid keys: out_dir, model, data"),
     ("train=3", "is a section"),
     ("train.max_steps=abc", "not a valid int"),
     ("train.max_steps=0", "train.max_steps must be a positive number"),
-    ("train.precision=fp8", "train.precision must be one of"),
+    ("train.precision=fp8", "runtime.precision must be one of"),
     ("max_steps", "key=value"),
 ])
 def test_bad_overrides_raise_clear_errors(item, message):
@@ -33,7 +33,7 @@ def test_recipe_toml_and_json(tmp_path):
     toml = tmp_path / "r.toml"
     toml.write_text('out_dir = "o"\n[train]\nmax_steps = 7\nprecision = "bf16-mixed"\n[data]\nwindow_bp = 2048\n')
     cfg = rc.load_recipe(rc.PretrainConfig(), toml)
-    assert (cfg.train.max_steps, cfg.train.precision, cfg.data.window_bp, cfg.out_dir) == (7, "bf16-mixed", 2048, "o")
+    assert (cfg.train.max_steps, cfg.runtime.precision, cfg.data.window_bp, cfg.out_dir) == (7, "bf16-mixed", 2048, "o")
     assert cfg.optim.lr == rc.OptimSpec().lr  # untouched settings keep their defaults
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"train": {"max_stepz": 3}}))

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from mambadna import run_config as rc
-from mambadna.commands.defaults import default_species_manifest
+from mambadna.commands.configs import DemoConfig
+from mambadna.data.bundled import default_species_manifest
 from mambadna.config import tiny
 from mambadna.files import write_json
 
@@ -45,6 +46,24 @@ def demo_finetune(out_dir: str, pretrained: str) -> rc.FinetuneConfig:
         optim=rc.OptimSpec(lr=1e-2, weight_decay=0.01),
         train=rc.TrainSpec(max_steps=300, ckpt_every_n_steps=300, log_every_n_steps=10),
     )
+
+
+def run(cfg: DemoConfig) -> dict:
+    """The `mambadna demo` command; an earlier demo in cfg.out_dir is moved aside with cfg.overwrite."""
+    import sys
+
+    from mambadna.commands.run_dir import out_folder, start_run
+
+    out = out_folder(cfg.out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise ValueError(f"{out} already holds a demo; add --overwrite to move it aside, or choose another --out")
+        moved = start_run(out, "demo", overwrite="move").moved_to
+        if moved is None:  # a folder that is not a run: move it whole
+            moved = out.with_name(out.name + ".old-demo")
+            out.rename(moved)
+        print(f"moved the earlier demo to {moved}", file=sys.stderr)
+    return run_demo(out, quick=cfg.quick, progress_bar=cfg.progress_bar)
 
 
 def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress_bar: bool = True) -> dict:
