@@ -29,11 +29,9 @@ import traceback
 import warnings
 
 from mambadna.commands.configs import COMMANDS, resolve
+from mambadna.commands.summary import print_summary
 from mambadna.errors import error_line, one_line_warning
 from mambadna.version import __version__
-
-RUN_STATS = ("train_time_s", "wall_time_s", "bases_per_s", "peak_gpu_memory_mib")
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so `main` can answer with one `error:` line and code 2."""
@@ -133,19 +131,6 @@ def settings_from_args(args: argparse.Namespace):
     return resolve(cls, args.recipe, sets + args.overrides)
 
 
-def _print_summary(title: str, summary: dict) -> None:
-    print(f"\n{title}")
-    for key, value in summary.items():
-        if key == "confusion_matrix":
-            continue
-        if key == "peak_gpu_memory_mib" and value is None:
-            print(f"  {key}: none (ran on the {summary.get('device', 'cpu')}, not a GPU)")
-        elif key in RUN_STATS and isinstance(value, (int, float)):
-            print(f"  {key}: {value:,.1f}")
-        else:
-            print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
-
-
 def _quiet_lightning(verbose: bool) -> None:
     if verbose:
         return
@@ -184,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_lightning(args.verbose)
         summary = importlib.import_module(module).run(cfg)
         if title and summary:  # the other processes of a multi-device run leave the report to the first
-            _print_summary(title.format(**{**dataclasses.asdict(cfg), **summary}), summary)
+            print_summary(title.format(**{**dataclasses.asdict(cfg), **summary}), summary)
     except KeyboardInterrupt:  # raised before the handlers were installed
         print("\ninterrupted (SIGINT)", file=sys.stderr)
         return 130

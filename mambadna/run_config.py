@@ -25,8 +25,8 @@ from typing import ClassVar
 
 from mambadna.config import OBJECTIVES, POOLINGS, MambaConfig, check_chunk_bp, check_objective, setting, tiny
 # the machinery that reads and changes these dataclasses, used as rc.apply_overrides(...), rc.load_recipe(...)
-from mambadna.settings import (apply_overrides, changed_settings, from_dict, leaf_settings, load_recipe,  # noqa: F401
-                               parse_value, to_dict, type_name)
+from mambadna.settings import (apply_overrides, apply_recipe, changed_settings, from_dict, leaf_settings,  # noqa: F401
+                               load_recipe, parse_value, read_recipe, to_dict, type_name)
 from mambadna.data.tables import is_table
 
 # "auto": bf16 autocast on a GPU, fp32 on the CPU; "bf16" is "bf16-mixed"; the rest are Lightning's names

@@ -189,8 +189,8 @@ def apply_overrides(cfg, assignments: list[str]):
     return from_dict(type(cfg), data)
 
 
-def load_recipe(cfg, path: str | Path):
-    """Apply a recipe file (TOML or JSON, nested tables as in the config) on top of `cfg`."""
+def read_recipe(path: str | Path) -> dict:
+    """The nested tables of a recipe file (TOML or JSON); a missing or unreadable file is a one-line ValueError."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"recipe {path} not found")
@@ -199,14 +199,27 @@ def load_recipe(cfg, path: str | Path):
         recipe = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"recipe {path} does not parse: {err}") from None
-    if isinstance(recipe, dict) and recipe.get("kind") == type(cfg).__name__:
+    if not isinstance(recipe, dict):
+        raise ValueError(f"recipe {path}: expected a table of settings, got {type(recipe).__name__}")
+    return recipe
+
+
+def apply_recipe(cfg, recipe: dict, where: str = "recipe"):
+    """`cfg` with a recipe's settings (nested tables as in the config) on top; errors name `where`."""
+    recipe = dict(recipe)
+    if recipe.get("kind") == type(cfg).__name__:
         recipe.pop("kind")  # a run's saved run_config.json is a recipe too
     data = to_dict(cfg)
-    _merge(data, _move_renamed(type(cfg), recipe) if isinstance(recipe, dict) else recipe)
+    _merge(data, _move_renamed(type(cfg), recipe))
     try:
         return from_dict(type(cfg), data)
     except ValueError as err:
-        raise ValueError(f"recipe {path}: {err}") from None
+        raise ValueError(f"{where}: {err}") from None
+
+
+def load_recipe(cfg, path: str | Path):
+    """Apply a recipe file (TOML or JSON, nested tables as in the config) on top of `cfg`."""
+    return apply_recipe(cfg, read_recipe(path), f"recipe {path}")
 
 
 def _merge(base: dict, update: dict) -> None:

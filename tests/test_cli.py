@@ -141,6 +141,31 @@ def test_finetune_trains_from_parquet_and_a_datasets_folder(tmp_path):
         assert summary["steps"] == 2 and summary["classes"] == classes
 
 
+def test_a_recipe_chains_steps(tmp_path, capsys):
+    """One recipe file, three commands: pretrain -> finetune from it -> evaluate the classifier."""
+    tiny = "model = { d_model = 16, d_state = 4 }\n"
+    data = "data = { window_bp = 64, batch_size = 8, val_windows = 8, test_windows = 16 }\n"
+    recipe = tmp_path / "chain.toml"
+    recipe.write_text(
+        f'[[step]]\ncommand = "pretrain"\nout_dir = "{tmp_path / "pre"}"\n{tiny}{data}'
+        'train = { max_steps = 2, progress_bar = false }\n'
+        f'[[step]]\ncommand = "finetune"\nout_dir = "{tmp_path / "ft"}"\npretrained = "{tmp_path / "pre" / "model"}"\n'
+        f'{data}train = {{ max_steps = 2, progress_bar = false }}\n'
+        f'[[step]]\ncommand = "evaluate"\ncheckpoint = "{tmp_path / "ft" / "model"}"\nout_dir = "{tmp_path / "ev"}"\n'
+        '[step.data]\nwindow_bp = 64\ntest_windows = 12\n')
+    assert cli.main(["run", str(recipe)]) == 0
+    evaluation = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert evaluation["model_class"] == "MambaClassifier" and np.array(evaluation["confusion_matrix"]).sum() == 12
+    assert "[step 3/3] evaluate" in capsys.readouterr().out
+    # every step is checked before the first runs: a typo in the last step leaves nothing behind
+    bad = tmp_path / "bad.toml"
+    bad.write_text(recipe.read_text().replace(str(tmp_path / "pre"), str(tmp_path / "pre2"))
+                   .replace("test_windows = 12", "test_windowz = 12"))
+    assert cli.main(["run", str(bad)]) == 2
+    assert "step 3 (evaluate): unknown setting 'data.test_windowz'" in capsys.readouterr().err
+    assert not (tmp_path / "pre2").exists()
+
+
 def test_evaluate_language_model(pretrained, tmp_path):
     assert cli.main(["evaluate", str(pretrained / "model"), "--window-bp", "64", "--out", str(tmp_path)]) == 0
     evaluation = json.loads((tmp_path / "evaluation.json").read_text())

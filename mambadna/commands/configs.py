@@ -20,7 +20,8 @@ from pathlib import Path
 from mambadna.commands.embedding_io import EMBEDDING_FORMATS
 from mambadna.config import POOLINGS, setting
 from mambadna.run_config import (DataSpec, FinetuneConfig, PretrainConfig, RuntimeSpec, apply_overrides,
-                                 changed_settings, check_label_regex, load_config, load_recipe, transient_keys)
+                                 apply_recipe, changed_settings, check_label_regex, load_config, load_recipe,
+                                 read_recipe, transient_keys)
 
 # every command that takes a model reads either format, from a folder or the Hub (mambadna/checkpoint.py)
 MODEL_REF = ", a transformers Mamba folder, or a Hub id (owner/name)"
@@ -171,6 +172,36 @@ class NormalizeConfig:
     output: str = setting("", positional=True, help="new FASTA to write (must not exist)")
 
 
+@dataclass
+class StepsConfig:
+    recipe: str = setting("", positional=True, help="recipe file (TOML or JSON) of [[step]] tables, each naming its "
+                          "`command` (pretrain, finetune, evaluate, embed, ...) and that command's settings")
+
+    def __post_init__(self):
+        if self.recipe:
+            step_configs(self.recipe)  # every step's settings are checked before the first one runs
+
+
+def step_configs(path) -> list[tuple[str, object]]:
+    """(command, settings) of each `[[step]]` of a chained recipe file, in order: each step's table is a recipe of
+    its command (its own defaults, then the table's settings), so a benchmark is one file, e.g. pretrain ->
+    finetune (pretrained = the pretrain step's out_dir + "/model") -> evaluate."""
+    recipe = read_recipe(path)
+    steps = recipe.get("step")
+    if not isinstance(steps, list) or not steps or set(recipe) != {"step"}:
+        raise ValueError(f"recipe {path}: a chained recipe is a list of [[step]] tables (and nothing else), each with "
+                         "a command and its settings")
+    out = []
+    for i, table in enumerate(steps, 1):
+        table = dict(table)
+        name = table.pop("command", None)
+        if name not in COMMANDS or name == "run":
+            raise ValueError(f"recipe {path}: step {i} needs command = one of "
+                             f"{', '.join(n for n in COMMANDS if n != 'run')}, got {name!r}")
+        out.append((name, apply_recipe(COMMANDS[name][0](), table, f"recipe {path}, step {i} ({name})")))
+    return out
+
+
 # A positional argument's default ("") stands for "not given": argparse requires it on the command line.
 # name: (settings class, module with `run(cfg) -> summary`, one line of help, title of the printed summary or None
 # when the command prints its own; the title is formatted with the summary's and the settings' values)
@@ -195,6 +226,8 @@ COMMANDS = {
              "minutes", None),
     "normalize": (NormalizeConfig, "mambadna.commands.normalize", "rewrite a FASTA pyfaidx cannot index (ragged "
                   "lines, blank lines, mixed line endings, gzip) as a clean plain copy", None),
+    "run": (StepsConfig, "mambadna.commands.steps", "run the steps of a chained recipe file in order (e.g. pretrain "
+            "-> finetune -> evaluate)", None),
 }
 
 

@@ -71,7 +71,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress_ba
     from mambadna.commands.embedding_io import write_embeddings
     from mambadna.commands.plots import plot_pca
     from mambadna.commands.probe import kmer_baseline, probe_embeddings
-    from mambadna.commands.train import run_finetune, run_pretrain
+    from mambadna.commands import finetune, pretrain
     from mambadna.model import MambaLM
 
     out_dir = Path(out_dir)
@@ -87,10 +87,10 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress_ba
 
     print(f"[1/4] pretraining a tiny Mamba ({pre.model.d_model} wide, {pre.model.n_layer} layers) on the bundled "
           f"genomes, {pre.train.max_steps} steps")
-    pre_summary = run_pretrain(pre)
+    pre_summary = pretrain.run(pre)
     t_pre = time.time() - start
     print(f"[2/4] fine-tuning a genome-of-origin classifier, {ft.train.max_steps} steps")
-    ft_summary = run_finetune(ft)
+    ft_summary = finetune.run(ft)
     t_ft = time.time() - start - t_pre
 
     print("[3/4] embedding the test windows and probing them")
