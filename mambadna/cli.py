@@ -28,7 +28,7 @@ import time
 import traceback
 import warnings
 
-from mambadna.commands.configs import COMMANDS, resolve
+from mambadna.commands.configs import COMMANDS, check_inputs, resolve
 from mambadna.commands.summary import print_summary
 from mambadna.errors import error_line, one_line_warning
 from mambadna.version import __version__
@@ -128,7 +128,9 @@ def settings_from_args(args: argparse.Namespace):
     given = {k[4:]: v for k, v in vars(args).items() if k.startswith("set:") and v is not None}
     # a preset replaces the whole model section, so it goes before the model.* flags that change it
     sets = [f"{key}={value}" for key, value in sorted(given.items(), key=lambda kv: kv[0] != "model.preset")]
-    return resolve(cls, args.recipe, sets + args.overrides)
+    cfg = resolve(cls, args.recipe, sets + args.overrides)
+    check_inputs(cfg)
+    return cfg
 
 
 def _quiet_lightning(verbose: bool) -> None:

@@ -15,8 +15,9 @@ def setting(default=dataclasses.MISSING, *, help: str, flag: str | None = None, 
     built from these, see mambadna/cli.py); `flag` names a short alias (e.g. "--steps" for train.max_steps) and
     `runs` the commands it applies to (default: all that have it). `cli` holds how the command line shows it:
     `positional=True` (an argument, not a flag), `flag_help` (what a bool flag does, when it turns the setting
-    off), `const` (the value of a flag given without one), `metavar`, and `transient=True` for a setting of one
-    invocation (--resume, --overwrite) that a run's saved run_config.json does not keep."""
+    off), `const` (the value of a flag given without one), `metavar`, `input=True` for a file or folder that
+    must exist (checked with the arguments), and `transient=True` for a setting of one invocation (--resume,
+    --overwrite) that a run's saved run_config.json does not keep."""
     meta = {"help": help, "flag": flag, "choices": choices, **cli}
     if runs is not None:
         meta["runs"] = runs

@@ -70,15 +70,15 @@ class DataSpec:
     """Where sequences come from, and the DataModule that serves them (`datamodule`). Empty paths mean the bundled
     genomes (mambadna.data.bundled)."""
 
-    genome: str = setting("", help="pretraining genome (evaluate: a language model's test genome): one FASTA, any "
+    genome: str = setting("", input=True, help="pretraining genome (evaluate: a language model's test genome): one FASTA, any "
                           "number of contigs; default: the bundled genomes", flag="--genome",
                           runs=("pretrain", "evaluate"))
-    manifest: str = setting("", help="species manifest TSV (species, fasta[, split]) or a folder of FASTAs",
+    manifest: str = setting("", input=True, help="species manifest TSV (species, fasta[, split]) or a folder of FASTAs",
                             flag="--manifest", runs=("finetune", "evaluate"))
-    train: str = setting("", help="labelled training sequences (CSV/TSV, parquet, a Hugging Face datasets folder, "
+    train: str = setting("", input=True, help="labelled training sequences (CSV/TSV, parquet, a Hugging Face datasets folder, "
                          "or FASTA) instead of a manifest", flag="--train", runs=("finetune",))
-    val: str = setting("", help="labelled validation sequences", flag="--val", runs=("finetune",))
-    test: str = setting("", help="labelled test sequences (evaluate: a classifier's test file)", flag="--test",
+    val: str = setting("", input=True, help="labelled validation sequences", flag="--val", runs=("finetune",))
+    test: str = setting("", input=True, help="labelled test sequences (evaluate: a classifier's test file)", flag="--test",
                         runs=("finetune", "evaluate"))
     label_regex: str = setting("", help="regex with one group taking the label from FASTA headers",
                                flag="--label-regex", runs=("finetune", "evaluate"))

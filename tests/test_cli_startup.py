@@ -43,6 +43,8 @@ def fresh(*argv: str) -> dict:
     ("evaluate", "model", "--set", "data.test_windows=0"),
     ("generate", "model", "--temperature", "nan"),
     ("finetune", "--val", "v.csv"),
+    ("pretrain", "--genome", "no/such/genome.fa"),
+    ("embed", "model", "no/such/seqs.fa"),
 ], ids=lambda a: " ".join(a) or "import+parser")
 def test_help_and_argument_errors_never_import_torch(argv):
     result = fresh(*argv)
@@ -53,8 +55,10 @@ def test_help_and_argument_errors_never_import_torch(argv):
 
 def test_the_check_sees_torch_when_a_command_runs(tmp_path):
     """Control: the probe does see torch once a command gets past its arguments."""
-    result = fresh("normalize", str(tmp_path / "missing.fa"), str(tmp_path / "out.fa"))
-    assert result["code"] == 2 and "torch" in result["heavy"]
+    fasta = tmp_path / "a.fa"
+    fasta.write_text(">a\nACGT\n")
+    result = fresh("normalize", str(fasta), str(fasta))  # the arguments are fine; the command refuses
+    assert result["code"] == 2 and "torch" in result["heavy"] and "never overwrites" in result["stderr"]
 
 
 def _subparsers():

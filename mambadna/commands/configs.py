@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mambadna.commands.embedding_io import EMBEDDING_FORMATS
 from mambadna.config import POOLINGS, setting
+from mambadna.settings import flatten, leaf_settings, to_dict
 from mambadna.run_config import (DataSpec, FinetuneConfig, PretrainConfig, RuntimeSpec, apply_overrides,
                                  apply_recipe, changed_settings, check_label_regex, load_config, load_recipe,
                                  read_recipe, transient_keys)
@@ -62,7 +63,7 @@ class EvaluateConfig:
 class EmbedConfig:
     checkpoint: str = setting("", positional=True, help=f"saved model folder (a MambaLM, or a classifier's "
                               f"backbone){MODEL_REF}")
-    input: str = setting("", positional=True, help="FASTA, a table (CSV/TSV, parquet or a Hugging Face datasets "
+    input: str = setting("", positional=True, input=True, help="FASTA, a table (CSV/TSV, parquet or a Hugging Face datasets "
                          "folder) with a 'sequence' column (optional 'name', 'label'), or with --regions the "
                          "reference FASTA")
     out_dir: str = setting("runs/embed", flag="--out", help="output folder (embeddings.npy + index.tsv, "
@@ -76,7 +77,7 @@ class EmbedConfig:
                                  "disk)")
     per_position_dtype: str = setting("float16", flag="--per-position-dtype", choices=("float16", "float32"),
                                       help="dtype of per_position.npy")
-    regions: str = setting("", flag="--regions", metavar="BED", help="embed these BED regions of the input FASTA "
+    regions: str = setting("", flag="--regions", metavar="BED", input=True, help="embed these BED regions of the input FASTA "
                            "(name: column 4; minus-strand regions are reverse-complemented)")
     layer: int | None = setting(None, flag="--layer", help="embed the output of this block (0-based) instead of the "
                                 "final hidden states")
@@ -131,7 +132,7 @@ class GenerateConfig:
 
 @dataclass
 class ProbeConfig:
-    embeddings: str = setting("", positional=True, help="folder written by `mambadna embed` (labels from "
+    embeddings: str = setting("", positional=True, input=True, help="folder written by `mambadna embed` (labels from "
                               "index.tsv)")
     folds: int = setting(5, flag="--folds", help="cross-validation folds (at least 2)")
     out_dir: str = setting("", flag="--out", help="folder for probe.json and pca.png (empty: the embeddings "
@@ -168,7 +169,7 @@ class DemoConfig:
 
 @dataclass
 class NormalizeConfig:
-    input: str = setting("", positional=True, help="FASTA, plain or gzip (never changed)")
+    input: str = setting("", positional=True, input=True, help="FASTA, plain or gzip (never changed)")
     output: str = setting("", positional=True, help="new FASTA to write (must not exist)")
 
 
@@ -260,6 +261,17 @@ def resolve(cls, recipe: str | None = None, assignments=(), start=None):
         print("resuming with changed settings: " + "; ".join(f"{k} {a} -> {b}" for k, a, b in changes),
               file=sys.stderr)
     return resumed
+
+
+def check_inputs(cfg) -> None:
+    """Every input file or folder the settings name (`setting(..., input=True)`) exists: checked with the other
+    arguments, before torch loads, so a mistyped path answers at once."""
+    values = flatten(to_dict(cfg))
+    for key, _, f in leaf_settings(type(cfg)):
+        value = values.get(key)
+        if f.metadata.get("input") and value and not Path(value).exists():
+            where = f.metadata.get("flag") or ("the argument " + key if f.metadata.get("positional") else key)
+            raise ValueError(f"{value}: no such file or folder ({where})")
 
 
 def _saved_config(out_dir: str, resume_from: str) -> Path | None:
