@@ -2,6 +2,7 @@
 
 Run: python experiments/bench_cli_latency.py [--repeats 5]
      python experiments/bench_cli_latency.py --cpu-smoke --out /tmp/x.txt    # two cases, one run each (CI)
+     python experiments/bench_cli_latency.py --root ../other-checkout --out /tmp/before.txt   # another version
 Prints one row per command line (best and median wall seconds over --repeats fresh processes, the exit code, and
 whether torch was imported before the answer) and writes them, with the machine, date, commit and load average,
 to experiments/results/bench_cli_latency.txt. The target (issue #23) is under 1.5 s on a 2-core machine: the
@@ -46,20 +47,21 @@ PROBE = ("import sys\nfrom mambadna.cli import main\ncode = main(sys.argv[1:])\n
          "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\nsys.exit(code)\n")
 
 
-def run_once(argv: list[str]) -> tuple[float, int, str]:
-    """(wall seconds, exit code, heavy modules imported) of one fresh `mambadna ARGV` process."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def run_once(argv: list[str], root: Path = ROOT) -> tuple[float, int, str]:
+    """(wall seconds, exit code, heavy modules imported) of one fresh `mambadna ARGV` process of the checkout at
+    `root`."""
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=env, cwd=root,
                           timeout=300)
     seconds = time.perf_counter() - start
     heavy = next((line[6:] for line in proc.stderr.splitlines() if line.startswith("HEAVY=")), "?")
     return seconds, proc.returncode, heavy
 
 
-def commit() -> str:
+def commit(root: Path = ROOT) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=root,
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -70,7 +72,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="fresh processes per command line")
     p.add_argument("--cpu-smoke", action="store_true", help="two command lines, one process each (seconds; CI)")
     p.add_argument("--out", type=Path, default=RESULTS, help="where to write the table")
+    p.add_argument("--root", type=Path, default=ROOT, help="the mambadna checkout to measure (default: this one)")
     a = p.parse_args(argv)
+    root = a.root.resolve()
     cases, repeats = (SMOKE_CASES, 1) if a.cpu_smoke else (CASES, a.repeats)
     try:
         import torch  # noqa: F401  (only its version, for the header; the timed processes are fresh)
@@ -81,13 +85,14 @@ def main(argv=None) -> int:
     lines = [f"# bench_cli_latency: seconds until `mambadna ARGS` answers, best / median of {repeats} fresh processes",
              f"# {platform.machine()}, {os.cpu_count()} CPU cores, python {platform.python_version()}, torch "
              f"{torch_version}, load average {os.getloadavg()[0]:.2f}",
-             f"# {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}, commit {commit()}, target < "
+             f"# {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}, {root.name} at commit "
+             f"{commit(root)}, target < "
              f"{TARGET_S} s before torch is imported",
              "best_s\tmedian_s\texit\theavy_imports\targs"]
     print("\n".join(lines), flush=True)
     slow = 0
     for argv_ in cases:
-        runs = [run_once(argv_) for _ in range(repeats)]
+        runs = [run_once(argv_, root) for _ in range(repeats)]
         times = [r[0] for r in runs]
         heavy = ",".join(sorted({r[2] for r in runs if r[2]})) or "none"
         slow += heavy != "none" or min(times) >= TARGET_S
