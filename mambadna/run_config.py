@@ -37,6 +37,9 @@ SPLIT_MODES = ("auto", "contig", "block")
 # Where a setting moved: the old key still works in recipes, --set and saved run_config.json files.
 RENAMED = {f"train.{name}": f"runtime.{name}" for name in ("accelerator", "devices", "strategy", "precision",
                                                            "num_nodes")}
+# the automatic length curriculum of long-window runs starts here (the Mamba paper's DNA warmup starts at 2^10): a
+# fine-tune asked for 2^17 or 2^20 bases at once collapsed to one class (issue 19), one trained at 8 kb ran well at 1 Mb
+AUTO_CURRICULUM_FROM_BP = 1024
 
 
 def check_label_regex(pattern: str, name: str = "data.label_regex") -> re.Pattern:
@@ -235,10 +238,15 @@ class TrainSpec:
     seed: int = setting(0, help="random seed", flag="--seed")
     progress_bar: bool = setting(True, help="show the progress bar", flag="--no-progress",
                                  flag_help="hide the progress bar")
-    seqlen_warmup_from_bp: int = setting(
-        0, help="sequence-length warmup (Mamba paper): start at this window and double each stage up to "
-                "data.window_bp, halving the batch so tokens per step stay constant (0: off)")
-    epochs_per_stage: int = setting(1, help="epochs per sequence-length warmup stage")
+    seqlen_warmup_from_bp: int | None = setting(
+        None, help="length curriculum (Mamba paper's sequence-length warmup): start at windows of this many bases "
+                   "and double them up to data.window_bp, the batch scaled so bases per step stay those of the "
+                   "final stage, every stage training on the same number of bases (stages sized in steps). "
+                   "none: automatic, from 1024 bp when data.window_bp is 8192 or more; 0: off")
+    min_windows_per_step: int | None = setting(
+        None, help="gradient accumulation is raised so that an optimizer step sees at least this many windows "
+                   "(none: a classifier's number of classes, so a step at a long window still sees every class "
+                   "once on average; 1 for pretraining)")
     chunk_bp: int | None = setting(
         None, flag="--chunk-bp",
         help="run each sequence through all layers in chunks of this many bases, carrying conv and SSM state and "
@@ -251,9 +259,9 @@ class TrainSpec:
 
     def __post_init__(self):
         _check("train", self, "max_steps", "accumulate_grad_batches", "ckpt_every_n_steps", "log_every_n_steps",
-               "epochs_per_stage", "keep_checkpoints")
-        _check("train", self, "val_every_n_steps", "chunk_bp", allow_none=True)
-        _check("train", self, "seqlen_warmup_from_bp", strict=False)
+               "keep_checkpoints")
+        _check("train", self, "val_every_n_steps", "chunk_bp", "min_windows_per_step", allow_none=True)
+        _check("train", self, "seqlen_warmup_from_bp", strict=False, allow_none=True)
         self._check_long_context()
 
     def _check_long_context(self) -> None:
@@ -272,6 +280,17 @@ class TrainSpec:
         if self.tbptt and self.seqlen_warmup_from_bp:
             raise ValueError("train.seqlen_warmup_from_bp does not apply with train.tbptt: the window stays "
                              "data.window_bp and the carried state supplies the longer context")
+
+    def curriculum_start(self, window_bp: int) -> int:
+        """The window the length curriculum starts at for a run of `window_bp` windows (0: no curriculum)."""
+        if self.seqlen_warmup_from_bp is not None:
+            if self.seqlen_warmup_from_bp > window_bp:
+                raise ValueError(f"train.seqlen_warmup_from_bp ({self.seqlen_warmup_from_bp}) is longer than "
+                                 f"data.window_bp ({window_bp}); the curriculum grows windows up to data.window_bp")
+            return self.seqlen_warmup_from_bp
+        from mambadna.data.datamodules import LONG_WINDOW_BP  # Lightning: imported only once a run starts
+
+        return AUTO_CURRICULUM_FROM_BP if window_bp >= LONG_WINDOW_BP and not self.tbptt else 0
 
 
 @dataclass
@@ -297,6 +316,7 @@ class RuntimeSpec:
         if self.accelerator not in ACCELERATORS:
             raise ValueError(f"runtime.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
         self.lightning_devices()
+
 
     def lightning_devices(self):
         text = str(self.devices).strip()
@@ -387,7 +407,9 @@ class FinetuneConfig:
     pretrained: str = setting("", flag="--pretrained",
                               help="MambaLM to start from: save_pretrained folder, transformers Mamba folder or Hub "
                                    "id (default: train from scratch)")
-    pooling: str = setting("last", help="how positions are pooled for the head", flag="--pooling", choices=POOLINGS)
+    pooling: str = setting("mean", flag="--pooling", choices=POOLINGS,
+                           help="how positions are pooled for the head (mean: every position counts, so the model "
+                                "runs at any window, longer ones too; last: the final state only)")
     freeze_backbone: bool = setting(False, help="train only the classification head", flag="--freeze-backbone")
     model: MambaConfig = setting(help="model shape for a run from scratch (a fine-tune takes the checkpoint's)",
                                  factory=tiny)

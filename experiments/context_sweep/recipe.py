@@ -169,7 +169,7 @@ def finetune_config(dataset: str, window_bp: int, init: str, scale: Scale, manif
         runtime=rc.RuntimeSpec(precision=scale.precision, accelerator=scale.accelerator, devices="1"),
         train=rc.TrainSpec(max_steps=steps, seed=scale.seed, ckpt_every_n_steps=steps,
                            val_every_n_steps=steps, log_every_n_steps=max(1, steps // 16),
-                           progress_bar=False, seqlen_warmup_from_bp=warm_from, epochs_per_stage=1,
+                           progress_bar=False, seqlen_warmup_from_bp=warm_from,
                            chunk_bp=scale.chunk_bp if window_bp >= scale.chunk_from_bp else None),
     )
     return cfg
@@ -194,7 +194,7 @@ def pretrain_config(dataset: str, scale: Scale, genome: str, out_dir: str) -> rc
         train=rc.TrainSpec(max_steps=scale.pretrain_steps, seed=scale.seed, ckpt_every_n_steps=scale.pretrain_steps,
                            val_every_n_steps=scale.pretrain_steps,
                            log_every_n_steps=max(1, scale.pretrain_steps // 16), progress_bar=False,
-                           seqlen_warmup_from_bp=start if n else 0, epochs_per_stage=1),
+                           seqlen_warmup_from_bp=start if n else 0),
     )
 
 

@@ -37,7 +37,7 @@ from mambadna.data.errors import DataError
 from mambadna.files import write_json, write_text
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.run_config import FinetuneConfig, PretrainConfig, RuntimeSpec, TrainSpec, save_config
-from mambadna.tasks.callbacks import NonFiniteLossGuard, RunStats, SeqLenWarmup, doubling_stages
+from mambadna.tasks.callbacks import NonFiniteLossGuard, RunStats, SeqLenWarmup, length_curriculum
 from mambadna.tasks.checkpoints import AtomicCheckpointIO, OptimizerSettingsFromConfig, RunCheckpoints, RunCSVLogger
 from mambadna.tasks.classify import ClassifyTask
 from mambadna.tasks.interrupts import GracefulInterrupt
@@ -61,7 +61,7 @@ def memory_advice():
         raise ValueError(f"out of memory ({first[:120]}). To use less memory: lower data.batch_size (and raise "
                          "train.accumulate_grad_batches to keep the batch), lower data.window_bp, set "
                          "train.activation_checkpointing=true or train.chunk_bp (pretraining), or "
-                         "train.precision=bf16-mixed") from None
+                         "runtime.precision=bf16-mixed") from None
 
 
 def check_accelerator(runtime: RuntimeSpec) -> None:
@@ -113,23 +113,24 @@ def run_callbacks(cfg, command: str, out_dir: Path) -> tuple[list, RunStats]:
     return [guard, checkpoints, GracefulInterrupt(checkpoints), OptimizerSettingsFromConfig(), stats], stats
 
 
-def check_data(datamodule, cfg, world_size: int, held_out=("val",)) -> None:
+def check_data(datamodule, cfg, world_size: int, held_out=("val",), curriculum=None) -> None:
     """Before training: every held-out split has a window (Lightning would only build it after the first epoch),
     and an epoch has at least one batch (else nothing trains and max_steps is never reached), for the final
-    window and every sequence-length warmup stage."""
+    window and every length-curriculum stage."""
     if isinstance(datamodule, (StreamsDataModule, LabelledDataModule)):
         return  # streams are batches already; labelled data keeps its last, smaller batch
     d = cfg.data
     for split in held_out:
         datamodule.check_split(split)
-    stages = [(w, b) for w, b, _ in _warmup(cfg)[0].stages] if cfg.train.seqlen_warmup_from_bp else []
+    stages = curriculum.stages[:-1] if curriculum is not None else []
     try:
-        for window_bp, batch_size in [*stages, (d.window_bp, d.batch_size)]:
-            datamodule.set_window(window_bp, batch_size)
+        for window_bp, batch_size, accumulate, steps in [*stages, (d.window_bp, d.batch_size, 1, None)]:
+            windows = None if steps is None else steps * batch_size * accumulate * world_size
+            datamodule.set_window(window_bp, batch_size, train_windows=windows)
             windows = datamodule.train_windows_per_epoch()
             if windows < batch_size * world_size:
                 devices = f" x {world_size} devices" if world_size > 1 else ""
-                stage = f" (sequence-length warmup stage of {window_bp} bp)" if window_bp != d.window_bp else ""
+                stage = f" (length-curriculum stage of {window_bp} bp)" if window_bp != d.window_bp else ""
                 raise DataError(
                     f"an epoch has {windows} training windows of {window_bp} bp{stage} (data.train_windows; default: "
                     f"training bases // window) but a batch takes {batch_size}{devices}, so nothing would train; "
@@ -165,11 +166,30 @@ def _finish(trainer: pl.Trainer, out_dir: Path, title: str) -> Path | None:
     return None
 
 
-def _warmup(cfg) -> list:
+def curriculum(cfg, datamodule, min_windows: int) -> SeqLenWarmup | None:
+    """The length curriculum of a window run (train.seqlen_warmup_from_bp; automatic for long windows), or a single
+    stage that only raises gradient accumulation to `min_windows` windows a step; None when neither applies.
+    Labelled files take an explicit curriculum only, a stage an epoch (their epoch is the file); TBPTT streams none."""
     t, d = cfg.train, cfg.data
-    if not t.seqlen_warmup_from_bp:
-        return []
-    return [SeqLenWarmup(doubling_stages(t.seqlen_warmup_from_bp, d.window_bp, d.batch_size, t.epochs_per_stage))]
+    if isinstance(datamodule, StreamsDataModule):
+        return None
+    start = t.curriculum_start(d.window_bp)
+    if isinstance(datamodule, LabelledDataModule) and t.seqlen_warmup_from_bp is None:
+        start = 0
+    stages = length_curriculum(start or d.window_bp, d.window_bp, d.batch_size, t.max_steps,
+                               t.accumulate_grad_batches, min_windows, t.chunk_bp)
+    if len(stages) == 1 and stages[0][2] == t.accumulate_grad_batches:
+        return None
+    return SeqLenWarmup(stages)
+
+
+def announce_curriculum(warmup: SeqLenWarmup | None) -> None:
+    """One line a stage, so that a user who asked for a long window sees how the run gets there."""
+    if warmup is None or not is_rank_zero():
+        return
+    parts = [f"{w} bp x {b}" + (f" x {k} accumulated" if k > 1 else "") + (f" for {s} steps" if s else " to the end")
+             for w, b, k, s in warmup.stages]
+    print("length curriculum: " + " -> ".join(parts), flush=True)
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
@@ -187,8 +207,13 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     task = LMTask(model_config, cfg.optim, t.activation_checkpointing, t.compile, chunk_bp=t.chunk_bp, tbptt=t.tbptt,
                   objective=cfg.objective)
     callbacks, stats = run_callbacks(cfg, "pretrain", out_dir)
-    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *_warmup(cfg)], cfg.runtime)
-    check_data(datamodule, cfg, trainer.world_size)
+    warmup = curriculum(cfg, datamodule, cfg.train.min_windows_per_step or 1)
+    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *filter(None, [warmup])],
+                            cfg.runtime)
+    if warmup is not None:
+        warmup.world_size = trainer.world_size
+    check_data(datamodule, cfg, trainer.world_size, curriculum=warmup)
+    announce_curriculum(warmup)
     check_resume(trainer, task, run)
     if is_rank_zero():  # the other ranks of a DDP run re-run this command
         save_config(cfg, out_dir / "run_config.json")
@@ -269,8 +294,13 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     task = ClassifyTask(model, cfg.optim, datamodule.class_names, cfg.freeze_backbone,
                         cfg.train.activation_checkpointing, cfg.train.compile, cfg.train.chunk_bp)
     callbacks, stats = run_callbacks(cfg, "finetune", out_dir)
-    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *_warmup(cfg)], cfg.runtime)
-    check_data(datamodule, cfg, trainer.world_size, held_out=("val", "test"))
+    warmup = curriculum(cfg, datamodule, cfg.train.min_windows_per_step or datamodule.num_classes)
+    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *filter(None, [warmup])],
+                            cfg.runtime)
+    if warmup is not None:
+        warmup.world_size = trainer.world_size
+    check_data(datamodule, cfg, trainer.world_size, held_out=("val", "test"), curriculum=warmup)
+    announce_curriculum(warmup)
     check_resume(trainer, task, run, datamodule.class_names)
     if is_rank_zero():  # the other ranks of a DDP run re-run this command
         save_config(cfg, out_dir / "run_config.json")

@@ -44,12 +44,12 @@ def run(monkeypatch, out_dir, recorder, resume=False, ckpt_every=100):
         pass
 
 
-@pytest.mark.parametrize("stop_at", [6, 5], ids=["epoch-end", "mid-epoch"])
+@pytest.mark.parametrize("stop_at", [4, 6], ids=["epoch-end", "mid-epoch"])
 def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, stop_at):
     full = Record()
     run(monkeypatch, tmp_path / "full", full)
-    # warmup: epoch 0 = 32 bp x 8 (2 steps), then 64 bp x 4 (4 steps per epoch)
-    assert full.shapes[1] == (8, 32) and full.shapes[3] == (4, 64) and full.shapes[8] == (4, 64)
+    # length curriculum: epoch 0 = 32 bp x 8 for 4 steps (half the bases), then 64 bp x 4 (4 steps per epoch)
+    assert full.shapes[4] == (8, 32) and full.shapes[5] == (4, 64) and full.shapes[8] == (4, 64)
 
     first = Record(stop_at=stop_at)  # killed at the start of the next step, just after a checkpoint
     run(monkeypatch, tmp_path / "cut", first, ckpt_every=stop_at)
