@@ -26,7 +26,6 @@ from torch.utils.checkpoint import checkpoint
 from mambadna.config import NOT_CHUNKABLE, check_chunk_bp  # noqa: F401
 
 if TYPE_CHECKING:
-    from mambadna.config import MambaConfig
     from mambadna.model import LayerState, MambaLM
 
 # share(residual (b, c, d) of positions [start, end), start, end) -> tuple of tensors, summed over the chunks

@@ -108,6 +108,8 @@ def _add_settings(p: argparse.ArgumentParser, command: str, cls) -> None:
                                choices=meta.get("choices"), help=_help(text, default))
         if f"--{key}" not in names:  # the other spelling still works, unlisted
             group.add_argument(f"--{key}", dest=dest, metavar=metavar, help=argparse.SUPPRESS)
+    for old, new in getattr(cls, "RENAMED", {}).items():  # a setting that moved keeps its old flag, unlisted
+        p.add_argument(f"--{old}", dest=f"set:{new}", metavar=new.split(".")[-1].upper(), help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:

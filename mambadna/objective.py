@@ -22,7 +22,6 @@ from mambadna.config import OBJECTIVES, check_objective  # noqa: F401
 from mambadna.tokenizer import IGNORE_INDEX
 
 if TYPE_CHECKING:
-    from mambadna.config import MambaConfig
     from mambadna.model import LayerState, MambaClassifier, MambaLM
 
 

@@ -95,3 +95,13 @@ def test_evaluate_embed_and_pretrain_take_the_same_runtime_flags():
     for name in ("pretrain", "finetune", "evaluate", "embed"):
         assert runtime <= flags[name], (name, runtime - flags[name])
     assert "--resume" in flags["pretrain"] and "--resume" not in flags["evaluate"]
+
+
+def test_settings_that_moved_keep_their_old_names():
+    """train.accelerator / devices / strategy / precision / num_nodes are runtime.* now: the old flags, --set keys
+    and recipe keys still work."""
+    from mambadna import cli
+
+    args = cli.build_parser().parse_args(["pretrain", "--train.precision", "bf16-mixed", "--set", "train.devices=2"])
+    runtime = cli.settings_from_args(args).runtime
+    assert (runtime.precision, runtime.devices) == ("bf16-mixed", "2")

@@ -60,3 +60,15 @@ def test_save_config_roundtrip(tmp_path):
     data = json.loads((tmp_path / "c.json").read_text())
     assert data.pop("kind") == "FinetuneConfig"
     assert rc.from_dict(rc.FinetuneConfig, data) == cfg
+
+
+def test_a_run_config_saved_before_the_runtime_section_still_loads(tmp_path):
+    """run_config.json files written when the runtime settings were train.* (and with --resume) load as they were."""
+    cfg = rc.PretrainConfig(runtime=rc.RuntimeSpec(precision="bf16-mixed", devices="2"), resume=True)
+    rc.save_config(cfg, tmp_path / "new.json")
+    data = json.loads((tmp_path / "new.json").read_text())
+    assert data["resume"] is False  # a setting of one invocation is not saved with the run
+    runtime = data.pop("runtime")
+    data["train"].update(runtime)
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert rc.load_config(tmp_path / "old.json") == rc.PretrainConfig(runtime=cfg.runtime)

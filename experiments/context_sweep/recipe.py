@@ -13,7 +13,6 @@ run is also one command, `mambadna finetune --recipe FILE`, that rebuilds exactl
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from mambadna.commands.embedding_io import EMBEDDING_FORMATS
 from mambadna.config import POOLINGS, setting
-from mambadna.settings import flatten, leaf_settings, to_dict
 from mambadna.run_config import (DataSpec, FinetuneConfig, PretrainConfig, RuntimeSpec, apply_overrides,
                                  apply_recipe, changed_settings, check_label_regex, load_config, load_recipe,
                                  read_recipe, transient_keys)
+from mambadna.settings import flatten, leaf_settings, to_dict
 
 # every command that takes a model reads either format, from a folder or the Hub (mambadna/checkpoint.py)
 MODEL_REF = ", a transformers Mamba folder, or a Hub id (owner/name)"
