@@ -219,7 +219,8 @@ def run_species(args, scale: Scale) -> None:
     from mambadna.commands import finetune
 
     out = Path(args.out)
-    rows = Path(args.rows or out) / ("species_kmer.jsonl" if args.part == "kmer" else "species.jsonl")
+    name = "species_kmer" if args.part == "kmer" else "species" + (f"_lr{args.species_lr}" if args.species_lr else "")
+    rows = Path(args.rows or out) / f"{name}.jsonl"
     # the test windows of every length, drawn once: the same for every model and for the k-mer baseline
     tests = {log2: test_windows(args.data, 2**log2, "test", scale.test_windows, seed=1)
              for log2 in sorted(scale.windows)}
@@ -237,9 +238,11 @@ def run_species(args, scale: Scale) -> None:
         if time.time() > args.deadline:
             append(rows, {"kind": "model", "train_bp": window, "status": "skipped: deadline"})
             continue
-        overrides = settings(scale, window, [f"data.manifest={args.data}", f"out_dir={out / f'species_L{log2}'}",
+        lr = [f"optim.lr={args.species_lr}"] if args.species_lr else []
+        name = f"species_L{log2}" + (f"_lr{args.species_lr}" if args.species_lr else "")
+        overrides = settings(scale, window, [f"data.manifest={args.data}", f"out_dir={out / name}",
                                              "data.test_fraction=0", f"data.test_windows={scale.test_windows}",
-                                             "data.reverse_complement=true"])
+                                             "data.reverse_complement=true", *lr])
         cfg = rc.apply_overrides(rc.FinetuneConfig(), overrides)
         began = time.time()
         summary = finetune.run(cfg)
@@ -250,7 +253,7 @@ def run_species(args, scale: Scale) -> None:
             if time.time() > args.deadline and test_log2 != log2:
                 continue
             grid[2**test_log2] = scores(labels, classify(model_dir, seqs, scale.chunk_bp))
-        append(rows, {"kind": "model", "train_bp": window, "status": "ok", "grid": grid,
+        append(rows, {"kind": "model", "train_bp": window, "status": "ok", "grid": grid, "lr": cfg.optim.lr,
                       "bases_trained": summary.get("bases_trained"), "steps": summary["steps"],
                       "train_s": round(trained, 1), "val_accuracy": summary.get("val/accuracy"),
                       "command": command_line("finetune", overrides), "summary": summary})
@@ -287,6 +290,7 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", help="log2 window lengths, comma-separated (default: the scale's)")
     parser.add_argument("--steps", type=int, help="optimizer steps a run (default: the scale's)")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip rows that would start after this many s")
+    parser.add_argument("--species-lr", type=float, help="species: optim.lr of the fine-tunes (default: finetune's)")
     parser.add_argument("--part", choices=("all", "models", "kmer"), default="all",
                         help="species: the models, the k-mer baseline (CPU; run it beside the models), or both")
     args = parser.parse_args(argv)
@@ -305,7 +309,8 @@ def main(argv=None) -> int:
     if not args.data:
         parser.error("--data is required (see data/prepare_long_context.py)")
     env = {**environment(), "scale": scale.__dict__, "data": args.data}
-    (out / f"{args.experiment}_env.json").write_text(json.dumps(env, indent=1) + "\n")
+    Path(args.rows or out).mkdir(parents=True, exist_ok=True)
+    (Path(args.rows or out) / f"{args.experiment}_env.json").write_text(json.dumps(env, indent=1) + "\n")
     (run_chrx if args.experiment == "chrx" else run_species)(args, scale)
     return 0
 
