@@ -105,3 +105,13 @@ def test_settings_that_moved_keep_their_old_names():
     args = cli.build_parser().parse_args(["pretrain", "--train.precision", "bf16-mixed", "--set", "train.devices=2"])
     runtime = cli.settings_from_args(args).runtime
     assert (runtime.precision, runtime.devices) == ("bf16-mixed", "2")
+
+
+def test_latency_benchmark_cpu_smoke(tmp_path):
+    """The benchmark script runs (its timings are its business, not a test's) and sees no torch in the answers."""
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_cli_latency.py"), "--cpu-smoke", "--out",
+                           str(tmp_path / "lat.txt")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("\t") for line in (tmp_path / "lat.txt").read_text().splitlines() if not line.startswith("#")]
+    assert rows[0][:4] == ["best_s", "median_s", "exit", "heavy_imports"] and len(rows) == 3
+    assert [r[3] for r in rows[1:]] == ["none", "none"] and [r[2] for r in rows[1:]] == ["0", "2"]
