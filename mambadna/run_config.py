@@ -304,7 +304,8 @@ class RuntimeSpec:
     strategy: str = setting("auto", help="Lightning strategy over several devices", flag="--strategy",
                             choices=STRATEGIES, runs=("pretrain", "finetune"))
     precision: str = setting("32-true", help="precision: auto (bf16 autocast on a GPU, fp32 on the CPU), 32-true, "
-                             "bf16-mixed, ... (Lightning's names)", flag="--precision", choices=PRECISIONS)
+                             "bf16-mixed, ... (Lightning's names)", flag="--precision", choices=PRECISIONS,
+                             runs=("pretrain", "finetune", "evaluate", "embed"))
     num_nodes: int = setting(1, help="machines (Lightning num_nodes)", runs=("pretrain", "finetune"))
 
     def __post_init__(self):

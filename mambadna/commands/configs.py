@@ -117,7 +117,7 @@ class GenerateConfig:
     top_k: int | None = setting(None, flag="--top-k", help="sample among the k most likely bases")
     seed: int = setting(0, flag="--seed", help="random seed")
     runtime: RuntimeSpec = setting(help="where the sampling runs (one device)",
-                                   factory=lambda: RuntimeSpec(devices="1", precision="32-true"))
+                                   factory=lambda: RuntimeSpec(devices="1"))
     device: str = setting("", flag="--device", help="one device by name: auto, cpu, cuda or cuda:N (instead of "
                           "--accelerator / --devices)")
     out: str = setting("runs/generate/generated.fa", flag="--out", help="output FASTA")
