@@ -91,7 +91,7 @@ def settings(scale: Scale, window_bp: int, extra: list[str]) -> list[str]:
     chunk = [f"train.chunk_bp={scale.chunk_bp}"] if window_bp > scale.chunk_bp else []
     return [*scale.model, f"data.window_bp={window_bp}", f"data.batch_size={batch}",
             f"train.accumulate_grad_batches={accumulate}",
-            f"data.num_workers={scale.workers}", f"train.max_steps={scale.steps}", f"train.precision={scale.precision}",
+            f"data.num_workers={scale.workers}", f"train.max_steps={scale.steps}", f"runtime.precision={scale.precision}",
             "train.log_every_n_steps=4", "train.progress_bar=false", f"train.ckpt_every_n_steps={scale.steps}",
             f"train.val_every_n_steps={max(1, scale.steps // 4)}", "data.val_windows=8", *chunk, *extra]
 
@@ -154,7 +154,7 @@ def held_out_stretch(genome: str, eval_bp: int) -> tuple[int, int]:
 
 
 def run_chrx(args, scale: Scale) -> None:
-    from mambadna.commands.train import run_pretrain
+    from mambadna.commands import pretrain
 
     out = Path(args.out)
     rows = Path(args.rows or out) / "chrx.jsonl"
@@ -169,7 +169,7 @@ def run_chrx(args, scale: Scale) -> None:
                                              "data.reverse_complement=true"])
         cfg = rc.apply_overrides(rc.PretrainConfig(), overrides)
         began = time.time()
-        summary = run_pretrain(cfg)
+        summary = pretrain.run(cfg)
         trained = time.time() - began
         score = bits_per_base(Path(summary["model_dir"]), args.data, start, length, window, scale.chunk_bp)
         append(rows, {"window_bp": window, "status": "ok", **score, "eval_start": start, "eval_bp": length,
@@ -216,7 +216,7 @@ def scores(truth: list[str], pred: list[str]) -> dict:
 
 def run_species(args, scale: Scale) -> None:
     from mambadna.commands.probe import kmer_baseline
-    from mambadna.commands.train import run_finetune
+    from mambadna.commands import finetune
 
     out = Path(args.out)
     name = "species_kmer" if args.part == "kmer" else "species" + (f"_lr{args.species_lr}" if args.species_lr else "")
@@ -245,7 +245,7 @@ def run_species(args, scale: Scale) -> None:
                                              "data.reverse_complement=true", *lr])
         cfg = rc.apply_overrides(rc.FinetuneConfig(), overrides)
         began = time.time()
-        summary = run_finetune(cfg)
+        summary = finetune.run(cfg)
         trained = time.time() - began
         model_dir = Path(summary["model_dir"])
         grid = {}
