@@ -55,8 +55,8 @@ def chrx_section(folder: Path) -> tuple[list[str], list[dict]]:
 
 
 def species_section(folder: Path) -> tuple[list[str], list[dict], list[dict]]:
-    models = [r for r in rows(folder / "species.jsonl") if r.get("kind") == "model"]
-    kmers = [r for r in rows(folder / "species_kmer.jsonl") + rows(folder / "species.jsonl") if r.get("kind") == "kmer"]
+    models = [r for f in sorted(folder.glob("species*.jsonl")) for r in rows(f) if r.get("kind") == "model"]
+    kmers = [r for f in sorted(folder.glob("species*.jsonl")) for r in rows(f) if r.get("kind") == "kmer"]
     ok = [r for r in models if r.get("status") == "ok"]
     lengths = sorted({int(t) for r in ok for t in r["grid"]} | {r["test_bp"] for r in kmers})
     lines = ["## Species of held-out strains: accuracy against train and test length", "",
@@ -65,15 +65,15 @@ def species_section(folder: Path) -> tuple[list[str], list[dict], list[dict]]:
         counts = kmers[0].get("label_counts", {})
         lines += [f"Test windows a length: {kmers[0]['test_windows']} (the same for every model and the k-mers; "
                   f"labels {counts})", ""]
-    head = "| trained at \\ tested at | " + " | ".join(log2(n) for n in lengths) + " | bases trained | steps |"
-    lines += [head, "|" + "---|" * (len(lengths) + 3)]
-    for r in sorted(ok, key=lambda r: r["train_bp"]):
+    head = "| trained at \\ tested at | " + " | ".join(log2(n) for n in lengths) + " | lr | bases trained | steps |"
+    lines += [head, "|" + "---|" * (len(lengths) + 4)]
+    for r in sorted(ok, key=lambda r: (r["train_bp"], r.get("lr", 0))):
         cells = [f"{r['grid'][str(n)]['accuracy']:.3f}" if str(n) in r["grid"] else "" for n in lengths]
         lines.append(f"| Mamba {log2(r['train_bp'])} | " + " | ".join(cells)
-                     + f" | {r['bases_trained'] / 1e6:.0f} M | {r['steps']} |")
+                     + f" | {r.get('lr', '')} | {r['bases_trained'] / 1e6:.0f} M | {r['steps']} |")
     kmer_at = {r["test_bp"]: r for r in kmers}
     lines.append("| k-mer 4..6 + logistic regression (fitted at the test length) | "
-                 + " | ".join(f"{kmer_at[n]['accuracy']:.3f}" if n in kmer_at else "" for n in lengths) + " | | |")
+                 + " | ".join(f"{kmer_at[n]['accuracy']:.3f}" if n in kmer_at else "" for n in lengths) + " | | | |")
     lines += [f"| Mamba {log2(r['train_bp'])} | {r['status']} |" for r in models if r.get("status") != "ok"]
     lines += ["", "Commands:", ""] + [f"- {log2(r['train_bp'])}: `{r['command']}`" for r in ok]
     return lines, ok, kmers
@@ -100,7 +100,7 @@ def plots(folder: Path, chrx: list[dict], species: list[dict], kmers: list[dict]
         for r in sorted(species, key=lambda r: r["train_bp"]):
             xs = sorted(int(t) for t in r["grid"])
             ax.plot(xs, [r["grid"][str(x)]["accuracy"] for x in xs], "o-",
-                    label=f"Mamba trained at {log2(r['train_bp'])}")
+                    label=f"Mamba trained at {log2(r['train_bp'])}, lr {r.get('lr')}")
         if kmers:
             kmers = sorted(kmers, key=lambda r: r["test_bp"])
             ax.plot([r["test_bp"] for r in kmers], [r["accuracy"] for r in kmers], "k--s", label="k-mer 4..6 + LR")

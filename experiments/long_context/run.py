@@ -91,7 +91,7 @@ def settings(scale: Scale, window_bp: int, extra: list[str]) -> list[str]:
     chunk = [f"train.chunk_bp={scale.chunk_bp}"] if window_bp > scale.chunk_bp else []
     return [*scale.model, f"data.window_bp={window_bp}", f"data.batch_size={batch}",
             f"train.accumulate_grad_batches={accumulate}",
-            f"data.num_workers={scale.workers}", f"train.max_steps={scale.steps}", f"train.precision={scale.precision}",
+            f"data.num_workers={scale.workers}", f"train.max_steps={scale.steps}", f"runtime.precision={scale.precision}",
             "train.log_every_n_steps=4", "train.progress_bar=false", f"train.ckpt_every_n_steps={scale.steps}",
             f"train.val_every_n_steps={max(1, scale.steps // 4)}", "data.val_windows=8", *chunk, *extra]
 
@@ -154,7 +154,7 @@ def held_out_stretch(genome: str, eval_bp: int) -> tuple[int, int]:
 
 
 def run_chrx(args, scale: Scale) -> None:
-    from mambadna.commands.train import run_pretrain
+    from mambadna.commands import pretrain
 
     out = Path(args.out)
     rows = Path(args.rows or out) / "chrx.jsonl"
@@ -169,7 +169,7 @@ def run_chrx(args, scale: Scale) -> None:
                                              "data.reverse_complement=true"])
         cfg = rc.apply_overrides(rc.PretrainConfig(), overrides)
         began = time.time()
-        summary = run_pretrain(cfg)
+        summary = pretrain.run(cfg)
         trained = time.time() - began
         score = bits_per_base(Path(summary["model_dir"]), args.data, start, length, window, scale.chunk_bp)
         append(rows, {"window_bp": window, "status": "ok", **score, "eval_start": start, "eval_bp": length,
@@ -216,10 +216,11 @@ def scores(truth: list[str], pred: list[str]) -> dict:
 
 def run_species(args, scale: Scale) -> None:
     from mambadna.commands.probe import kmer_baseline
-    from mambadna.commands.train import run_finetune
+    from mambadna.commands import finetune
 
     out = Path(args.out)
-    rows = Path(args.rows or out) / ("species_kmer.jsonl" if args.part == "kmer" else "species.jsonl")
+    name = "species_kmer" if args.part == "kmer" else "species" + (f"_lr{args.species_lr}" if args.species_lr else "")
+    rows = Path(args.rows or out) / f"{name}.jsonl"
     # the test windows of every length, drawn once: the same for every model and for the k-mer baseline
     tests = {log2: test_windows(args.data, 2**log2, "test", scale.test_windows, seed=1)
              for log2 in sorted(scale.windows)}
@@ -237,12 +238,14 @@ def run_species(args, scale: Scale) -> None:
         if time.time() > args.deadline:
             append(rows, {"kind": "model", "train_bp": window, "status": "skipped: deadline"})
             continue
-        overrides = settings(scale, window, [f"data.manifest={args.data}", f"out_dir={out / f'species_L{log2}'}",
+        lr = [f"optim.lr={args.species_lr}"] if args.species_lr else []
+        name = f"species_L{log2}" + (f"_lr{args.species_lr}" if args.species_lr else "")
+        overrides = settings(scale, window, [f"data.manifest={args.data}", f"out_dir={out / name}",
                                              "data.test_fraction=0", f"data.test_windows={scale.test_windows}",
-                                             "data.reverse_complement=true"])
+                                             "data.reverse_complement=true", *lr])
         cfg = rc.apply_overrides(rc.FinetuneConfig(), overrides)
         began = time.time()
-        summary = run_finetune(cfg)
+        summary = finetune.run(cfg)
         trained = time.time() - began
         model_dir = Path(summary["model_dir"])
         grid = {}
@@ -250,7 +253,7 @@ def run_species(args, scale: Scale) -> None:
             if time.time() > args.deadline and test_log2 != log2:
                 continue
             grid[2**test_log2] = scores(labels, classify(model_dir, seqs, scale.chunk_bp))
-        append(rows, {"kind": "model", "train_bp": window, "status": "ok", "grid": grid,
+        append(rows, {"kind": "model", "train_bp": window, "status": "ok", "grid": grid, "lr": cfg.optim.lr,
                       "bases_trained": summary.get("bases_trained"), "steps": summary["steps"],
                       "train_s": round(trained, 1), "val_accuracy": summary.get("val/accuracy"),
                       "command": command_line("finetune", overrides), "summary": summary})
@@ -287,6 +290,7 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", help="log2 window lengths, comma-separated (default: the scale's)")
     parser.add_argument("--steps", type=int, help="optimizer steps a run (default: the scale's)")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip rows that would start after this many s")
+    parser.add_argument("--species-lr", type=float, help="species: optim.lr of the fine-tunes (default: finetune's)")
     parser.add_argument("--part", choices=("all", "models", "kmer"), default="all",
                         help="species: the models, the k-mer baseline (CPU; run it beside the models), or both")
     args = parser.parse_args(argv)

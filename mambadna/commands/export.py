@@ -15,11 +15,9 @@ from safetensors.torch import save_file
 
 from mambadna import hf
 from mambadna.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load, read_config
+from mambadna.commands.configs import EXPORT_FORMATS, ExportConfig
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.version import __version__
-
-EXPORT_FORMATS = ("transformers", "mambadna")
-
 
 def export_model(checkpoint, out_dir, fmt: str = "transformers", backbone: bool = False) -> dict:
     """Write the model in `checkpoint` (a folder of either format, or a Hub id) to `out_dir` as `fmt`;
@@ -45,6 +43,11 @@ def export_model(checkpoint, out_dir, fmt: str = "transformers", backbone: bool 
         model.save_pretrained(out_dir)
         return {"config": str(out_dir / CONFIG_NAME), "weights": str(out_dir / WEIGHTS_NAME)}
     return write_transformers(model, out_dir, meta["tokenizer"])
+
+
+def run(cfg: ExportConfig) -> dict:
+    """The `mambadna export` command: -> {what: path} of the files written."""
+    return export_model(cfg.checkpoint, cfg.out, fmt=cfg.format, backbone=cfg.backbone)
 
 
 def write_transformers(model: MambaLM, out_dir, tokenizer: dict | None = None) -> dict:

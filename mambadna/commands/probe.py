@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mambadna.commands.configs import ProbeConfig
+
 KMER_KS = (4, 5, 6)  # k-mer lengths of the baseline's features
 KMER = "kmer_baseline"  # the prefix of its metrics
 KMER_TRAIN_WINDOWS = 1024  # training windows the baseline is fitted on where a training split exists
@@ -64,6 +66,26 @@ def probe_embeddings(vectors: np.ndarray, labels: list[str], folds: int = 5, see
     folds, counts = _folds(labels, folds)
     return {"folds": folds, **_cross_validated(vectors, labels, folds, seed),
             "chance": float(counts.max() / counts.sum())}
+
+
+def run(cfg: ProbeConfig) -> dict:
+    """The `mambadna probe` command: the probe of an `embed` folder's vectors by their labels and, on the same
+    folds, the k-mer baseline on the sequences embedded, written as probe.json, and a PCA scatter (pca.png), in
+    cfg.out_dir (default: the embeddings folder)."""
+    from mambadna.commands.embedding_io import read_embeddings
+    from mambadna.commands.plots import plot_pca
+    from mambadna.commands.run_dir import out_folder, refuse_existing
+    from mambadna.files import write_json
+
+    out = out_folder(cfg.out_dir or cfg.embeddings)
+    refuse_existing([out / "probe.json", out / "pca.png"], cfg.overwrite)
+    vectors, labels = read_embeddings(cfg.embeddings)
+    result = probe_embeddings(vectors, labels, cfg.folds)
+    result.update(kmer_probe(cfg.embeddings, cfg.folds))  # the same sequences and folds, k-mer counts
+    out.mkdir(parents=True, exist_ok=True)
+    plot_pca(vectors, labels, out / "pca.png")
+    write_json(out / "probe.json", result)
+    return {**result, "pca": str(Path(out) / "pca.png")}
 
 
 def kmer_cross_validated(sequences, labels: list[str], folds: int = 5, seed: int = 0) -> dict:

@@ -31,7 +31,6 @@ import torch
 
 from mambadna.checkpoint import read_config
 from mambadna.hf import locate
-from mambadna.commands.defaults import default_pretrain_genome, default_species_manifest
 from mambadna.commands.plots import plot_curves, save_confusion
 from mambadna.commands.run_dir import (BEST_MODEL, RunStart, check_checkpoint_fits, check_not_finished,
                                        continue_command, is_rank_zero, keep_interrupted_logs, read_checkpoint,
@@ -41,7 +40,7 @@ from mambadna.data.datamodules import LabelledDataModule, StreamsDataModule
 from mambadna.data.errors import DataError
 from mambadna.files import write_json, write_text
 from mambadna.model import MambaClassifier, MambaLM
-from mambadna.run_config import FinetuneConfig, PretrainConfig, TrainSpec, save_config
+from mambadna.run_config import FinetuneConfig, PretrainConfig, RuntimeSpec, TrainSpec, save_config
 from mambadna.tasks.callbacks import NonFiniteLossGuard, RunStats, SeqLenWarmup, length_curriculum
 from mambadna.tasks.checkpoints import AtomicCheckpointIO, OptimizerSettingsFromConfig, RunCheckpoints, RunCSVLogger
 from mambadna.tasks.classify import ClassifyTask
@@ -69,21 +68,24 @@ def memory_advice():
         raise ValueError(f"out of memory ({first[:120]}). To use less memory: lower data.batch_size (and raise "
                          "train.accumulate_grad_batches to keep the batch), lower data.window_bp, set "
                          "train.activation_checkpointing=true or train.chunk_bp (pretraining), or "
-                         "train.precision=bf16-mixed") from None
+                         "runtime.precision=bf16-mixed") from None
 
 
-def check_accelerator(train: TrainSpec) -> None:
+def check_accelerator(runtime: RuntimeSpec) -> None:
     """A GPU run on a machine without one, said before Lightning's 30-line traceback."""
-    if train.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+    if runtime.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         cuda = torch.version.cuda
         build = "a CPU-only build of torch" if cuda is None else f"torch built for CUDA {cuda}"
-        raise ValueError(f"train.accelerator={train.accelerator} but no GPU is visible ({build}, "
+        raise ValueError(f"runtime.accelerator={runtime.accelerator} but no GPU is visible ({build}, "
                          "torch.cuda.is_available() is False); use --accelerator cpu or auto")
 
 
-def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra_callbacks=()) -> pl.Trainer:
-    """A Trainer writing into `out_dir`; checkpointing comes with the callbacks (see `run_callbacks`)."""
-    check_accelerator(train)
+def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra_callbacks=(),
+                  runtime: RuntimeSpec | None = None) -> pl.Trainer:
+    """A Trainer writing into `out_dir`, running where `runtime` says; checkpointing comes with the callbacks
+    (see `run_callbacks`)."""
+    runtime = runtime or RuntimeSpec()
+    check_accelerator(runtime)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     loggers = [RunCSVLogger(str(out_dir), name="", version="logs")]
@@ -92,9 +94,10 @@ def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra
 
         loggers.append(TensorBoardLogger(str(out_dir), name="", version="tensorboard"))
     return pl.Trainer(
-        default_root_dir=str(out_dir), max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator,
-        devices=train.lightning_devices(), strategy=train.strategy, num_nodes=train.num_nodes,
-        precision=train.precision, accumulate_grad_batches=train.accumulate_grad_batches,
+        default_root_dir=str(out_dir), max_steps=train.max_steps, max_epochs=-1, accelerator=runtime.accelerator,
+        devices=runtime.lightning_devices(), strategy=runtime.strategy, num_nodes=runtime.num_nodes,
+        precision=runtime.lightning_precision(torch.cuda.is_available()),
+        accumulate_grad_batches=train.accumulate_grad_batches,
         gradient_clip_val=grad_clip or None, log_every_n_steps=train.log_every_n_steps,
         callbacks=[*extra_callbacks, StepValidation(train.val_interval_steps())], logger=loggers,
         plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
@@ -128,7 +131,7 @@ def save_model(model, folder: Path, cfg, out_dir: Path, **extra) -> None:
     for the best model its step and val/loss."""
     model.save_pretrained(folder)
     if isinstance(cfg, PretrainConfig):
-        info = {"window_bp": cfg.data.window_bp, "genome": cfg.data.genome or str(default_pretrain_genome(out_dir))}
+        info = {"window_bp": cfg.data.window_bp, "genome": str(cfg.data.genome_path(out_dir))}
     else:
         info = {"window_bp": cfg.data.window_bp, "class_names": model.class_names}
     write_text(Path(folder) / TRAINING_INFO, json.dumps({**info, **extra}) + "\n")
@@ -227,36 +230,25 @@ def announce_curriculum(warmup: SeqLenWarmup | None) -> None:
     print("length curriculum: " + " -> ".join(parts), flush=True)
 
 
-def run_pretrain(cfg: PretrainConfig, resume: bool = False, resume_from=None, overwrite: str | None = None) -> dict:
-    from mambadna.data import GenomeDataModule
-
+def run_pretrain(cfg: PretrainConfig) -> dict:
     started = time.perf_counter()
     configure_torch_threads()
-    run = start_run(cfg.out_dir, "pretrain", resume, resume_from, overwrite)
+    run = start_run(cfg.out_dir, "pretrain", cfg.resume, cfg.resume_from or None, cfg.overwrite)
     out_dir = run.out_dir
-    genome = cfg.data.genome or str(default_pretrain_genome(out_dir))
+    genome = cfg.data.genome_path(out_dir)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     model_config = cfg.model
     d = cfg.data
-    tokenizer = tokenizer_from_name(model_config.tokenizer)
-    if cfg.train.tbptt:
-        datamodule = StreamsDataModule(genome, window_bp=d.window_bp, batch_size=d.batch_size,
-                                       num_workers=d.num_workers, seed=cfg.train.seed, tokenizer=tokenizer,
-                                       val_fraction=d.val_fraction, test_fraction=d.test_fraction)
-    else:
-        datamodule = GenomeDataModule(
-            genome, window_bp=d.window_bp, batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.train.seed,
-            max_n_fraction=d.max_n_fraction, reverse_complement=d.reverse_complement, train_windows=d.train_windows,
-            val_windows=d.val_windows, test_windows=d.test_windows, tokenizer=tokenizer,
-            val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_by=d.split_by,
-            masking=cfg.masking.as_tuple() if cfg.objective == "mlm" else None,
-        )
+    datamodule = d.datamodule("lm", tokenizer_from_name(model_config.tokenizer), out_dir, seed=cfg.train.seed,
+                              masking=cfg.masking.as_tuple() if cfg.objective == "mlm" else None,
+                              tbptt=cfg.train.tbptt)
     t = cfg.train
     task = LMTask(model_config, cfg.optim, t.activation_checkpointing, t.compile, chunk_bp=t.chunk_bp, tbptt=t.tbptt,
                   objective=cfg.objective)
     callbacks, stats = run_callbacks(cfg, "pretrain", out_dir)
     warmup = curriculum(cfg, datamodule, cfg.train.min_windows_per_step or 1)
-    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *filter(None, [warmup])])
+    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *filter(None, [warmup])],
+                            cfg.runtime)
     if warmup is not None:
         warmup.world_size = trainer.world_size
     check_data(datamodule, cfg, trainer.world_size, curriculum=warmup)
@@ -312,31 +304,6 @@ def load_backbone(pretrained: str | Path, spec: MambaConfig, window_bp: int) -> 
     return MambaLM.from_pretrained(directory)
 
 
-def finetune_datamodule(cfg: FinetuneConfig, tokenizer, min_classes: int = 2):
-    """The DataModule of a classifier's data: labelled files (data.train/val/test) or species windows (a manifest,
-    default the bundled genomes). `evaluate` takes `min_classes=1`: a test set may hold a subset of the classes."""
-    from mambadna.data import SpeciesDataModule
-
-    d = cfg.data
-    if d.train:
-        datamodule = LabelledDataModule(
-            d.train, d.val or None, d.test or None, batch_size=d.batch_size, num_workers=d.num_workers,
-            seed=cfg.train.seed, sequence_column=d.sequence_column, label_column=d.label_column,
-            label_regex=d.label_regex or None, label_key=d.label_key or None, tokenizer=tokenizer)
-        datamodule.set_window(d.window_bp, d.batch_size)
-    else:
-        manifest = d.manifest or str(default_species_manifest(cfg.out_dir))
-        datamodule = SpeciesDataModule(
-            manifest, window_bp=d.window_bp, batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.train.seed,
-            max_n_fraction=d.max_n_fraction, reverse_complement=d.reverse_complement, train_windows=d.train_windows,
-            val_windows=d.val_windows, test_windows=d.test_windows, tokenizer=tokenizer,
-            val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_by=d.split_by, min_species=min_classes)
-    if datamodule.num_classes < min_classes:
-        raise ValueError(f"fine-tuning needs at least {min_classes} classes; the training data has "
-                         f"{datamodule.num_classes}: {datamodule.class_names}")
-    return datamodule
-
-
 def _model_config(cfg: FinetuneConfig, resuming: bool) -> tuple[MambaConfig, MambaLM | None]:
     """(the classifier's shape, the pretrained backbone to start from); a resumed run needs no backbone weights."""
     if not cfg.pretrained:
@@ -349,16 +316,17 @@ def _model_config(cfg: FinetuneConfig, resuming: bool) -> tuple[MambaConfig, Mam
     return backbone.config, backbone
 
 
-def run_finetune(cfg: FinetuneConfig, resume: bool = False, resume_from=None, overwrite: str | None = None) -> dict:
+def run_finetune(cfg: FinetuneConfig) -> dict:
     started = time.perf_counter()
     configure_torch_threads()
-    run = start_run(cfg.out_dir, "finetune", resume, resume_from, overwrite)
+    run = start_run(cfg.out_dir, "finetune", cfg.resume, cfg.resume_from or None, cfg.overwrite)
     out_dir = run.out_dir
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     model_config, backbone = _model_config(cfg, run.ckpt_path is not None)
     # run_config.json records the shape that is trained, which a fine-tune takes from its pretrained model
     cfg = dataclasses.replace(cfg, model=model_config)
-    datamodule = finetune_datamodule(cfg, tokenizer_from_name(model_config.tokenizer))
+    datamodule = cfg.data.datamodule("classify", tokenizer_from_name(model_config.tokenizer), cfg.out_dir,
+                                     seed=cfg.train.seed)
     model = MambaClassifier(model_config, datamodule.num_classes, cfg.pooling, datamodule.class_names)
     if backbone is not None:
         model.backbone.load_state_dict(backbone.state_dict())
@@ -366,7 +334,8 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, resume_from=None, ov
                         cfg.train.activation_checkpointing, cfg.train.compile, cfg.train.chunk_bp)
     callbacks, stats = run_callbacks(cfg, "finetune", out_dir)
     warmup = curriculum(cfg, datamodule, cfg.train.min_windows_per_step or datamodule.num_classes)
-    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *filter(None, [warmup])])
+    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *filter(None, [warmup])],
+                            cfg.runtime)
     if warmup is not None:
         warmup.world_size = trainer.world_size
     check_data(datamodule, cfg, trainer.world_size, held_out=("val", "test"), curriculum=warmup)

@@ -30,7 +30,8 @@ class Validations(pl.Callback):
 
 def _with(monkeypatch, callback):
     real = train.build_trainer
-    monkeypatch.setattr(train, "build_trainer", lambda t, o, clip, extra=(): real(t, o, clip, [*extra, callback]))
+    monkeypatch.setattr(train, "build_trainer",
+                        lambda t, o, clip, extra=(), runtime=None: real(t, o, clip, [*extra, callback], runtime))
 
 
 def test_pretraining_validates_within_an_epoch_and_keeps_the_best_model(tmp_path, monkeypatch):
