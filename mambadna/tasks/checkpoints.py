@@ -195,4 +195,3 @@ class RunCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _ExperimentWriter(log_dir=self.log_dir)
         return self._experiment
-
