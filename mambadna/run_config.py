@@ -243,7 +243,7 @@ class TrainSpec:
     seed: int = setting(0, help="random seed", flag="--seed")
     progress_bar: bool = setting(True, help="report progress while training: a bar on a terminal, a line every "
                                             "train.progress_every_s seconds in a log", flag="--no-progress",
-                                 flag_help="no progress report while training (neither the bar nor the log lines)")
+                                 flag_help="hide the progress report of training (neither a bar nor log lines)")
     progress_every_s: float = setting(30.0, help="when the output is not a terminal, print a progress line (step, "
                                                  "loss, bases/s, ETA) every N seconds")
     seqlen_warmup_from_bp: int | None = setting(
