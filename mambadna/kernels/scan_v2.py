@@ -30,6 +30,7 @@ import torch
 import triton
 
 from mambadna.kernels.buffers import alloc, alloc_like
+from mambadna.kernels.choice import V2_MAX_STATES as MAX_STATES
 from mambadna.kernels.scan_v2_bwd import _bwd_scan, _bwd_summary
 from mambadna.kernels.scan_v2_fwd import _carry, _fwd_scan
 from mambadna.kernels.tiles import LOG2E_F
@@ -37,7 +38,6 @@ from mambadna.kernels.tiles import LOG2E_F
 # Warps per SM that one chunk per sequence must reach before it is left uncut, and that chunking aims for; see
 # `plan`. The kernels' registers allow about 8 resident warps per SM.
 FULL_WARPS_PER_SM, WARPS_PER_SM = 8, 16
-MAX_STATES = 16  # the states of a channel live in registers (and are unrolled): above this v1 is used
 
 
 def vec_rows(x: torch.Tensor | None, T: int) -> bool:
@@ -285,6 +285,9 @@ def selective_scan_triton_v2(
     short sequences, the benchmark sweeps them."""
     if u.shape[-1] == 0:
         raise ValueError("selective_scan_triton_v2 needs a sequence length of at least 1")
+    if A.shape[1] > MAX_STATES:
+        raise ValueError(f"selective scan v2 keeps at most {MAX_STATES} states per channel in registers; got "
+                         f"{A.shape[1]}: use v1")
     y, h_last = _SelectiveScanV2.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus),
                                       launch)
     return (y, h_last) if return_final_state else y
