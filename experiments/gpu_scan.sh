@@ -23,11 +23,13 @@ SMOKE=""
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE="--cpu-smoke"
 OUT=${OUT:-/tmp/gpu_scan}
 BUDGET_S=${BUDGET_S:-330}
-# Two existing v2 launch knobs aimed at where v2 loses (issue #20): fewer, longer chunks at batch 1 and batch 8 x 2^17
-# (sm_warps 8: about one wave of programs, so less summary work in each direction), and 4 of the 16 states' exp2 on
-# the FMA pipe (the forward's MUFU share). Interpreter-tested (tests/kernels/test_scan_triton_v2.py); not in the
-# GPU check, so a variant that wins is checked before it becomes a default.
-V2_CONFIGS=${V2_CONFIGS:-'[{"sm_warps": 8}, {"fma_exps": 4}]'}
+# Three v2 launch knobs aimed at where v2 loses (issue #20): fewer, longer chunks at batch 1 and batch 8 x 2^17
+# (sm_warps 8: about one wave of programs, less carry and tail), 4 of the 16 states' exp2 on the FMA pipe (the
+# forward's MUFU share), and no chunks (so no summary pass, one exp per element less in each direction) from 2
+# warps a SM instead of 8 (full_warps 2: changes (8, 1536, 4096) only, 6 chunks -> 1; elsewhere it repeats the
+# default, a noise check). Interpreter-tested (tests/kernels/test_scan_triton_v2.py); not in the GPU check, so a
+# variant that wins is checked before it becomes a default.
+V2_CONFIGS=${V2_CONFIGS:-'[{"sm_warps": 8}, {"fma_exps": 4}, {"full_warps": 2}]'}
 export COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=$(command -v python3 || command -v python)

@@ -82,12 +82,13 @@ class Plan(NamedTuple):
 
 
 def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, ckpt_tiles=None, chunk=None,
-         unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None) -> Plan:
+         unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None, full_warps=None) -> Plan:
     """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
 
-    A sequence is cut into chunks only when b · d/BD programs fill fewer than FULL_WARPS_PER_SM warps per SM, and
-    then into enough for `sm_warps` (WARPS_PER_SM): chunks cost a summary pass (one more exp per element) in each
-    direction, but at batch 1 they are the only parallelism along the sequence (experiments/BENCHMARKS.md). The defaults
+    A sequence is cut into chunks only when b · d/BD programs fill fewer than `full_warps` (FULL_WARPS_PER_SM)
+    warps per SM, and then into enough for `sm_warps` (WARPS_PER_SM): chunks cost a summary pass (one more exp per
+    element) in each direction, but at batch 1 they are the only parallelism along the sequence
+    (experiments/BENCHMARKS.md). The defaults
     (T 8, BD 128 on 4 warps, M 8) are those whose compiled kernels spill no registers (tests/kernels/
     test_scan_v2_layout.py); checkpoints every 64 positions cost 1 byte per (b, d, l) element at n 16.
     """
@@ -101,7 +102,7 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     if chunk is None:
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
         progs = b * (d // BD)
-        if progs * fw >= sms * FULL_WARPS_PER_SM:
+        if progs * fw >= sms * (full_warps or FULL_WARPS_PER_SM):
             nc = 1
         else:
             nc = min(n_steps, triton.cdiv(max(1, sms * (sm_warps or WARPS_PER_SM) // fw), progs))

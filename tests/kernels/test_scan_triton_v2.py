@@ -106,6 +106,9 @@ def test_plan_cuts_sequences_only_below_full_occupancy():
     assert scan_v2.plan(64, 2048, 2048, 2048, cpu).NC == 1
     p = scan_v2.plan(1, 512, 2**20, 512, cpu)
     assert p.NC > 1 and p.CL % (p.M * p.T) == 0 and p.NC * p.CL >= 2**20
+    # 12 programs of 4 warps: 12 warps on each of the 4 "SMs"; cut when asked for 16 a SM, not for 8
+    assert scan_v2.plan(1, 1536, 4096, 1536, cpu, full_warps=16).NC == 2
+    assert scan_v2.plan(1, 1536, 4096, 1536, cpu, full_warps=8).NC == 1
 
 
 def test_rejects_empty_sequence():
