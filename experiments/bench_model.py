@@ -16,6 +16,8 @@ budget cut trims the least needed):
    plain, switching to per-block checkpointing from the first length where plain runs out of memory, up to 2^20.
    Each configuration: one warm-up step, then 2 timed steps (1 when the warm-up took over 3 s). A CUDA OOM is
    recorded as "OOM" and ends that series; so does a step over --step-limit-s, or the --budget-s being spent.
+   --modes picks the Mamba modes and --scan-kernels runs each Mamba series once per value of the model's
+   `scan_kernel` setting (auto, v1, v2), named e.g. mamba-base[v2] (experiments/gpu_scan.sh uses both).
 
 Writes bench_model.md (tables), bench_model.json (raw rows) and bench_model.png (time per token vs context,
 log-log) to --out, and prints the tables. Decoding speed is measured by experiments/bench_serving.py.

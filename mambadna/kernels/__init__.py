@@ -2,9 +2,8 @@
 
 Backends: "ref" (sequential definition), "chunked" (exact two-level PyTorch scan, the CPU default) and
 "triton" (GPU kernels: v1, scan_triton.py, or v2, scan_v2.py; ``kernel`` pins one, "auto" lets choice.py pick by
-shape). Triton is imported lazily so that
-``import mambadna`` never fails on machines where Triton or the kernel module is missing or broken;
-auto-selection then falls back to "chunked".
+shape). Triton is imported lazily so that ``import mambadna`` never fails on machines where Triton or the kernel
+module is missing or broken; auto-selection then falls back to "chunked".
 """
 
 from __future__ import annotations

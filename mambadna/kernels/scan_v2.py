@@ -88,9 +88,9 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     A sequence is cut into chunks only when b · d/BD programs fill fewer than `full_warps` (FULL_WARPS_PER_SM)
     warps per SM, and then into enough for `sm_warps` (WARPS_PER_SM): chunks cost a summary pass (one more exp per
     element) in each direction, but at batch 1 they are the only parallelism along the sequence
-    (experiments/BENCHMARKS.md). The defaults
-    (T 8, BD 128 on 4 warps, M 8) are those whose compiled kernels spill no registers (tests/kernels/
-    test_scan_v2_layout.py); checkpoints every 64 positions cost 1 byte per (b, d, l) element at n 16.
+    (experiments/BENCHMARKS.md). The defaults (T 8, BD 128 on 4 warps, M 8) are those whose compiled kernels spill
+    no registers (tests/kernels/test_scan_v2_layout.py); checkpoints every 64 positions cost 1 byte per (b, d, l)
+    element at n 16.
     """
     T = tile or 8
     BD = _block_d(dpg, block_d)
