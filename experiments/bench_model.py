@@ -260,10 +260,11 @@ def series(label: str, make_model, modes: list[str], lengths: list[int], clock: 
 MODES = ("plain", "block-ckpt", "chunked")
 
 
-def training(clock: Clock, which: list[str], modes=MODES, kernels=("auto",)) -> list[dict]:
+def training(clock: Clock, which: list[str], modes=MODES, kernels=("auto",), progress=None) -> list[dict]:
     """Series in the order of `which` (base, transformer, small by default: a budget cut trims the least needed);
     each Mamba model in every mode of `modes`, once per scan kernel of `kernels` (the `scan_kernel` setting; rows
-    say which, and the model name carries it when more than one is asked for)."""
+    say which, and the model name carries it when more than one is asked for). `progress(rows)` is called after
+    every series, so a run cut short keeps what it measured."""
     s = clock.s
     rows = []
     for name in which:
@@ -271,6 +272,8 @@ def training(clock: Clock, which: list[str], modes=MODES, kernels=("auto",)) -> 
             tf_lengths = [l for l in s.lengths if l <= s.transformer_max_l]
             rows += series("transformer", lambda: TransformerLM(s.transformer), ["plain", "block-ckpt"], tf_lengths,
                            clock, fallback=True)
+            if progress:
+                progress(rows)
         elif name in s.models:
             for mode in modes:
                 for kernel in kernels:
@@ -279,6 +282,8 @@ def training(clock: Clock, which: list[str], modes=MODES, kernels=("auto",)) -> 
                     rows += [dict(r, scan_kernel=kernel) for r in
                              series(label, lambda cfg=cfg, m=mode: mamba_for_mode(cfg, m), [mode], s.lengths, clock,
                                     fallback=False)]
+                    if progress:
+                        progress(rows)
     return rows
 
 
@@ -402,11 +407,16 @@ def main() -> None:
            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_commit()}")
     log(env)
     exact = exactness(clock) if "exact" in sections else []
-    train = training(clock, which, modes, kernels) if "train" in sections else []
-    text = report(s, exact, train, env + f", wall {clock.elapsed():.0f} s")
     stem = args.out / args.json_name
+
+    def save(train_rows):
+        stem.with_suffix(".json").write_text(json.dumps(dict(env=env, exactness=exact, training=train_rows),
+                                                        indent=1))
+
+    train = training(clock, which, modes, kernels, progress=save) if "train" in sections else []
+    text = report(s, exact, train, env + f", wall {clock.elapsed():.0f} s")
     stem.with_suffix(".md").write_text(text)
-    stem.with_suffix(".json").write_text(json.dumps(dict(env=env, exactness=exact, training=train), indent=1))
+    save(train)
     if train:
         plot(train, stem.with_suffix(".png"))
     log("\n" + text)
