@@ -99,7 +99,7 @@ if [ -n "$SMOKE" ]; then
   timeout "$(cap 100 60)" "$PY" experiments/bench_scan.py --cpu-smoke --out "$OUT/bench_scan.json" \
     > "$OUT/bench_scan.log" 2>&1
 else
-  timeout "$(cap 100 75)" "$PY" experiments/bench_scan.py --out "$OUT/bench_scan.json" --rounds 2 --rep 150 \
+  timeout "$(cap 110 70)" "$PY" experiments/bench_scan.py --out "$OUT/bench_scan.json" --rounds 2 --rep 150 \
     --profile --flash --v2-configs "$V2_CONFIGS" $MAMBA > "$OUT/bench_scan.log" 2>&1
 fi
 echo "bench_scan exit $?"
@@ -110,7 +110,7 @@ if [ -n "$SMOKE" ]; then
 else
   PLAIN=(--log2-lengths 16,18) CHUNKED=(--log2-lengths 20 --chunk-bp 65536)
 fi
-timeout "$(cap 50 40)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --json-name model_plain --sections train \
+timeout "$(cap 50 35)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --json-name model_plain --sections train \
   --models base --modes plain --scan-kernels v1,v2,auto "${PLAIN[@]}" > "$OUT/model_plain.log" 2>&1
 echo "bench_model plain exit $?"
 timeout "$(cap 60 3)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --json-name model_chunked --sections train \
