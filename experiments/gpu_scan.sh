@@ -77,8 +77,8 @@ else
     bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --versions 2 --quick --part $i/4 --json "$OUT/check_v2_$i.json" \
       > "$OUT/check_v2_$i.log" 2>&1
   done
-  for i in 0 1; do
-    bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --versions 1 --quick --part $i/2 --json "$OUT/check_v1_$i.json" \
+  for i in 0 1 2; do
+    bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --versions 1 --quick --part $i/3 --json "$OUT/check_v1_$i.json" \
       > "$OUT/check_v1_$i.log" 2>&1
   done
   groups=$("$PY" -c "import json, sys; print(2 * (2 + len(json.loads(sys.argv[1]))))" "$V2_CONFIGS")
