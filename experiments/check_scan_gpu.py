@@ -73,14 +73,14 @@ def rel(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
-def check(version, b, d, l, n, groups, dtype, layout="bdl", seed=0, device="cuda", force=False):
+def check(version, b, d, l, n, groups, dtype, layout="bdl", seed=0, device="cuda", force=False, launch=None):
     xs = make_inputs(b, d, l, n, groups, dtype, seed, device, layout)
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     gy = (out_grad_view(b, d, l, torch.float32, device, gen) if layout == "model" else
           torch.randn(b, d, l, device=device, generator=gen))
     gh = torch.randn(b, d, n, device=device, generator=gen)
     used = 2 if version == 2 and (force or v2_applies(xs[0], xs[2], xs[3], xs[4])) else 1
-    got = run(selective_scan_triton, xs, gy, gh, version=used)
+    got = run(selective_scan_triton, xs, gy, gh, version=used, **((launch or {}) if used == 2 else {}))
     ref_in = [x.detach().double().requires_grad_() for x in xs]
     ref = run(selective_scan_chunked, ref_in, gy.double(), gh.double())
     errs = {name: rel(a, r) for name, a, r in zip(("y", "h_last", *NAMES), got, ref)}
@@ -118,6 +118,7 @@ def main() -> int:
     ap.add_argument("--part", default="0/1", help="i/k: run every k-th case from the i-th (parallel processes)")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny cases on the CPU in Triton's interpreter")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--v2-launch", default="{}", help="JSON keywords of scan_v2.plan for every v2 case (a variant)")
     args = ap.parse_args()
     device = "cpu" if args.cpu_smoke else "cuda"
     buffers.POISON_OUTPUTS = True
@@ -127,7 +128,8 @@ def main() -> int:
     print(f"{'ver':>3} {'b':>3} {'d':>5} {'l':>8} {'n':>3} {'g':>4} {'layout':>6} {'dtype':>9} {'worst rel err':>14} "
           f"{'tol':>7}  worst tensor", flush=True)
     for version, (b, d, l, n, groups, dtype, layout) in todo:
-        r = check(version, b, d, l, n, groups, dtype, layout, device=device, force=args.cpu_smoke)
+        r = check(version, b, d, l, n, groups, dtype, layout, device=device, force=args.cpu_smoke,
+                  launch=json.loads(args.v2_launch))
         failures += not r["ok"]
         name = max(r["errs"], key=r["errs"].get)
         label = f"v{r['version']}" + ("" if r["version"] == version else "*")
@@ -139,7 +141,7 @@ def main() -> int:
         print("error against length (fp32, b 1, d 32, n 16): must not grow with l")
         for version in args.versions:
             for l in [4097, 2**14, 2**16] + ([] if args.quick else [2**18, 2**20]):
-                r = check(version, 1, 32, l, 16, None, torch.float32, seed=7)
+                r = check(version, 1, 32, l, 16, None, torch.float32, seed=7, launch=json.loads(args.v2_launch))
                 e = r["errs"]
                 print(f"  v{r['version']} l={l:>8}  y {e['y']:.2e}  delta {e['delta']:.2e}  A {e['A']:.2e}  "
                       f"worst {r['worst']:.2e}", flush=True)
@@ -148,7 +150,8 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter)",
-                           torch=torch.__version__, rows=rows), f, indent=1, default=str)
+                           torch=torch.__version__, v2_launch=json.loads(args.v2_launch), rows=rows), f, indent=1,
+                      default=str)
     return 1 if failures else 0
 
 

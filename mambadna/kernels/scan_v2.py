@@ -4,6 +4,8 @@ Same semantics as ``scan_ref.selective_scan_ref``. Each thread owns one channel 
 chunk of positions in tiles of T (kernels in scan_v2_fwd.py / scan_v2_bwd.py, layout in tiles.py):
 
   forward   [chunks > 1]  F1 `_fwd_scan(SUMMARY)`  each chunk's end state from zero, and its decay product
+                          (or `_fwd_summary_tail` with tail_summary: the same from the chunk's end, stopped once
+                          the decay makes earlier terms vanish in fp32)
                           F2 `_carry`             the state entering every chunk
                           F3 `_fwd_scan`          the scan from that state: y, the state every M·T positions
                                                   (checkpoints), the final state
@@ -32,12 +34,15 @@ import triton
 from mambadna.kernels.buffers import alloc, alloc_like
 from mambadna.kernels.choice import V2_MAX_STATES as MAX_STATES
 from mambadna.kernels.scan_v2_bwd import _bwd_scan, _bwd_summary
-from mambadna.kernels.scan_v2_fwd import _carry, _fwd_scan
+from mambadna.kernels.scan_v2_fwd import _carry, _fwd_scan, _fwd_summary_tail
 from mambadna.kernels.tiles import LOG2E_F
 
 # Warps per SM that one chunk per sequence must reach before it is left uncut, and that chunking aims for; see
 # `plan`. The kernels' registers allow about 8 resident warps per SM.
 FULL_WARPS_PER_SM, WARPS_PER_SM = 8, 16
+# With tail_summary, a chunk's summary stops once every earlier position's weight is below 2^-TAIL_STOP: under fp32's
+# smallest denormal (2^-149), so those terms are what the full walk rounds them to (scan_v2_fwd._fwd_summary_tail).
+TAIL_STOP = 160.0
 
 
 def vec_rows(x: torch.Tensor | None, T: int) -> bool:
@@ -79,10 +84,12 @@ class Plan(NamedTuple):
     fwd_warps: int
     bwd_warps: int  # BD / (32·bwd_warps) channels per thread in the backward
     fma_exps: int  # states whose exp2 runs on the FMA pipe (tiles.exp2_fma) instead of the MUFU
+    tail_summary: bool = False  # the forward's chunk summaries from each chunk's end, stopped early (F1')
 
 
 def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, ckpt_tiles=None, chunk=None,
-         unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None, full_warps=None) -> Plan:
+         unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None, full_warps=None,
+         tail_summary=None) -> Plan:
     """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
 
     A sequence is cut into chunks only when b · d/BD programs fill fewer than `full_warps` (FULL_WARPS_PER_SM)
@@ -109,7 +116,8 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
         CL = triton.cdiv(n_steps, nc) * step
     else:
         CL = triton.cdiv(chunk, step) * step
-    return Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0)
+    return Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0,
+                bool(tail_summary))
 
 
 def _stage_bc(B: torch.Tensor, C: torch.Tensor, b: int, g: int, n: int, l: int, T: int) -> torch.Tensor:
@@ -165,9 +173,16 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
         vec = dict(VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=False, VY=False)
         S = alloc((b, nc, NP, d), torch.float32, dev)
         P = alloc((b, nc, NP, d), torch.float32, dev)
-        _fwd_scan[grid](u, delta, bias if bias is not None else dummy, A2, BC, dummy, dummy, dummy, dummy,
-                        dummy, S, P, dummy, scr if not unroll else dummy, l, CL, nc, nck, bpg, *st, 0, 0, 0, 0, 1,
-                        SUMMARY=True, HAS_H0=False, **vec, **flags)
+        if cfg.tail_summary:
+            _fwd_summary_tail[grid](u, delta, bias if bias is not None else dummy, A2, BC, S, P, l, CL, nc, bpg,
+                                    *_strides(u), *_strides(delta), BC.stride(0), BC.stride(1), 1, N=n, NP=NP, T=T,
+                                    BD=BD, NFMA=cfg.fma_exps, STOP=TAIL_STOP, HAS_BIAS=bias is not None,
+                                    SOFTPLUS=softplus, VU=vec["VU"], VT=vec["VT"], num_warps=cfg.fwd_warps,
+                                    num_stages=1)
+        else:
+            _fwd_scan[grid](u, delta, bias if bias is not None else dummy, A2, BC, dummy, dummy, dummy, dummy,
+                            dummy, S, P, dummy, scr if not unroll else dummy, l, CL, nc, nck, bpg, *st, 0, 0, 0, 0, 1,
+                            SUMMARY=True, HAS_H0=False, **vec, **flags)
         H = alloc((b, nc, NP, d), torch.float32, dev)
         _launch_carry(P, S, initial_state, H, b, nc, NP, d, n, reverse=False)
         h0, hst = H, (H.stride(0), H.stride(1), H.stride(2), H.stride(3))
