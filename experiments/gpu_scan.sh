@@ -26,8 +26,8 @@ BUDGET_S=${BUDGET_S:-330}
 # v2 launch variants aimed at where v2 loses (issue #20), each against the default in the same run:
 # - tail_summary: the forward's chunk summaries walked from each chunk's end and stopped once the decay makes every
 #   earlier term vanish in fp32 (scan_v2_fwd._fwd_summary_tail; exact to rounding, data-dependent: on these random
-#   inputs, slowest state A ~ -0.4 and Δ ~ 0.3, a few hundred positions of each ~8000-position chunk);
-# - the same with twice the chunks (sm_warps 32): once summaries cost only their tails, more chunks are cheap;
+#   inputs ~2,300 positions of each ~8,000-position chunk at batch 1, by a simulation of the rule);
+# - the same with twice the chunks (sm_warps 32): more parallelism, but a larger share of each chunk is tail;
 # - sm_warps 8: fewer, longer chunks (about one wave of programs; less carry and tail);
 # - full_warps 2: no chunks (no summary passes) from 2 warps a SM instead of 8, which changes (8, 1536, 4096)
 #   only, 6 chunks -> 1; elsewhere it repeats the default, a noise check.
