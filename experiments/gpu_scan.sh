@@ -24,16 +24,18 @@ SMOKE=""
 OUT=${OUT:-/tmp/gpu_scan}
 BUDGET_S=${BUDGET_S:-330}
 # v2 launch variants aimed at where v2 loses (issue #20), each against the default in the same run:
-# - tail_summary: the forward's chunk summaries walked from each chunk's end and stopped once the decay makes every
-#   earlier term vanish in fp32 (scan_v2_fwd._fwd_summary_tail; exact to rounding, data-dependent: on these random
-#   inputs ~2,300 positions of each ~8,000-position chunk at batch 1, by a simulation of the rule);
+# - stop_summaries: the chunk summaries walked from the end each depends on (forward: the chunk's end, backward:
+#   its start) and stopped once the decay makes every further term vanish in fp32 (scan_v2_fwd._fwd_summary_tail,
+#   scan_v2_bwd._bwd_summary_head; exact to rounding, data-dependent: on these random inputs ~2,300 positions of
+#   each ~8,000-position chunk at batch 1, by a simulation of the rule);
 # - the same with twice the chunks (sm_warps 32): more parallelism, but a larger share of each chunk is tail;
 # - sm_warps 8: fewer, longer chunks (about one wave of programs; less carry and tail);
 # - full_warps 2: no chunks (no summary passes) from 2 warps a SM instead of 8, which changes (8, 1536, 4096)
 #   only, 6 chunks -> 1; elsewhere it repeats the default, a noise check.
 # Interpreter-tested (tests/kernels/test_scan_triton_v2.py) and compiled for sm_90 without spills
-# (test_scan_v2_layout.py); not in the GPU check, so a variant that wins is checked before it becomes a default.
-V2_CONFIGS=${V2_CONFIGS:-'[{"tail_summary": true}, {"tail_summary": true, "sm_warps": 32}, {"sm_warps": 8}, {"full_warps": 2}]'}
+# (test_scan_v2_layout.py); the GPU check below runs v2 with stop_summaries as well (check_v2tail_*), not with the
+# plan-only variants, which change chunk counts only.
+V2_CONFIGS=${V2_CONFIGS:-'[{"stop_summaries": true}, {"stop_summaries": true, "sm_warps": 32}, {"sm_warps": 8}, {"full_warps": 2}]'}
 export COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=$(command -v python3 || command -v python)
@@ -77,7 +79,7 @@ if [ -n "$SMOKE" ]; then
   bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --cpu-smoke --versions 1 2 --json "$OUT/check_v2_0.json" \
     > "$OUT/check_v2_0.log" 2>&1
   bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --cpu-smoke --versions 2 --v2-launch \
-    '{"tail_summary": true, "chunk": 16}' --json "$OUT/check_v2tail_0.json" > "$OUT/check_v2tail_0.log" 2>&1
+    '{"stop_summaries": true, "chunk": 16}' --json "$OUT/check_v2tail_0.json" > "$OUT/check_v2tail_0.log" 2>&1
 else
   for i in 0 1 2 3; do
     bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --versions 2 --quick --part $i/4 --json "$OUT/check_v2_$i.json" \
@@ -89,7 +91,7 @@ else
   done
   for i in 0 1; do  # the new variant's own check
     bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --versions 2 --quick --part $i/2 --v2-launch \
-      '{"tail_summary": true}' --json "$OUT/check_v2tail_$i.json" > "$OUT/check_v2tail_$i.log" 2>&1
+      '{"stop_summaries": true}' --json "$OUT/check_v2tail_$i.json" > "$OUT/check_v2tail_$i.log" 2>&1
   done
   groups=$("$PY" -c "import json, sys; print(2 * (2 + len(json.loads(sys.argv[1]))))" "$V2_CONFIGS")
   for i in $(seq 0 $(( groups - 1 ))); do
