@@ -12,7 +12,7 @@
 # then run on the GPU machine with carry [".anchors"], the commit written into the command (the tree arrives there
 # without .git):
 #   COMMIT=<git rev-parse HEAD> bash experiments/gpu_scan.sh
-# Results in $OUT: env.txt, check_v{1,2}_*.{json,log}, bench_scan.{json,log}, model_{plain,chunked}.{json,md,log},
+# Results in $OUT: env.txt, check_v{1,2,2tail}_*.{json,log}, bench_scan.{json,log}, model_{plain,chunked}.{json,md,log},
 # warm logs, and gpu_scan.log (this script's own output, which ends with the summary).
 # Knobs (environment): BUDGET_S (default 330, the whole script's wall clock: later phases get what is left, each at
 # least a few seconds), V2_CONFIGS (JSON list of scan_v2.plan keywords: extra v2 variants timed beside the default).
@@ -40,14 +40,14 @@ export COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=$(command -v python3 || command -v python)
 mkdir -p "$OUT"
-exec > >(tee -a "$OUT/gpu_scan.log") 2>&1
 start=$(date +%s)
 # seconds for the next phase: `want`, or less so that `reserve` seconds stay for the phases after it
 cap() { local l=$(( BUDGET_S - ($(date +%s) - start) - $2 )); (( l < $1 )) && set -- "$l"; (( $1 < 5 )) && set -- 5; echo "$1"; }
 stamp() { echo "== $* ($(( $(date +%s) - start )) s)"; }
 pids=()
-bg() { "$@" & pids+=($!); }  # a phase-1 job; `wait` alone would also wait for the tee above
+bg() { "$@" & pids+=($!); }  # a phase-1 job
 
+main() {
 {
   echo "date $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "commit $COMMIT"
@@ -135,3 +135,6 @@ cat "$OUT/env.txt"
 sed -n '/^(.*auto=v/p' "$OUT/bench_scan.log"
 grep -hE "^\| mamba-base.*\| (ok|OOM|skipped[^|]*) \|" "$OUT"/model_plain.md "$OUT"/model_chunked.md 2>/dev/null
 stamp "done"
+}
+
+main 2>&1 | tee -a "$OUT/gpu_scan.log"
