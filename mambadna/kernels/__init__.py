@@ -8,18 +8,28 @@ module is missing or broken; auto-selection then falls back to "chunked".
 
 from __future__ import annotations
 
+import importlib
 import os
-
-import torch
+import sys
+from typing import TYPE_CHECKING
 
 from mambadna.kernels.choice import SCAN_KERNELS
-from mambadna.kernels.scan_chunked import selective_scan_chunked
-from mambadna.kernels.scan_ref import selective_scan_ref
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "available_backends", "BACKENDS",
            "SCAN_KERNELS", "step_kernels"]
 
 BACKENDS = ("ref", "chunked", "triton")
+# Loaded on first use, with torch: the config names the kernels (choice.py) and the CLI answers without torch.
+_LAZY = {"selective_scan_ref": "scan_ref", "selective_scan_chunked": "scan_chunked"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"mambadna.kernels.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 ENV_VAR = "MAMBADNA_SCAN_BACKEND"
 
 _triton_fn = None
@@ -60,6 +70,8 @@ def step_kernels():
 
 def available_backends() -> list[str]:
     """Backends usable in this process: "ref" and "chunked" always, "triton" when it imports and CUDA is present."""
+    import torch
+
     names = ["ref", "chunked"]
     if torch.cuda.is_available() and _load_triton() is not None:
         names.append("triton")
@@ -151,5 +163,5 @@ def selective_scan(
                   return_final_state=return_final_state)
     if name == "triton":
         return _load_triton()(u, delta, A, B, C, **kwargs, version=kernel)
-    fn = {"ref": selective_scan_ref, "chunked": selective_scan_chunked}[name]
+    fn = getattr(sys.modules[__name__], {"ref": "selective_scan_ref", "chunked": "selective_scan_chunked"}[name])
     return fn(u, delta, A, B, C, **kwargs)
