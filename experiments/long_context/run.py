@@ -54,8 +54,8 @@ class Scale:
 
 
 # v1: the scan these quality runs were planned on (v2 became the default in the same hour, measured by gpu_scan.sh)
-GPU = Scale(model=["model.preset=small", "model.scan_kernel=v1"], windows=(10, 20, 14, 17, 12, 16, 18), bases_per_step=2**20,
-            micro_bp=2**19, steps=64,
+GPU = Scale(model=["model.preset=small", "model.scan_kernel=v1"], windows=(10, 20, 14, 17, 12, 16, 18),
+            bases_per_step=2**20, micro_bp=2**19, steps=64,
             eval_bp=2**22, test_windows=256, kmer_train_windows=512, chunk_bp=2**16, precision="bf16-mixed",
             workers=6)
 GPU_SPECIES = replace(GPU, windows=(13, 20, 10, 17), steps=64)
