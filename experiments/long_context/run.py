@@ -91,8 +91,8 @@ def settings(scale: Scale, window_bp: int, extra: list[str]) -> list[str]:
     accumulate = max(1, scale.bases_per_step // (batch * window_bp))
     chunk = [f"train.chunk_bp={scale.chunk_bp}"] if window_bp > scale.chunk_bp else []
     return [*scale.model, f"data.window_bp={window_bp}", f"data.batch_size={batch}",
-            f"train.accumulate_grad_batches={accumulate}",
-            f"data.num_workers={scale.workers}", f"train.max_steps={scale.steps}", f"runtime.precision={scale.precision}",
+            f"train.accumulate_grad_batches={accumulate}", f"data.num_workers={scale.workers}",
+            f"train.max_steps={scale.steps}", f"runtime.precision={scale.precision}",
             "train.log_every_n_steps=4", "train.progress_bar=false", f"train.ckpt_every_n_steps={scale.steps}",
             f"train.val_every_n_steps={max(1, scale.steps // 4)}", "data.val_windows=8", *chunk, *extra]
 
