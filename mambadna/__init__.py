@@ -4,7 +4,11 @@ The public names load on first use (PEP 562), so `import mambadna.cli` does not 
 answers `--help` and argument errors before the seconds torch takes to import.
 """
 
-from mambadna.version import __version__
+from mambadna.threads import prefer_passive_wait
+
+prefer_passive_wait()  # before torch loads OpenMP: idle threads sleep instead of spinning (mambadna/threads.py)
+
+from mambadna.version import __version__  # noqa: E402
 
 _LAZY = {
     "MambaConfig": "mambadna.config",

@@ -40,6 +40,7 @@ RENAMED = {f"train.{name}": f"runtime.{name}" for name in ("accelerator", "devic
 # the automatic length curriculum of long-window runs starts here (the Mamba paper's DNA warmup starts at 2^10): a
 # fine-tune asked for 2^17 or 2^20 bases at once collapsed to one class (issue 19), one trained at 8 kb ran well at 1 Mb
 AUTO_CURRICULUM_FROM_BP = 1024
+VALIDATIONS_PER_RUN = 5  # train.val_every_n_steps none: validate this often, however long an epoch is
 
 
 def check_label_regex(pattern: str, name: str = "data.label_regex") -> re.Pattern:
@@ -233,11 +234,18 @@ class TrainSpec:
                                                "SIGTERM/SIGINT and at the end)", flag="--ckpt-every")
     keep_checkpoints: int = setting(2, help="keep the newest N step checkpoints (2 or more keeps a good one "
                                             "behind a NaN)")
-    val_every_n_steps: int | None = setting(None, help="validate every N steps (none: at the end of each epoch)")
+    val_every_n_steps: int | None = setting(
+        None, flag="--val-every",
+        help=f"validate every N optimizer steps, whatever the epoch length, and keep the model of the lowest "
+             f"val/loss in model_best/ (none: max_steps // {VALIDATIONS_PER_RUN}, so a run validates "
+             f"{VALIDATIONS_PER_RUN} times)")
     log_every_n_steps: int = setting(10, help="log metrics every N steps")
     seed: int = setting(0, help="random seed", flag="--seed")
-    progress_bar: bool = setting(True, help="show the progress bar", flag="--no-progress",
-                                 flag_help="hide the progress bar")
+    progress_bar: bool = setting(True, help="report progress while training: a bar on a terminal, a line every "
+                                            "train.progress_every_s seconds in a log", flag="--no-progress",
+                                 flag_help="hide the progress report of training (neither a bar nor log lines)")
+    progress_every_s: float = setting(30.0, help="when the output is not a terminal, print a progress line (step, "
+                                                 "loss, bases/s, ETA) every N seconds")
     seqlen_warmup_from_bp: int | None = setting(
         None, help="length curriculum (Mamba paper's sequence-length warmup): start at windows of this many bases "
                    "and double them up to data.window_bp, the batch scaled so bases per step stay those of the "
@@ -261,6 +269,7 @@ class TrainSpec:
         _check("train", self, "max_steps", "accumulate_grad_batches", "ckpt_every_n_steps", "log_every_n_steps",
                "keep_checkpoints")
         _check("train", self, "val_every_n_steps", "chunk_bp", "min_windows_per_step", allow_none=True)
+        _check("train", self, "progress_every_s")
         _check("train", self, "seqlen_warmup_from_bp", strict=False, allow_none=True)
         self._check_long_context()
 
@@ -292,6 +301,10 @@ class TrainSpec:
 
         return AUTO_CURRICULUM_FROM_BP if window_bp >= LONG_WINDOW_BP and not self.tbptt else 0
 
+    def val_interval_steps(self) -> int:
+        """Optimizer steps between validations: val_every_n_steps, or max_steps // VALIDATIONS_PER_RUN."""
+        return self.val_every_n_steps or max(1, self.max_steps // VALIDATIONS_PER_RUN)
+
 
 @dataclass
 class RuntimeSpec:
@@ -317,7 +330,6 @@ class RuntimeSpec:
         if self.accelerator not in ACCELERATORS:
             raise ValueError(f"runtime.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
         self.lightning_devices()
-
 
     def lightning_devices(self):
         text = str(self.devices).strip()

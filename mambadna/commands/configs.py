@@ -220,8 +220,9 @@ COMMANDS = {
               "embedded {sequences} sequences (d = {d})"),
     "generate": (GenerateConfig, "mambadna.commands.generate",
                  "sample DNA from a prompt with the recurrent step; writes FASTA", None),
-    "probe": (ProbeConfig, "mambadna.commands.probe", "cross-validated logistic regression on embeddings + PCA "
-              "scatter", "linear probe (cross-validated logistic regression)"),
+    "probe": (ProbeConfig, "mambadna.commands.probe", "cross-validated logistic regression on embeddings, beside a "
+              "k-mer baseline on the same sequences, + PCA scatter",
+              "linear probe (cross-validated logistic regression) and the k-mer baseline on the same folds"),
     "export": (ExportConfig, "mambadna.commands.export",
                "write a model in transformers' Mamba format (MambaForCausalLM + tokenizer)",
                "exported {checkpoint} as {format}"),
@@ -253,7 +254,7 @@ def resolve(cls, recipe: str | None = None, assignments=(), start=None):
         other = "finetune" if isinstance(saved, FinetuneConfig) else "pretrain"
         raise ValueError(f"{saved_path} belongs to a `mambadna {other}` run; continue it with that command")
     resumed = resolve(cls, recipe, assignments, start=dataclasses.replace(saved, out_dir=cfg.out_dir))
-    ignored = {"out_dir", "train.progress_bar", *transient_keys(cls)}
+    ignored = {"out_dir", "train.progress_bar", "train.progress_every_s", *transient_keys(cls)}
     changes = [c for c in changed_settings(saved, resumed) if c[0] not in ignored]
     shape = [f"{k} {a} -> {b}" for k, a, b in changes if k.startswith("model.") and k not in RUN_ONLY]
     if shape:

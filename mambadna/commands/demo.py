@@ -18,7 +18,6 @@ from mambadna.data.bundled import default_species_manifest
 from mambadna.config import tiny
 from mambadna.files import write_json
 
-BASELINE_TRAIN_WINDOWS = 1024
 
 
 def _windows(manifest: Path, window_bp: int, split: str, count: int, seed: int):
@@ -70,7 +69,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress_ba
     from mambadna.commands.embed import Record, embed_records
     from mambadna.commands.embedding_io import write_embeddings
     from mambadna.commands.plots import plot_pca
-    from mambadna.commands.probe import kmer_baseline, probe_embeddings
+    from mambadna.commands.probe import KMER_TRAIN_WINDOWS, kmer_baseline, probe_embeddings
     from mambadna.commands import finetune, pretrain
     from mambadna.model import MambaLM
 
@@ -106,7 +105,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress_ba
     plot_pca(pooled, test_labels, out_dir / "pca.png", title="pretrained Mamba embeddings of test windows (PCA)")
 
     print("[4/4] k-mer frequency + logistic regression baseline")
-    n_train = 64 if quick else BASELINE_TRAIN_WINDOWS
+    n_train = 64 if quick else KMER_TRAIN_WINDOWS
     train_seqs, train_labels = _windows(manifest, window, "train", n_train, ft.train.seed)
     kmer = kmer_baseline(train_seqs, train_labels, test_seqs, test_labels)
 

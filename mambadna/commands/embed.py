@@ -24,13 +24,14 @@ import torch
 from mambadna.checkpoint import load
 from mambadna.chunking import check_chunk_bp, run_chunked
 from mambadna.commands.configs import EmbedConfig
-from mambadna.commands.embedding_io import FILES, INDEX_NAME, PER_POSITION_NAME, write_embeddings
+from mambadna.commands.embedding_io import FILES, INDEX_NAME, PER_POSITION_NAME, SOURCE_NAME, write_embeddings
 from mambadna.commands.run_dir import out_folder, refuse_existing
 from mambadna.config import POOLINGS
-from mambadna.files import atomic_path
+from mambadna.files import atomic_path, write_json
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.pooling import check_mask, pool_finish, pool_partial
 from mambadna.run_config import RuntimeSpec, check_label_regex
+from mambadna.threads import configure_torch_threads
 from mambadna.tokenizer import reverse_complement_bytes, tokenizer_from_name
 
 AUTO_CHUNK_BP = 1 << 16  # sequences longer than this run in chunks of this size unless chunk_bp is given
@@ -252,6 +253,7 @@ def run(cfg: EmbedConfig) -> dict:
     """The `mambadna embed` command: read, embed (per-position vectors streamed to disk), write, and report bases
     per second and peak GPU memory. More than one of runtime.devices spreads the batches over that many devices
     (GPUs, or CPU processes with --accelerator cpu) through Lightning's predict loop."""
+    configure_torch_threads()
     out = out_folder(cfg.out_dir)
     outputs = [out / name for name in (*FILES.values(), INDEX_NAME, PER_POSITION_NAME)]
     if Path(cfg.input).resolve() in [p.resolve() for p in outputs]:
@@ -312,6 +314,7 @@ def _run_one(cfg: EmbedConfig) -> dict:
             del stream
     files = write_embeddings(out_dir, records, pooled, fmt=cfg.format,
                              per_position_rows=rows if cfg.per_position else None)
+    files["source"] = write_source(out_dir, cfg)
     peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
     return _report(files, records, rows, seconds, str(device), peak, pooled.shape[1])
 
@@ -371,7 +374,17 @@ def _run_distributed(cfg: EmbedConfig) -> dict:
     pooled_path.unlink()
     files = write_embeddings(out_dir, records, vectors, fmt=cfg.format,
                              per_position_rows=rows if cfg.per_position else None)
+    files["source"] = write_source(out_dir, cfg)
     return _report(files, records, rows, seconds, f"{devices} x {accelerator}", None, d)
+
+
+def write_source(out_dir: Path, cfg: EmbedConfig) -> str:
+    """source.json: what `probe` needs to read the embedded sequences again (its k-mer baseline)."""
+    path = Path(out_dir) / SOURCE_NAME
+    write_json(path, {"input": str(Path(cfg.input).resolve()),
+                      "regions": str(Path(cfg.regions).resolve()) if cfg.regions else None,
+                      "label_regex": cfg.label_regex, "max_length_bp": cfg.max_length_bp})
+    return str(path)
 
 
 def _report(files: dict, records, rows, seconds: float, device: str, peak_gib, d: int) -> dict:

@@ -7,6 +7,9 @@
 - h5ad (anndata): `embeddings.h5ad`, X = the pooled vectors (n, d), obs = name, label, length_bp (indexed by name
   when names are unique, else by row number), for scanpy.
 
+`mambadna embed` also writes `source.json`: the input file (absolute), BED regions, label regex and truncation,
+from which `mambadna probe` reads the sequences again for its k-mer baseline.
+
 Per-position vectors (`--per-position`) always go to `per_position.npy` (sum of lengths, d), whose rows of sequence
 i are [pos_start, pos_end) in `index.tsv`, which is then written whatever the format. pyarrow and anndata are the
 optional `formats` extra; a missing one is named with the install line.
@@ -26,6 +29,7 @@ EMBEDDING_FORMATS = ("npy", "parquet", "h5ad")
 FILES = {"npy": "embeddings.npy", "parquet": "embeddings.parquet", "h5ad": "embeddings.h5ad"}
 INDEX_NAME = "index.tsv"
 PER_POSITION_NAME = "per_position.npy"
+SOURCE_NAME = "source.json"  # the input embedded and how it was read, so `probe` can read the sequences again
 # what a format needs beyond numpy: (module to import, pip name)
 _NEEDS = {"parquet": ("pyarrow.parquet", "pyarrow"), "h5ad": ("anndata", "anndata")}
 

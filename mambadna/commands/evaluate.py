@@ -1,5 +1,6 @@
-"""Evaluating a saved model on held-out data: a classifier's accuracy / macro-F1 / confusion matrix, or a language
-model's bits per base on a genome's test split.
+"""Evaluating a saved model on held-out data: a classifier's accuracy / macro-F1 / confusion matrix, beside a k-mer
++ logistic-regression baseline scored on the same test windows, or a language model's bits per base on a genome's
+test split beside an order-3 Markov chain's (fitted on the training split) on the same windows.
 
 A classifier's classes are matched by name, never by position: the test data may list its classes in another
 order or hold only some of them, and a label the model never saw is refused by name."""
@@ -14,13 +15,17 @@ import pytorch_lightning as pl
 
 from mambadna.checkpoint import load
 from mambadna.commands.configs import EvaluateConfig
+from mambadna.commands.probe import (KMER, KMER_KS, KMER_TRAIN_WINDOWS, MARKOV_ORDER, kmer_baseline,
+                                     kmer_cross_validated, markov_bits_per_base)
 from mambadna.commands.run_dir import out_folder, refuse_existing
 from mambadna.commands.train import TaskWarning, check_accelerator, memory_advice, test_classifier
+from mambadna.data import SpeciesDataModule
 from mambadna.files import write_json
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.run_config import MaskingSpec, OptimSpec, RuntimeSpec
 from mambadna.tasks.classify import ClassifyTask
 from mambadna.tasks.lm import LMTask
+from mambadna.threads import configure_torch_threads
 from mambadna.tokenizer import tokenizer_from_name
 
 
@@ -50,12 +55,31 @@ def label_map(model: MambaClassifier, data_classes: list[str], where: str) -> li
     return [names.index(c) for c in data_classes]
 
 
+def kmer_on_test_windows(datamodule, folds: int = 5) -> dict:
+    """The k-mer + logistic-regression baseline on the test windows the model was just scored on
+    (mambadna/commands/probe.py): fitted on up to KMER_TRAIN_WINDOWS training windows of a species manifest (the
+    test windows of a genome's held-out block overlap, so cross-validating on them would flatter it), or
+    cross-validated on a labelled test file's sequences. Data it cannot use says so instead of failing."""
+    sequences, labels = datamodule.raw_split("test")
+    try:
+        if isinstance(datamodule, SpeciesDataModule):
+            train_seqs, train_labels = datamodule.raw_split("train", KMER_TRAIN_WINDOWS)
+            scores = kmer_baseline(train_seqs, train_labels, sequences, labels)
+            return {**{f"{KMER}/{k}": v for k, v in scores.items()}, f"{KMER}/k": ",".join(map(str, KMER_KS)),
+                    f"{KMER}/fitted_on": f"{len(train_seqs)} training windows"}
+        return {**kmer_cross_validated(sequences, labels, folds),
+                f"{KMER}/fitted_on": "the test sequences, cross-validated"}
+    except ValueError as err:
+        return {KMER: f"not computed: {err}"}
+
+
 def run(cfg: EvaluateConfig) -> dict:
     """Metrics of the model in cfg.checkpoint (a save_pretrained folder). Classifiers are tested on cfg.data's
     manifest or labelled --test file (default: the bundled species windows), language models on the test split of
     data.genome (default: the bundled genomes), data.test_windows windows of data.window_bp. `cfg.chunk_bp` runs
     each window in chunks carrying the state (million-base windows in bounded memory)."""
     started = time.perf_counter()
+    configure_torch_threads()
     out_dir = out_folder(cfg.out_dir)
     refuse_existing([out_dir / "evaluation.json"], cfg.overwrite)
     directory = Path(cfg.checkpoint)
@@ -75,7 +99,8 @@ def run(cfg: EvaluateConfig) -> dict:
         task = ClassifyTask(model, OptimSpec(), names, label_map=mapping, chunk_bp=cfg.chunk_bp)
         out_dir.mkdir(parents=True, exist_ok=True)
         metrics = test_classifier(_trainer(cfg.runtime), task, datamodule, out_dir)
-        metrics = {"classes": names, "test_classes": datamodule.class_names, **metrics}
+        metrics = {"classes": names, "test_classes": datamodule.class_names, **metrics,
+                   **kmer_on_test_windows(datamodule)}
     elif isinstance(model, MambaLM):
         if d.manifest or d.test:
             raise ValueError(f"--manifest / --test are for classifiers; {directory} holds a language model: give its "
@@ -89,6 +114,9 @@ def run(cfg: EvaluateConfig) -> dict:
                 LMTask(model.config, OptimSpec(), model=model, chunk_bp=cfg.chunk_bp, objective=objective),
                 datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in results[0].items()}
+        train_windows = datamodule.raw_split("train", KMER_TRAIN_WINDOWS)
+        metrics[f"{KMER}/bits_per_base"] = markov_bits_per_base(train_windows, datamodule.raw_split("test"))
+        metrics[f"{KMER}/fitted_on"] = f"order-{MARKOV_ORDER} Markov chain, {len(train_windows)} training windows"
     else:
         raise ValueError(f"{directory} holds a {kind}; evaluate knows MambaLM and MambaClassifier")
     metrics = {"checkpoint": str(directory), "model_class": kind, **metrics,

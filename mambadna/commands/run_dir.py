@@ -21,10 +21,11 @@ from mambadna.files import check_writable_folder, remove_stale_temps
 from mambadna.tasks.checkpoints import step_checkpoints
 
 CHECKPOINTS = "checkpoints"
+BEST_MODEL = "model_best"  # the model of the lowest val/loss, beside the final model/
 OVERWRITE_MODES = ("move", "delete")
 # what a run writes into its folder; `--overwrite delete` removes exactly these
-RUN_ENTRIES = ("run_config.json", "summary.json", CHECKPOINTS, "logs", "model", "curves.png", "confusion_matrix.png",
-               "confusion_matrix.csv", "tensorboard", "data")
+RUN_ENTRIES = ("run_config.json", "summary.json", CHECKPOINTS, "logs", "model", BEST_MODEL, "curves.png",
+               "confusion_matrix.png", "confusion_matrix.csv", "tensorboard", "data")
 # their presence is what makes a folder "hold a run"
 RUN_MARKERS = ("run_config.json", CHECKPOINTS, "model", "summary.json")
 

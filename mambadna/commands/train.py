@@ -9,7 +9,10 @@ Layout of a run directory (the rules for reusing one are in mambadna/commands/ru
                                parts of a resumed run
     curves.png                 loss / metric curves
     model/                     save_pretrained (config.json + model.safetensors) + training.json
-    summary.json               final metrics, wall time, bases per second, peak GPU memory
+    model_best/                the same, of the validation with the lowest val/loss (its step in training.json)
+    summary.json               the newest validation's metrics, the best model's step and val/loss, test metrics
+                               (fine-tuning), wall time, bases per second, peak GPU memory
+Validation runs every train.val_every_n_steps optimizer steps (default: max_steps // 5), whatever the epoch length.
 Every file is written under a temporary name and renamed into place (mambadna/files.py).
 """
 
@@ -29,8 +32,9 @@ import torch
 from mambadna.checkpoint import read_config
 from mambadna.hf import locate
 from mambadna.commands.plots import plot_curves, save_confusion
-from mambadna.commands.run_dir import (RunStart, check_checkpoint_fits, check_not_finished, continue_command,
-                                       is_rank_zero, keep_interrupted_logs, read_checkpoint, start_run)
+from mambadna.commands.run_dir import (BEST_MODEL, RunStart, check_checkpoint_fits, check_not_finished,
+                                       continue_command, is_rank_zero, keep_interrupted_logs, read_checkpoint,
+                                       start_run)
 from mambadna.config import MambaConfig, tiny
 from mambadna.data.datamodules import LabelledDataModule, StreamsDataModule
 from mambadna.data.errors import DataError
@@ -42,6 +46,9 @@ from mambadna.tasks.checkpoints import AtomicCheckpointIO, OptimizerSettingsFrom
 from mambadna.tasks.classify import ClassifyTask
 from mambadna.tasks.interrupts import GracefulInterrupt
 from mambadna.tasks.lm import LMTask
+from mambadna.tasks.progress import ProgressReport
+from mambadna.tasks.validation import BestModel, StepValidation
+from mambadna.threads import configure_torch_threads
 from mambadna.tokenizer import tokenizer_from_name
 
 TRAINING_INFO = "training.json"
@@ -86,17 +93,18 @@ def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra
         from pytorch_lightning.loggers import TensorBoardLogger
 
         loggers.append(TensorBoardLogger(str(out_dir), name="", version="tensorboard"))
-    val_kwargs = ({"val_check_interval": train.val_every_n_steps, "check_val_every_n_epoch": None}
-                  if train.val_every_n_steps else {})
     return pl.Trainer(
         default_root_dir=str(out_dir), max_steps=train.max_steps, max_epochs=-1, accelerator=runtime.accelerator,
         devices=runtime.lightning_devices(), strategy=runtime.strategy, num_nodes=runtime.num_nodes,
         precision=runtime.lightning_precision(torch.cuda.is_available()),
         accumulate_grad_batches=train.accumulate_grad_batches,
         gradient_clip_val=grad_clip or None, log_every_n_steps=train.log_every_n_steps,
-        callbacks=list(extra_callbacks), logger=loggers, plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
-        enable_progress_bar=train.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
-        reload_dataloaders_every_n_epochs=1, **val_kwargs,
+        callbacks=[*extra_callbacks, StepValidation(train.val_interval_steps())], logger=loggers,
+        plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
+        # progress is our own ProgressReport (run_callbacks): Lightning's bar changes with what is installed
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        # every train.val_every_n_steps optimizer steps, whatever the epoch and the accumulation: StepValidation
+        reload_dataloaders_every_n_epochs=1, val_check_interval=1, check_val_every_n_epoch=None,
         # TBPTT streams are already split per rank and must keep their order: no DistributedSampler
         use_distributed_sampler=not train.tbptt,
     )
@@ -104,13 +112,43 @@ def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra
 
 def run_callbacks(cfg, command: str, out_dir: Path) -> tuple[list, RunStats]:
     """The callbacks every run has: checkpoints, the NaN stop, clean interrupts, the optimizer settings on resume,
-    and the speed / memory statistics (returned too, for the summary)."""
+    the best model by validation, progress (unless turned off) and the speed / memory statistics (returned too,
+    for the summary)."""
     ckpt_dir = out_dir / "checkpoints"
     checkpoints = RunCheckpoints(ckpt_dir, cfg.train.ckpt_every_n_steps, keep=cfg.train.keep_checkpoints)
     stats = RunStats()
     guard = NonFiniteLossGuard(ckpt_dir, continue_command(command, out_dir), cfg.optim.lr)
+    best = BestModel(out_dir / BEST_MODEL, save=lambda model, folder, extra: save_model(model, folder, cfg, out_dir,
+                                                                                       **extra), saved=saved_info)
+    progress = [ProgressReport(cfg.train.progress_every_s)] if cfg.train.progress_bar else []
     # order matters at train end: the final checkpoint is saved before an interrupt that came late is raised
-    return [guard, checkpoints, GracefulInterrupt(checkpoints), OptimizerSettingsFromConfig(), stats], stats
+    return [guard, checkpoints, GracefulInterrupt(checkpoints), OptimizerSettingsFromConfig(), best, stats,
+            *progress], stats
+
+
+def save_model(model, folder: Path, cfg, out_dir: Path, **extra) -> None:
+    """save_pretrained plus training.json: the window trained on and the genome (pretraining) or the classes, and
+    for the best model its step and val/loss."""
+    model.save_pretrained(folder)
+    if isinstance(cfg, PretrainConfig):
+        info = {"window_bp": cfg.data.window_bp, "genome": str(cfg.data.genome_path(out_dir))}
+    else:
+        info = {"window_bp": cfg.data.window_bp, "class_names": model.class_names}
+    write_text(Path(folder) / TRAINING_INFO, json.dumps({**info, **extra}) + "\n")
+
+
+def saved_info(folder: Path) -> dict | None:
+    """A saved model's training.json, or None when it has none or it is unreadable."""
+    try:
+        return json.loads((Path(folder) / TRAINING_INFO).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def validation_summary(trainer: pl.Trainer) -> dict:
+    """The newest validation's metrics and the best model's step and val/loss (mambadna.tasks.BestModel)."""
+    best = next((c for c in trainer.callbacks if isinstance(c, BestModel)), None)
+    return best.summary() if best is not None else {}
 
 
 def check_data(datamodule, cfg, world_size: int, held_out=("val",), curriculum=None) -> None:
@@ -194,6 +232,7 @@ def announce_curriculum(warmup: SeqLenWarmup | None) -> None:
 
 def run_pretrain(cfg: PretrainConfig) -> dict:
     started = time.perf_counter()
+    configure_torch_threads()
     run = start_run(cfg.out_dir, "pretrain", cfg.resume, cfg.resume_from or None, cfg.overwrite)
     out_dir = run.out_dir
     genome = cfg.data.genome_path(out_dir)
@@ -218,11 +257,10 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     if is_rank_zero():  # the other ranks of a DDP run re-run this command
         save_config(cfg, out_dir / "run_config.json")
     _fit(trainer, task, datamodule, run)
-    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    summary = {"out_dir": str(out_dir), "steps": trainer.global_step, **val, **stats.summary(trainer)}
+    summary = {"out_dir": str(out_dir), "steps": trainer.global_step, **validation_summary(trainer),
+               **stats.summary(trainer)}
     if trainer.is_global_zero:
-        task.model.save_pretrained(out_dir / "model")
-        write_text(out_dir / "model" / TRAINING_INFO, json.dumps({"window_bp": d.window_bp, "genome": genome}) + "\n")
+        save_model(task.model, out_dir / "model", cfg, out_dir)
         curves = _finish(trainer, out_dir, "pretraining")
         summary.update(model_dir=str(out_dir / "model"), curves=str(curves) if curves else None,
                        wall_time_s=round(time.perf_counter() - started, 2))
@@ -280,6 +318,7 @@ def _model_config(cfg: FinetuneConfig, resuming: bool) -> tuple[MambaConfig, Mam
 
 def run_finetune(cfg: FinetuneConfig) -> dict:
     started = time.perf_counter()
+    configure_torch_threads()
     run = start_run(cfg.out_dir, "finetune", cfg.resume, cfg.resume_from or None, cfg.overwrite)
     out_dir = run.out_dir
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -306,12 +345,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         save_config(cfg, out_dir / "run_config.json")
     _fit(trainer, task, datamodule, run)
     summary = {"out_dir": str(out_dir), "steps": trainer.global_step, "classes": datamodule.class_names,
-               **stats.summary(trainer)}
+               **validation_summary(trainer), **stats.summary(trainer)}
     summary.update(test_classifier(trainer, task, datamodule, out_dir))
     if trainer.is_global_zero:
-        model.save_pretrained(out_dir / "model")
-        write_text(out_dir / "model" / TRAINING_INFO,
-                   json.dumps({"window_bp": cfg.data.window_bp, "class_names": datamodule.class_names}) + "\n")
+        save_model(model, out_dir / "model", cfg, out_dir)
         curves = _finish(trainer, out_dir, "fine-tuning")
         summary.update(model_dir=str(out_dir / "model"), curves=str(curves) if curves else None,
                        wall_time_s=round(time.perf_counter() - started, 2))

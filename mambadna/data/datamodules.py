@@ -243,6 +243,16 @@ class GenomeDataModule(_WindowDataModule):
                                       seed=self.seed, **opts)
         return windows if self.masking is None else MaskedWindows(windows, *self.masking)
 
+    def raw_split(self, split: str, num_windows: int | None = None) -> list[bytes]:
+        """The raw text of a split's windows of epoch 0 (each one base longer than the window: the last input's
+        target), or of its first `num_windows`: for text baselines."""
+        opts = dict(self.options, reverse_complement=False)
+        count = self._count(split) if num_windows is None else num_windows
+        windows = GenomeWindowDataset(self.genome, self._window(split), split=split, num_windows=count,
+                                      seed=self.seed, **opts)
+        windows.set_epoch(0)
+        return [windows.window(i)[2] for i in range(len(windows))]
+
 
 class SpeciesDataModule(_WindowDataModule):
     """Species-classification windows from a manifest TSV or a folder of FASTAs (see SpeciesWindowDataset)."""
@@ -263,6 +273,18 @@ class SpeciesDataModule(_WindowDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def raw_split(self, split: str, num_windows: int | None = None) -> tuple[list[bytes], list[str]]:
+        """(raw sequences, class names) of a split's windows, those its loader gives (or its first `num_windows`
+        of epoch 0): for text baselines."""
+        if num_windows is None:
+            dataset = self._make(split)
+        else:
+            opts = dict(self.options, reverse_complement=False)
+            dataset = SpeciesWindowDataset(self.manifest, self._window(split), split=split, num_windows=num_windows,
+                                           seed=self.seed, **opts)
+        dataset.set_epoch(0)
+        return dataset.raw_windows()
 
     def _dataset(self, split: str, window_bp: int) -> SpeciesWindowDataset:
         opts = dict(self.options)
@@ -316,6 +338,12 @@ class LabelledDataModule(pl.LightningDataModule):
         self.max_length = None if window_bp is None else int(window_bp)
         if batch_size is not None:
             self.batch_size = int(batch_size)
+
+    def raw_split(self, split: str) -> tuple[list[bytes], list[str]]:
+        """(raw sequences, class names) of a split, truncated as its loader truncates them: for text baselines."""
+        ds = self.datasets[split]
+        return ([s[: self.max_length] if self.max_length else s for s in ds.sequences],
+                [ds.class_names[i] for i in ds.labels])
 
     def _loader(self, split: str, train: bool) -> DataLoader | None:
         if split not in self.datasets:

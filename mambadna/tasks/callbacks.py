@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from mambadna.tasks.checkpoints import point_last_at, step_checkpoints
-from mambadna.tokenizer import PAD_ID
+from mambadna.tasks.progress import batch_bases
 
 
 class NonFiniteLossError(ValueError):
@@ -149,10 +149,8 @@ class RunStats(pl.Callback):
             torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        ids = batch["input_ids"]
-        real = batch["attention_mask"].sum() if "attention_mask" in batch else (ids != PAD_ID).sum()
-        # kept on the device: reading it every step would make the GPU wait
-        self._bases = real.detach() if self._bases is None else self._bases + real.detach()
+        real = batch_bases(batch)  # kept on the device: reading it every step would make the GPU wait
+        self._bases = real if self._bases is None else self._bases + real
 
     def on_train_end(self, trainer, pl_module):
         if self._start is not None:

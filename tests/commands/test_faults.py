@@ -284,6 +284,6 @@ def test_overwrite_moves_the_old_run_aside_or_deletes_it(genome, tmp_path, capsy
     assert (tmp_path / "run.old-1" / "summary.json").is_file() and (tmp_path / "run.old-1" / "notes.txt").is_file()
     assert cli.main(pretrain(out, genome, "--steps", "3", "--overwrite", "delete")) == 0
     assert not (tmp_path / "run.old-2").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "curves.png", "logs", "model", "run_config.json",
-                                                     "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "curves.png", "logs", "model", "model_best",
+                                                     "run_config.json", "summary.json"]
 

@@ -2,6 +2,7 @@
 not trained yet."""
 
 import dataclasses
+import json
 
 import pytest
 import pytorch_lightning as pl
@@ -63,6 +64,12 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, stop_at):
         assert resumed.shapes[step] == full.shapes[step]
         assert resumed.losses[step] == pytest.approx(full.losses[step], rel=1e-4, abs=1e-5)
     assert (tmp_path / "cut" / "model" / "model.safetensors").is_file()
+    # the best model by validation (every max_steps // 5 = 1 step) is tracked across the interruption
+    full_summary, cut_summary = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("full", "cut"))
+    assert cut_summary["best_step"] == full_summary["best_step"]
+    assert cut_summary["best_val_loss"] == pytest.approx(full_summary["best_val_loss"], rel=1e-4)
+    best_info = json.loads((tmp_path / "cut" / "model_best" / "training.json").read_text())
+    assert best_info["step"] == full_summary["best_step"]
     assert (tmp_path / "cut" / "logs.part1" / "metrics.csv").is_file()  # the interrupted part's log is kept
     assert (tmp_path / "cut" / "curves.png").is_file()
 
