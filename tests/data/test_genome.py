@@ -134,3 +134,19 @@ def test_bundled_genomes_are_all_there_and_small():
     folder = paths["lambda"].parent
     total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.suffix != ".fai")
     assert total < 8 * 1024 * 1024
+
+
+def test_bgzip_written_by_biopython_reads_at_a_full_blocks_end(tmp_path):
+    """Biopython fills BGZF blocks to 65,536 bytes; a read starting exactly at such a block's end was refused as a
+    damaged file (Bio.bgzf will not address offset 65,536 inside a block)."""
+    from Bio import bgzf
+
+    rng = np.random.default_rng(0)
+    seq = bytes(rng.choice(list(b"ACGT"), size=200_000))
+    path = tmp_path / "edge.fa.gz"
+    writer = bgzf.BgzfWriter(str(path), "wb")
+    writer.write(b">x\n" + b"".join(seq[i:i + 60] + b"\n" for i in range(0, len(seq), 60)))
+    writer.close()
+    start = (65536 - 3) // 61 * 60 + (65536 - 3) % 61  # the base at uncompressed offset 65,536 (header ">x\n")
+    assert Genome(path).fetch("x", start, start + 11) == seq[start:start + 11]
+    assert Genome(path).fetch("x", 0, 200_000) == seq
