@@ -5,6 +5,7 @@ import pickle
 import shutil
 import warnings
 
+import numpy as np
 import pytest
 from Bio import SeqIO, bgzf
 from Bio.Align import MultipleSeqAlignment
@@ -139,8 +140,6 @@ def test_bundled_genomes_are_all_there_and_small():
 def test_bgzip_written_by_biopython_reads_at_a_full_blocks_end(tmp_path):
     """Biopython fills BGZF blocks to 65,536 bytes; a read starting exactly at such a block's end was refused as a
     damaged file (Bio.bgzf will not address offset 65,536 inside a block)."""
-    from Bio import bgzf
-
     rng = np.random.default_rng(0)
     seq = bytes(rng.choice(list(b"ACGT"), size=200_000))
     path = tmp_path / "edge.fa.gz"
