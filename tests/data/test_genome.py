@@ -141,7 +141,7 @@ def test_bgzip_written_by_biopython_reads_at_a_full_blocks_end(tmp_path):
     """Biopython fills BGZF blocks to 65,536 bytes; a read starting exactly at such a block's end was refused as a
     damaged file (Bio.bgzf will not address offset 65,536 inside a block)."""
     rng = np.random.default_rng(0)
-    seq = bytes(rng.choice(list(b"ACGT"), size=200_000))
+    seq = rng.choice(np.frombuffer(b"ACGT", dtype=np.uint8), size=200_000).tobytes()
     path = tmp_path / "edge.fa.gz"
     writer = bgzf.BgzfWriter(str(path), "wb")
     writer.write(b">x\n" + b"".join(seq[i:i + 60] + b"\n" for i in range(0, len(seq), 60)))
