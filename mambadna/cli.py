@@ -477,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return code
     finally:
+        from mambadna.files import release_all
+
+        release_all()  # the folders the command held (a refused or failed one's empty new --out goes with it)
         restore_handlers(previous_handlers)
         warnings.showwarning = previous_warning
     if args.verbose:

@@ -15,7 +15,7 @@ from pathlib import Path
 from mambadna import run_config as rc
 from mambadna.commands.defaults import default_species_manifest
 from mambadna.config import tiny
-from mambadna.files import write_json
+from mambadna.files import lock_folder, write_json
 
 BASELINE_TRAIN_WINDOWS = 1024
 
@@ -55,7 +55,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress_ba
     from mambadna.commands.train import run_finetune, run_pretrain
     from mambadna.model import MambaLM
 
-    out_dir = Path(out_dir)
+    out_dir = lock_folder(out_dir, "demo")
     start = time.time()
     pre = demo_pretrain(str(out_dir / "pretrain"))
     ft = demo_finetune(str(out_dir / "finetune"), str(out_dir / "pretrain" / "model"))

@@ -26,7 +26,7 @@ from mambadna.checkpoint import load
 from mambadna.chunking import check_chunk_bp, run_chunked
 from mambadna.commands.embedding_io import PER_POSITION_NAME, write_embeddings
 from mambadna.config import POOLINGS
-from mambadna.files import atomic_path
+from mambadna.files import atomic_path, lock_folder, release_folder
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.pooling import check_mask, pool_finish, pool_partial
 from mambadna.run_config import check_label_regex
@@ -252,11 +252,26 @@ def run_embed(checkpoint, input_path, out_dir, pooling="mean", per_position=Fals
               label_regex="", precision="auto", per_position_dtype="float16", fmt="npy", devices: int = 1) -> dict:
     """The `mambadna embed` command: read, embed (per-position vectors streamed to disk), write, and report bases
     per second and peak GPU memory. `devices` > 1 spreads the batches over that many devices (GPUs, or CPU
-    processes with --device cpu) through Lightning's predict loop."""
-    if devices > 1:
-        return _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_position, batch_size,
-                                      max_length_bp, chunk_bp, device, layer, rc_average, regions, label_regex,
-                                      precision, per_position_dtype, fmt, devices)
+    processes with --device cpu) through Lightning's predict loop. `out_dir` is held while it runs (the other
+    processes of a --devices run write into the folder the first one holds)."""
+    held = _launched_rank() == 0
+    if held:
+        lock_folder(out_dir, "embed")
+    try:
+        if devices > 1:
+            return _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_position, batch_size,
+                                          max_length_bp, chunk_bp, device, layer, rc_average, regions, label_regex,
+                                          precision, per_position_dtype, fmt, devices)
+        return _run_embed_one(checkpoint, input_path, out_dir, pooling, per_position, batch_size, max_length_bp,
+                              chunk_bp, device, layer, rc_average, regions, label_regex, precision,
+                              per_position_dtype, fmt)
+    finally:
+        if held:
+            release_folder(out_dir)
+
+
+def _run_embed_one(checkpoint, input_path, out_dir, pooling, per_position, batch_size, max_length_bp, chunk_bp,
+                   device, layer, rc_average, regions, label_regex, precision, per_position_dtype, fmt) -> dict:
     device = resolve_device(device)
     model = load_lm(checkpoint, map_location=device)
     records = read_records(input_path, label_regex=label_regex, regions=regions)

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from mambadna.checkpoint import load
 from mambadna.commands.defaults import default_pretrain_genome
 from mambadna.commands.train import TaskWarning, check_accelerator, finetune_datamodule, memory_advice, test_classifier
-from mambadna.files import write_json
+from mambadna.files import lock_folder, release_folder, write_json
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.run_config import FinetuneConfig, OptimSpec, TrainSpec
 from mambadna.tasks.classify import ClassifyTask
@@ -50,7 +50,16 @@ def label_map(model: MambaClassifier, data_classes: list[str], where: str) -> li
 def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", progress_bar: bool = True) -> dict:
     """Metrics of the model in `checkpoint` (a save_pretrained folder). Classifiers use `cfg.data` (manifest or
     labelled files; default the bundled species windows), language models `genome` (default: bundled genomes).
-    `cfg.train.chunk_bp` runs each window in chunks carrying the state (million-base windows in bounded memory)."""
+    `cfg.train.chunk_bp` runs each window in chunks carrying the state (million-base windows in bounded memory).
+    `cfg.out_dir` is held while it runs (mambadna/files.py's `lock_folder`)."""
+    lock_folder(cfg.out_dir, "evaluate")
+    try:
+        return _evaluate(checkpoint, cfg, genome, progress_bar)
+    finally:
+        release_folder(cfg.out_dir)
+
+
+def _evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str, progress_bar: bool) -> dict:
     started = time.perf_counter()
     directory = Path(checkpoint)
     try:

@@ -6,6 +6,9 @@ runs (Lightning renames its files `-v1` and a later resume picks the wrong one),
 says what to do: `--resume` continues the newest checkpoint of that run, `--resume-from CKPT` a chosen one, and
 `--overwrite` starts afresh after moving the old run aside (`--overwrite move`, the default: `<out>.old-<k>`) or
 deleting the files a run writes (`--overwrite delete`; anything else in the folder is left alone).
+
+A live run holds its folder (mambadna/files.py's `lock_folder`): every other command into it, a second run,
+`--resume`, `--overwrite` or an `embed`, is refused with the holder's pid until the run ends or dies.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mambadna.files import check_writable_folder, remove_stale_temps
+from mambadna.files import check_writable_folder, lock_folder, release_folder, remove_stale_temps
 from mambadna.tasks.checkpoints import step_checkpoints
 
 CHECKPOINTS = "checkpoints"
@@ -94,6 +97,7 @@ def start_run(out_dir: str | Path, command: str, resume: bool = False, resume_fr
         raise ValueError("--overwrite starts the run afresh and --resume / --resume-from continue it; give one")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file, not a folder; choose a folder for the run")
+    lock_folder(out_dir, command)  # before any rule is read: a live run's folder is not looked at, let alone moved
     moved_to = None
     ckpt = None
     if resume:
@@ -121,6 +125,8 @@ def start_run(out_dir: str | Path, command: str, resume: bool = False, resume_fr
         if overwrite == "move":
             moved_to = _free_sibling(out_dir)
             out_dir.rename(moved_to)
+            release_folder(out_dir, moved_to=moved_to)
+            lock_folder(out_dir, command)
         else:
             _delete_run(out_dir)
     check_writable_folder(out_dir)

@@ -35,7 +35,7 @@ from mambadna.commands.run_dir import (RunStart, check_checkpoint_fits, check_no
 from mambadna.config import MambaConfig, tiny
 from mambadna.data.datamodules import LabelledDataModule, StreamsDataModule
 from mambadna.data.errors import DataError
-from mambadna.files import write_json, write_text
+from mambadna.files import release_folder, write_json, write_text
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.run_config import FinetuneConfig, PretrainConfig, TrainSpec, save_config
 from mambadna.tasks.callbacks import NonFiniteLossGuard, RunStats, SeqLenWarmup, doubling_stages
@@ -211,6 +211,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, resume_from=None, ov
         summary.update(model_dir=str(out_dir / "model"), curves=str(curves) if curves else None,
                        wall_time_s=round(time.perf_counter() - started, 2))
         write_json(out_dir / "summary.json", summary)
+    release_folder(out_dir)
     return summary
 
 
@@ -319,6 +320,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, resume_from=None, ov
         summary.update(model_dir=str(out_dir / "model"), curves=str(curves) if curves else None,
                        wall_time_s=round(time.perf_counter() - started, 2))
         write_json(out_dir / "summary.json", summary)
+    release_folder(out_dir)
     return summary
 
 
