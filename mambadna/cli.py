@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "mambadna (e.g. to convert a transformers folder)")
     p.add_argument("--backbone", action="store_true", help="export a classifier's language model (transformers' Mamba "
                    "has no classification class)")
+    _add_overwrite(p, "a model already in the output folder")
 
     p = sub.add_parser("demo", help="pretrain + fine-tune + embed on the bundled DNA, a few CPU minutes")
     p.add_argument("--out", default="runs/demo", help="output folder")
@@ -385,7 +386,7 @@ def _cmd_probe(args) -> int:
 def _cmd_export(args) -> int:
     from mambadna.commands.export import export_model
 
-    files = export_model(args.checkpoint, args.out, fmt=args.format, backbone=args.backbone)
+    files = export_model(args.checkpoint, args.out, fmt=args.format, backbone=args.backbone, overwrite=args.overwrite)
     _print_summary(f"exported {args.checkpoint} as {args.format}", files)
     return 0
 

@@ -1,0 +1,105 @@
+"""Bad input through the CLI, second round (issue #22): each row is an argv, the exit code and a phrase of the one
+`error:` line; no traceback, and every file that existed before is unchanged afterwards (hashed before and after)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mambadna import cli
+from mambadna.config import tiny
+from mambadna.model import MambaClassifier, MambaLM
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Every input the rows below need, made once: tiny models, a fake run folder, small FASTAs."""
+    root = tmp_path_factory.mktemp("bad_inputs_2")
+    env = pytest.MonkeyPatch()
+    env.setenv("MAMBADNA_CACHE", str(root / "cache"))
+    w = {"root": root}
+    torch.manual_seed(0)
+    w["lm"] = root / "lm"
+    MambaLM(tiny(d_model=16, d_state=4)).save_pretrained(w["lm"])
+    w["clf"] = root / "clf"
+    MambaClassifier(tiny(d_model=16, d_state=4), 2, "mean", ["x", "y"]).save_pretrained(w["clf"])
+    (w["clf"] / "training.json").write_text('{"window_bp": 64}\n')
+    w["ckpt"] = root / "run" / "checkpoints" / "step-00000002.ckpt"
+    w["ckpt"].parent.mkdir(parents=True)
+    w["ckpt"].write_bytes(b"not read")
+    w["gpt2"] = root / "gpt2"
+    w["gpt2"].mkdir()
+    (w["gpt2"] / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    w["small"] = root / "small.fa"
+    w["small"].write_text(">a\n" + "ACGT" * 100 + "\n>b\n" + "GATTACA" * 40 + "\n")
+    w["afile"] = root / "afile.txt"
+    w["afile"].write_text("a file, not a folder\n")
+    w["hf"] = root / "hf"
+    assert cli.main(["export", str(w["lm"]), str(w["hf"])]) == 0
+    yield w
+    env.undo()
+
+
+# (id, argv from the fixture paths, exit code, phrase of the error line)
+ROWS = [
+    ("export over an earlier export", lambda w: ["export", w["lm"], w["hf"]], 2, "already holds a model"),
+    ("export over a classifier's model", lambda w: ["export", w["lm"], w["clf"]], 2, "add --overwrite"),
+    ("export to a file", lambda w: ["export", w["lm"], w["afile"]], 2, "is a file; give a folder"),
+    ("export a .ckpt", lambda w: ["export", w["ckpt"], w["root"] / "o1"], 2, "a Lightning training checkpoint"),
+    ("evaluate a .ckpt", lambda w: ["evaluate", w["ckpt"], "--out", w["root"] / "o2"], 2, "give the run's model/"),
+    ("a GPT-2 folder", lambda w: ["embed", w["gpt2"], w["small"], "--out", w["root"] / "o3"], 2,
+     "transformers 'gpt2' model, not a Mamba model"),
+    ("a mistyped model path", lambda w: ["generate", w["root"] / "lm_typo", "--out", w["root"] / "g.fa"], 2,
+     "no such model folder"),
+]
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink() and "cache" not in p.parts}
+
+
+def run_row(argv, code: int, phrase: str, root: Path, capsys) -> str:
+    """Run one CLI call; check the exit code, the one error line, no traceback, nothing changed or left behind."""
+    before = _hashes(root)
+    folders = {p for p in root.rglob("*") if p.is_dir()}
+    capsys.readouterr()
+    assert cli.main([str(a) for a in argv]) == code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and phrase in errors[0], err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == errors[0]
+    after = _hashes(root)
+    changed = [name for name, digest in before.items() if after.get(name) != digest]
+    assert not changed, f"{changed} changed"
+    assert not [p for p in root.rglob(".*.tmp*")], "a temporary file was left behind"
+    new = {p for p in root.rglob("*") if p.is_dir() and "cache" not in p.parts} - folders
+    assert not new, f"the refused command left {sorted(map(str, new))}"
+    return errors[0]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input_is_one_error_line_and_changes_no_file(row, world, capsys):
+    _, make_argv, code, phrase = row
+    run_row(make_argv(world), code, phrase, world["root"], capsys)
+
+
+def test_export_overwrite_replaces_the_whole_model_with_umask_permissions(world, tmp_path):
+    target = tmp_path / "clf"
+    shutil.copytree(world["clf"], target)
+    assert cli.main(["export", str(world["lm"]), str(target), "--overwrite"]) == 0
+    names = sorted(p.name for p in target.iterdir())
+    assert names == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"], names
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in target.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    assert json.loads((target / "config.json").read_text())["model_type"] == "mamba"
