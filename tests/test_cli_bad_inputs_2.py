@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,7 +32,7 @@ def world(tmp_path_factory):
     w["lm"] = root / "lm"
     MambaLM(tiny(d_model=16, d_state=4)).save_pretrained(w["lm"])
     w["clf"] = root / "clf"
-    MambaClassifier(tiny(d_model=16, d_state=4), 2, "mean", ["x", "y"]).save_pretrained(w["clf"])
+    MambaClassifier(tiny(d_model=16, d_state=4), 3, "mean", ["a", "b", "c"]).save_pretrained(w["clf"])
     (w["clf"] / "training.json").write_text('{"window_bp": 64}\n')
     w["ckpt"] = root / "run" / "checkpoints" / "step-00000002.ckpt"
     w["ckpt"].parent.mkdir(parents=True)
@@ -42,6 +44,23 @@ def world(tmp_path_factory):
     w["small"].write_text(">a\n" + "ACGT" * 100 + "\n>b\n" + "GATTACA" * 40 + "\n")
     w["afile"] = root / "afile.txt"
     w["afile"].write_text("a file, not a folder\n")
+    genomes = root / "genomes"
+    genomes.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        seq = "".join(rng.choice(list("ACGT"), 3000))
+        (genomes / f"{name}.fa").write_text(f">{name}1\n{seq[:1800]}\n>{name}2\n{seq[1800:]}\n")
+    # a copy of a.fa: other contig names, other line length, contigs in another order, gzip
+    text = (genomes / "a.fa").read_text().split("\n")
+    with gzip.open(genomes / "a_copy.fa.gz", "wt") as fh:
+        fh.write(f">x\n{text[3][:600]}\n{text[3][600:]}\n>y\n{text[1]}\n")
+    manifests = {"path_two_splits": "a\ta.fa\ttrain\nb\tb.fa\ttrain\na\ta.fa\ttest\n",
+                 "path_two_species": "a\ta.fa\nb\tb.fa\nc\t./a.fa\n",
+                 "copy_two_species": "a\ta.fa\nb\tb.fa\nc\ta_copy.fa.gz\n",
+                 "copy_two_splits": "a\ta.fa\ttrain\nb\tb.fa\ttrain\na\ta_copy.fa.gz\ttest\n"}
+    for name, rows in manifests.items():
+        w[name] = genomes / f"{name}.tsv"
+        w[name].write_text("species\tfasta\tsplit\n" + rows)
     w["hf"] = root / "hf"
     assert cli.main(["export", str(w["lm"]), str(w["hf"])]) == 0
     yield w
@@ -49,7 +68,20 @@ def world(tmp_path_factory):
 
 
 # (id, argv from the fixture paths, exit code, phrase of the error line)
+FT = ["--window-bp", "64", "--batch-size", "2", "--set", "model.d_model=16", "--set", "model.d_state=4"]
 ROWS = [
+    ("same FASTA in train and test", lambda w: ["finetune", "--manifest", w["path_two_splits"], "--out",
+                                                w["root"] / "o4", *FT], 2,
+     "line 2: a.fa (species 'a', split train) and line 4: a.fa (species 'a', split test) are the same file"),
+    ("same FASTA under two species", lambda w: ["finetune", "--manifest", w["path_two_species"], "--out",
+                                                w["root"] / "o5", *FT], 2, "are the same file"),
+    ("a copy under two species", lambda w: ["finetune", "--manifest", w["copy_two_species"], "--out",
+                                            w["root"] / "o6", *FT], 2,
+     "a.fa (species 'a') and line 4: a_copy.fa.gz (species 'c') hold the same sequences"),
+    ("a copy in train and test", lambda w: ["finetune", "--manifest", w["copy_two_splits"], "--out",
+                                            w["root"] / "o7", *FT], 2, "hold the same sequences"),
+    ("evaluate on a leaking manifest", lambda w: ["evaluate", w["clf"], "--manifest", w["copy_two_species"],
+                                                  "--out", w["root"] / "o8"], 2, "hold the same sequences"),
     ("export over an earlier export", lambda w: ["export", w["lm"], w["hf"]], 2, "already holds a model"),
     ("export over a classifier's model", lambda w: ["export", w["lm"], w["clf"]], 2, "add --overwrite"),
     ("export to a file", lambda w: ["export", w["lm"], w["afile"]], 2, "is a file; give a folder"),
