@@ -61,6 +61,20 @@ def world(tmp_path_factory):
     for name, rows in manifests.items():
         w[name] = genomes / f"{name}.tsv"
         w[name].write_text("species\tfasta\tsplit\n" + rows)
+    from Bio import SeqIO
+    from Bio.Seq import Seq
+    from Bio.SeqRecord import SeqRecord
+
+    records = [SeqRecord(Seq("".join(rng.choice(list("ACGT"), 2000))), id=f"r{i}", name=f"r{i}", description="test",
+                         annotations={"molecule_type": "DNA"}) for i in range(2)]
+    for fmt, suffix in (("genbank", "gb"), ("embl", "embl")):
+        whole = root / f"whole.{suffix}"
+        SeqIO.write(records, str(whole), fmt)
+        text = whole.read_text()
+        (root / f"cut.{suffix}").write_text(text[: text.rindex("//") - 300])  # mid-sequence, no closing //
+        (root / f"no_end.{suffix}").write_text(text[: text.rindex("//")])  # every base there, the // missing
+    text = (root / "whole.gb").read_text()
+    (root / "long_locus.gb").write_text(text.replace("2000 bp", "2400 bp", 1))
     w["hf"] = root / "hf"
     assert cli.main(["export", str(w["lm"]), str(w["hf"])]) == 0
     yield w
@@ -70,6 +84,12 @@ def world(tmp_path_factory):
 # (id, argv from the fixture paths, exit code, phrase of the error line)
 FT = ["--window-bp", "64", "--batch-size", "2", "--set", "model.d_model=16", "--set", "model.d_state=4"]
 ROWS = [
+    *[(f"{name} {fmt} record", lambda w, f=f"{name}.{fmt}": ["pretrain", "--genome", w["root"] / f, "--out",
+                                                              w["root"] / "o9", *FT], 2, phrase)
+      for name, phrase in (("cut", "is cut short"), ("no_end", "is cut short")) for fmt in ("gb", "embl")],
+    ("LOCUS longer than the sequence", lambda w: ["pretrain", "--genome", w["root"] / "long_locus.gb", "--out",
+                                                  w["root"] / "o10", *FT], 2,
+     "record 'r0' is cut short (Expected sequence length 2400, found 2000"),
     ("same FASTA in train and test", lambda w: ["finetune", "--manifest", w["path_two_splits"], "--out",
                                                 w["root"] / "o4", *FT], 2,
      "line 2: a.fa (species 'a', split train) and line 4: a.fa (species 'a', split test) are the same file"),
@@ -115,6 +135,7 @@ def run_row(argv, code: int, phrase: str, root: Path, capsys) -> str:
     assert not [p for p in root.rglob(".*.tmp*")], "a temporary file was left behind"
     new = {p for p in root.rglob("*") if p.is_dir() and "cache" not in p.parts} - folders
     assert not new, f"the refused command left {sorted(map(str, new))}"
+    print(errors[0])  # shown by pytest -rP: the wording each case gets
     return errors[0]
 
 
