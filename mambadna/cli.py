@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", help="labelled test file (CSV/TSV or FASTA) for a classifier")
     p.add_argument("--label-regex", default="", help="regex with one group picking the label from FASTA headers")
     p.add_argument("--genome", default="", help="genome for a language model's bits per base (default: bundled)")
-    p.add_argument("--window-bp", type=_positive_int, default=256, help="window length in bases")
+    p.add_argument("--window-bp", type=_positive_int, help="window length in bases (default: the window the model "
+                   "was trained on, from its training.json; else 256)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="sequences per batch")
     p.add_argument("--chunk-bp", type=_positive_int, metavar="INT", help="run each window in chunks of this many "
                    "bases, carrying the state: the same metrics in memory that grows with the chunk, not the window")
@@ -316,10 +317,10 @@ def _cmd_evaluate(args) -> int:
     out = out_folder(args.out)
     refuse_existing([out / "evaluation.json"], args.overwrite)
     data = rc.DataSpec(manifest=args.manifest or "", train=args.test or "", test=args.test or "",
-                       label_regex=args.label_regex, window_bp=args.window_bp, batch_size=args.batch_size)
+                       label_regex=args.label_regex, window_bp=256, batch_size=args.batch_size)
     cfg = rc.FinetuneConfig(out_dir=args.out, data=data,
                             train=rc.TrainSpec(accelerator=args.accelerator, chunk_bp=args.chunk_bp))
-    _print_summary("evaluation", evaluate(args.checkpoint, cfg, genome=args.genome))
+    _print_summary("evaluation", evaluate(args.checkpoint, cfg, genome=args.genome, window_bp=args.window_bp))
     return 0
 
 

@@ -156,3 +156,38 @@ def test_export_overwrite_replaces_the_whole_model_with_umask_permissions(world,
     for path in target.iterdir():
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
     assert json.loads((target / "config.json").read_text())["model_type"] == "mamba"
+
+
+def test_evaluate_uses_the_training_window_records_it_and_says_what_it_cuts(world, tmp_path, capsys):
+    table = tmp_path / "long.csv"
+    rng = np.random.default_rng(1)
+    lengths = [40, 64, 100, 300]
+    table.write_text("sequence,label\n" + "".join(f"{''.join(rng.choice(list('ACGT'), n))},{'abc'[i % 3]}\n"
+                                                  for i, n in enumerate(lengths)))
+    assert cli.main(["evaluate", str(world["clf"]), "--test", str(table), "--out", str(tmp_path / "ev")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 2 of 4 test sequences are longer than the 64 bp window (the longest 300 bp)" in err, err
+    result = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert result["window_bp"] == 64 and result["window_from"] == "the model's training.json"
+    assert cli.main(["evaluate", str(world["clf"]), "--test", str(table), "--out", str(tmp_path / "ev2"),
+                     "--window-bp", "300"]) == 0
+    assert "longer than" not in capsys.readouterr().err
+    result = json.loads((tmp_path / "ev2" / "evaluation.json").read_text())
+    assert result["window_bp"] == 300 and result["window_from"] == "--window-bp"
+
+
+def test_a_language_model_is_evaluated_on_its_training_window(world, tmp_path, capsys):
+    lm = tmp_path / "lm"
+    shutil.copytree(world["lm"], lm)
+    (lm / "training.json").write_text('{"window_bp": 48}\n')
+    genome = world["root"] / "genomes" / "a.fa"
+    assert cli.main(["evaluate", str(lm), "--genome", str(genome), "--out", str(tmp_path / "ev")]) == 0
+    result = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert result["window_bp"] == 48 and result["window_from"] == "the model's training.json"
+    assert cli.main(["evaluate", str(lm), "--genome", str(genome), "--out", str(tmp_path / "ev2"), "--window-bp",
+                     "100"]) == 0
+    result = json.loads((tmp_path / "ev2" / "evaluation.json").read_text())
+    assert result["window_bp"] == 100 and result["window_from"] == "--window-bp"
+    # a model without training.json: the default 256 bp, longer than this genome's test blocks
+    assert cli.main(["evaluate", str(world["lm"]), "--genome", str(genome), "--out", str(tmp_path / "ev3")]) == 2
+    assert "window_bp 256 is longer than" in capsys.readouterr().err

@@ -6,6 +6,8 @@ order or hold only some of them, and a label the model never saw is refused by n
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 import warnings
 from pathlib import Path
@@ -14,7 +16,9 @@ import pytorch_lightning as pl
 
 from mambadna.checkpoint import load
 from mambadna.commands.defaults import default_pretrain_genome
-from mambadna.commands.train import TaskWarning, check_accelerator, finetune_datamodule, memory_advice, test_classifier
+from mambadna.commands.train import (TRAINING_INFO, TaskWarning, check_accelerator, finetune_datamodule, memory_advice,
+                                     test_classifier)
+from mambadna.hf import locate
 from mambadna.files import lock_folder, release_folder, write_json
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.run_config import FinetuneConfig, OptimSpec, TrainSpec
@@ -47,19 +51,35 @@ def label_map(model: MambaClassifier, data_classes: list[str], where: str) -> li
     return [names.index(c) for c in data_classes]
 
 
-def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", progress_bar: bool = True) -> dict:
+def trained_window_bp(checkpoint) -> int | None:
+    """The window a saved model was trained on (its training.json, written by pretrain / finetune), if known."""
+    try:  # a model that cannot be read is named by the load that follows
+        window = json.loads((locate(checkpoint) / TRAINING_INFO).read_text()).get("window_bp")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(window) if isinstance(window, int) and window > 0 else None
+
+
+def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", progress_bar: bool = True,
+             window_bp: int | None = None) -> dict:
     """Metrics of the model in `checkpoint` (a save_pretrained folder). Classifiers use `cfg.data` (manifest or
     labelled files; default the bundled species windows), language models `genome` (default: bundled genomes).
     `cfg.train.chunk_bp` runs each window in chunks carrying the state (million-base windows in bounded memory).
-    `cfg.out_dir` is held while it runs (mambadna/files.py's `lock_folder`)."""
+    `cfg.out_dir` is held while it runs (mambadna/files.py's `lock_folder`). The window is `window_bp` if given,
+    else the one the model was trained on (its training.json), else `cfg.data.window_bp`; evaluation.json records
+    it and where it came from."""
+    trained = trained_window_bp(checkpoint) if window_bp is None else None
+    source = "--window-bp" if window_bp else "the model's training.json" if trained else "the default"
+    window = window_bp or trained or cfg.data.window_bp
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, window_bp=window))
     lock_folder(cfg.out_dir, "evaluate")
     try:
-        return _evaluate(checkpoint, cfg, genome, progress_bar)
+        return _evaluate(checkpoint, cfg, genome, progress_bar, {"window_bp": window, "window_from": source})
     finally:
         release_folder(cfg.out_dir)
 
 
-def _evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str, progress_bar: bool) -> dict:
+def _evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str, progress_bar: bool, window: dict) -> dict:
     started = time.perf_counter()
     directory = Path(checkpoint)
     try:
@@ -99,7 +119,7 @@ def _evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str, progress
         metrics = {k: float(v) for k, v in results[0].items()}
     else:
         raise ValueError(f"{directory} holds a {kind}; evaluate knows MambaLM and MambaClassifier")
-    metrics = {"checkpoint": str(directory), "model_class": kind, **metrics,
+    metrics = {"checkpoint": str(directory), "model_class": kind, **window, **metrics,
                "wall_time_s": round(time.perf_counter() - started, 2)}
     write_json(out_dir / "evaluation.json", metrics)
     return metrics

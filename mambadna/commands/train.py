@@ -263,6 +263,9 @@ def finetune_datamodule(cfg: FinetuneConfig, tokenizer, min_classes: int = 2):
             seed=cfg.train.seed, sequence_column=d.sequence_column, label_column=d.label_column,
             label_regex=d.label_regex or None, label_key=d.label_key or None, tokenizer=tokenizer)
         datamodule.set_window(d.window_bp, d.batch_size)
+        note = datamodule.truncation_note(d.window_bp)
+        if note:
+            warnings.warn(note, TaskWarning, stacklevel=2)
     else:
         manifest = d.manifest or str(default_species_manifest(cfg.out_dir))
         datamodule = SpeciesDataModule(
