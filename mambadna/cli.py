@@ -326,15 +326,15 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_embed(args) -> int:
     from mambadna.commands.embed import run_embed
-    from mambadna.commands.embedding_io import FILES, INDEX_NAME, PER_POSITION_NAME
+    from mambadna.commands.embedding_io import OUTPUT_NAMES
     from mambadna.commands.run_dir import out_folder, refuse_existing
     from mambadna.run_config import check_label_regex
 
     out = out_folder(args.out)
-    outputs = [out / name for name in (*FILES.values(), INDEX_NAME, PER_POSITION_NAME)]
+    outputs = [out / name for name in OUTPUT_NAMES]
     if Path(args.input).resolve() in [p.resolve() for p in outputs]:
         raise ValueError(f"--out {out} would overwrite the input {args.input}; choose another --out")
-    refuse_existing([out / FILES[args.format], out / INDEX_NAME], args.overwrite)
+    refuse_existing(outputs, args.overwrite)  # any format's: two runs' results never sit side by side
     if args.label_regex:
         check_label_regex(args.label_regex, "--label-regex")
     try:
@@ -415,7 +415,7 @@ def _cmd_normalize(args) -> int:
     source, target = Path(args.input), Path(args.output)
     if target.exists() and source.exists() and target.resolve() == source.resolve():
         raise ValueError(f"{target} is the input itself; normalize never overwrites a file, give a new name")
-    lengths = normalize_fasta(source, target)
+    lengths = normalize_fasta(source, args.output)  # as typed: a trailing / says "a folder"
     print(f"wrote {target}: {len(lengths)} contig(s), {sum(lengths.values())} bp, 60 bases per line")
     return 0
 

@@ -75,6 +75,8 @@ def world(tmp_path_factory):
         (root / f"no_end.{suffix}").write_text(text[: text.rindex("//")])  # every base there, the // missing
     text = (root / "whole.gb").read_text()
     (root / "long_locus.gb").write_text(text.replace("2000 bp", "2400 bp", 1))
+    w["h5ad_run"] = root / "h5ad_run"
+    assert cli.main(["embed", str(w["lm"]), str(w["small"]), "--out", str(w["h5ad_run"]), "--format", "h5ad"]) == 0
     w["hf"] = root / "hf"
     assert cli.main(["export", str(w["lm"]), str(w["hf"])]) == 0
     yield w
@@ -84,6 +86,13 @@ def world(tmp_path_factory):
 # (id, argv from the fixture paths, exit code, phrase of the error line)
 FT = ["--window-bp", "64", "--batch-size", "2", "--set", "model.d_model=16", "--set", "model.d_state=4"]
 ROWS = [
+    ("normalize into a missing dir/", lambda w: ["normalize", w["small"], f"{w['root'] / 'newdir'}/"], 2,
+     "names a folder, which does not exist; give the new FASTA's file name"),
+    ("normalize onto a folder", lambda w: ["normalize", w["small"], w["gpt2"]], 2, "names a folder; give"),
+    ("normalize under a missing folder", lambda w: ["normalize", w["small"], w["root"] / "nodir" / "x.fa"], 2,
+     "the folder " ),
+    ("npy into another run's h5ad", lambda w: ["embed", w["lm"], w["small"], "--out", w["h5ad_run"]], 2,
+     "embeddings.h5ad already exists"),
     *[(f"{name} {fmt} record", lambda w, f=f"{name}.{fmt}": ["pretrain", "--genome", w["root"] / f, "--out",
                                                               w["root"] / "o9", *FT], 2, phrase)
       for name, phrase in (("cut", "is cut short"), ("no_end", "is cut short")) for fmt in ("gb", "embl")],
@@ -191,3 +200,23 @@ def test_a_language_model_is_evaluated_on_its_training_window(world, tmp_path, c
     # a model without training.json: the default 256 bp, longer than this genome's test blocks
     assert cli.main(["evaluate", str(world["lm"]), "--genome", str(genome), "--out", str(tmp_path / "ev3")]) == 2
     assert "window_bp 256 is longer than" in capsys.readouterr().err
+
+
+def test_normalize_writes_what_the_name_says(world, tmp_path):
+    from mambadna.data import Genome
+
+    ragged = tmp_path / "ragged.fa"
+    ragged.write_text(">r one\nACGTACGT\nACG\n\nACGTAC\n>s\nGG\r\nTT\n")
+    assert cli.main(["normalize", str(ragged), str(tmp_path / "clean.fa.gz")]) == 0
+    data = (tmp_path / "clean.fa.gz").read_bytes()
+    assert data[:2] == b"\x1f\x8b" and gzip.decompress(data) == b">r one\nACGTACGTACGACGTAC\n>s\nGGTT\n"
+    genome = Genome(tmp_path / "clean.fa.gz")  # bgzip: indexed in place
+    assert genome.fetch("s", 0, 4) == b"GGTT"
+
+
+def test_embed_overwrite_in_another_format_leaves_only_the_new_files(world, tmp_path):
+    out = tmp_path / "emb"
+    lm, small = str(world["lm"]), str(world["small"])
+    assert cli.main(["embed", lm, small, "--out", str(out), "--per-position"]) == 0
+    assert cli.main(["embed", lm, small, "--out", str(out), "--format", "parquet", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["embeddings.parquet"]

@@ -24,7 +24,7 @@ import torch
 
 from mambadna.checkpoint import load
 from mambadna.chunking import check_chunk_bp, run_chunked
-from mambadna.commands.embedding_io import PER_POSITION_NAME, write_embeddings
+from mambadna.commands.embedding_io import PER_POSITION_NAME, remove_other_outputs, write_embeddings
 from mambadna.config import POOLINGS
 from mambadna.files import atomic_path, lock_folder, release_folder
 from mambadna.model import MambaClassifier, MambaLM
@@ -259,12 +259,17 @@ def run_embed(checkpoint, input_path, out_dir, pooling="mean", per_position=Fals
         lock_folder(out_dir, "embed")
     try:
         if devices > 1:
-            return _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_position, batch_size,
-                                          max_length_bp, chunk_bp, device, layer, rc_average, regions, label_regex,
-                                          precision, per_position_dtype, fmt, devices)
-        return _run_embed_one(checkpoint, input_path, out_dir, pooling, per_position, batch_size, max_length_bp,
-                              chunk_bp, device, layer, rc_average, regions, label_regex, precision,
-                              per_position_dtype, fmt)
+            result = _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_position, batch_size,
+                                            max_length_bp, chunk_bp, device, layer, rc_average, regions, label_regex,
+                                            precision, per_position_dtype, fmt, devices)
+        else:
+            result = _run_embed_one(checkpoint, input_path, out_dir, pooling, per_position, batch_size,
+                                    max_length_bp, chunk_bp, device, layer, rc_average, regions, label_regex,
+                                    precision, per_position_dtype, fmt)
+        if held:
+            remove_other_outputs(out_dir, [v for k, v in result.items() if k in ("embeddings", "index",
+                                                                                    "per_position")])
+        return result
     finally:
         if held:
             release_folder(out_dir)
