@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, help="sample among the k most likely bases")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda or cuda:N")
+    p.add_argument("--backbone", action="store_true", help="sample from a fine-tuned classifier's backbone (refused "
+                   "otherwise: it is no longer the pretrained language model)")
     p.add_argument("--out", default="runs/generate/generated.fa", help="output FASTA")
     _add_overwrite(p, "the --out file")
 
@@ -349,8 +351,8 @@ def _cmd_embed(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from mambadna.commands.embed import load_lm, resolve_device
-    from mambadna.commands.generate import generate_fasta
+    from mambadna.commands.embed import resolve_device
+    from mambadna.commands.generate import generate_fasta, load_generator
     from mambadna.commands.run_dir import refuse_existing
 
     out = Path(args.out)
@@ -360,7 +362,8 @@ def _cmd_generate(args) -> int:
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the FASTA file to write")
     refuse_existing([out], args.overwrite)
-    seqs = generate_fasta(load_lm(args.checkpoint, map_location=resolve_device(args.device)), args.prompt, out,
+    model = load_generator(args.checkpoint, resolve_device(args.device), args.backbone)
+    seqs = generate_fasta(model, args.prompt, out,
                           args.num, args.length_bp, args.temperature, args.top_k, args.seed)
     print(f"wrote {len(seqs)} sequence(s) of {len(seqs[0])} bp to {args.out}")
     return 0

@@ -77,6 +77,10 @@ def world(tmp_path_factory):
     (root / "long_locus.gb").write_text(text.replace("2000 bp", "2400 bp", 1))
     w["h5ad_run"] = root / "h5ad_run"
     assert cli.main(["embed", str(w["lm"]), str(w["small"]), "--out", str(w["h5ad_run"]), "--format", "h5ad"]) == 0
+    w["stopped"] = root / "stopped"  # a run stopped at step 2 before its final save (no summary.json)
+    assert cli.main(["pretrain", "--genome", str(genomes / "a.fa"), "--out", str(w["stopped"]), "--steps", "2",
+                     *FT, "--set", "data.val_windows=2", "--set", "data.test_windows=2", "--no-progress"]) == 0
+    (w["stopped"] / "summary.json").unlink()
     w["hf"] = root / "hf"
     assert cli.main(["export", str(w["lm"]), str(w["hf"])]) == 0
     yield w
@@ -86,6 +90,12 @@ def world(tmp_path_factory):
 # (id, argv from the fixture paths, exit code, phrase of the error line)
 FT = ["--window-bp", "64", "--batch-size", "2", "--set", "model.d_model=16", "--set", "model.d_state=4"]
 ROWS = [
+    ("--resume --steps below the checkpoint", lambda w: ["pretrain", "--out", w["stopped"], "--resume", "--steps",
+                                                         "1"], 2, "is at step 2, past train.max_steps 1"),
+    ("a failed run leaves no new --out", lambda w: ["pretrain", "--genome", w["root"] / "genomes" / "a.fa", "--out", w["root"] / "new",
+                                                    *FT, "--batch-size", "64"], 2, "nothing would train"),
+    ("generate from a classifier", lambda w: ["generate", w["clf"], "--out", w["root"] / "gen" / "g.fa"], 2,
+     "holds a fine-tuned classifier, not a language model"),
     ("normalize into a missing dir/", lambda w: ["normalize", w["small"], f"{w['root'] / 'newdir'}/"], 2,
      "names a folder, which does not exist; give the new FASTA's file name"),
     ("normalize onto a folder", lambda w: ["normalize", w["small"], w["gpt2"]], 2, "names a folder; give"),
@@ -220,3 +230,9 @@ def test_embed_overwrite_in_another_format_leaves_only_the_new_files(world, tmp_
     assert cli.main(["embed", lm, small, "--out", str(out), "--per-position"]) == 0
     assert cli.main(["embed", lm, small, "--out", str(out), "--format", "parquet", "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["embeddings.parquet"]
+
+
+def test_generate_samples_a_classifier_backbone_only_when_asked(world, tmp_path):
+    out = tmp_path / "g.fa"
+    assert cli.main(["generate", str(world["clf"]), "--backbone", "--out", str(out), "--length-bp", "5"]) == 0
+    assert out.read_text().startswith(">generated_0")

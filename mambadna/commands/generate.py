@@ -6,9 +6,28 @@ from pathlib import Path
 
 import torch
 
+from mambadna.checkpoint import load
 from mambadna.files import atomic_open
-from mambadna.model import MambaLM
+from mambadna.model import MambaClassifier, MambaLM
 from mambadna.tokenizer import tokenizer_from_name
+
+
+def load_generator(checkpoint, map_location="cpu", backbone: bool = False) -> MambaLM:
+    """The language model to sample from; a fine-tuned classifier only with `backbone` (its trunk has moved on from
+    next-base prediction, so what it samples is not what its pretrained model would)."""
+    try:
+        model = load(checkpoint, map_location=map_location)
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from None
+    if isinstance(model, MambaClassifier):
+        if not backbone:
+            raise ValueError(f"{checkpoint} holds a fine-tuned classifier, not a language model; give the pretrained "
+                             "model it started from (e.g. runs/pt/model), or add --backbone to sample from the "
+                             "classifier's backbone as fine-tuning left it")
+        return model.backbone
+    if not isinstance(model, MambaLM):
+        raise ValueError(f"{checkpoint} holds a {type(model).__name__}; generate samples from a MambaLM")
+    return model
 
 
 def generate_fasta(model: MambaLM, prompt: str, out_fasta: str | Path, num_sequences: int = 1,

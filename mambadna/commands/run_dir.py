@@ -173,8 +173,12 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def check_not_finished(path: Path, ckpt: dict, out_dir: Path, max_steps: int) -> None:
-    """Resuming a run that reached its last step and wrote its results would only write them again."""
+    """Resuming a run that reached its last step and wrote its results would only write them again; resuming a
+    checkpoint past the last step would train nothing and end as if it had."""
     step = int(ckpt.get("global_step", 0))
+    if step > max_steps:
+        raise ValueError(f"{path} is at step {step}, past train.max_steps {max_steps}: nothing would train; resume "
+                         f"with --steps larger than {step} (the run's settings are left as they were)")
     if step >= max_steps and (out_dir / "summary.json").is_file():
         raise ValueError(f"the run in {out_dir} already finished at step {step} (train.max_steps {max_steps}); "
                          f"to train it longer resume with a larger --steps")
