@@ -7,8 +7,8 @@ short alias such as --steps; all are generated from the dataclasses of mambadna/
 so the same flags need not be given again (a flag given then changes that setting; a model shape cannot change).
 
 Every failure a user can cause (bad files, bad values, resources, environment) ends with one line `error: ...`
-and exit code 2 (mambadna/errors.py); `--debug` or MAMBADNA_DEBUG=1 adds the traceback. SIGINT / SIGTERM end
-with one line and exit code 130 / 143, after saving a checkpoint when they arrive during training.
+and exit code 2 (mambadna/errors.py); `--debug` or MAMBADNA_DEBUG=1 adds the traceback. SIGINT / SIGTERM / SIGHUP
+end with one line and exit code 130 / 143 / 129, after saving a checkpoint when they arrive during training.
 """
 
 from __future__ import annotations
@@ -288,6 +288,11 @@ RUN_STATS = ("train_time_s", "wall_time_s", "bases_per_s", "peak_gpu_memory_mib"
 
 
 def _print_summary(title: str, summary: dict) -> None:
+    if "pytorch_lightning" in sys.modules:  # only then can this be one process of several
+        from mambadna.commands.run_dir import is_rank_zero
+
+        if not is_rank_zero():  # a multi-process run reports once, from the first process
+            return
     print(f"\n{title}")
     for key, value in summary.items():
         if key == "confusion_matrix":

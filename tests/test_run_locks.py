@@ -170,3 +170,22 @@ def test_without_flock_the_lock_file_pid_is_checked(tmp_path, monkeypatch):
     files.lock_folder(folder, "embed")  # its process is gone: taken over
     assert json.loads((folder / files.LOCK_NAME).read_text())["pid"] == os.getpid()
     files.release_folder(folder)
+
+
+def test_a_multi_process_run_prints_its_summary_once(monkeypatch, capsys):
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    cli._print_summary("pretraining done", {"steps": 2})
+    assert "pretraining done" in capsys.readouterr().out
+    monkeypatch.setattr(rank_zero_only, "rank", 1)  # what a relaunched DDP process sees
+    cli._print_summary("pretraining done", {"steps": 2})
+    assert capsys.readouterr().out == ""
+
+
+def test_embed_with_fewer_batches_than_devices_runs_in_fewer_processes(inputs, tmp_path, capsys):
+    out = tmp_path / "emb"
+    argv = ["embed", str(inputs / "lm"), str(inputs / "small.fa"), "--out", str(out), "--device", "cpu",
+            "--devices", "2"]
+    assert cli.main(argv) == 0
+    assert "only 1 batch(es) of up to 16 sequences to deal out; using 1 process(es)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["embeddings.npy", "index.tsv"]

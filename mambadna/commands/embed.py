@@ -318,23 +318,48 @@ def _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_positio
                            fmt, devices: int) -> dict:
     """Every process embeds the batches it is dealt and writes their rows straight into two memory-mapped files
     (pooled vectors, per-position vectors) that the first process made before the others started; the first
-    process then writes the outputs and renames the per-position file into place."""
-    import pytorch_lightning as pl
-    from torch.utils.data import DataLoader
-
-    from mambadna.tasks.predict import PredictTask
-
+    process then writes the outputs and renames the per-position file into place. Fewer batches than `devices`
+    run in fewer processes."""
     accelerator = resolve_device(device).type
     if accelerator == "cuda" and torch.cuda.device_count() < devices:
         raise ValueError(f"--devices {devices}: this machine has {torch.cuda.device_count()} GPU(s)")
     model = load_lm(checkpoint).eval()
     records = read_records(input_path, label_regex=label_regex, regions=regions)
     seqs = [r.sequence[:max_length_bp] if max_length_bp else r.sequence for r in records]
-    rows, d = per_position_rows(seqs), model.config.d_model
-    tokenizer = tokenizer_from_name(model.config.tokenizer)
+    batches = length_batches(seqs, batch_size)
+    if len(batches) < devices:  # a process with no batch would wait forever for the others (every process agrees)
+        if _launched_rank() == 0:
+            warnings.warn(f"--devices {devices}: only {len(batches)} batch(es) of up to {batch_size} sequences to "
+                          f"deal out; using {len(batches)} process(es)", stacklevel=2)
+        devices = len(batches)
+        if devices == 1:
+            return _run_embed_one(checkpoint, input_path, out_dir, pooling, per_position, batch_size, max_length_bp,
+                                  chunk_bp, device, layer, rc_average, regions, label_regex, precision,
+                                  per_position_dtype, fmt)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pooled_path, positions_path = out_dir / ".embed-pooled.partial.npy", out_dir / ".embed-positions.partial.npy"
+    partial = (out_dir / ".embed-pooled.partial.npy", out_dir / ".embed-positions.partial.npy")
+    try:
+        return _predict_into_partials(model, records, seqs, batches, out_dir, partial, pooling, per_position,
+                                      batch_size, max_length_bp, chunk_bp, accelerator, layer, rc_average, precision,
+                                      per_position_dtype, fmt, devices)
+    except BaseException:
+        if _launched_rank() == 0:  # no half-made file stays in --out
+            for path in partial:
+                path.unlink(missing_ok=True)
+        raise
+
+
+def _predict_into_partials(model, records, seqs, batches, out_dir, partial, pooling, per_position, batch_size,
+                           max_length_bp, chunk_bp, accelerator, layer, rc_average, precision, per_position_dtype,
+                           fmt, devices) -> dict:
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from mambadna.tasks.predict import PredictTask
+
+    rows, d = per_position_rows(seqs), model.config.d_model
+    pooled_path, positions_path = partial
     mode = "w+" if _launched_rank() == 0 else "r+"  # made by the first process, before it starts the others
     pooled = np.lib.format.open_memmap(pooled_path, mode=mode, dtype=np.float32, shape=(len(records), d))
     stream = np.lib.format.open_memmap(positions_path, mode=mode, dtype=per_position_dtype,
@@ -344,7 +369,7 @@ def _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_positio
         embed_records(model, records, pooling, per_position, batch_size, max_length_bp, dev, chunk_bp, layer,
                       rc_average, precision, per_position_out=stream, pooled_out=pooled, batches=[idx])
 
-    loader = DataLoader(length_batches(seqs, batch_size), batch_size=None, shuffle=False)
+    loader = DataLoader(batches, batch_size=None, shuffle=False)
     trainer = pl.Trainer(accelerator="gpu" if accelerator == "cuda" else "cpu", devices=devices, strategy="ddp",
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
