@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from mambadna.data.errors import DataError
 
@@ -22,8 +24,9 @@ SPLITS = ("train", "val", "test")
 CONTIG_SPLIT_MIN = 20
 
 
-@dataclass(frozen=True, order=True)
-class Interval:
+class Interval(NamedTuple):
+    """A half-open region [start_bp, end_bp) of a contig; a tuple, since a genome may have millions of them."""
+
     contig: str
     start_bp: int
     end_bp: int
@@ -167,19 +170,19 @@ def _split_by_names(contigs: dict[str, int], val: list[str], test: list[str]) ->
 
 
 def _split_by_hash(contigs: dict[str, int], val_fraction: float, test_fraction: float) -> dict[str, list[Interval]]:
-    # crc32 of the name, not Python's salted hash(): the same genome must split the same way in every process
-    order = sorted(contigs, key=lambda n: (zlib.crc32(n.encode()), n))
-    total = sum(contigs.values())
-    out: dict[str, list[Interval]] = {s: [] for s in SPLITS}
-    held = {"test": 0, "val": 0}
-    for name in order:
-        if held["test"] < test_fraction * total:
-            split = "test"
-        elif held["val"] < val_fraction * total:
-            split = "val"
-        else:
-            split = "train"
-        if split in held:
-            held[split] += contigs[name]
-        out[split].append(Interval(name, 0, contigs[name]))
-    return out
+    # crc32 of the name, not Python's salted hash(): the same genome must split the same way in every process.
+    # In (crc32, name) order, test takes contigs while it holds less than its share of the bases, then val does,
+    # and train the rest; as prefix sums, whole arrays at a time (a genome may have millions of contigs).
+    names = list(contigs)
+    crc = np.fromiter((zlib.crc32(n.encode()) for n in names), dtype=np.int64, count=len(names))
+    order = np.lexsort((np.array(names, dtype=object).astype(str), crc)) if names else np.zeros(0, dtype=np.int64)
+    lengths = np.fromiter((contigs[n] for n in names), dtype=np.int64, count=len(names))[order]
+    total = int(lengths.sum())
+    held_before = np.cumsum(lengths) - lengths
+    n_test = int(np.count_nonzero(held_before < test_fraction * total))  # a prefix: the sums only grow
+    rest = lengths[n_test:]
+    n_val = int(np.count_nonzero(np.cumsum(rest) - rest < val_fraction * total))
+    cuts = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, len(names))}
+    ordered = [names[i] for i in order.tolist()]
+    return {split: [Interval(name, 0, contigs[name]) for name in ordered[lo:hi]] for split, (lo, hi) in
+            ((s, cuts[s]) for s in SPLITS)}
