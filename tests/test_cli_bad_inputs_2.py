@@ -81,6 +81,17 @@ def world(tmp_path_factory):
     assert cli.main(["pretrain", "--genome", str(genomes / "a.fa"), "--out", str(w["stopped"]), "--steps", "2",
                      *FT, "--set", "data.val_windows=2", "--set", "data.test_windows=2", "--no-progress"]) == 0
     (w["stopped"] / "summary.json").unlink()
+    w["bidir"] = root / "bidir"
+    MambaLM(tiny(d_model=16, d_state=4, bidirectional=True)).save_pretrained(w["bidir"])
+    (root / "zero.bed").write_text("a\t10\t10\tempty_one\n")
+    (root / "recipe.yaml").write_text("train:\n  max_steps: 5\n")
+    (root / "latin1.csv").write_bytes("sequence,label\nACGTACGT,caf\u00e9\n".encode("latin-1"))
+    (root / "bad_state").mkdir()
+    (root / "bad_state" / "state.json").write_text("{not json")
+    (root / "bad_arrow").mkdir()
+    (root / "bad_arrow" / "state.json").write_text('{"_data_files": [{"filename": "data-00000.arrow"}]}')
+    (root / "bad_arrow" / "data-00000.arrow").write_bytes(b"not arrow at all")
+    (root / "short_contigs.fa").write_text("".join(f">s{i}\n{'ACGT' * 12}\n" for i in range(25)))
     w["hf"] = root / "hf"
     assert cli.main(["export", str(w["lm"]), str(w["hf"])]) == 0
     yield w
@@ -90,6 +101,18 @@ def world(tmp_path_factory):
 # (id, argv from the fixture paths, exit code, phrase of the error line)
 FT = ["--window-bp", "64", "--batch-size", "2", "--set", "model.d_model=16", "--set", "model.d_state=4"]
 ROWS = [
+    ("a zero-length BED region", lambda w: ["embed", w["lm"], w["small"], "--regions", w["root"] / "zero.bed",
+                                            "--out", w["root"] / "o11"], 2,
+     "zero.bed: region 'empty_one' (a:10-10) has no bases (start = end)"),
+    ("a YAML recipe", lambda w: ["pretrain", "--recipe", w["root"] / "recipe.yaml", "--out", w["root"] / "o12"], 2,
+     "is YAML, which mambadna does not read; write it as TOML"),
+    ("a latin-1 table", lambda w: ["evaluate", w["clf"], "--test", w["root"] / "latin1.csv", "--out",
+                                   w["root"] / "o13"], 2, "latin1.csv: not UTF-8 text"),
+    ("windows longer than every contig", lambda w: ["pretrain", "--genome", w["root"] / "short_contigs.fa", "--out",
+                                                    w["root"] / "o16", *FT], 2,
+     "no contig of the whole genome is that long either (the longest is 48 bp): no split helps"),
+    ("--chunk-bp on a bidirectional model", lambda w: ["embed", w["bidir"], w["small"], "--chunk-bp", "64", "--out",
+                                                       w["root"] / "o17"], 2, "lower --batch-size"),
     ("--resume --steps below the checkpoint", lambda w: ["pretrain", "--out", w["stopped"], "--resume", "--steps",
                                                          "1"], 2, "is at step 2, past train.max_steps 1"),
     ("a failed run leaves no new --out", lambda w: ["pretrain", "--genome", w["root"] / "genomes" / "a.fa", "--out", w["root"] / "new",
@@ -236,3 +259,51 @@ def test_generate_samples_a_classifier_backbone_only_when_asked(world, tmp_path)
     out = tmp_path / "g.fa"
     assert cli.main(["generate", str(world["clf"]), "--backbone", "--out", str(out), "--length-bp", "5"]) == 0
     assert out.read_text().startswith(">generated_0")
+
+
+def test_a_table_with_a_byte_order_mark_reads(world, tmp_path):
+    table = tmp_path / "bom.csv"
+    table.write_bytes("sequence,label\nACGTACGTAC,a\nGGGGCCCCAA,b\n".encode("utf-8-sig"))
+    assert cli.main(["evaluate", str(world["clf"]), "--test", str(table), "--out", str(tmp_path / "ev")]) == 0
+
+
+def test_a_resumed_run_whose_classes_changed_is_told_so(world):
+    from mambadna.commands.run_dir import check_checkpoint_fits
+
+    saved = MambaClassifier.from_pretrained(world["clf"])  # classes a, b, c
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in saved.state_dict().items()},
+            "mambadna": {"model_class": "MambaClassifier", "config": saved.config.to_dict(), "init_kwargs": {}}}
+    now = MambaClassifier(saved.config, 2, "mean", ["a", "b"])
+    with pytest.raises(ValueError, match="predicts another number of classes .*the data's classes changed"):
+        check_checkpoint_fits(Path("x.ckpt"), ckpt, now, ["a", "b"])
+    ckpt["mambadna"]["init_kwargs"] = {"class_names": ["a", "b", "c"]}
+    with pytest.raises(ValueError, match=r"trained on classes \['a', 'b', 'c'\] but the data now has \['a', 'b'\]"):
+        check_checkpoint_fits(Path("x.ckpt"), ckpt, now, ["a", "b"])
+
+
+def test_a_full_cache_is_not_blamed_on_the_input(world, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from mambadna.data import genome as genome_module
+
+    def full(src, dst, *args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(genome_module, "normalize_fasta", full)
+    ragged = tmp_path / "ragged.fa"
+    ragged.write_text(">r\nACGTACGT\nACG\nACGTACGT\n")
+    assert cli.main(["embed", str(world["lm"]), str(ragged), "--out", str(tmp_path / "emb")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the normalised copy of" in err and "the input is fine" in err and "MAMBADNA_CACHE" in err
+
+
+@pytest.mark.parametrize("folder, phrase", [("bad_state", "bad_state/state.json: not a readable datasets state file"),
+                                            ("bad_arrow", "data-00000.arrow: not a readable Arrow file")])
+def test_an_unreadable_datasets_folder_names_its_file(world, folder, phrase):
+    # through read_table: the CLI's data.train check does not take datasets folders yet (issue #21's branch)
+    pytest.importorskip("pyarrow")
+    from mambadna.data.errors import DataError
+    from mambadna.data.tables import read_table
+
+    with pytest.raises(DataError, match=phrase.replace(".", r"\.")):
+        read_table(world["root"] / folder, ["sequence", "label"])

@@ -68,6 +68,9 @@ def read_records(path: str | Path, label_regex: str = "", sequence_column: str =
         genome = Genome(path)
         records = []
         for interval, name, strand in read_bed_regions(regions, genome.contigs):
+            if interval.length_bp == 0:
+                raise ValueError(f"{regions}: region {name!r} ({interval.contig}:{interval.start_bp}-"
+                                 f"{interval.end_bp}) has no bases (start = end); remove it or give it a length")
             seq = genome.fetch(interval.contig, interval.start_bp, interval.end_bp)
             records.append(Record(name, reverse_complement_bytes(seq) if strand == "-" else seq, label_of(name)))
     elif is_table(path):

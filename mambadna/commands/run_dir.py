@@ -190,6 +190,11 @@ def check_checkpoint_fits(path: Path, ckpt: dict, model: torch.nn.Module, class_
     saved_class = meta.get("model_class")
     if saved_class and saved_class != type(model).__name__:
         raise ValueError(f"{path} was saved by a {saved_class} run; this run trains a {type(model).__name__}")
+    # the class set first: a changed one also changes the head's shape, which is not a model setting
+    saved_names = (meta.get("init_kwargs") or {}).get("class_names")
+    if class_names is not None and saved_names is not None and list(saved_names) != list(class_names):
+        raise ValueError(f"cannot resume from {path}: it was trained on classes {saved_names} but the data now has "
+                         f"{list(class_names)}; resume with the same data or start a new --out")
     saved = meta.get("config") or {}
     now = model.config.to_dict()
     differ = [f"model.{k} {saved[k]} in the checkpoint vs {now[k]} now" for k in
@@ -203,13 +208,12 @@ def check_checkpoint_fits(path: Path, ckpt: dict, model: torch.nn.Module, class_
         missing = sorted(set(actual) - set(expected))
         if missing:
             differ.append(f"weights missing from the checkpoint: {', '.join(missing[:3])}")
+    if differ and all(d.startswith("head.") for d in differ):  # saved before classifiers kept their names
+        raise ValueError(f"cannot resume from {path}: its classifier head predicts another number of classes "
+                         f"({differ[0]}): the data's classes changed; resume with the same data or start a new --out")
     if differ:
         raise ValueError(f"cannot resume from {path}: it holds another model shape ({'; '.join(differ[:3])}); "
                          "resume with the run's own settings (drop the model.* settings) or start a new --out")
-    saved_names = (meta.get("init_kwargs") or {}).get("class_names")
-    if class_names is not None and saved_names is not None and list(saved_names) != list(class_names):
-        raise ValueError(f"cannot resume from {path}: it was trained on classes {saved_names} but the data now has "
-                         f"{list(class_names)}; resume with the same data or start a new --out")
 
 
 def refuse_existing(paths, overwrite: bool) -> None:

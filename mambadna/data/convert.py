@@ -12,7 +12,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from mambadna.data.cache import atomic_write_target, cached_path, file_key
+from mambadna.data.cache import atomic_write_target, cached_path, file_key, writing_derived
 from mambadna.data.errors import DataError, DataWarning
 from mambadna.data.formats import is_gzip
 
@@ -48,18 +48,8 @@ def converted_fasta(path: Path, fmt: str) -> Path:
         return out
     tmp = atomic_write_target(out)
     try:
-        if fmt == "fasta":
-            warnings.warn(f"{path} is plain gzip, not bgzip, so it cannot be indexed in place; decompressing it "
-                          f"once to {out} (to avoid this, recompress with `bgzip` from htslib)", DataWarning,
-                          stacklevel=3)
-            with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=1 << 22)
-        elif fmt in ("genbank", "embl"):
-            _convert_seqio(path, fmt, tmp)
-        elif fmt == "maf":
-            _convert_maf(path, tmp)
-        else:
-            raise DataError(f"{path}: no conversion for format {fmt!r}")
+        with writing_derived("plain FASTA conversion", path):
+            _convert(path, fmt, tmp, out)
         os.replace(tmp, out)
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: reading failed during conversion ({exc}); is the file truncated?") from exc
@@ -67,6 +57,21 @@ def converted_fasta(path: Path, fmt: str) -> Path:
         if tmp.exists():
             tmp.unlink()
     return out
+
+
+def _convert(path: Path, fmt: str, tmp: Path, out: Path) -> None:
+    if fmt == "fasta":
+        warnings.warn(f"{path} is plain gzip, not bgzip, so it cannot be indexed in place; decompressing it "
+                      f"once to {out} (to avoid this, recompress with `bgzip` from htslib)", DataWarning,
+                      stacklevel=4)
+        with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 22)
+    elif fmt in ("genbank", "embl"):
+        _convert_seqio(path, fmt, tmp)
+    elif fmt == "maf":
+        _convert_maf(path, tmp)
+    else:
+        raise DataError(f"{path}: no conversion for format {fmt!r}")
 
 
 def _convert_seqio(path: Path, fmt: str, tmp: Path) -> None:

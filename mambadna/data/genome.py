@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mambadna.data.cache import atomic_write_target, cached_path, file_key, is_writable_dir, path_key
+from mambadna.data.cache import (atomic_write_target, cached_path, derived_write_error, file_key, is_writable_dir,
+                                 path_key, writing_derived)
 from mambadna.data.convert import converted_fasta
 from mambadna.data.errors import DataError, DataWarning
 from mambadna.data.fai import fai_problem, read_fai
@@ -193,7 +194,8 @@ class Genome:
             warnings.warn(f"{self.source_path} cannot be indexed in place ({reason}); normalising it once to {out} "
                           f"(your file is not changed; `mambadna normalize {self.source_path} fixed.fa` writes such "
                           "a copy where you want it)", DataWarning, stacklevel=4)
-            normalize_fasta(self.fasta_path if not self.compressed else self.source_path, out)
+            with writing_derived("normalised copy", self.source_path):
+                normalize_fasta(self.fasta_path if not self.compressed else self.source_path, out)
         self.fasta_path, self.compressed = out, False
         self.fai_path, self.gzi_path = self._index_paths()
 
@@ -223,6 +225,9 @@ class Genome:
             raise DataError(f"{self.source_path}: pyfaidx cannot index it ({exc})") from exc
         except (OSError, EOFError, struct.error, zlib.error) as exc:
             self._discard_new_index(existed)
+            full = derived_write_error(exc, "index", self.source_path) if isinstance(exc, OSError) else None
+            if full is not None:
+                raise full from None
             if self.compressed:
                 reason = str(exc) or type(exc).__name__
                 raise DataError(f"{self.source_path}: the bgzip file is truncated or damaged ({reason}); download it "
@@ -322,10 +327,11 @@ class Genome:
         stats = self._scan_all()
         tmp = atomic_write_target(path)
         # one list per column: a million contigs load in a fraction of the time a dict per contig takes
-        tmp.write_text(json.dumps({"version": STATS_VERSION, "source": str(self.source_path.resolve()),
-                                   "names": list(stats), **{key: [getattr(s, key) for s in stats.values()] for key in
-                                                            ("length_bp", "n_bp", "soft_masked_bp")}}))
-        os.replace(tmp, path)
+        with writing_derived("per-contig counts", self.source_path):
+            tmp.write_text(json.dumps({"version": STATS_VERSION, "source": str(self.source_path.resolve()),
+                                       "names": list(stats), **{key: [getattr(s, key) for s in stats.values()]
+                                                                for key in ("length_bp", "n_bp", "soft_masked_bp")}}))
+            os.replace(tmp, path)
         return stats
 
     def _scan_all(self) -> dict[str, ContigStats]:

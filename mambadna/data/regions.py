@@ -143,18 +143,27 @@ def held_out_advice(split: str, read_bp: int, contig_lengths, val_fraction: floa
         return ""
     fraction = val_fraction if split == "val" else test_fraction
     other = test_fraction if split == "val" else val_fraction
-    longest = max(contig_lengths, default=0)
+    lengths = list(contig_lengths)
+    longest = max(lengths, default=0)
+    if longest < read_bp:  # no split setting can help: only a shorter window
+        return f"; no contig of the whole genome is that long either (the longest is {longest} bp): no split helps"
+    by = split_by if split_by != "auto" else ("contig" if len(lengths) >= CONTIG_SPLIT_MIN else "block")
+    need = math.ceil(100 * read_bp / longest) / 100
     ways = []
-    if longest:
-        need = math.ceil(100 * read_bp / longest) / 100
+    if by == "block":
         if need + other < 1:
             ways.append(f"raise data.{split}_fraction to {need:g} or more (now {fraction:g} of each contig)")
-    ways.append("set data.split_by=contig to hold out whole contigs (for genomes of many contigs; now "
-                f"{split_by!r})")
+        if len(lengths) > 1:
+            ways.append("set data.split_by=contig to hold out whole contigs (for genomes of many contigs; now "
+                        f"{split_by!r})")
+    elif need + other < 1:  # whole contigs are held out, and the ones that were are all short
+        ways.append(f"set data.split_by=block to cut every contig into train/val/test blocks, with "
+                    f"data.{split}_fraction {max(need, fraction):g} (now whole contigs are held out: "
+                    f"data.split_by={split_by!r})")
     if manifest:
         ways.append("or, best for several genomes (strains) per species, give whole genomes to val and test in the "
                     "manifest's split column (species<TAB>fasta<TAB>split, split = train, val or test)")
-    return "; to fit it, " + ", ".join(ways)
+    return "; to fit it, " + ", ".join(ways) if ways else ""
 
 
 def _split_by_names(contigs: dict[str, int], val: list[str], test: list[str]) -> dict[str, list[Interval]]:
