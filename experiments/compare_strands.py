@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from mambadna import run_config as rc  # noqa: E402
-from mambadna.commands.defaults import default_pretrain_genome, default_species_manifest  # noqa: E402
+from mambadna.data.bundled import default_pretrain_genome, default_species_manifest  # noqa: E402
 from mambadna.data import SpeciesWindowDataset, bundled_path  # noqa: E402
 from mambadna.model import MambaClassifier, MambaLM  # noqa: E402
 from mambadna.objective import classification_loss, lm_loss  # noqa: E402
@@ -152,15 +152,15 @@ def configs(variant: str, task: str, seed: int, genome: Path | None, manifest: P
 
 
 def run_variant(task: str, variant: str, seed: int, genome: Path, manifest: Path, work: Path, args) -> dict:
-    from mambadna.commands.train import run_finetune, run_pretrain
+    from mambadna.commands import finetune, pretrain
 
     spec = VARIANTS[variant]
     pre, ft = configs(variant, task, seed, genome, manifest, work, args)
     start = time.time()
-    pre_summary = run_pretrain(pre)
+    pre_summary = pretrain.run(pre)
     pre_seconds = time.time() - start
     start = time.time()
-    ft_summary = run_finetune(ft)
+    ft_summary = finetune.run(ft)
     ft_seconds = time.time() - start
     pre_metric = ("val/bits_per_masked_base" if spec["objective"] == "mlm" else "val/bits_per_base")
     return {
@@ -190,7 +190,7 @@ def throughput(variants, work: Path, args, rounds: int) -> dict:
             objective = VARIANTS[variant]["objective"]
             for kind, cfg, classes in (("pretrain", pre, None), ("finetune", ft, 4)):
                 rate = steps_per_second(pre.model, objective, cfg.data.batch_size, cfg.data.window_bp, classes,
-                                        cfg.train.precision, device, args.timing_steps)
+                                        cfg.runtime.precision, device, args.timing_steps)
                 best[variant][kind] = max(best[variant][kind], rate)
     return best
 

@@ -22,31 +22,14 @@ from typing import TYPE_CHECKING, Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
+# declared with the model's settings, which check them before torch is loaded
+from mambadna.config import NOT_CHUNKABLE, check_chunk_bp  # noqa: F401
+
 if TYPE_CHECKING:
-    from mambadna.config import MambaConfig
     from mambadna.model import LayerState, MambaLM
 
 # share(residual (b, c, d) of positions [start, end), start, end) -> tuple of tensors, summed over the chunks
 Share = Callable[[torch.Tensor, int, int], tuple]
-
-
-def check_chunk_bp(chunk_bp, config: "MambaConfig | None" = None) -> None:
-    """A positive int, and (given the model's config) a causal model: see `NOT_CHUNKABLE`."""
-    if isinstance(chunk_bp, bool) or not isinstance(chunk_bp, int) or chunk_bp < 1:
-        raise ValueError(f"chunk_bp must be a positive int, got {chunk_bp!r}")
-    if config is not None and not config.causal:
-        raise ValueError(NOT_CHUNKABLE.format(kind=config.kind))
-
-
-# Why a non-causal model cannot run chunk-major: its reverse direction runs from the end, so no chunk of a layer's
-# output is final before the layer below has produced the whole sequence. The most a bidirectional model could keep
-# is one (b, l, d) residual per layer, which is what per-block activation checkpointing already stores.
-NOT_CHUNKABLE = (
-    "chunk_bp (--chunk-bp) needs a causal model: a {kind} model reads each sequence from both ends, so a layer's "
-    "output for any chunk depends on the whole sequence of the layer below and chunks cannot go through all layers "
-    "one at a time. Drop --chunk-bp; to use less memory lower --batch-size (when training, "
-    "--activation-checkpointing helps too)"
-)
 
 
 def _chunk(model: "MambaLM", share: Share, input_ids: torch.Tensor, start: int, end: int, states, n_layers,

@@ -10,16 +10,21 @@ from mambadna.tokenizer import tokenizer_from_name
 
 
 def setting(default=dataclasses.MISSING, *, help: str, flag: str | None = None, choices=None, factory=None,
-            runs: tuple[str, ...] | None = None):
+            runs: tuple[str, ...] | None = None, **cli):
     """A dataclass field with its help text: the one place a setting is described (the CLI's flags and help are
     built from these, see mambadna/cli.py); `flag` names a short alias (e.g. "--steps" for train.max_steps) and
-    `runs` the commands it applies to (default: all that have it)."""
-    meta = {"help": help, "flag": flag, "choices": choices}
+    `runs` the commands it applies to (default: all that have it). `cli` holds how the command line shows it:
+    `positional=True` (an argument, not a flag), `flag_help` (what a bool flag does, when it turns the setting
+    off), `const` (the value of a flag given without one), `metavar`, `input=True` for a file or folder that
+    must exist (checked with the arguments), and `transient=True` for a setting of one invocation (--resume,
+    --overwrite) that a run's saved run_config.json does not keep."""
+    meta = {"help": help, "flag": flag, "choices": choices, **cli}
     if runs is not None:
         meta["runs"] = runs
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
 
 SCAN_BACKENDS = (None, "ref", "chunked", "triton")
 # How a classifier or `embed` turns per-position hidden states into one vector (see mambadna.model.pool).
@@ -163,3 +168,35 @@ def base(**overrides) -> MambaConfig:
 
 
 PRESETS = {"tiny": tiny, "small": small, "base": base}
+
+
+# The training objectives of a language model (mambadna/objective.py): causal (next-base) and masked modelling.
+OBJECTIVES = ("clm", "mlm")
+
+
+def check_objective(config: MambaConfig, objective: str) -> None:
+    """Refuse an objective the model cannot learn: next-base prediction is trivial for a model that sees the base."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if objective == "clm" and not config.causal:
+        raise ValueError(f"next-base prediction (--objective clm) needs a causal model: a {config.kind} model sees "
+                         "the base it would be asked to predict; pretrain it with --objective mlm")
+
+
+def check_chunk_bp(chunk_bp, config: MambaConfig | None = None) -> None:
+    """A positive int, and (given the model's config) a causal model: see `NOT_CHUNKABLE`."""
+    if isinstance(chunk_bp, bool) or not isinstance(chunk_bp, int) or chunk_bp < 1:
+        raise ValueError(f"chunk_bp must be a positive int, got {chunk_bp!r}")
+    if config is not None and not config.causal:
+        raise ValueError(NOT_CHUNKABLE.format(kind=config.kind))
+
+
+# Why a non-causal model cannot run chunk-major: its reverse direction runs from the end, so no chunk of a layer's
+# output is final before the layer below has produced the whole sequence. The most a bidirectional model could keep
+# is one (b, l, d) residual per layer, which is what per-block activation checkpointing already stores.
+NOT_CHUNKABLE = (
+    "chunk_bp (--chunk-bp) needs a causal model: a {kind} model reads each sequence from both ends, so a layer's "
+    "output for any chunk depends on the whole sequence of the layer below and chunks cannot go through all layers "
+    "one at a time. Drop --chunk-bp; to use less memory lower --batch-size (when training, "
+    "--activation-checkpointing helps too)"
+)

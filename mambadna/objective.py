@@ -17,23 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from mambadna.chunking import run_chunked
+# declared with the model's settings, which check them before torch is loaded
+from mambadna.config import OBJECTIVES, check_objective  # noqa: F401
 from mambadna.tokenizer import IGNORE_INDEX
 
 if TYPE_CHECKING:
-    from mambadna.config import MambaConfig
     from mambadna.model import LayerState, MambaClassifier, MambaLM
-
-# causal (next-base) and masked language modelling
-OBJECTIVES = ("clm", "mlm")
-
-
-def check_objective(config: "MambaConfig", objective: str) -> None:
-    """Refuse an objective the model cannot learn: next-base prediction is trivial for a model that sees the base."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if objective == "clm" and not config.causal:
-        raise ValueError(f"next-base prediction (--objective clm) needs a causal model: a {config.kind} model sees "
-                         "the base it would be asked to predict; pretrain it with --objective mlm")
 
 
 def check_targets(model: "MambaLM", targets: torch.Tensor, shape, name: str = "targets") -> None:

@@ -1,8 +1,11 @@
 """Run configurations: nested dataclasses, changed by a recipe file (JSON/TOML), flags or `--set key=value`.
 
 Each setting is declared once, here, with its help text (`setting(..., help=...)`); the CLI builds its flags and
-their help from these fields (mambadna/cli.py), so a new setting is added in one place. The model section is
-`MambaConfig` itself (mambadna/config.py), started from a preset by name (`model.preset=small`).
+their help from these fields (mambadna/cli.py), so a new setting is added in one place. The sections are shared by
+every command's settings (the other commands' are in mambadna/commands/configs.py): `runtime` (where a command
+runs), `data` (which builds the command's DataModule: the one DataSpec -> DataModule mapping), `optim`, `train`.
+The model section is `MambaConfig` itself (mambadna/config.py), started from a preset by name
+(`model.preset=small`).
 
 Changing them (recipes, flags, `--set`) is mambadna/settings.py's, re-exported here; every change goes through
 `from_dict`, which rebuilds the dataclasses, so each section's `__post_init__` checks the final values, whatever
@@ -12,24 +15,32 @@ weight decay 0.1, cosine schedule with linear warmup, peak lr 8e-3).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from mambadna.chunking import check_chunk_bp
-from mambadna.config import POOLINGS, MambaConfig, setting, tiny
-from mambadna.objective import OBJECTIVES, check_objective
+from mambadna.config import OBJECTIVES, POOLINGS, MambaConfig, check_chunk_bp, check_objective, setting, tiny
 # the machinery that reads and changes these dataclasses, used as rc.apply_overrides(...), rc.load_recipe(...)
-from mambadna.settings import (apply_overrides, changed_settings, from_dict, leaf_settings, load_recipe,  # noqa: F401
-                               parse_value, to_dict, type_name)
+from mambadna.settings import (apply_overrides, apply_recipe, changed_settings, from_dict, leaf_settings,  # noqa: F401
+                               load_recipe, parse_value, read_recipe, to_dict, type_name)
+from mambadna.data.tables import is_table
 
-PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed")
+# "auto": bf16 autocast on a GPU, fp32 on the CPU; "bf16" is "bf16-mixed"; the rest are Lightning's names
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16-true", "bf16", "16-mixed")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 SPLIT_MODES = ("auto", "contig", "block")
-LABELLED_SUFFIXES = (".csv", ".tsv", ".txt")
+# Where a setting moved: the old key still works in recipes, --set and saved run_config.json files.
+RENAMED = {f"train.{name}": f"runtime.{name}" for name in ("accelerator", "devices", "strategy", "precision",
+                                                           "num_nodes")}
+# the automatic length curriculum of long-window runs starts here (the Mamba paper's DNA warmup starts at 2^10): a
+# fine-tune asked for 2^17 or 2^20 bases at once collapsed to one class (issue 19), one trained at 8 kb ran well at 1 Mb
+AUTO_CURRICULUM_FROM_BP = 1024
 
 
 def check_label_regex(pattern: str, name: str = "data.label_regex") -> re.Pattern:
@@ -60,28 +71,33 @@ def _check(section: str, obj, *names: str, allow_none: bool = False, minimum=Non
 
 @dataclass
 class DataSpec:
-    """Where sequences come from. Empty paths mean the bundled genomes (see mambadna.data.bundled_genomes)."""
+    """Where sequences come from, and the DataModule that serves them (`datamodule`). Empty paths mean the bundled
+    genomes (mambadna.data.bundled)."""
 
-    genome: str = setting("", help="pretraining genome: one FASTA, any number of contigs (default: bundled)",
-                          flag="--genome", runs=("pretrain",))
-    manifest: str = setting("", help="species manifest TSV (species, fasta[, split]) or a folder of FASTAs",
-                            flag="--manifest", runs=("finetune",))
-    train: str = setting("", help="labelled training sequences (CSV/TSV or FASTA) instead of a manifest",
-                         flag="--train", runs=("finetune",))
-    val: str = setting("", help="labelled validation sequences", flag="--val", runs=("finetune",))
-    test: str = setting("", help="labelled test sequences", flag="--test", runs=("finetune",))
+    genome: str = setting("", input=True, help="pretraining genome (evaluate: a language model's test genome): one FASTA, any "
+                          "number of contigs; default: the bundled genomes", flag="--genome",
+                          runs=("pretrain", "evaluate"))
+    manifest: str = setting("", input=True, help="species manifest TSV (species, fasta[, split]) or a folder of FASTAs",
+                            flag="--manifest", runs=("finetune", "evaluate"))
+    train: str = setting("", input=True, help="labelled training sequences (CSV/TSV, parquet, a Hugging Face datasets folder, "
+                         "or FASTA) instead of a manifest", flag="--train", runs=("finetune",))
+    val: str = setting("", input=True, help="labelled validation sequences", flag="--val", runs=("finetune",))
+    test: str = setting("", input=True, help="labelled test sequences (evaluate: a classifier's test file)", flag="--test",
+                        runs=("finetune", "evaluate"))
     label_regex: str = setting("", help="regex with one group taking the label from FASTA headers",
-                               runs=("finetune",))
+                               flag="--label-regex", runs=("finetune", "evaluate"))
     label_key: str = setting("", help="header key holding the label (e.g. 'label' for label=...)",
-                             runs=("finetune",))
+                             runs=("finetune", "evaluate"))
     sequence_column: str = setting("sequence", help="column of a labelled table holding the sequence",
-                                   runs=("finetune",))
-    label_column: str = setting("label", help="column of a labelled table holding the label", runs=("finetune",))
+                                   runs=("finetune", "evaluate"))
+    label_column: str = setting("label", help="column of a labelled table holding the label",
+                                runs=("finetune", "evaluate"))
     window_bp: int = setting(1024, help="window length in bases", flag="--window-bp")
     batch_size: int = setting(8, help="sequences per batch per device", flag="--batch-size")
     num_workers: int = setting(0, help="DataLoader worker processes", flag="--num-workers")
-    train_windows: int | None = setting(None, help="training windows per epoch (none: bases // window_bp)")
-    val_windows: int | None = setting(64, help="validation windows")
+    train_windows: int | None = setting(None, help="training windows per epoch (none: bases // window_bp)",
+                                        runs=("pretrain", "finetune"))
+    val_windows: int | None = setting(64, help="validation windows", runs=("pretrain", "finetune"))
     test_windows: int | None = setting(256, help="test windows")
     val_fraction: float = setting(0.1, help="fraction of every contig (or of the contigs) held out for validation")
     test_fraction: float = setting(0.1, help="fraction of every contig (or of the contigs) held out for testing")
@@ -89,7 +105,8 @@ class DataSpec:
                             help="hold out whole contigs ('contig'), the end block of every contig ('block'), or "
                                  "'auto' (contigs when there are many); a manifest's split column overrides it")
     max_n_fraction: float = setting(0.1, help="windows with more N than this fraction are redrawn")
-    reverse_complement: bool = setting(False, help="reverse-complement half of the training windows")
+    reverse_complement: bool = setting(False, help="reverse-complement half of the training windows",
+                                       runs=("pretrain", "finetune"))
 
     def __post_init__(self):
         _check("data", self, "window_bp", "batch_size")
@@ -106,29 +123,85 @@ class DataSpec:
             raise ValueError(f"data.max_n_fraction must be in [0, 1], got {self.max_n_fraction}")
         if self.split_by not in SPLIT_MODES:
             raise ValueError(f"data.split_by must be one of {SPLIT_MODES}, got {self.split_by!r}")
-        if self.manifest and self.train:
-            raise ValueError("give data.manifest (species windows) or data.train (labelled sequences), not both")
+        if self.manifest and (self.train or self.test):
+            which = "data.train" if self.train else "data.test"
+            raise ValueError(f"give data.manifest (species windows) or {which} (labelled sequences), not both")
         self._check_labelled()
+
+    @property
+    def labelled(self) -> str:
+        """The labelled file a classifier trains on (data.train), or is tested on when there is none (evaluate)."""
+        return self.train or self.test
 
     def _check_labelled(self) -> None:
         # settings that only apply to labelled files would otherwise be ignored without a word
-        if (self.val or self.test) and not self.train:
-            raise ValueError("data.val / data.test (--val / --test) are labelled files that go with data.train "
-                             "(--train); a manifest's held-out windows come from data.val_fraction / test_fraction")
         if self.label_regex and self.label_key:
             raise ValueError("give data.label_regex or data.label_key, not both")
         if self.label_regex:
             check_label_regex(self.label_regex)
-        fasta_train = bool(self.train) and not self.train.lower().endswith(LABELLED_SUFFIXES)
-        if (self.label_regex or self.label_key) and self.train and not fasta_train:
-            raise ValueError(f"data.label_regex / data.label_key read labels from FASTA headers; {self.train} is a "
-                             f"table, whose labels are in the column data.label_column ({self.label_column!r})")
+        fasta = bool(self.labelled) and not is_table(self.labelled)
+        if (self.label_regex or self.label_key) and self.labelled and not fasta:
+            raise ValueError(f"data.label_regex / data.label_key read labels from FASTA headers; {self.labelled} is "
+                             f"a table, whose labels are in the column data.label_column ({self.label_column!r})")
         if (self.label_regex or self.label_key) and self.manifest:
             raise ValueError("data.label_regex / data.label_key read labels from FASTA headers of data.train; a "
                              "manifest's labels are its species column")
-        if fasta_train and not (self.label_regex or self.label_key):
-            raise ValueError(f"data.train {self.train} is a FASTA: say where its labels are with data.label_key "
+        if fasta and not (self.label_regex or self.label_key):
+            raise ValueError(f"data.train {self.labelled} is a FASTA: say where its labels are with data.label_key "
                              "(e.g. label for 'label=x' in the header) or data.label_regex (one group)")
+
+    def genome_path(self, out_dir) -> str:
+        """data.genome, or the bundled genomes as one FASTA written under `out_dir`."""
+        from mambadna.data.bundled import default_pretrain_genome
+
+        return self.genome or str(default_pretrain_genome(out_dir))
+
+    def datamodule(self, task: str, tokenizer, out_dir, seed: int = 0, masking=None, tbptt: bool = False,
+                   min_classes: int = 2):
+        """The DataModule of these settings, the one place they become one. `task` "lm": windows of data.genome
+        (contig streams with `tbptt`; `masking` a MaskingSpec tuple for masked-LM targets); "classify": labelled
+        files (data.train / val / test) or species windows of data.manifest (default: the bundled genomes).
+        A classifier's data needs `min_classes` classes (evaluate takes 1: a test set may hold some of them)."""
+        from mambadna import data
+
+        if task == "lm":
+            genome = self.genome_path(out_dir)
+            if tbptt:
+                return data.StreamsDataModule(genome, window_bp=self.window_bp, batch_size=self.batch_size,
+                                              num_workers=self.num_workers, seed=seed, tokenizer=tokenizer,
+                                              val_fraction=self.val_fraction, test_fraction=self.test_fraction)
+            return data.GenomeDataModule(
+                genome, window_bp=self.window_bp, batch_size=self.batch_size, num_workers=self.num_workers, seed=seed,
+                max_n_fraction=self.max_n_fraction, reverse_complement=self.reverse_complement,
+                train_windows=self.train_windows, val_windows=self.val_windows, test_windows=self.test_windows,
+                tokenizer=tokenizer, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+                split_by=self.split_by, masking=masking)
+        if task != "classify":
+            raise ValueError(f"DataSpec.datamodule: task must be 'lm' or 'classify', got {task!r}")
+        if self.labelled:
+            datamodule = data.LabelledDataModule(
+                self.labelled, self.val or None, self.test or None, batch_size=self.batch_size,
+                num_workers=self.num_workers, seed=seed, sequence_column=self.sequence_column,
+                label_column=self.label_column, label_regex=self.label_regex or None,
+                label_key=self.label_key or None, tokenizer=tokenizer)
+            datamodule.set_window(self.window_bp, self.batch_size)
+            note = datamodule.truncation_note(self.window_bp)
+            if note:  # the rest of those sequences is never seen: say so
+                warnings.warn(note, data.DataWarning, stacklevel=2)
+        else:
+            from mambadna.data.bundled import default_species_manifest
+
+            manifest = self.manifest or str(default_species_manifest(out_dir))
+            datamodule = data.SpeciesDataModule(
+                manifest, window_bp=self.window_bp, batch_size=self.batch_size, num_workers=self.num_workers,
+                seed=seed, max_n_fraction=self.max_n_fraction, reverse_complement=self.reverse_complement,
+                train_windows=self.train_windows, val_windows=self.val_windows, test_windows=self.test_windows,
+                tokenizer=tokenizer, val_fraction=self.val_fraction, test_fraction=self.test_fraction,
+                split_by=self.split_by, min_species=min_classes)
+        if datamodule.num_classes < min_classes:
+            raise ValueError(f"fine-tuning needs at least {min_classes} classes; the training data has "
+                             f"{datamodule.num_classes}: {datamodule.class_names}")
+        return datamodule
 
 
 @dataclass
@@ -156,16 +229,10 @@ class OptimSpec:
 @dataclass
 class TrainSpec:
     max_steps: int = setting(1000, help="optimizer steps", flag="--steps")
-    precision: str = setting("32-true", help="Lightning precision", flag="--precision", choices=PRECISIONS)
     accumulate_grad_batches: int = setting(1, help="gradient accumulation steps", flag="--accumulate")
     activation_checkpointing: bool = setting(False, help="recompute each Mamba block in the backward to save memory",
                                              flag="--activation-checkpointing")
     compile: bool = setting(False, help="torch.compile the loss computation", flag="--compile")
-    accelerator: str = setting("auto", help="Lightning accelerator: auto, cpu or gpu", flag="--accelerator",
-                               choices=ACCELERATORS)
-    devices: str = setting("auto", help="Lightning devices: auto, a count (2) or a list (0,1)", flag="--devices")
-    strategy: str = setting("auto", help="Lightning strategy", flag="--strategy", choices=STRATEGIES)
-    num_nodes: int = setting(1, help="machines (Lightning num_nodes)")
     ckpt_every_n_steps: int = setting(500, help="save a checkpoint every N steps (also at each epoch end, on "
                                                "SIGTERM/SIGINT and at the end)", flag="--ckpt-every")
     keep_checkpoints: int = setting(2, help="keep the newest N step checkpoints (2 or more keeps a good one "
@@ -173,11 +240,17 @@ class TrainSpec:
     val_every_n_steps: int | None = setting(None, help="validate every N steps (none: at the end of each epoch)")
     log_every_n_steps: int = setting(10, help="log metrics every N steps")
     seed: int = setting(0, help="random seed", flag="--seed")
-    progress_bar: bool = setting(True, help="show the progress bar", flag="--no-progress")
-    seqlen_warmup_from_bp: int = setting(
-        0, help="sequence-length warmup (Mamba paper): start at this window and double each stage up to "
-                "data.window_bp, halving the batch so tokens per step stay constant (0: off)")
-    epochs_per_stage: int = setting(1, help="epochs per sequence-length warmup stage")
+    progress_bar: bool = setting(True, help="show the progress bar", flag="--no-progress",
+                                 flag_help="hide the progress bar")
+    seqlen_warmup_from_bp: int | None = setting(
+        None, help="length curriculum (Mamba paper's sequence-length warmup): start at windows of this many bases "
+                   "and double them up to data.window_bp, the batch scaled so bases per step stay those of the "
+                   "final stage, every stage training on the same number of bases (stages sized in steps). "
+                   "none: automatic, from 1024 bp when data.window_bp is 8192 or more; 0: off")
+    min_windows_per_step: int | None = setting(
+        None, help="gradient accumulation is raised so that an optimizer step sees at least this many windows "
+                   "(none: a classifier's number of classes, so a step at a long window still sees every class "
+                   "once on average; 1 for pretraining)")
     chunk_bp: int | None = setting(
         None, flag="--chunk-bp",
         help="run each sequence through all layers in chunks of this many bases, carrying conv and SSM state and "
@@ -190,17 +263,10 @@ class TrainSpec:
 
     def __post_init__(self):
         _check("train", self, "max_steps", "accumulate_grad_batches", "ckpt_every_n_steps", "log_every_n_steps",
-               "epochs_per_stage", "num_nodes", "keep_checkpoints")
-        _check("train", self, "val_every_n_steps", "chunk_bp", allow_none=True)
-        _check("train", self, "seqlen_warmup_from_bp", strict=False)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"train.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.accelerator not in ACCELERATORS:
-            raise ValueError(f"train.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
+               "keep_checkpoints")
+        _check("train", self, "val_every_n_steps", "chunk_bp", "min_windows_per_step", allow_none=True)
+        _check("train", self, "seqlen_warmup_from_bp", strict=False, allow_none=True)
         self._check_long_context()
-        self.lightning_devices()
 
     def _check_long_context(self) -> None:
         # chunk_bp already recomputes each chunk; the per-block wrapper and TBPTT's carried state would make a
@@ -219,6 +285,44 @@ class TrainSpec:
             raise ValueError("train.seqlen_warmup_from_bp does not apply with train.tbptt: the window stays "
                              "data.window_bp and the carried state supplies the longer context")
 
+    def curriculum_start(self, window_bp: int) -> int:
+        """The window the length curriculum starts at for a run of `window_bp` windows (0: no curriculum)."""
+        if self.seqlen_warmup_from_bp is not None:
+            if self.seqlen_warmup_from_bp > window_bp:
+                raise ValueError(f"train.seqlen_warmup_from_bp ({self.seqlen_warmup_from_bp}) is longer than "
+                                 f"data.window_bp ({window_bp}); the curriculum grows windows up to data.window_bp")
+            return self.seqlen_warmup_from_bp
+        from mambadna.data.datamodules import LONG_WINDOW_BP  # Lightning: imported only once a run starts
+
+        return AUTO_CURRICULUM_FROM_BP if window_bp >= LONG_WINDOW_BP and not self.tbptt else 0
+
+
+@dataclass
+class RuntimeSpec:
+    """Where a command runs: the same settings, and flags, for every command that runs a model."""
+
+    accelerator: str = setting("auto", help="where to run: auto (the GPU when there is one), cpu or gpu",
+                               flag="--accelerator", choices=ACCELERATORS)
+    devices: str = setting("auto", help="devices: auto, a count (2: two GPUs, or two CPU processes with "
+                           "--accelerator cpu) or a list of GPU indices (0,1)", flag="--devices")
+    strategy: str = setting("auto", help="Lightning strategy over several devices", flag="--strategy",
+                            choices=STRATEGIES, runs=("pretrain", "finetune"))
+    precision: str = setting("32-true", help="precision: auto (bf16 autocast on a GPU, fp32 on the CPU), 32-true, "
+                             "bf16-mixed, ... (Lightning's names)", flag="--precision", choices=PRECISIONS,
+                             runs=("pretrain", "finetune", "evaluate", "embed"))
+    num_nodes: int = setting(1, help="machines (Lightning num_nodes)", runs=("pretrain", "finetune"))
+
+    def __post_init__(self):
+        _check("runtime", self, "num_nodes")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"runtime.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"runtime.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.accelerator not in ACCELERATORS:
+            raise ValueError(f"runtime.accelerator must be one of {ACCELERATORS}, got {self.accelerator!r}")
+        self.lightning_devices()
+
+
     def lightning_devices(self):
         text = str(self.devices).strip()
         if text == "auto":
@@ -232,7 +336,18 @@ class TrainSpec:
                 return int(text)
         except ValueError:
             pass
-        raise ValueError(f"train.devices must be 'auto', a count >= 1 or a list like '0,1', got {text!r}")
+        raise ValueError(f"runtime.devices must be 'auto', a count >= 1 or a list like '0,1', got {text!r}")
+
+    def device_count(self) -> int:
+        """How many processes a command that deals work out itself (embed) starts: 1 for 'auto'."""
+        devices = self.lightning_devices()
+        return len(devices) if isinstance(devices, list) else 1 if devices == "auto" else devices
+
+    def lightning_precision(self, cuda: bool) -> str:
+        """The precision as Lightning takes it: 'auto' is bf16-mixed on a GPU, fp32 elsewhere."""
+        if self.precision == "auto":
+            return "bf16-mixed" if cuda else "32-true"
+        return "bf16-mixed" if self.precision == "bf16" else self.precision
 
 
 @dataclass
@@ -267,6 +382,19 @@ class PretrainConfig:
                              help="clm: predict the next base (causal models); mlm: predict masked bases (the "
                                   "objective of bidirectional and rc_equivariant models)")
     masking: MaskingSpec = setting(help="masked-LM corruption (--objective mlm)", factory=MaskingSpec)
+    runtime: RuntimeSpec = setting(help="where the run goes", factory=RuntimeSpec)
+    resume: bool = setting(False, flag="--resume", transient=True,
+                           help="continue the run in --out from its newest checkpoint, with its saved settings (flags "
+                                "given change them; the model shape cannot change)")
+    resume_from: str = setting("", flag="--resume-from", metavar="CKPT", transient=True,
+                               help="continue from this checkpoint file (of --out's run, or of another run into a new "
+                                    "--out)")
+    overwrite: str | None = setting(None, flag="--overwrite", const="move", choices=("move", "delete"),
+                                    metavar="move|delete", transient=True,
+                                    help="start afresh where --out already holds a run: move the old run aside to "
+                                         "<out>.old-N (default) or delete the files a run writes")
+
+    RENAMED: ClassVar[dict] = RENAMED
 
     def __post_init__(self):
         check_objective(self.model, self.objective)
@@ -284,21 +412,44 @@ class FinetuneConfig:
     pretrained: str = setting("", flag="--pretrained",
                               help="MambaLM to start from: save_pretrained folder, transformers Mamba folder or Hub "
                                    "id (default: train from scratch)")
-    pooling: str = setting("last", help="how positions are pooled for the head", flag="--pooling", choices=POOLINGS)
+    pooling: str = setting("mean", flag="--pooling", choices=POOLINGS,
+                           help="how positions are pooled for the head (mean: every position counts, so the model "
+                                "runs at any window, longer ones too; last: the final state only)")
     freeze_backbone: bool = setting(False, help="train only the classification head", flag="--freeze-backbone")
     model: MambaConfig = setting(help="model shape for a run from scratch (a fine-tune takes the checkpoint's)",
                                  factory=tiny)
     data: DataSpec = setting(help="data", factory=lambda: DataSpec(window_bp=256, batch_size=16))
     optim: OptimSpec = setting(help="optimizer", factory=lambda: OptimSpec(lr=1e-3, weight_decay=0.01))
     train: TrainSpec = setting(help="training", factory=lambda: TrainSpec(max_steps=500))
+    runtime: RuntimeSpec = setting(help="where the run goes", factory=RuntimeSpec)
+    resume: bool = setting(False, flag="--resume", transient=True,
+                           help="continue the run in --out from its newest checkpoint, with its saved settings (flags "
+                                "given change them; the model shape cannot change)")
+    resume_from: str = setting("", flag="--resume-from", metavar="CKPT", transient=True,
+                               help="continue from this checkpoint file (of --out's run, or of another run into a new "
+                                    "--out)")
+    overwrite: str | None = setting(None, flag="--overwrite", const="move", choices=("move", "delete"),
+                                    metavar="move|delete", transient=True,
+                                    help="start afresh where --out already holds a run: move the old run aside to "
+                                         "<out>.old-N (default) or delete the files a run writes")
+
+    RENAMED: ClassVar[dict] = RENAMED
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if (self.data.val or self.data.test) and not self.data.train:
+            raise ValueError("data.val / data.test (--val / --test) are labelled files that go with data.train "
+                             "(--train); a manifest's held-out windows come from data.val_fraction / test_fraction")
         if self.train.tbptt:
             raise ValueError("train.tbptt applies to pretraining only")
         if self.train.chunk_bp is not None and not self.pretrained:  # a checkpoint's model is checked by the task
             check_chunk_bp(self.train.chunk_bp, self.model)
+
+
+def transient_keys(cls) -> list[str]:
+    """The settings of one invocation (--resume, --overwrite, ...): not saved with a run, not compared on resume."""
+    return [key for key, _, f in leaf_settings(cls) if f.metadata.get("transient")]
 
 
 def save_config(cfg, path: str | Path) -> None:
@@ -306,7 +457,9 @@ def save_config(cfg, path: str | Path) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"kind": type(cfg).__name__, **to_dict(cfg)})
+    defaults = type(cfg)()
+    kept = dataclasses.replace(cfg, **{k: getattr(defaults, k) for k in transient_keys(type(cfg))})
+    write_json(path, {"kind": type(cfg).__name__, **to_dict(kept)})
 
 
 def load_config(path: str | Path):

@@ -40,10 +40,39 @@ def leaf_settings(cls, prefix: str = ""):
             yield key, kind, f
 
 
+def renamed(cls, key: str) -> str:
+    """The current name of a dotted key: a class lists the settings that moved in `RENAMED` {old: new}."""
+    return getattr(cls, "RENAMED", {}).get(key, key)
+
+
+def _move_renamed(cls, data: dict) -> dict:
+    """A nested settings dict with every old key (cls.RENAMED) moved to its new place; the new one wins."""
+    moves = getattr(cls, "RENAMED", {})
+    if not moves:
+        return data
+    data = json.loads(json.dumps(data))  # a deep copy: the caller's dict stays as it was
+    for old, new in moves.items():
+        *path, leaf = old.split(".")
+        node = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *path, leaf = new.split(".")
+        target = data
+        for part in path:
+            target = target.setdefault(part, {})
+        target.setdefault(leaf, value)
+    return data
+
+
 def from_dict(cls, data: dict, where: str = ""):
     """Build `cls` from a nested dict; an unknown key raises ValueError listing the valid ones."""
     if not isinstance(data, dict):
         raise ValueError(f"{where or cls.__name__}: expected a table of settings, got {data!r}")
+    if not where:
+        data = _move_renamed(cls, data)
     hints = _field_types(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -134,6 +163,7 @@ def apply_overrides(cfg, assignments: list[str]):
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, text = (part.strip() for part in item.split("=", 1))
+        key = renamed(type(cfg), key)
         parts = key.split(".")
         cls, node = type(cfg), data
         for depth, part in enumerate(parts):
@@ -159,8 +189,8 @@ def apply_overrides(cfg, assignments: list[str]):
     return from_dict(type(cfg), data)
 
 
-def load_recipe(cfg, path: str | Path):
-    """Apply a recipe file (TOML or JSON, nested tables as in the config) on top of `cfg`."""
+def read_recipe(path: str | Path) -> dict:
+    """The nested tables of a recipe file (TOML or JSON); a missing or unreadable file is a one-line ValueError."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"recipe {path} not found")
@@ -172,12 +202,27 @@ def load_recipe(cfg, path: str | Path):
         recipe = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"recipe {path} does not parse: {err}") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"recipe {path}: expected a table of settings, got {type(recipe).__name__}")
+    return recipe
+
+
+def apply_recipe(cfg, recipe: dict, where: str = "recipe"):
+    """`cfg` with a recipe's settings (nested tables as in the config) on top; errors name `where`."""
+    recipe = dict(recipe)
+    if recipe.get("kind") == type(cfg).__name__:
+        recipe.pop("kind")  # a run's saved run_config.json is a recipe too
     data = to_dict(cfg)
-    _merge(data, recipe)
+    _merge(data, _move_renamed(type(cfg), recipe))
     try:
         return from_dict(type(cfg), data)
     except ValueError as err:
-        raise ValueError(f"recipe {path}: {err}") from None
+        raise ValueError(f"{where}: {err}") from None
+
+
+def load_recipe(cfg, path: str | Path):
+    """Apply a recipe file (TOML or JSON, nested tables as in the config) on top of `cfg`."""
+    return apply_recipe(cfg, read_recipe(path), f"recipe {path}")
 
 
 def _merge(base: dict, update: dict) -> None:

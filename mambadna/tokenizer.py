@@ -7,10 +7,13 @@ encodes at memory speed; there is no Python loop per base anywhere in this file.
 
 from __future__ import annotations
 
-from typing import Sequence
+import sys
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 PAD_ID, BOS_ID, EOS_ID, MASK_ID, UNK_ID = 0, 1, 2, 3, 4
 NUM_SPECIAL = 5
@@ -22,6 +25,12 @@ NUCLEOTIDES = "ACGTN"
 A_ID, C_ID, G_ID, T_ID, N_ID = 5, 6, 7, 8, 9
 IUPAC_AMBIGUITY = "RYKMSWBDHV"
 _INVALID = -1
+
+
+def _is_tensor(value) -> bool:
+    # no torch import to ask: the settings layer reads tokenizer names before torch is loaded (the CLI answers fast)
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -83,6 +92,8 @@ class _Tokenizer:
         length = max(len(r) for r in rows)
         if pad_to_multiple_of is not None:
             length = _round_up(max(length, 1), pad_to_multiple_of)
+        import torch
+
         input_ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.bool)
         for i, ids in enumerate(rows):
@@ -94,7 +105,7 @@ class _Tokenizer:
         return np.concatenate(([self.bos_id], ids, [self.eos_id])).astype(np.int64)
 
     def _check_ids(self, ids) -> np.ndarray:
-        arr = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+        arr = ids.detach().cpu().numpy() if _is_tensor(ids) else np.asarray(ids)
         if arr.ndim != 1:
             raise ValueError(f"decode expects a 1-D sequence of ids, got shape {arr.shape}")
         if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
@@ -166,7 +177,7 @@ class NucleotideTokenizer(_Tokenizer):
             raise ValueError(f"id {int(arr[bad])} at position {bad} is a vocabulary padding slot, not a token")
         chars = self._DECODE[arr].copy()  # (l,) uint8
         if soft_mask is not None:
-            soft = np.asarray(soft_mask.cpu() if isinstance(soft_mask, torch.Tensor) else soft_mask, dtype=bool)
+            soft = np.asarray(soft_mask.cpu() if _is_tensor(soft_mask) else soft_mask, dtype=bool)
             if soft.shape != arr.shape:
                 raise ValueError(f"soft_mask shape {soft.shape} does not match ids shape {arr.shape}")
             chars[soft] |= 0x20  # ASCII lowercase bit; only ever set on letters since specials are removed below
@@ -222,7 +233,9 @@ def reverse_complement(ids):
     right-padded batch comes back left-padded: reverse-complement before padding.
     """
     table = NucleotideTokenizer._COMPLEMENT
-    if isinstance(ids, torch.Tensor):
+    if _is_tensor(ids):
+        import torch
+
         if ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise ValueError(f"reverse_complement expects integer ids, got {ids.dtype}")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(table)):

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,6 +59,14 @@ def test_finetune_evaluate_embed_probe_generate(pretrained, tmp_path, capsys):
     assert cli.main(["evaluate", str(ft / "model"), "--window-bp", "64", "--out", str(tmp_path / "ev")]) == 0
     evaluation = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert evaluation["model_class"] == "MambaClassifier" and "test/accuracy" in evaluation
+    # how many test windows is a setting like any other (the run's data section), from a flag or a recipe
+    assert cli.main(["evaluate", str(ft / "model"), "--window-bp", "64", "--set", "data.test_windows=12",
+                     "--accelerator", "cpu", "--out", str(tmp_path / "ev12")]) == 0
+    assert np.array(json.loads((tmp_path / "ev12" / "evaluation.json").read_text())["confusion_matrix"]).sum() == 12
+    recipe = tmp_path / "evaluate.toml"
+    recipe.write_text(f'checkpoint = "{ft / "model"}"\n[data]\nwindow_bp = 64\ntest_windows = 20\n')
+    assert cli.main(["evaluate", str(ft / "model"), "--recipe", str(recipe), "--out", str(tmp_path / "ev20")]) == 0
+    assert np.array(json.loads((tmp_path / "ev20" / "evaluation.json").read_text())["confusion_matrix"]).sum() == 20
 
     table = tmp_path / "seqs.tsv"
     rng = np.random.default_rng(0)
@@ -111,6 +120,50 @@ def test_finetune_labelled_table_from_scratch_loss_falls(tmp_path):
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["classes"] == ["at", "gc"] and summary["test/accuracy"] > 0.8
+
+
+def test_finetune_trains_from_parquet_and_a_datasets_folder(tmp_path):
+    """The labelled-table formats the data layer reads (one list of suffixes, mambadna/data/tables.py) train."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    seqs = ["".join(rng.choice(list("AT" if i % 2 else "GC"), 48)) for i in range(32)]
+    pq.write_table(pa.table({"sequence": seqs, "label": ["at" if i % 2 else "gc" for i in range(32)]}),
+                   tmp_path / "train.parquet")
+    folder = Path(__file__).resolve().parent / "data" / "fixtures" / "hf_datasets" / "ds"
+    for name, train, classes in (("pq", tmp_path / "train.parquet", ["at", "gc"]),
+                                 ("ds", folder, ["enhancer", "other", "promoter"])):
+        out = tmp_path / name
+        assert cli.main(["finetune", "--train", str(train), "--out", str(out), "--steps", "2", *TINY[:4],
+                         "--window-bp", "32", "--batch-size", "4", "--no-progress"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["steps"] == 2 and summary["classes"] == classes
+
+
+def test_a_recipe_chains_steps(tmp_path, capsys):
+    """One recipe file, three commands: pretrain -> finetune from it -> evaluate the classifier."""
+    tiny = "model = { d_model = 16, d_state = 4 }\n"
+    data = "data = { window_bp = 64, batch_size = 8, val_windows = 8, test_windows = 16 }\n"
+    recipe = tmp_path / "chain.toml"
+    recipe.write_text(
+        f'[[step]]\ncommand = "pretrain"\nout_dir = "{tmp_path / "pre"}"\n{tiny}{data}'
+        'train = { max_steps = 2, progress_bar = false }\n'
+        f'[[step]]\ncommand = "finetune"\nout_dir = "{tmp_path / "ft"}"\npretrained = "{tmp_path / "pre" / "model"}"\n'
+        f'{data}train = {{ max_steps = 2, progress_bar = false }}\n'
+        f'[[step]]\ncommand = "evaluate"\ncheckpoint = "{tmp_path / "ft" / "model"}"\nout_dir = "{tmp_path / "ev"}"\n'
+        '[step.data]\nwindow_bp = 64\ntest_windows = 12\n')
+    assert cli.main(["run", str(recipe)]) == 0
+    evaluation = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert evaluation["model_class"] == "MambaClassifier" and np.array(evaluation["confusion_matrix"]).sum() == 12
+    assert "[step 3/3] evaluate" in capsys.readouterr().out
+    # every step is checked before the first runs: a typo in the last step leaves nothing behind
+    bad = tmp_path / "bad.toml"
+    bad.write_text(recipe.read_text().replace(str(tmp_path / "pre"), str(tmp_path / "pre2"))
+                   .replace("test_windows = 12", "test_windowz = 12"))
+    assert cli.main(["run", str(bad)]) == 2
+    assert "step 3 (evaluate): unknown setting 'data.test_windowz'" in capsys.readouterr().err
+    assert not (tmp_path / "pre2").exists()
 
 
 def test_evaluate_language_model(pretrained, tmp_path):

@@ -175,10 +175,12 @@ def test_without_flock_the_lock_file_pid_is_checked(tmp_path, monkeypatch):
 def test_a_multi_process_run_prints_its_summary_once(monkeypatch, capsys):
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-    cli._print_summary("pretraining done", {"steps": 2})
+    from mambadna.commands.summary import print_summary
+
+    print_summary("pretraining done", {"steps": 2})
     assert "pretraining done" in capsys.readouterr().out
     monkeypatch.setattr(rank_zero_only, "rank", 1)  # what a relaunched DDP process sees
-    cli._print_summary("pretraining done", {"steps": 2})
+    print_summary("pretraining done", {"steps": 2})
     assert capsys.readouterr().out == ""
 
 

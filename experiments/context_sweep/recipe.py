@@ -5,14 +5,14 @@ Fine-tuning follows the Mamba paper's recipe for its great-apes task by default:
 linear lr warmup then a cosine decay, sequence-length warmup for windows above 2^14 (doubling from 2^14, the batch
 halving each time so the tokens per step stay constant), reverse-complement augmentation. Every length sees the
 same number of bases: tokens per step (batch x window) and steps are the same at every length, so only the window
-changes. Every config is also printed as one `mambadna finetune` / `mambadna pretrain` command (`command`), which
-rebuilds exactly the same config (checked by `command`).
+changes. Every config is written as a recipe file (`write_recipe`, the config as `run_config.json` holds it), so each
+run is also one command, `mambadna finetune --recipe FILE`, that rebuilds exactly the same config (checked by
+`write_recipe`); the runner calls `mambadna.commands.<name>.run(cfg)` with the config itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -165,10 +165,10 @@ def finetune_config(dataset: str, window_bp: int, init: str, scale: Scale, manif
                          test_windows=test_n, reverse_complement=True),
         optim=rc.OptimSpec(lr=scale.lr, weight_decay=scale.weight_decay, warmup_fraction=scale.warmup_fraction,
                            min_lr_ratio=0.1),
-        train=rc.TrainSpec(max_steps=steps, precision=scale.precision, accelerator=scale.accelerator,
-                           devices="1", seed=scale.seed, ckpt_every_n_steps=steps,
+        runtime=rc.RuntimeSpec(precision=scale.precision, accelerator=scale.accelerator, devices="1"),
+        train=rc.TrainSpec(max_steps=steps, seed=scale.seed, ckpt_every_n_steps=steps,
                            val_every_n_steps=steps, log_every_n_steps=max(1, steps // 16),
-                           progress_bar=False, seqlen_warmup_from_bp=warm_from, epochs_per_stage=1,
+                           progress_bar=False, seqlen_warmup_from_bp=warm_from,
                            chunk_bp=scale.chunk_bp if window_bp >= scale.chunk_from_bp else None),
     )
     return cfg
@@ -189,65 +189,38 @@ def pretrain_config(dataset: str, scale: Scale, genome: str, out_dir: str) -> rc
                          val_windows=max(scale.min_val_windows, 2 * batch), test_windows=batch,
                          reverse_complement=True),
         optim=rc.OptimSpec(lr=scale.pretrain_lr, weight_decay=0.1, warmup_fraction=0.1, min_lr_ratio=0.1),
-        train=rc.TrainSpec(max_steps=scale.pretrain_steps, precision=scale.precision, accelerator=scale.accelerator,
-                           devices="1", seed=scale.seed, ckpt_every_n_steps=scale.pretrain_steps,
+        runtime=rc.RuntimeSpec(precision=scale.precision, accelerator=scale.accelerator, devices="1"),
+        train=rc.TrainSpec(max_steps=scale.pretrain_steps, seed=scale.seed, ckpt_every_n_steps=scale.pretrain_steps,
                            val_every_n_steps=scale.pretrain_steps,
                            log_every_n_steps=max(1, scale.pretrain_steps // 16), progress_bar=False,
-                           seqlen_warmup_from_bp=start if n else 0, epochs_per_stage=1),
+                           seqlen_warmup_from_bp=start if n else 0),
     )
 
 
-# ---- configs <-> one `mambadna` command line ----
+# ---- configs <-> recipe files (one `mambadna ... --recipe FILE` command each) ----
 
-def _leaves(data: dict, prefix: str = ""):
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from _leaves(value, name + ".")
-        else:
-            yield name, value
+def kind(cfg) -> str:
+    """The `mambadna` command a config is for: finetune or pretrain."""
+    return "finetune" if isinstance(cfg, rc.FinetuneConfig) else "pretrain"
 
 
-def _text(value) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return json.dumps(list(value), separators=(",", ":"))
-    return str(value)
+def write_recipe(cfg, path) -> str:
+    """Write `cfg` as a recipe file (JSON, the layout of a run's run_config.json) -> the command that runs it.
+    Raises if the file does not rebuild ``cfg``."""
+    from pathlib import Path
+
+    path = Path(path)
+    rc.save_config(cfg, path)
+    base = rc.FinetuneConfig() if kind(cfg) == "finetune" else rc.PretrainConfig()
+    if rc.to_dict(rc.load_recipe(base, path)) != rc.to_dict(cfg):
+        raise AssertionError(f"the recipe {path} does not rebuild the config")
+    return command(cfg, path)
 
 
-SHORT_FLAGS = {"out_dir": "--out", "data.manifest": "--manifest", "data.genome": "--genome",
-               "pretrained": "--pretrained"}
-
-
-def command(cfg) -> list[str]:
-    """argv for `mambadna` (``["finetune", "--out", ..., "--set", "k=v", ...]``) that rebuilds ``cfg`` exactly:
-    every setting that differs from the subcommand's defaults. Raises if the round trip does not give ``cfg``."""
-    kind = "finetune" if isinstance(cfg, rc.FinetuneConfig) else "pretrain"
-    base = rc.FinetuneConfig() if kind == "finetune" else rc.PretrainConfig()
-    defaults = dict(_leaves(rc.to_dict(base)))
-    argv, sets = [kind], []
-    for key, value in _leaves(rc.to_dict(cfg)):
-        if defaults.get(key, object()) == value:
-            continue
-        if key in SHORT_FLAGS:
-            argv += [SHORT_FLAGS[key], _text(value)]
-        sets.append(f"{key}={_text(value)}")
-    for item in sets:
-        if item.split("=", 1)[0] not in SHORT_FLAGS:
-            argv += ["--set", item]
-    rebuilt = rc.apply_overrides(base, sets)
-    if rc.to_dict(rebuilt) != rc.to_dict(cfg):
-        raise AssertionError("the printed command does not rebuild the recipe's config")
-    return argv
-
-
-def shell(argv: list[str]) -> str:
+def command(cfg, recipe_path) -> str:
     import shlex
 
-    return "mambadna " + " ".join(shlex.quote(a) for a in argv)
+    return f"mambadna {kind(cfg)} --recipe {shlex.quote(str(recipe_path))}"
 
 
 def describe(scale: Scale) -> dict:
@@ -259,10 +232,10 @@ def describe(scale: Scale) -> dict:
 
 def require_setting(section: str, key: str, why: str) -> None:
     """Fail loudly when the package lacks a setting the recipe needs (see RESULTS.md, 'package features')."""
-    cls = {"data": rc.DataSpec, "train": rc.TrainSpec, "optim": rc.OptimSpec}[section]
+    cls = {"data": rc.DataSpec, "train": rc.TrainSpec, "optim": rc.OptimSpec, "runtime": rc.RuntimeSpec}[section]
     if key not in {f.name for f in dataclasses.fields(cls)}:
         raise SystemExit(f"this recipe needs the setting {section}.{key} ({why}), which this mambadna does not have")
 
 
 __all__ = ["Scale", "GPU", "CPU_SMOKE", "SCALES", "DATASETS", "INITS", "finetune_config", "pretrain_config",
-           "command", "shell", "batch_for", "test_windows_for", "warmup_plan", "field"]
+           "write_recipe", "command", "kind", "batch_for", "test_windows_for", "warmup_plan", "field"]

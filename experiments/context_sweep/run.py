@@ -7,10 +7,11 @@
 For each dataset: write the block splits (splits.py; the same held-out blocks in every species), pretrain once on
 the training regions (of human for the great apes, of every species otherwise), then for each context length train
 the classifier from scratch and from the pretrained model, and fit the k-mer (k = 4..8) + logistic-regression
-baseline on the same test windows. Every model row is one `mambadna finetune` command (printed, and stored in the
-row); by default the runner calls the CLI's `main` in this process with exactly that argv (``--subprocess`` runs it
-as a separate `python -m mambadna` process instead). Rows go to ``OUT/rows.jsonl`` as they finish; ``report.py``
-turns them into RESULTS.md and the plot.
+baseline on the same test windows. Every model run is a config (recipe.py), written as a recipe file beside its run
+folder, so each row is also one command, `mambadna finetune --recipe FILE` (printed, and stored in the row); by
+default the runner calls `mambadna.commands.finetune.run(cfg)` (or pretrain's) in this process with that config
+(``--subprocess`` runs the command as a separate `python -m mambadna` process instead). Rows go to
+``OUT/rows.jsonl`` as they finish; ``report.py`` turns them into RESULTS.md and the plot.
 
 ``--parts kmer`` / ``--parts models`` run one half (the GPU script runs the k-mer half on the CPU cores alongside
 the models), ``--deadline UNIX_TIME`` skips the model rows that would not finish in time (recorded as skipped).
@@ -121,15 +122,12 @@ def species_windows(manifest: Path, window_bp: int, split: str, count: int, seed
 
 def datamodule_test_digest(cfg) -> tuple[str, dict]:
     """Digest and label counts of the test windows as the fine-tuning run's datamodule builds them."""
-    from mambadna.data import SpeciesDataModule
+    import dataclasses
+
     from mambadna.tokenizer import tokenizer_from_name
 
-    d = cfg.data
-    dm = SpeciesDataModule(d.manifest, window_bp=d.window_bp, batch_size=64, num_workers=0, seed=cfg.train.seed,
-                           max_n_fraction=d.max_n_fraction, reverse_complement=d.reverse_complement,
-                           val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_by=d.split_by,
-                           train_windows=d.train_windows, val_windows=d.val_windows, test_windows=d.test_windows,
-                           tokenizer=tokenizer_from_name(cfg.model.tokenizer))
+    data = dataclasses.replace(cfg.data, batch_size=64, num_workers=0)
+    dm = data.datamodule("classify", tokenizer_from_name(cfg.model.tokenizer), cfg.out_dir, seed=cfg.train.seed)
     pairs, counts = [], {}
     for batch in dm.test_dataloader():
         for ids, label in zip(batch["input_ids"].numpy(), batch["label"].tolist()):
@@ -169,13 +167,25 @@ def index_genomes(manifest: Path) -> None:
         Genome(row.path)
 
 
-def run_cli(argv: list[str], use_subprocess: bool) -> int:
-    if use_subprocess:
-        return subprocess.call([sys.executable, "-m", "mambadna", *argv], cwd=os.getcwd())
-    from mambadna.cli import main as cli_main
+def run_step(cfg, recipe: Path, use_subprocess: bool) -> tuple[int, str]:
+    """Run one config: `mambadna.commands.<kind>.run(cfg)` here, or its recipe's command as its own process ->
+    (exit code, the command). A failure is reported as a code, like the command line's."""
+    import importlib
 
+    recipe.parent.mkdir(parents=True, exist_ok=True)
+    line = R.write_recipe(cfg, recipe)
+    if use_subprocess:
+        return subprocess.call([sys.executable, "-m", "mambadna", R.kind(cfg), "--recipe", str(recipe)],
+                               cwd=os.getcwd()), line
     try:
-        return cli_main(list(argv))
+        importlib.import_module(f"mambadna.commands.{R.kind(cfg)}").run(cfg)
+        return 0, line
+    except Exception as exc:  # noqa: BLE001 (a failed row is recorded, the sweep goes on)
+        from mambadna.errors import error_line
+
+        message, code = error_line(exc)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return code, line
     finally:
         gc.collect()
         try:
@@ -273,7 +283,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, help="override the scale's fine-tuning steps (bases seen change with it)")
     p.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra setting for every fine-tuning run, e.g. pooling=mean or optim.lr=2e-3 (ablations; "
-                   "it goes into each printed command)")
+                   "it goes into each run's recipe file)")
     p.add_argument("--deadline", type=float, help="unix time: skip model rows that would end after it")
     p.add_argument("--budget-s", type=float, help="fit the step count to this many seconds of model runs: measure "
                    "seconds per step at each length first, then use the one step count that fits (the same at every "
@@ -379,15 +389,15 @@ def main(argv=None) -> int:
             for name, _ in datasets:
                 genome, species = pretrain_genome(name, prepared[name], out / name)
                 cfg = R.pretrain_config(name, scale, str(genome), str(out / name / "pretrain"))
-                argv_ = R.command(cfg)
-                print(f"[{name}] pretraining on the training regions of {', '.join(species)}:\n  {R.shell(argv_)}",
-                      flush=True)
+                recipe = out / name / "pretrain.recipe.json"
+                print(f"[{name}] pretraining on the training regions of {', '.join(species)}:\n  "
+                      f"{R.command(cfg, recipe)}", flush=True)
                 t0 = time.time()
-                code = run_cli(argv_, a.subprocess)
+                code, line = run_step(cfg, recipe, a.subprocess)
                 seconds = time.time() - t0
                 summary = _read_json(out / name / "pretrain" / "summary.json")
                 rows.add({"dataset": name, "method": "pretrain", "status": "ok" if code == 0 else f"failed ({code})",
-                          "species": species, "command": R.shell(argv_), "seconds": seconds, "device": device,
+                          "species": species, "command": line, "seconds": seconds, "device": device,
                           "window_bp": cfg.data.window_bp, "steps": summary.get("steps"),
                           "bases_seen": cfg.train.max_steps * cfg.data.batch_size * cfg.data.window_bp,
                           "val_bits_per_base": summary.get("val/bits_per_base"),
@@ -411,8 +421,8 @@ def main(argv=None) -> int:
                                             str(pretrained.get(name, "")))
                     if a.finetune_set:
                         cfg = R.rc.apply_overrides(cfg, a.finetune_set)
-                    argv_ = R.command(cfg)
-                    base = {"dataset": name, "window_bp": L, "method": init, "command": R.shell(argv_),
+                    recipe = run_dir.with_name(run_dir.name + ".recipe.json")
+                    base = {"dataset": name, "window_bp": L, "method": init, "command": R.command(cfg, recipe),
                             "steps": cfg.train.max_steps, "batch_size": cfg.data.batch_size,
                             "bases_seen": cfg.train.max_steps * cfg.data.batch_size * L,
                             "seqlen_warmup_from_bp": cfg.train.seqlen_warmup_from_bp,
@@ -425,10 +435,10 @@ def main(argv=None) -> int:
                         rows.add({**base, "status": "skipped (deadline)"})
                         print(f"[{name} 2^{L.bit_length() - 1} {init}] skipped: would pass the deadline", flush=True)
                         continue
-                    print(f"[{name} 2^{L.bit_length() - 1} {init}]\n  {R.shell(argv_)}", flush=True)
+                    print(f"[{name} 2^{L.bit_length() - 1} {init}]\n  {base['command']}", flush=True)
                     digest, counts = datamodule_test_digest(cfg)
                     t0 = time.time()
-                    code = run_cli(argv_, a.subprocess)
+                    code, _ = run_step(cfg, recipe, a.subprocess)
                     seconds = time.time() - t0
                     longest = max(longest, seconds)
                     summary = _read_json(run_dir / "summary.json")

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from mambadna import run_config as rc
-from mambadna.commands.defaults import default_species_manifest
+from mambadna.commands.configs import DemoConfig
+from mambadna.data.bundled import default_species_manifest
 from mambadna.config import tiny
 from mambadna.files import lock_folder, write_json
 
@@ -47,12 +48,30 @@ def demo_finetune(out_dir: str, pretrained: str) -> rc.FinetuneConfig:
     )
 
 
+def run(cfg: DemoConfig) -> dict:
+    """The `mambadna demo` command; an earlier demo in cfg.out_dir is moved aside with cfg.overwrite."""
+    import sys
+
+    from mambadna.commands.run_dir import out_folder, start_run
+
+    out = out_folder(cfg.out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise ValueError(f"{out} already holds a demo; add --overwrite to move it aside, or choose another --out")
+        moved = start_run(out, "demo", overwrite="move").moved_to
+        if moved is None:  # a folder that is not a run: move it whole
+            moved = out.with_name(out.name + ".old-demo")
+            out.rename(moved)
+        print(f"moved the earlier demo to {moved}", file=sys.stderr)
+    return run_demo(out, quick=cfg.quick, progress_bar=cfg.progress_bar)
+
+
 def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress_bar: bool = True) -> dict:
     from mambadna.commands.embed import Record, embed_records
     from mambadna.commands.embedding_io import write_embeddings
     from mambadna.commands.plots import plot_pca
     from mambadna.commands.probe import kmer_baseline, probe_embeddings
-    from mambadna.commands.train import run_finetune, run_pretrain
+    from mambadna.commands import finetune, pretrain
     from mambadna.model import MambaLM
 
     out_dir = lock_folder(out_dir, "demo")
@@ -68,10 +87,10 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress_ba
 
     print(f"[1/4] pretraining a tiny Mamba ({pre.model.d_model} wide, {pre.model.n_layer} layers) on the bundled "
           f"genomes, {pre.train.max_steps} steps")
-    pre_summary = run_pretrain(pre)
+    pre_summary = pretrain.run(pre)
     t_pre = time.time() - start
     print(f"[2/4] fine-tuning a genome-of-origin classifier, {ft.train.max_steps} steps")
-    ft_summary = run_finetune(ft)
+    ft_summary = finetune.run(ft)
     t_ft = time.time() - start - t_pre
 
     print("[3/4] embedding the test windows and probing them")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,12 +23,14 @@ import torch
 
 from mambadna.checkpoint import load
 from mambadna.chunking import check_chunk_bp, run_chunked
-from mambadna.commands.embedding_io import PER_POSITION_NAME, remove_other_outputs, write_embeddings
+from mambadna.commands.configs import EmbedConfig
+from mambadna.commands.embedding_io import OUTPUT_NAMES, PER_POSITION_NAME, remove_other_outputs, write_embeddings
+from mambadna.commands.run_dir import out_folder, refuse_existing
 from mambadna.config import POOLINGS
 from mambadna.files import atomic_path, lock_folder, release_folder
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.pooling import check_mask, pool_finish, pool_partial
-from mambadna.run_config import check_label_regex
+from mambadna.run_config import RuntimeSpec, check_label_regex
 from mambadna.tokenizer import reverse_complement_bytes, tokenizer_from_name
 
 AUTO_CHUNK_BP = 1 << 16  # sequences longer than this run in chunks of this size unless chunk_bp is given
@@ -172,7 +173,7 @@ def embed_records(model: MambaLM, records: list[Record], pooling: str = "mean", 
     if rc_average and not hasattr(tokenizer, "reverse_complement"):
         raise ValueError(f"reverse-complement averaging needs a nucleotide model; this one uses {tokenizer.name}")
     model = model.to(device).eval()
-    amp = device.type == "cuda" and precision in ("auto", "bf16")
+    amp = device.type == "cuda" and precision in ("auto", "bf16", "bf16-mixed", "bf16-true")
     d = model.config.d_model
     seqs = [r.sequence[:max_length_bp] if max_length_bp else r.sequence for r in records]
     rows = per_position_rows(seqs)
@@ -250,63 +251,79 @@ class _PositionSink:
                 self.positions[i][lo:hi] += part
 
 
-def run_embed(checkpoint, input_path, out_dir, pooling="mean", per_position=False, batch_size=16,
-              max_length_bp=None, chunk_bp=None, device="auto", layer=None, rc_average=False, regions=None,
-              label_regex="", precision="auto", per_position_dtype="float16", fmt="npy", devices: int = 1) -> dict:
+def run(cfg: EmbedConfig) -> dict:
     """The `mambadna embed` command: read, embed (per-position vectors streamed to disk), write, and report bases
-    per second and peak GPU memory. `devices` > 1 spreads the batches over that many devices (GPUs, or CPU
-    processes with --device cpu) through Lightning's predict loop. `out_dir` is held while it runs (the other
-    processes of a --devices run write into the folder the first one holds)."""
+    per second and peak GPU memory. More than one of runtime.devices spreads the batches over that many devices
+    (GPUs, or CPU processes with --accelerator cpu) through Lightning's predict loop. --out is held while it runs
+    (the other processes of a many-device run write into the folder the first one holds), and afterwards holds
+    this run's embedding files only."""
+    out = out_folder(cfg.out_dir)
+    outputs = [out / name for name in OUTPUT_NAMES]
+    if Path(cfg.input).resolve() in [p.resolve() for p in outputs]:
+        raise ValueError(f"--out {out} would overwrite the input {cfg.input}; choose another --out")
+    refuse_existing(outputs, cfg.overwrite)  # any format's: two runs' results never sit side by side
     held = _launched_rank() == 0
     if held:
-        lock_folder(out_dir, "embed")
+        lock_folder(out, "embed")
     try:
-        if devices > 1:
-            result = _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_position, batch_size,
-                                            max_length_bp, chunk_bp, device, layer, rc_average, regions, label_regex,
-                                            precision, per_position_dtype, fmt, devices)
-        else:
-            result = _run_embed_one(checkpoint, input_path, out_dir, pooling, per_position, batch_size,
-                                    max_length_bp, chunk_bp, device, layer, rc_average, regions, label_regex,
-                                    precision, per_position_dtype, fmt)
+        result = _run_distributed(cfg) if cfg.runtime.device_count() > 1 else _run_one(cfg)
         if held:
-            remove_other_outputs(out_dir, [v for k, v in result.items() if k in ("embeddings", "index",
-                                                                                    "per_position")])
+            remove_other_outputs(out, [v for k, v in result.items() if k in ("embeddings", "index", "per_position")])
         return result
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{cfg.input}: not a text file ({exc}); give a FASTA or a table") from None
     finally:
         if held:
-            release_folder(out_dir)
+            release_folder(out)
 
 
-def _run_embed_one(checkpoint, input_path, out_dir, pooling, per_position, batch_size, max_length_bp, chunk_bp,
-                   device, layer, rc_average, regions, label_regex, precision, per_position_dtype, fmt) -> dict:
-    device = resolve_device(device)
-    model = load_lm(checkpoint, map_location=device)
-    records = read_records(input_path, label_regex=label_regex, regions=regions)
-    seqs = [r.sequence[:max_length_bp] if max_length_bp else r.sequence for r in records]
-    out_dir = Path(out_dir)
+def runtime_device(runtime: RuntimeSpec, device: str = "") -> torch.device:
+    """The one device of a single-process command: `device` by name when given (--device), else
+    runtime.accelerator on the first of runtime.devices."""
+    if device or runtime.accelerator == "auto":
+        return resolve_device(device or "auto")
+    if runtime.accelerator in ("gpu", "cuda"):
+        devices = runtime.lightning_devices()
+        return resolve_device(f"cuda:{devices[0]}" if isinstance(devices, list) else "cuda")
+    return resolve_device(runtime.accelerator)
+
+
+def _records(cfg: EmbedConfig) -> tuple[list[Record], list[bytes]]:
+    records = read_records(cfg.input, label_regex=cfg.label_regex, regions=cfg.regions or None)
+    return records, [r.sequence[:cfg.max_length_bp] if cfg.max_length_bp else r.sequence for r in records]
+
+
+def _embed_args(cfg: EmbedConfig) -> dict:
+    return dict(pooling=cfg.pooling, per_position=cfg.per_position, batch_size=cfg.batch_size,
+                max_length_bp=cfg.max_length_bp, chunk_bp=cfg.chunk_bp, layer=cfg.layer, rc_average=cfg.rc_average,
+                precision=cfg.runtime.precision)
+
+
+def _run_one(cfg: EmbedConfig) -> dict:
+    device = runtime_device(cfg.runtime, cfg.device)
+    model = load_lm(cfg.checkpoint, map_location=device)
+    records, seqs = _records(cfg)
+    out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = per_position_rows(seqs)
-    if per_position and per_position_dtype not in ("float16", "float32"):
-        raise ValueError(f"--per-position-dtype must be float16 or float32, got {per_position_dtype!r}")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # the per-position file is streamed under a temporary name and renamed into place only when complete
-    with atomic_path(out_dir / PER_POSITION_NAME) if per_position else contextlib.nullcontext() as tmp:
+    with atomic_path(out_dir / PER_POSITION_NAME) if cfg.per_position else contextlib.nullcontext() as tmp:
         stream = None
-        if per_position:
-            stream = np.lib.format.open_memmap(tmp, mode="w+", dtype=per_position_dtype,
+        if cfg.per_position:
+            stream = np.lib.format.open_memmap(tmp, mode="w+", dtype=cfg.per_position_dtype,
                                                shape=(int(rows[-1]), model.config.d_model))
         start = time.perf_counter()
-        pooled, _ = embed_records(model, records, pooling, per_position, batch_size, max_length_bp, device, chunk_bp,
-                                  layer, rc_average, precision, per_position_out=stream)
+        pooled, _ = embed_records(model, records, device=device, per_position_out=stream, **_embed_args(cfg))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         if stream is not None:
             stream.flush()
             del stream
-    files = write_embeddings(out_dir, records, pooled, fmt=fmt, per_position_rows=rows if per_position else None)
+    files = write_embeddings(out_dir, records, pooled, fmt=cfg.format,
+                             per_position_rows=rows if cfg.per_position else None)
     peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
     return _report(files, records, rows, seconds, str(device), peak, pooled.shape[1])
 
@@ -316,36 +333,30 @@ def _launched_rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
-def _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_position, batch_size, max_length_bp,
-                           chunk_bp, device, layer, rc_average, regions, label_regex, precision, per_position_dtype,
-                           fmt, devices: int) -> dict:
+def _run_distributed(cfg: EmbedConfig) -> dict:
     """Every process embeds the batches it is dealt and writes their rows straight into two memory-mapped files
     (pooled vectors, per-position vectors) that the first process made before the others started; the first
-    process then writes the outputs and renames the per-position file into place. Fewer batches than `devices`
-    run in fewer processes."""
-    accelerator = resolve_device(device).type
+    process then writes the outputs and renames the per-position file into place. Fewer batches than devices run
+    in fewer processes (one: the plain path)."""
+    devices = cfg.runtime.device_count()
+    accelerator = runtime_device(cfg.runtime, cfg.device).type
     if accelerator == "cuda" and torch.cuda.device_count() < devices:
-        raise ValueError(f"--devices {devices}: this machine has {torch.cuda.device_count()} GPU(s)")
-    model = load_lm(checkpoint).eval()
-    records = read_records(input_path, label_regex=label_regex, regions=regions)
-    seqs = [r.sequence[:max_length_bp] if max_length_bp else r.sequence for r in records]
-    batches = length_batches(seqs, batch_size)
+        raise ValueError(f"--devices {cfg.runtime.devices}: this machine has {torch.cuda.device_count()} GPU(s)")
+    model = load_lm(cfg.checkpoint).eval()
+    records, seqs = _records(cfg)
+    batches = length_batches(seqs, cfg.batch_size)
     if len(batches) < devices:  # a process with no batch would wait forever for the others (every process agrees)
         if _launched_rank() == 0:
-            warnings.warn(f"--devices {devices}: only {len(batches)} batch(es) of up to {batch_size} sequences to "
-                          f"deal out; using {len(batches)} process(es)", stacklevel=2)
+            warnings.warn(f"--devices {cfg.runtime.devices}: only {len(batches)} batch(es) of up to {cfg.batch_size} "
+                          f"sequences to deal out; using {len(batches)} process(es)", stacklevel=2)
+        if len(batches) == 1:
+            return _run_one(cfg)
         devices = len(batches)
-        if devices == 1:
-            return _run_embed_one(checkpoint, input_path, out_dir, pooling, per_position, batch_size, max_length_bp,
-                                  chunk_bp, device, layer, rc_average, regions, label_regex, precision,
-                                  per_position_dtype, fmt)
-    out_dir = Path(out_dir)
+    out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     partial = (out_dir / ".embed-pooled.partial.npy", out_dir / ".embed-positions.partial.npy")
     try:
-        return _predict_into_partials(model, records, seqs, batches, out_dir, partial, pooling, per_position,
-                                      batch_size, max_length_bp, chunk_bp, accelerator, layer, rc_average, precision,
-                                      per_position_dtype, fmt, devices)
+        return _predict_into_partials(cfg, model, records, seqs, batches, partial, devices, accelerator)
     except BaseException:
         if _launched_rank() == 0:  # no half-made file stays in --out
             for path in partial:
@@ -353,24 +364,24 @@ def _run_embed_distributed(checkpoint, input_path, out_dir, pooling, per_positio
         raise
 
 
-def _predict_into_partials(model, records, seqs, batches, out_dir, partial, pooling, per_position, batch_size,
-                           max_length_bp, chunk_bp, accelerator, layer, rc_average, precision, per_position_dtype,
-                           fmt, devices) -> dict:
+def _predict_into_partials(cfg: EmbedConfig, model, records, seqs, batches, partial, devices: int,
+                           accelerator: str) -> dict:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
 
     from mambadna.tasks.predict import PredictTask
 
     rows, d = per_position_rows(seqs), model.config.d_model
+    out_dir = Path(cfg.out_dir)
     pooled_path, positions_path = partial
     mode = "w+" if _launched_rank() == 0 else "r+"  # made by the first process, before it starts the others
     pooled = np.lib.format.open_memmap(pooled_path, mode=mode, dtype=np.float32, shape=(len(records), d))
-    stream = np.lib.format.open_memmap(positions_path, mode=mode, dtype=per_position_dtype,
-                                       shape=(int(rows[-1]), d)) if per_position else None
+    stream = np.lib.format.open_memmap(positions_path, mode=mode, dtype=cfg.per_position_dtype,
+                                       shape=(int(rows[-1]), d)) if cfg.per_position else None
 
     def embed_some(idx, dev):  # this process's batch of record indices, into the shared files' rows
-        embed_records(model, records, pooling, per_position, batch_size, max_length_bp, dev, chunk_bp, layer,
-                      rc_average, precision, per_position_out=stream, pooled_out=pooled, batches=[idx])
+        embed_records(model, records, device=dev, per_position_out=stream, pooled_out=pooled, batches=[idx],
+                      **_embed_args(cfg))
 
     loader = DataLoader(batches, batch_size=None, shuffle=False)
     trainer = pl.Trainer(accelerator="gpu" if accelerator == "cuda" else "cpu", devices=devices, strategy="ddp",
@@ -389,10 +400,11 @@ def _predict_into_partials(model, records, seqs, batches, out_dir, partial, pool
         return {}
     vectors = np.array(pooled)
     del pooled, stream
-    if per_position:
+    if cfg.per_position:
         os.replace(positions_path, out_dir / PER_POSITION_NAME)
     pooled_path.unlink()
-    files = write_embeddings(out_dir, records, vectors, fmt=fmt, per_position_rows=rows if per_position else None)
+    files = write_embeddings(out_dir, records, vectors, fmt=cfg.format,
+                             per_position_rows=rows if cfg.per_position else None)
     return _report(files, records, rows, seconds, f"{devices} x {accelerator}", None, d)
 
 

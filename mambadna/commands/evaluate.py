@@ -15,23 +15,25 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from mambadna.checkpoint import load
-from mambadna.commands.defaults import default_pretrain_genome
-from mambadna.commands.train import (TRAINING_INFO, TaskWarning, check_accelerator, finetune_datamodule, memory_advice,
-                                     test_classifier)
-from mambadna.hf import locate
+from mambadna.commands.configs import EvaluateConfig
+from mambadna.commands.run_dir import out_folder, refuse_existing
+from mambadna.commands.train import TRAINING_INFO, TaskWarning, check_accelerator, memory_advice, test_classifier
 from mambadna.files import lock_folder, release_folder, write_json
+from mambadna.hf import locate
 from mambadna.model import MambaClassifier, MambaLM
-from mambadna.run_config import FinetuneConfig, OptimSpec, TrainSpec
+from mambadna.run_config import MaskingSpec, OptimSpec, RuntimeSpec
 from mambadna.tasks.classify import ClassifyTask
 from mambadna.tasks.lm import LMTask
-from mambadna.run_config import MaskingSpec
 from mambadna.tokenizer import tokenizer_from_name
 
 
-def _trainer(progress_bar: bool, accelerator: str = "auto") -> pl.Trainer:
-    check_accelerator(TrainSpec(accelerator=accelerator))
-    return pl.Trainer(accelerator=accelerator, devices=1, logger=False, enable_progress_bar=progress_bar,
-                      enable_model_summary=False, enable_checkpointing=False)
+def _trainer(runtime: RuntimeSpec, progress_bar: bool = True) -> pl.Trainer:
+    import torch
+
+    check_accelerator(runtime)
+    return pl.Trainer(accelerator=runtime.accelerator, devices=runtime.lightning_devices(),
+                      precision=runtime.lightning_precision(torch.cuda.is_available()), logger=False,
+                      enable_progress_bar=progress_bar, enable_model_summary=False, enable_checkpointing=False)
 
 
 def label_map(model: MambaClassifier, data_classes: list[str], where: str) -> list[int]:
@@ -60,61 +62,59 @@ def trained_window_bp(checkpoint) -> int | None:
     return int(window) if isinstance(window, int) and window > 0 else None
 
 
-def evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str = "", progress_bar: bool = True,
-             window_bp: int | None = None) -> dict:
-    """Metrics of the model in `checkpoint` (a save_pretrained folder). Classifiers use `cfg.data` (manifest or
-    labelled files; default the bundled species windows), language models `genome` (default: bundled genomes).
-    `cfg.train.chunk_bp` runs each window in chunks carrying the state (million-base windows in bounded memory).
-    `cfg.out_dir` is held while it runs (mambadna/files.py's `lock_folder`). The window is `window_bp` if given,
-    else the one the model was trained on (its training.json), else `cfg.data.window_bp`; evaluation.json records
-    it and where it came from."""
-    trained = trained_window_bp(checkpoint) if window_bp is None else None
-    source = "--window-bp" if window_bp else "the model's training.json" if trained else "the default"
-    window = window_bp or trained or cfg.data.window_bp
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, window_bp=window))
-    lock_folder(cfg.out_dir, "evaluate")
+def run(cfg: EvaluateConfig) -> dict:
+    """Metrics of the model in cfg.checkpoint (a save_pretrained folder). Classifiers are tested on cfg.data's
+    manifest or labelled --test file (default: the bundled species windows), language models on the test split of
+    data.genome (default: the bundled genomes), data.test_windows windows of data.window_bp. `cfg.chunk_bp` runs
+    each window in chunks carrying the state (million-base windows in bounded memory).
+
+    The window is the one the model was trained on (its training.json) unless data.window_bp was set to another
+    value than the default; evaluation.json records it and where it came from. --out is held while it runs."""
+    out_dir = out_folder(cfg.out_dir)
+    refuse_existing([out_dir / "evaluation.json"], cfg.overwrite)
+    trained = trained_window_bp(cfg.checkpoint)
+    chosen = cfg.data.window_bp != EvaluateConfig().data.window_bp
+    source = "--window-bp" if chosen else "the model's training.json" if trained else "the default"
+    if trained and not chosen:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, window_bp=trained))
+    lock_folder(out_dir, "evaluate")
     try:
-        return _evaluate(checkpoint, cfg, genome, progress_bar, {"window_bp": window, "window_from": source})
+        return _evaluate(cfg, out_dir, {"window_bp": cfg.data.window_bp, "window_from": source})
     finally:
-        release_folder(cfg.out_dir)
+        release_folder(out_dir)
 
 
-def _evaluate(checkpoint: str | Path, cfg: FinetuneConfig, genome: str, progress_bar: bool, window: dict) -> dict:
+def _evaluate(cfg: EvaluateConfig, out_dir: Path, window: dict) -> dict:
     started = time.perf_counter()
-    directory = Path(checkpoint)
+    directory = Path(cfg.checkpoint)
     try:
         model = load(directory)
     except FileNotFoundError as err:
         raise ValueError(str(err)) from None
     kind = type(model).__name__
-    out_dir = Path(cfg.out_dir)
     d = cfg.data
     if isinstance(model, MambaClassifier):
-        if genome:
+        if d.genome:
             raise ValueError(f"--genome is for language models; {directory} holds a classifier: give its test data "
                              "with --manifest or --test")
-        datamodule = finetune_datamodule(cfg, tokenizer_from_name(model.config.tokenizer), min_classes=1)
+        datamodule = d.datamodule("classify", tokenizer_from_name(model.config.tokenizer), out_dir, min_classes=1)
         mapping = label_map(model, datamodule.class_names, str(directory))
         names = model.class_names or datamodule.class_names
-        task = ClassifyTask(model, OptimSpec(), names, label_map=mapping, chunk_bp=cfg.train.chunk_bp)
+        task = ClassifyTask(model, OptimSpec(), names, label_map=mapping, chunk_bp=cfg.chunk_bp)
         out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = test_classifier(_trainer(progress_bar, cfg.train.accelerator), task, datamodule, out_dir)
+        metrics = test_classifier(_trainer(cfg.runtime), task, datamodule, out_dir)
         metrics = {"classes": names, "test_classes": datamodule.class_names, **metrics}
     elif isinstance(model, MambaLM):
-        from mambadna.data import GenomeDataModule
-
         if d.manifest or d.test:
             raise ValueError(f"--manifest / --test are for classifiers; {directory} holds a language model: give its "
                              "test genome with --genome")
         out_dir.mkdir(parents=True, exist_ok=True)
         objective = "clm" if model.config.causal else "mlm"  # a non-causal LM is scored on masked bases
-        datamodule = GenomeDataModule(genome or str(default_pretrain_genome(out_dir)), window_bp=d.window_bp,
-                                      batch_size=d.batch_size, test_windows=d.test_windows,
-                                      tokenizer=tokenizer_from_name(model.config.tokenizer),
-                                      masking=MaskingSpec().as_tuple() if objective == "mlm" else None)
+        datamodule = d.datamodule("lm", tokenizer_from_name(model.config.tokenizer), out_dir,
+                                  masking=MaskingSpec().as_tuple() if objective == "mlm" else None)
         with memory_advice():
-            results = _trainer(progress_bar, cfg.train.accelerator).test(
-                LMTask(model.config, OptimSpec(), model=model, chunk_bp=cfg.train.chunk_bp, objective=objective),
+            results = _trainer(cfg.runtime).test(
+                LMTask(model.config, OptimSpec(), model=model, chunk_bp=cfg.chunk_bp, objective=objective),
                 datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in results[0].items()}
     else:

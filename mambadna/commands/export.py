@@ -15,11 +15,11 @@ from safetensors.torch import save as safetensors_bytes
 
 from mambadna import hf
 from mambadna.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load, read_config
+from mambadna.commands.configs import EXPORT_FORMATS, ExportConfig
 from mambadna.files import lock_folder, release_folder, write_bytes, write_text
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.version import __version__
 
-EXPORT_FORMATS = ("transformers", "mambadna")
 # the files a model folder of either format holds (training.json: what a run adds to its model/)
 MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME, "tokenizer.json", "tokenizer_config.json", "training.json")
 
@@ -75,6 +75,11 @@ def _export(model: MambaLM, meta: dict, out_dir: Path, fmt: str) -> dict:
         model.save_pretrained(out_dir)
         return {"config": str(out_dir / CONFIG_NAME), "weights": str(out_dir / WEIGHTS_NAME)}
     return write_transformers(model, out_dir, meta["tokenizer"])
+
+
+def run(cfg: ExportConfig) -> dict:
+    """The `mambadna export` command: -> {what: path} of the files written."""
+    return export_model(cfg.checkpoint, cfg.out, fmt=cfg.format, backbone=cfg.backbone, overwrite=cfg.overwrite)
 
 
 def write_transformers(model: MambaLM, out_dir, tokenizer: dict | None = None) -> dict:

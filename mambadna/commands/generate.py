@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from mambadna.checkpoint import load
+from mambadna.commands.configs import GenerateConfig
 from mambadna.files import atomic_open
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.tokenizer import tokenizer_from_name
@@ -56,3 +57,21 @@ def generate_fasta(model: MambaLM, prompt: str, out_fasta: str | Path, num_seque
             for lo in range(0, len(seq), line_width):
                 fh.write(seq[lo : lo + line_width] + "\n")
     return seqs
+
+
+def run(cfg: GenerateConfig) -> dict:
+    """The `mambadna generate` command: sample cfg.num sequences from the model, write them to the cfg.out FASTA."""
+    from mambadna.commands.embed import runtime_device
+    from mambadna.commands.run_dir import refuse_existing
+
+    out = Path(cfg.out)
+    model_files = Path(cfg.checkpoint).resolve()
+    if out.resolve().parent == model_files or out.resolve() == model_files:
+        raise ValueError(f"--out {out} is inside the model folder {cfg.checkpoint}; choose another --out")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the FASTA file to write")
+    refuse_existing([out], cfg.overwrite)
+    model = load_generator(cfg.checkpoint, runtime_device(cfg.runtime, cfg.device), cfg.backbone)
+    seqs = generate_fasta(model, cfg.prompt, out, cfg.num, cfg.length_bp, cfg.temperature, cfg.top_k, cfg.seed)
+    print(f"wrote {len(seqs)} sequence(s) of {len(seqs[0])} bp to {cfg.out}")
+    return {"out": str(out), "sequences": len(seqs), "length_bp": len(seqs[0])}

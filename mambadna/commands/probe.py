@@ -3,7 +3,11 @@ frequency baseline the demo compares the fine-tuned classifier with."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from mambadna.commands.configs import ProbeConfig
 
 
 def _logistic():
@@ -37,6 +41,24 @@ def probe_embeddings(vectors: np.ndarray, labels: list[str], folds: int = 5, see
     return {"folds": folds, "accuracy": float(scores["test_accuracy"].mean()),
             "accuracy_std": float(scores["test_accuracy"].std()), "macro_f1": float(scores["test_f1_macro"].mean()),
             "chance": float(counts.max() / counts.sum())}
+
+
+def run(cfg: ProbeConfig) -> dict:
+    """The `mambadna probe` command: the probe of an `embed` folder's vectors by their labels, written as
+    probe.json, and a PCA scatter (pca.png), in cfg.out_dir (default: the embeddings folder)."""
+    from mambadna.commands.embedding_io import read_embeddings
+    from mambadna.commands.plots import plot_pca
+    from mambadna.commands.run_dir import out_folder, refuse_existing
+    from mambadna.files import write_json
+
+    out = out_folder(cfg.out_dir or cfg.embeddings)
+    refuse_existing([out / "probe.json", out / "pca.png"], cfg.overwrite)
+    vectors, labels = read_embeddings(cfg.embeddings)
+    result = probe_embeddings(vectors, labels, cfg.folds)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_pca(vectors, labels, out / "pca.png")
+    write_json(out / "probe.json", result)
+    return {**result, "pca": str(Path(out) / "pca.png")}
 
 
 def kmer_features(sequences, ks=(4, 5, 6)) -> np.ndarray:

@@ -28,7 +28,6 @@ import torch
 
 from mambadna.checkpoint import read_config
 from mambadna.hf import locate
-from mambadna.commands.defaults import default_pretrain_genome, default_species_manifest
 from mambadna.commands.plots import plot_curves, save_confusion
 from mambadna.commands.run_dir import (RunStart, check_checkpoint_fits, check_not_finished, continue_command,
                                        is_rank_zero, keep_interrupted_logs, read_checkpoint, start_run)
@@ -37,8 +36,8 @@ from mambadna.data.datamodules import LabelledDataModule, StreamsDataModule
 from mambadna.data.errors import DataError
 from mambadna.files import release_folder, write_json, write_text
 from mambadna.model import MambaClassifier, MambaLM
-from mambadna.run_config import FinetuneConfig, PretrainConfig, TrainSpec, save_config
-from mambadna.tasks.callbacks import NonFiniteLossGuard, RunStats, SeqLenWarmup, doubling_stages
+from mambadna.run_config import FinetuneConfig, PretrainConfig, RuntimeSpec, TrainSpec, save_config
+from mambadna.tasks.callbacks import NonFiniteLossGuard, RunStats, SeqLenWarmup, length_curriculum
 from mambadna.tasks.checkpoints import AtomicCheckpointIO, OptimizerSettingsFromConfig, RunCheckpoints, RunCSVLogger
 from mambadna.tasks.classify import ClassifyTask
 from mambadna.tasks.interrupts import GracefulInterrupt
@@ -62,21 +61,24 @@ def memory_advice():
         raise ValueError(f"out of memory ({first[:120]}). To use less memory: lower data.batch_size (and raise "
                          "train.accumulate_grad_batches to keep the batch), lower data.window_bp, set "
                          "train.activation_checkpointing=true or train.chunk_bp (pretraining), or "
-                         "train.precision=bf16-mixed") from None
+                         "runtime.precision=bf16-mixed") from None
 
 
-def check_accelerator(train: TrainSpec) -> None:
+def check_accelerator(runtime: RuntimeSpec) -> None:
     """A GPU run on a machine without one, said before Lightning's 30-line traceback."""
-    if train.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+    if runtime.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         cuda = torch.version.cuda
         build = "a CPU-only build of torch" if cuda is None else f"torch built for CUDA {cuda}"
-        raise ValueError(f"train.accelerator={train.accelerator} but no GPU is visible ({build}, "
+        raise ValueError(f"runtime.accelerator={runtime.accelerator} but no GPU is visible ({build}, "
                          "torch.cuda.is_available() is False); use --accelerator cpu or auto")
 
 
-def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra_callbacks=()) -> pl.Trainer:
-    """A Trainer writing into `out_dir`; checkpointing comes with the callbacks (see `run_callbacks`)."""
-    check_accelerator(train)
+def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra_callbacks=(),
+                  runtime: RuntimeSpec | None = None) -> pl.Trainer:
+    """A Trainer writing into `out_dir`, running where `runtime` says; checkpointing comes with the callbacks
+    (see `run_callbacks`)."""
+    runtime = runtime or RuntimeSpec()
+    check_accelerator(runtime)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     loggers = [RunCSVLogger(str(out_dir), name="", version="logs")]
@@ -87,9 +89,10 @@ def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra
     val_kwargs = ({"val_check_interval": train.val_every_n_steps, "check_val_every_n_epoch": None}
                   if train.val_every_n_steps else {})
     return pl.Trainer(
-        default_root_dir=str(out_dir), max_steps=train.max_steps, max_epochs=-1, accelerator=train.accelerator,
-        devices=train.lightning_devices(), strategy=train.strategy, num_nodes=train.num_nodes,
-        precision=train.precision, accumulate_grad_batches=train.accumulate_grad_batches,
+        default_root_dir=str(out_dir), max_steps=train.max_steps, max_epochs=-1, accelerator=runtime.accelerator,
+        devices=runtime.lightning_devices(), strategy=runtime.strategy, num_nodes=runtime.num_nodes,
+        precision=runtime.lightning_precision(torch.cuda.is_available()),
+        accumulate_grad_batches=train.accumulate_grad_batches,
         gradient_clip_val=grad_clip or None, log_every_n_steps=train.log_every_n_steps,
         callbacks=list(extra_callbacks), logger=loggers, plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
         enable_progress_bar=train.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
@@ -110,23 +113,24 @@ def run_callbacks(cfg, command: str, out_dir: Path) -> tuple[list, RunStats]:
     return [guard, checkpoints, GracefulInterrupt(checkpoints), OptimizerSettingsFromConfig(), stats], stats
 
 
-def check_data(datamodule, cfg, world_size: int, held_out=("val",)) -> None:
+def check_data(datamodule, cfg, world_size: int, held_out=("val",), curriculum=None) -> None:
     """Before training: every held-out split has a window (Lightning would only build it after the first epoch),
     and an epoch has at least one batch (else nothing trains and max_steps is never reached), for the final
-    window and every sequence-length warmup stage."""
+    window and every length-curriculum stage."""
     if isinstance(datamodule, (StreamsDataModule, LabelledDataModule)):
         return  # streams are batches already; labelled data keeps its last, smaller batch
     d = cfg.data
     for split in held_out:
         datamodule.check_split(split)
-    stages = [(w, b) for w, b, _ in _warmup(cfg)[0].stages] if cfg.train.seqlen_warmup_from_bp else []
+    stages = curriculum.stages[:-1] if curriculum is not None else []
     try:
-        for window_bp, batch_size in [*stages, (d.window_bp, d.batch_size)]:
-            datamodule.set_window(window_bp, batch_size)
+        for window_bp, batch_size, accumulate, steps in [*stages, (d.window_bp, d.batch_size, 1, None)]:
+            windows = None if steps is None else steps * batch_size * accumulate * world_size
+            datamodule.set_window(window_bp, batch_size, train_windows=windows)
             windows = datamodule.train_windows_per_epoch()
             if windows < batch_size * world_size:
                 devices = f" x {world_size} devices" if world_size > 1 else ""
-                stage = f" (sequence-length warmup stage of {window_bp} bp)" if window_bp != d.window_bp else ""
+                stage = f" (length-curriculum stage of {window_bp} bp)" if window_bp != d.window_bp else ""
                 raise DataError(
                     f"an epoch has {windows} training windows of {window_bp} bp{stage} (data.train_windows; default: "
                     f"training bases // window) but a batch takes {batch_size}{devices}, so nothing would train; "
@@ -162,42 +166,54 @@ def _finish(trainer: pl.Trainer, out_dir: Path, title: str) -> Path | None:
     return None
 
 
-def _warmup(cfg) -> list:
+def curriculum(cfg, datamodule, min_windows: int) -> SeqLenWarmup | None:
+    """The length curriculum of a window run (train.seqlen_warmup_from_bp; automatic for long windows), or a single
+    stage that only raises gradient accumulation to `min_windows` windows a step; None when neither applies.
+    Labelled files take an explicit curriculum only, a stage an epoch (their epoch is the file); TBPTT streams none."""
     t, d = cfg.train, cfg.data
-    if not t.seqlen_warmup_from_bp:
-        return []
-    return [SeqLenWarmup(doubling_stages(t.seqlen_warmup_from_bp, d.window_bp, d.batch_size, t.epochs_per_stage))]
+    if isinstance(datamodule, StreamsDataModule):
+        return None
+    start = t.curriculum_start(d.window_bp)
+    if isinstance(datamodule, LabelledDataModule) and t.seqlen_warmup_from_bp is None:
+        start = 0
+    stages = length_curriculum(start or d.window_bp, d.window_bp, d.batch_size, t.max_steps,
+                               t.accumulate_grad_batches, min_windows, t.chunk_bp)
+    if len(stages) == 1 and stages[0][2] == t.accumulate_grad_batches:
+        return None
+    return SeqLenWarmup(stages)
 
 
-def run_pretrain(cfg: PretrainConfig, resume: bool = False, resume_from=None, overwrite: str | None = None) -> dict:
-    from mambadna.data import GenomeDataModule
+def announce_curriculum(warmup: SeqLenWarmup | None) -> None:
+    """One line a stage, so that a user who asked for a long window sees how the run gets there."""
+    if warmup is None or not is_rank_zero():
+        return
+    parts = [f"{w} bp x {b}" + (f" x {k} accumulated" if k > 1 else "") + (f" for {s} steps" if s else " to the end")
+             for w, b, k, s in warmup.stages]
+    print("length curriculum: " + " -> ".join(parts), flush=True)
 
+
+def run_pretrain(cfg: PretrainConfig) -> dict:
     started = time.perf_counter()
-    run = start_run(cfg.out_dir, "pretrain", resume, resume_from, overwrite)
+    run = start_run(cfg.out_dir, "pretrain", cfg.resume, cfg.resume_from or None, cfg.overwrite)
     out_dir = run.out_dir
-    genome = cfg.data.genome or str(default_pretrain_genome(out_dir))
+    genome = cfg.data.genome_path(out_dir)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     model_config = cfg.model
     d = cfg.data
-    tokenizer = tokenizer_from_name(model_config.tokenizer)
-    if cfg.train.tbptt:
-        datamodule = StreamsDataModule(genome, window_bp=d.window_bp, batch_size=d.batch_size,
-                                       num_workers=d.num_workers, seed=cfg.train.seed, tokenizer=tokenizer,
-                                       val_fraction=d.val_fraction, test_fraction=d.test_fraction)
-    else:
-        datamodule = GenomeDataModule(
-            genome, window_bp=d.window_bp, batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.train.seed,
-            max_n_fraction=d.max_n_fraction, reverse_complement=d.reverse_complement, train_windows=d.train_windows,
-            val_windows=d.val_windows, test_windows=d.test_windows, tokenizer=tokenizer,
-            val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_by=d.split_by,
-            masking=cfg.masking.as_tuple() if cfg.objective == "mlm" else None,
-        )
+    datamodule = d.datamodule("lm", tokenizer_from_name(model_config.tokenizer), out_dir, seed=cfg.train.seed,
+                              masking=cfg.masking.as_tuple() if cfg.objective == "mlm" else None,
+                              tbptt=cfg.train.tbptt)
     t = cfg.train
     task = LMTask(model_config, cfg.optim, t.activation_checkpointing, t.compile, chunk_bp=t.chunk_bp, tbptt=t.tbptt,
                   objective=cfg.objective)
     callbacks, stats = run_callbacks(cfg, "pretrain", out_dir)
-    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *_warmup(cfg)])
-    check_data(datamodule, cfg, trainer.world_size)
+    warmup = curriculum(cfg, datamodule, cfg.train.min_windows_per_step or 1)
+    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *filter(None, [warmup])],
+                            cfg.runtime)
+    if warmup is not None:
+        warmup.world_size = trainer.world_size
+    check_data(datamodule, cfg, trainer.world_size, curriculum=warmup)
+    announce_curriculum(warmup)
     check_resume(trainer, task, run)
     if is_rank_zero():  # the other ranks of a DDP run re-run this command
         save_config(cfg, out_dir / "run_config.json")
@@ -251,34 +267,6 @@ def load_backbone(pretrained: str | Path, spec: MambaConfig, window_bp: int) -> 
     return MambaLM.from_pretrained(directory)
 
 
-def finetune_datamodule(cfg: FinetuneConfig, tokenizer, min_classes: int = 2):
-    """The DataModule of a classifier's data: labelled files (data.train/val/test) or species windows (a manifest,
-    default the bundled genomes). `evaluate` takes `min_classes=1`: a test set may hold a subset of the classes."""
-    from mambadna.data import SpeciesDataModule
-
-    d = cfg.data
-    if d.train:
-        datamodule = LabelledDataModule(
-            d.train, d.val or None, d.test or None, batch_size=d.batch_size, num_workers=d.num_workers,
-            seed=cfg.train.seed, sequence_column=d.sequence_column, label_column=d.label_column,
-            label_regex=d.label_regex or None, label_key=d.label_key or None, tokenizer=tokenizer)
-        datamodule.set_window(d.window_bp, d.batch_size)
-        note = datamodule.truncation_note(d.window_bp)
-        if note:
-            warnings.warn(note, TaskWarning, stacklevel=2)
-    else:
-        manifest = d.manifest or str(default_species_manifest(cfg.out_dir))
-        datamodule = SpeciesDataModule(
-            manifest, window_bp=d.window_bp, batch_size=d.batch_size, num_workers=d.num_workers, seed=cfg.train.seed,
-            max_n_fraction=d.max_n_fraction, reverse_complement=d.reverse_complement, train_windows=d.train_windows,
-            val_windows=d.val_windows, test_windows=d.test_windows, tokenizer=tokenizer,
-            val_fraction=d.val_fraction, test_fraction=d.test_fraction, split_by=d.split_by, min_species=min_classes)
-    if datamodule.num_classes < min_classes:
-        raise ValueError(f"fine-tuning needs at least {min_classes} classes; the training data has "
-                         f"{datamodule.num_classes}: {datamodule.class_names}")
-    return datamodule
-
-
 def _model_config(cfg: FinetuneConfig, resuming: bool) -> tuple[MambaConfig, MambaLM | None]:
     """(the classifier's shape, the pretrained backbone to start from); a resumed run needs no backbone weights."""
     if not cfg.pretrained:
@@ -291,23 +279,29 @@ def _model_config(cfg: FinetuneConfig, resuming: bool) -> tuple[MambaConfig, Mam
     return backbone.config, backbone
 
 
-def run_finetune(cfg: FinetuneConfig, resume: bool = False, resume_from=None, overwrite: str | None = None) -> dict:
+def run_finetune(cfg: FinetuneConfig) -> dict:
     started = time.perf_counter()
-    run = start_run(cfg.out_dir, "finetune", resume, resume_from, overwrite)
+    run = start_run(cfg.out_dir, "finetune", cfg.resume, cfg.resume_from or None, cfg.overwrite)
     out_dir = run.out_dir
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     model_config, backbone = _model_config(cfg, run.ckpt_path is not None)
     # run_config.json records the shape that is trained, which a fine-tune takes from its pretrained model
     cfg = dataclasses.replace(cfg, model=model_config)
-    datamodule = finetune_datamodule(cfg, tokenizer_from_name(model_config.tokenizer))
+    datamodule = cfg.data.datamodule("classify", tokenizer_from_name(model_config.tokenizer), cfg.out_dir,
+                                     seed=cfg.train.seed)
     model = MambaClassifier(model_config, datamodule.num_classes, cfg.pooling, datamodule.class_names)
     if backbone is not None:
         model.backbone.load_state_dict(backbone.state_dict())
     task = ClassifyTask(model, cfg.optim, datamodule.class_names, cfg.freeze_backbone,
                         cfg.train.activation_checkpointing, cfg.train.compile, cfg.train.chunk_bp)
     callbacks, stats = run_callbacks(cfg, "finetune", out_dir)
-    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *_warmup(cfg)])
-    check_data(datamodule, cfg, trainer.world_size, held_out=("val", "test"))
+    warmup = curriculum(cfg, datamodule, cfg.train.min_windows_per_step or datamodule.num_classes)
+    trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *filter(None, [warmup])],
+                            cfg.runtime)
+    if warmup is not None:
+        warmup.world_size = trainer.world_size
+    check_data(datamodule, cfg, trainer.world_size, held_out=("val", "test"), curriculum=warmup)
+    announce_curriculum(warmup)
     check_resume(trainer, task, run, datamodule.class_names)
     if is_rank_zero():  # the other ranks of a DDP run re-run this command
         save_config(cfg, out_dir / "run_config.json")

@@ -1,34 +1,33 @@
 """Genomes in, batches out: pyfaidx-backed genome access, window / species / labelled datasets, DataModules.
 
-Importing this package does not import Lightning; the DataModules (``GenomeDataModule``, ``SpeciesDataModule``,
-``LabelledDataModule``, ``StreamsDataModule``) load mambadna.data.datamodules on first attribute access.
+Every name loads its module on first use (PEP 562): the settings layer reads mambadna.data.tables (which files are
+tables) without importing torch, and importing this package never imports Lightning; the DataModules
+(``GenomeDataModule``, ``SpeciesDataModule``, ``LabelledDataModule``, ``StreamsDataModule``) live in
+mambadna.data.datamodules.
 """
 
-from mambadna.data.batching import LengthBucketBatchSampler, PadCollate
-from mambadna.data.bundled import bundled_genomes, bundled_path, data_dir
-from mambadna.data.errors import DataError, DataWarning
-from mambadna.data.genome import ContigStats, Genome
-from mambadna.data.labelled import LabelledSequenceDataset
-from mambadna.data.masking import MaskedWindows, mask_tokens
-from mambadna.data.normalize import normalize_fasta
-from mambadna.data.regions import Interval, read_bed, split_regions
-from mambadna.data.species import SpeciesWindowDataset, read_manifest
-from mambadna.data.streams import ContigStreams
-from mambadna.data.windows import GenomeWindowDataset
+import importlib
 
-_LIGHTNING = ("GenomeDataModule", "SpeciesDataModule", "LabelledDataModule", "StreamsDataModule")
+_WHERE = {
+    "LengthBucketBatchSampler": "batching", "PadCollate": "batching",
+    "bundled_genomes": "bundled", "bundled_path": "bundled", "data_dir": "bundled",
+    "DataError": "errors", "DataWarning": "errors",
+    "ContigStats": "genome", "Genome": "genome",
+    "LabelledSequenceDataset": "labelled",
+    "MaskedWindows": "masking", "mask_tokens": "masking",
+    "normalize_fasta": "normalize",
+    "Interval": "regions", "read_bed": "regions", "split_regions": "regions",
+    "SpeciesWindowDataset": "species", "read_manifest": "species",
+    "ContigStreams": "streams",
+    "GenomeWindowDataset": "windows",
+    "GenomeDataModule": "datamodules", "SpeciesDataModule": "datamodules", "LabelledDataModule": "datamodules",
+    "StreamsDataModule": "datamodules",
+}
 
-__all__ = [
-    "ContigStats", "ContigStreams", "DataError", "DataWarning", "Genome", "GenomeWindowDataset", "Interval",
-    "LabelledSequenceDataset", "LengthBucketBatchSampler", "MaskedWindows", "PadCollate", "SpeciesWindowDataset",
-    "bundled_genomes", "bundled_path", "data_dir", "mask_tokens", "normalize_fasta", "read_bed", "read_manifest",
-    "split_regions", *_LIGHTNING,
-]
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name):
-    if name in _LIGHTNING:
-        from mambadna.data import datamodules
-
-        return getattr(datamodules, name)
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"mambadna.data.{_WHERE[name]}"), name)
     raise AttributeError(f"module 'mambadna.data' has no attribute {name!r}")

@@ -1,13 +1,14 @@
 """Lightning DataModules for the datasets. The only module of mambadna.data that imports Lightning.
 
-Changing ``window_bp`` between epochs (sequence-length warmup): call ``datamodule.set_window(window_bp,
-batch_size)`` and build the Trainer with ``reload_dataloaders_every_n_epochs=1``. Lightning then calls
-``train_dataloader()`` at the start of every epoch, and it builds a fresh dataset with the current window, batch
-size and the trainer's epoch (used as the dataset's sampling epoch). Lightning reloads *before*
-``on_train_epoch_start`` runs, so a warmup callback must call ``set_window`` in ``on_train_epoch_end`` (for the
-next epoch) or before ``fit`` (for epoch 0). The default number of windows per epoch is bases // window_bp, so
-an epoch covers the same number of bases whatever the window. Validation windows are fixed (epoch 0) so the
-metric is comparable across epochs; they use the current ``window_bp``.
+Changing ``window_bp`` between epochs (the length curriculum): set ``datamodule.stage_for_epoch`` (epoch ->
+window, batch, accumulation, windows) or call ``set_window(window_bp, batch_size, train_windows)``, and build the
+Trainer with ``reload_dataloaders_every_n_epochs=1``. Lightning then calls ``train_dataloader()`` at the start of
+every epoch (before ``on_train_epoch_start``), and it builds a fresh dataset with the stage's window, batch size
+and the trainer's epoch (used as the dataset's sampling epoch). The default number of windows per epoch is
+bases // window_bp, so an epoch covers the same number of bases whatever the window (a curriculum stage sets its
+own count). Validation
+and test windows are fixed (epoch 0) and keep the window and batch the module was made with, so the metric is
+comparable across epochs and is the one at the window the run asked for.
 
 DDP: leave Lightning's ``use_distributed_sampler=True`` (default). Dataset index g always maps to its own stratum
 of the genome, so the DistributedSampler's disjoint index split gives disjoint windows across ranks.
@@ -34,13 +35,17 @@ import pytorch_lightning as pl
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from mambadna.data.batching import LengthBucketBatchSampler, PadCollate
-from mambadna.data.errors import DataError, DataWarning
+from mambadna.data.errors import DataError, DataWarning, WindowTooLong
 from mambadna.data.genome import Genome
 from mambadna.data.labelled import LabelledSequenceDataset
 from mambadna.data.masking import MaskedWindows, check_masking
 from mambadna.data.species import SpeciesWindowDataset, read_manifest
 from mambadna.data.streams import ContigStreams
 from mambadna.data.windows import GenomeWindowDataset
+
+# Windows this long or longer are a long-context run: validation may run on shorter windows than training where the
+# held-out region is short (_val_window), and the length curriculum is on by default (run_config)
+LONG_WINDOW_BP = 8192
 
 
 class SkippableBatchSampler(BatchSampler):
@@ -109,11 +114,21 @@ class _WindowDataModule(pl.LightningDataModule):
         self.window_bp, self.batch_size = int(window_bp), int(batch_size)
         self.num_workers, self.seed, self.pin_memory = num_workers, seed, pin_memory
         self.num_windows = {"train": train_windows, "val": val_windows, "test": test_windows}
+        # validation and testing stay at the run's own window and batch while a length curriculum changes the
+        # training ones: the metric is then comparable across the run, and is the one at the window asked for
+        self.eval_window_bp, self.eval_batch_size = self.window_bp, self.batch_size
+        self.stage_train_windows: int | None = None
+        self.val_window_bp: int | None = None  # found on first use (_val_window)
+        # set by a length curriculum (tasks/callbacks.py SeqLenWarmup): epoch -> (window_bp, batch_size, accumulate,
+        # train_windows), read whenever an epoch's training loader is built
+        self.stage_for_epoch = None
         self._warned = False
         self.set_window(window_bp, batch_size)
 
-    def set_window(self, window_bp: int, batch_size: int | None = None) -> None:
-        """Use ``window_bp`` (and ``batch_size``) from the next ``train_dataloader()`` call on."""
+    def set_window(self, window_bp: int, batch_size: int | None = None, train_windows: int | None = None) -> None:
+        """Train on ``window_bp`` windows (``batch_size`` a batch, ``train_windows`` an epoch instead of
+        data.train_windows) from the next ``train_dataloader()`` call on; validation and test keep the window and
+        batch the module was made with."""
         if int(window_bp) < 1:
             raise DataError(f"window_bp must be >= 1, got {window_bp}")
         if batch_size is not None and int(batch_size) < 1:
@@ -121,6 +136,42 @@ class _WindowDataModule(pl.LightningDataModule):
         self.window_bp = int(window_bp)
         if batch_size is not None:
             self.batch_size = int(batch_size)
+        self.stage_train_windows = None if train_windows is None else int(train_windows)
+
+    def _window(self, split: str) -> int:
+        if split == "train":
+            return self.window_bp
+        return self._val_window() if split == "val" else self.eval_window_bp
+
+    def _val_window(self) -> int:
+        """The run's window, or for a long-window run (LONG_WINDOW_BP or more) whose validation region holds none,
+        the longest halving of it that fits (said once): validation is a running check, and a million-base run on
+        genomes of a few megabases has no million-base validation block. A short window that does not fit is an
+        error that says which fraction to raise; testing always keeps the run's window."""
+        if self.val_window_bp is None:
+            window = self.eval_window_bp
+            while True:
+                try:
+                    self._dataset("val", window)
+                    break
+                except WindowTooLong:
+                    if self.eval_window_bp < LONG_WINDOW_BP or window < 2:
+                        raise
+                    window //= 2
+            if window != self.eval_window_bp:
+                warnings.warn(f"the validation region holds no {self.eval_window_bp} bp window; validating on "
+                              f"{window} bp windows (the test split keeps {self.eval_window_bp} bp)", DataWarning,
+                              stacklevel=2)
+            self.val_window_bp = window
+        return self.val_window_bp
+
+    def _make(self, split: str):
+        return self._dataset(split, self._window(split))
+
+    def _count(self, split: str) -> int | None:
+        if split == "train" and self.stage_train_windows is not None:
+            return self.stage_train_windows
+        return self.num_windows[split]
 
     def _epoch(self) -> int:
         trainer = getattr(self, "trainer", None)
@@ -131,7 +182,7 @@ class _WindowDataModule(pl.LightningDataModule):
         dataset.set_epoch(epoch)
         # the dataset shuffles itself from (seed, epoch); persistent workers would keep a stale epoch/window
         if split != "train":
-            return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+            return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers,
                               pin_memory=self.pin_memory, persistent_workers=False)
         batches = SkippableBatchSampler(SequentialSampler(dataset), self.batch_size, drop_last=True)
         return ResumableLoader(dataset, batch_sampler=batches, num_workers=self.num_workers,
@@ -151,7 +202,11 @@ class _WindowDataModule(pl.LightningDataModule):
             warnings.warn("build the Trainer with reload_dataloaders_every_n_epochs=1: without it every epoch "
                           "reuses epoch 0's windows and set_window() has no effect", DataWarning, stacklevel=2)
             self._warned = True
-        return self._loader("train", self._epoch())
+        epoch = self._epoch()
+        if self.stage_for_epoch is not None:
+            window_bp, batch_size, _, train_windows = self.stage_for_epoch(epoch)
+            self.set_window(window_bp, batch_size, train_windows)
+        return self._loader("train", epoch)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", 0)
@@ -180,11 +235,11 @@ class GenomeDataModule(_WindowDataModule):
         super().__init__(window_bp, batch_size, num_workers, seed, val_windows, test_windows, train_windows,
                          pin_memory)
 
-    def _make(self, split: str) -> GenomeWindowDataset | MaskedWindows:
+    def _dataset(self, split: str, window_bp: int) -> GenomeWindowDataset | MaskedWindows:
         opts = dict(self.options)
         if split != "train":
             opts["reverse_complement"] = False  # evaluation sees the genome as written
-        windows = GenomeWindowDataset(self.genome, self.window_bp, split=split, num_windows=self.num_windows[split],
+        windows = GenomeWindowDataset(self.genome, window_bp, split=split, num_windows=self._count(split),
                                       seed=self.seed, **opts)
         return windows if self.masking is None else MaskedWindows(windows, *self.masking)
 
@@ -209,11 +264,11 @@ class SpeciesDataModule(_WindowDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def _make(self, split: str) -> SpeciesWindowDataset:
+    def _dataset(self, split: str, window_bp: int) -> SpeciesWindowDataset:
         opts = dict(self.options)
         if split != "train":
             opts["reverse_complement"] = False
-        return SpeciesWindowDataset(self.manifest, self.window_bp, split=split, num_windows=self.num_windows[split],
+        return SpeciesWindowDataset(self.manifest, window_bp, split=split, num_windows=self._count(split),
                                     seed=self.seed, **opts)
 
 
@@ -232,6 +287,7 @@ class LabelledDataModule(pl.LightningDataModule):
         super().__init__()
         self.batch_size, self.num_workers, self.seed, self.bucket = batch_size, num_workers, seed, bucket
         self.max_length: int | None = None
+        self.stage_for_epoch = None  # as the window modules' (a labelled epoch is its file: windows are not set)
         self.pad_to_multiple_of = pad_to_multiple_of
         read = dict(tokenizer=tokenizer)
         self.datasets: dict[str, LabelledSequenceDataset] = {}
@@ -254,8 +310,10 @@ class LabelledDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def set_window(self, window_bp: int | None, batch_size: int | None = None) -> None:
-        """Truncate sequences to ``window_bp`` (None: no truncation) and use ``batch_size`` from the next loader."""
+    def set_window(self, window_bp: int | None, batch_size: int | None = None,
+                   train_windows: int | None = None) -> None:
+        """Truncate sequences to ``window_bp`` (None: no truncation) and use ``batch_size`` from the next loader
+        (``train_windows`` is for window modules: a labelled epoch is its file)."""
         self.max_length = None if window_bp is None else int(window_bp)
         if batch_size is not None:
             self.batch_size = int(batch_size)
@@ -293,6 +351,9 @@ class LabelledDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers)
 
     def train_dataloader(self):
+        trainer = getattr(self, "trainer", None)
+        if self.stage_for_epoch is not None and trainer is not None:
+            self.set_window(*self.stage_for_epoch(int(trainer.current_epoch))[:2])
         return self._loader("train", True)
 
     def val_dataloader(self):

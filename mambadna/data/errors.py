@@ -11,3 +11,7 @@ class DataError(ValueError):
 
 class DataWarning(UserWarning):
     """Something was done on the user's behalf (a conversion, an index rebuilt in the cache) worth knowing about."""
+
+
+class WindowTooLong(DataError):
+    """No region of a split holds one window (the caller may try a shorter one)."""

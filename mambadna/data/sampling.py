@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from mambadna.data.errors import DataError
+from mambadna.data.errors import DataError, WindowTooLong
 from mambadna.data.genome import _IS_N, Genome
 from mambadna.data.regions import Interval
 
@@ -48,7 +48,7 @@ class RegionWindows:
         if not kept.size:
             names = ", ".join(str(g.source_path) for g in self.genomes)
             plus = f"; a window reads {lookahead_bp} more base for its next-base target" if lookahead_bp else ""
-            raise DataError(f"window_bp {self.window_bp} is longer than every {what} of {names} (the longest "
+            raise WindowTooLong(f"window_bp {self.window_bp} is longer than every {what} of {names} (the longest "
                             f"is {longest} bp{plus}); use a smaller window_bp{advice}")
         self._cum = np.cumsum(kept - self.read_bp + 1)
         self.n_starts = int(self._cum[-1])

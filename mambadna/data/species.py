@@ -186,6 +186,8 @@ def _row_intervals(genome: Genome, row: ManifestRow, split: str, val_fraction: f
         return [Interval(n, 0, l) for n, l in genome.contigs.items()]
     if row.split is not None:
         return [Interval(n, 0, l) for n, l in genome.contigs.items()] if row.split == split else []
+    if {"val": val_fraction, "test": test_fraction}.get(split) == 0:
+        return []  # this genome gives the split nothing; whether the species has it elsewhere is checked above
     return split_intervals(genome, split, val_fraction=val_fraction, test_fraction=test_fraction, by=split_by)
 
 

@@ -1,7 +1,9 @@
-"""Training callbacks: sequence-length warmup, a stop on non-finite loss, and the run's speed and memory."""
+"""Training callbacks: the length curriculum (sequence-length warmup), a stop on non-finite loss, and the run's speed
+and memory."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -16,57 +18,75 @@ class NonFiniteLossError(ValueError):
     """The loss became NaN/inf; the message names the step and the last good checkpoint."""
 
 
-def doubling_stages(start_bp: int, window_bp: int, batch_size: int, epochs_per_stage: int = 1):
-    """Mamba paper warmup: windows start_bp, 2*start_bp, ... up to window_bp, each stage `epochs_per_stage`
-    epochs, with the batch scaled so window * batch (tokens per step) stays that of the final stage.
-    Returns [(window_bp, batch_size, epochs), ...]; the last stage has epochs None (until the end)."""
+def length_curriculum(start_bp: int, window_bp: int, batch_size: int, max_steps: int, accumulate: int = 1,
+                      min_windows: int = 1, chunk_bp: int | None = None) -> list[tuple[int, int, int, int | None]]:
+    """The length curriculum: windows start_bp, 2*start_bp, ... up to window_bp, each stage training on the same
+    bases per optimizer step as the final one (window_bp * batch_size * accumulate).
+
+    A stage's micro-batch holds as many windows as those bases allow, but no more bases than the final stage's
+    micro-batch keeps in memory at once: with `chunk_bp` that is batch_size * chunk_bp (a chunked million-base
+    window holds one chunk's activations; a thousand 1 kb windows in one batch would hold them all), and the
+    rest is gradient accumulation. Accumulation is also raised where a step would otherwise see fewer than
+    `min_windows` windows (a classifier's batch of one million-base window holds one class, and Adam moves every
+    weight as far on that one label as on a balanced batch: classes collapse).
+
+    Stages are sized in optimizer steps so that every stage trains on the same number of bases; the last stage
+    runs until max_steps. Returns [(window_bp, batch_size, accumulate, steps), ...], steps None for the last."""
     if start_bp < 1 or start_bp > window_bp:
-        raise ValueError(f"sequence-length warmup must start at 1..window_bp ({window_bp}) bp, got {start_bp}")
-    tokens = window_bp * batch_size
-    stages, window = [], start_bp
-    while window < window_bp:
-        stages.append((window, max(1, tokens // window), epochs_per_stage))
-        window *= 2
-    stages.append((window_bp, batch_size, None))
-    return stages
+        raise ValueError(f"the length curriculum must start at 1..window_bp ({window_bp}) bp, got {start_bp}")
+    step_bp = window_bp * batch_size * accumulate
+    micro_bp = batch_size * min(window_bp, chunk_bp or window_bp)  # bases one micro-batch holds activations for
+    plan, window = [], start_bp
+    while window <= window_bp:
+        final = window == window_bp
+        batch = batch_size if final else max(1, min(micro_bp, step_bp) // window)
+        k = accumulate if final else max(1, step_bp // (batch * window))
+        plan.append((window, batch, max(k, -(-min_windows // batch))))
+        window = window * 2 if window * 2 <= window_bp or final else window_bp
+    # equal bases per stage: a stage's steps go as 1 / its bases per step
+    shares = [step_bp / (w * b * k) for w, b, k in plan]  # steps of a stage per step of a plain one
+    per_stage = max_steps / sum(shares)
+    last = max(1, math.ceil(per_stage * shares[-1]))
+    stages, used = [], 0
+    for (w, b, k), share in zip(plan[:-1], shares):
+        steps = max(1, int(per_stage * share))
+        if used + steps > max_steps - last:  # too few steps for every stage: the target window keeps its share
+            break
+        stages.append((w, b, k, steps))
+        used += steps
+    w, b, k = plan[-1]
+    return [*stages, (w, b, k, None)]
 
 
 class SeqLenWarmup(pl.Callback):
-    """Walks the datamodule through `stages` [(window_bp, batch_size, epochs), ...] by calling its
-    `set_window(window_bp, batch_size)`. Needs Trainer(reload_dataloaders_every_n_epochs=1): Lightning builds the
-    next epoch's loader before on_train_epoch_start, so the change is made at the end of the previous epoch (and at
-    fit start, for the first epoch or a resumed one). The stage is a function of the epoch, so resume restores it."""
+    """Walks training through `stages` [(window_bp, batch_size, accumulate, steps), ...] (see `length_curriculum`):
+    one epoch a stage, of `steps` optimizer steps, the last stage until the end.
 
-    def __init__(self, stages):
+    The datamodule pulls the stage when Lightning builds an epoch's loader (its `stage_for_epoch` hook, called with
+    the epoch being built; needs Trainer(reload_dataloaders_every_n_epochs=1)), and the accumulation is set at the
+    start of the epoch. Both read the epoch Lightning is really in, so a resumed run, whether it stopped mid-epoch or
+    at an epoch's last step, continues with the stage it would have had."""
+
+    def __init__(self, stages, world_size: int = 1):
         if not stages:
             raise ValueError("SeqLenWarmup needs at least one stage")
-        self.stages = [(int(w), int(b), None if e is None else int(e)) for w, b, e in stages]
-        self._resumed_epoch: int | None = None
+        self.stages = [(int(w), int(b), int(k), None if s is None else int(s)) for w, b, k, s in stages]
+        self.world_size = int(world_size)
 
-    def stage_at(self, epoch: int) -> tuple[int, int]:
-        start = 0
-        for window, batch, epochs in self.stages:
-            if epochs is None or epoch < start + epochs:
-                return window, batch
-            start += epochs
-        return self.stages[-1][:2]
-
-    def _apply(self, trainer: pl.Trainer, epoch: int) -> None:
-        datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "set_window"):
-            raise ValueError("sequence-length warmup needs a datamodule with set_window(window_bp, batch_size)")
-        datamodule.set_window(*self.stage_at(epoch))
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
-        # Lightning restores the loops (current_epoch) only after on_fit_start, so remember the epoch here
-        self._resumed_epoch = int(checkpoint.get("epoch", 0))
+    def stage_at(self, epoch: int) -> tuple[int, int, int, int | None]:
+        """(window_bp, batch_size, accumulate, training windows of the epoch or None for the data's own count)."""
+        window, batch, accumulate, steps = self.stages[min(epoch, len(self.stages) - 1)]
+        return window, batch, accumulate, None if steps is None else steps * batch * accumulate * self.world_size
 
     def on_fit_start(self, trainer, pl_module):
-        epoch = self._resumed_epoch if self._resumed_epoch is not None else trainer.current_epoch
-        self._apply(trainer, epoch)
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "stage_for_epoch"):
+            raise ValueError("a length curriculum needs a datamodule with a stage_for_epoch hook (the window ones)")
+        datamodule.stage_for_epoch = self.stage_at
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        self._apply(trainer, trainer.current_epoch + 1)
+    def on_train_epoch_start(self, trainer, pl_module):
+        # what Lightning's GradientAccumulationScheduler does at each epoch
+        trainer.accumulate_grad_batches = self.stage_at(trainer.current_epoch)[2]
 
 
 class NonFiniteLossGuard(pl.Callback):

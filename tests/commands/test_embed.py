@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from mambadna import cli
-from mambadna.commands.embed import Record, embed_records, read_records, run_embed
+from mambadna.commands import embed
+from mambadna.commands.configs import EmbedConfig
+from mambadna.commands.embed import Record, embed_records, read_records
 from mambadna.config import tiny
 from mambadna.model import MambaLM, pool
 from mambadna.tokenizer import NucleotideTokenizer, reverse_complement_bytes
@@ -71,7 +73,8 @@ def test_streamed_float16_per_position_file_and_throughput(model_dir, records, t
     table = tmp_path / "seqs.tsv"
     table.write_text("name\tsequence\tlabel\n" + "".join(f"{r.name}\t{r.sequence.decode()}\t{r.label}\n"
                                                           for r in records))
-    out = run_embed(model_dir, table, tmp_path / "out", per_position=True, chunk_bp=40, batch_size=2)
+    out = embed.run(EmbedConfig(checkpoint=str(model_dir), input=str(table), out_dir=str(tmp_path / "out"),
+                                per_position=True, chunk_bp=40, batch_size=2))
     stream = np.load(tmp_path / "out" / "per_position.npy")
     assert stream.dtype == np.float16 and stream.shape == (sum(len(r.sequence) for r in records), 16)
     _, positions = embed_records(MambaLM.from_pretrained(model_dir), records, per_position=True, batch_size=2)

@@ -1,6 +1,8 @@
 """--resume continues the exact run: optimizer, scheduler, sampling epoch, warmup stage and, mid-epoch, the batches
 not trained yet."""
 
+import dataclasses
+
 import pytest
 import pytorch_lightning as pl
 
@@ -30,23 +32,24 @@ REAL_BUILD_TRAINER = train.build_trainer
 
 def run(monkeypatch, out_dir, recorder, resume=False, ckpt_every=100):
     monkeypatch.setattr(train, "build_trainer",
-                        lambda t, o, clip, extra=(): REAL_BUILD_TRAINER(t, o, clip, [*extra, recorder]))
+                        lambda t, o, clip, extra=(), runtime=None: REAL_BUILD_TRAINER(t, o, clip, [*extra, recorder],
+                                                                                      runtime))
     cfg = rc.apply_overrides(rc.PretrainConfig(), [
         f"out_dir={out_dir}", "model.d_model=16", "model.d_state=4", "data.window_bp=64", "data.batch_size=4",
         "data.train_windows=16", "data.val_windows=4", "train.max_steps=8", f"train.ckpt_every_n_steps={ckpt_every}",
         "train.log_every_n_steps=1", "train.progress_bar=false", "train.seqlen_warmup_from_bp=32"])
     try:
-        train.run_pretrain(cfg, resume=resume)
+        train.run_pretrain(dataclasses.replace(cfg, resume=resume))
     except Interrupt:
         pass
 
 
-@pytest.mark.parametrize("stop_at", [6, 5], ids=["epoch-end", "mid-epoch"])
+@pytest.mark.parametrize("stop_at", [4, 6], ids=["epoch-end", "mid-epoch"])
 def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, stop_at):
     full = Record()
     run(monkeypatch, tmp_path / "full", full)
-    # warmup: epoch 0 = 32 bp x 8 (2 steps), then 64 bp x 4 (4 steps per epoch)
-    assert full.shapes[1] == (8, 32) and full.shapes[3] == (4, 64) and full.shapes[8] == (4, 64)
+    # length curriculum: epoch 0 = 32 bp x 8 for 4 steps (half the bases), then 64 bp x 4 (4 steps per epoch)
+    assert full.shapes[4] == (8, 32) and full.shapes[5] == (4, 64) and full.shapes[8] == (4, 64)
 
     first = Record(stop_at=stop_at)  # killed at the start of the next step, just after a checkpoint
     run(monkeypatch, tmp_path / "cut", first, ckpt_every=stop_at)
@@ -67,4 +70,4 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, stop_at):
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     cfg = rc.PretrainConfig(out_dir=str(tmp_path))
     with pytest.raises(ValueError, match="holds no run to continue"):
-        train.run_pretrain(cfg, resume=True)
+        train.run_pretrain(dataclasses.replace(cfg, resume=True))

@@ -55,17 +55,24 @@ def test_gpu_recipe_is_the_papers_finetuning_recipe():
 
 
 @pytest.mark.parametrize("init", R.INITS)
-def test_command_rebuilds_the_config(init):
+def test_recipe_file_rebuilds_the_config(init, tmp_path):
     cfg = R.finetune_config("bacteria", 2**16, init, R.GPU, "d/manifest.tsv", "runs/x", pretrained="pt/model")
-    argv = R.command(cfg)
-    assert argv[0] == "finetune"
-    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
-    flags = {argv[i]: argv[i + 1] for i in range(1, len(argv)) if argv[i] in R.SHORT_FLAGS.values()}
-    back = {v: k for k, v in R.SHORT_FLAGS.items()}
-    rebuilt = rc.apply_overrides(rc.FinetuneConfig(), sets + [f"{back[k]}={v}" for k, v in flags.items()])
+    line = R.write_recipe(cfg, tmp_path / "ft.json")
+    assert line.startswith("mambadna finetune --recipe ")
+    argv = shlex.split(line)[1:]
+    rebuilt = rc.load_recipe(rc.FinetuneConfig(), argv[argv.index("--recipe") + 1])
     assert rc.to_dict(rebuilt) == rc.to_dict(cfg)
+    assert (rebuilt.pretrained == "pt/model") == (init == "pretrained")
     pre = R.pretrain_config("bacteria", R.GPU, "g.fa", "pt")
-    assert R.command(pre)[0] == "pretrain" and "--genome" in R.command(pre)
+    line = R.write_recipe(pre, tmp_path / "pre.json")
+    assert line.startswith("mambadna pretrain ") and rc.load_recipe(rc.PretrainConfig(), tmp_path / "pre.json") == pre
+
+
+def test_no_argv_builder():
+    """Experiments build configs and call the commands' run(cfg); nothing turns a config back into flags."""
+    for path in (ROOT / "experiments" / "context_sweep").glob("*.py"):
+        text = path.read_text()
+        assert "cli_main" not in text and '"--set"' not in text, path.name
 
 
 # ---- splits ----
@@ -166,7 +173,7 @@ def test_smoke_has_every_row_with_its_command(smoke):
                     assert row["bases_seen"] == R.CPU_SMOKE.steps * R.CPU_SMOKE.tokens_per_step
                     assert row["test_counts_match"] is True
                     assert row["params"] > 0
-                    assert ("--pretrained" in row["command"]) == (method == "pretrained")
+                    assert bool(_recipe(row)["pretrained"]) == (method == "pretrained")
         pre = [r for r in rows if r["dataset"] == ds and r["method"] == "pretrain"]
         assert len(pre) == 1 and pre[0]["status"] == "ok" and pre[0]["command"].startswith("mambadna pretrain ")
     # one fixed test set per (dataset, length), the same for the k-mer baseline and both models
@@ -177,12 +184,17 @@ def test_smoke_has_every_row_with_its_command(smoke):
             assert len(digests) == 1
 
 
+def _recipe(row) -> dict:
+    """The settings the row's command runs: its --recipe file."""
+    argv = shlex.split(row["command"])[1:]
+    return json.loads(Path(argv[argv.index("--recipe") + 1]).read_text())
+
+
 def test_smoke_commands_are_what_ran(smoke):
     out, rows, _ = smoke
     for row in rows:
         if row["method"] in ("scratch", "pretrained"):
-            argv = shlex.split(row["command"])[1:]
-            run_dir = Path(argv[argv.index("--out") + 1])
+            run_dir = Path(_recipe(row)["out_dir"])
             saved = json.loads((run_dir / "run_config.json").read_text())
             saved.pop("kind")
             cfg = R.finetune_config(row["dataset"], row["window_bp"], row["method"], R.CPU_SMOKE,
@@ -193,8 +205,7 @@ def test_smoke_commands_are_what_ran(smoke):
 def test_smoke_row_reruns_from_its_command(smoke, tmp_path):
     out, rows, _ = smoke
     row = next(r for r in rows if r["method"] == "scratch" and r["dataset"] == "great_apes")
-    argv = shlex.split(row["command"])[1:]
-    argv[argv.index("--out") + 1] = str(tmp_path / "again")
+    argv = shlex.split(row["command"])[1:] + ["--out", str(tmp_path / "again")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the runner's thread count (same float summation order)
     proc = subprocess.run([sys.executable, "-m", "mambadna", *argv], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, env=env)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 19's two experiments on one GPU in one call (about 9 minutes): chrX pretraining against window length and
+# species classification of held-out strains against train and test length, side by side on the GPU, the k-mer
+# baseline on the CPU cores beside them. Everything lands in $OUT as it happens (at most 8 files come back from the
+# device tool, and a call cut at its limit keeps the rows finished by then):
+#   chrx.jsonl species.jsonl species_lr*.jsonl species_kmer.jsonl   one JSON row a finished run (report.py)
+#   chrx_env.json species_env.json                 card, date, versions, commit, the scale
+#   logs.tgz                                       each experiment's output
+#   runs.tgz                                       every run's config, summary, metrics, curves (no checkpoints)
+#
+#   OUT=/some/dir experiments/long_context/gpu_run.sh        (repository root; carry .lcdata and .whl)
+# Needs .lcdata/ from `python data/prepare_long_context.py --out .lcdata` and .whl/ with pyfaidx and biopython
+# wheels for the GPU image's Python (experiments/context_sweep/pack_data.sh fetches them).
+# A third GPU process fine-tunes at LR_WINDOWS (default 13) with optim.lr SPECIES_LR (default 0.008) beside
+# finetune's default learning rate. Knobs: DEADLINE_S (default 420: no run starts later), CHRX_WINDOWS,
+# SPECIES_WINDOWS (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS.
+set -uo pipefail
+OUT=${OUT:?set OUT to the output folder}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+WORK=${LC_WORK:-/tmp/long_context}
+DEADLINE_S=${DEADLINE_S:-420}
+mkdir -p "$OUT" "$WORK"
+export PYTHONUNBUFFERED=1
+if ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$ROOT"/.whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+cd "$ROOT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+RUN=experiments/long_context/run.py
+opt() { [ -n "${2:-}" ] && echo "$1 $2"; }
+SPECIES=(species --data .lcdata/strains/manifest.tsv --out "$WORK" --rows "$OUT" $(opt --windows "${SPECIES_WINDOWS:-}"))
+OMP_NUM_THREADS=4 python3 $RUN "${SPECIES[@]}" --part kmer > "$WORK/kmer.log" 2>&1 &
+KMER=$!
+python3 $RUN chrx --data .lcdata/chrX/chrX.fa.gz --out "$WORK" --rows "$OUT" --deadline-s "$DEADLINE_S" \
+  $(opt --windows "${CHRX_WINDOWS:-}") $(opt --steps "${CHRX_STEPS:-}") > "$WORK/chrx.log" 2>&1 &
+CHRX=$!
+python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" $(opt --steps "${SPECIES_STEPS:-}") \
+  > "$WORK/species.log" 2>&1 &
+MODELS=$!
+python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" --windows "${LR_WINDOWS:-13}" \
+  --species-lr "${SPECIES_LR:-0.008}" $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_lr.log" 2>&1 &
+LR=$!
+wait $CHRX $MODELS $LR
+sleep 1; kill $KMER 2>/dev/null; wait $KMER 2>/dev/null
+for f in chrx species species_lr kmer; do
+  echo "=== $f"; grep -v -i "warn\|tip\|available:\|deprecat" "$WORK/$f.log" | tail -n 20
+done
+(cd "$WORK" && find . \( -name '*.json' -o -name '*.csv' -o -name '*.png' \) -not -path '*/checkpoints/*' -print0 \
+   | tar czf "$OUT/runs.tgz" --null -T -)
+tar czf "$OUT/logs.tgz" -C "$WORK" chrx.log species.log species_lr.log kmer.log
+ls -la "$OUT"

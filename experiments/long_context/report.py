@@ -1,0 +1,129 @@
+"""Tables and plots of experiments/long_context/run.py's rows: chrX bits per base against window, and the species
+train-length x test-length accuracy grid beside the k-mer baseline.
+
+  python experiments/long_context/report.py RESULT_DIR [--out RESULT_DIR]
+RESULT_DIR holds chrx.jsonl, species.jsonl, species_kmer.jsonl and the *_env.json files (any may be missing);
+writes report.md, chrx_bits_vs_window.png and species_accuracy_vs_length.png there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def log2(n: int) -> str:
+    return f"2^{int(n).bit_length() - 1}" if n & (n - 1) == 0 else str(n)
+
+
+def env_line(folder: Path, name: str) -> str:
+    path = folder / f"{name}_env.json"
+    if not path.is_file():
+        return ""
+    env = json.loads(path.read_text())
+    return (f"{env.get('device')}, {env.get('date')}, torch {env.get('torch')}, triton {env.get('triton')}, "
+            f"lightning {env.get('lightning')}, commit {str(env.get('commit'))[:10]}")
+
+
+def chrx_section(folder: Path) -> tuple[list[str], list[dict]]:
+    done = [r for r in rows(folder / "chrx.jsonl") if r.get("status") == "ok"]
+    skipped = [r for r in rows(folder / "chrx.jsonl") if r.get("status") != "ok"]
+    lines = ["## Pretraining on human chrX: bits per base against window", "", env_line(folder, "chrx"), ""]
+    if not done:
+        return lines + ["(no finished run)"], done
+    first = done[0]
+    lines += [f"Every model scored on the same {first['eval_bp']:,} held-out bases (test split, from "
+              f"{first['eval_start']:,}), tiled by its own window.", "",
+              "| window | bits/base (held-out) | val bits/base | bases trained | steps | train s |",
+              "|---|---|---|---|---|---|"]
+    for r in sorted(done, key=lambda r: r["window_bp"]):
+        val = f"{r['val_bits']:.3f}" if r.get("val_bits") is not None else "-"
+        lines.append(f"| {log2(r['window_bp'])} | {r['bits_per_base']:.4f} | {val} | {r['bases_trained'] / 1e6:.1f} M "
+                     f"| {r['steps']} | {r['train_s']} |")
+    lines += [f"| {log2(r['window_bp'])} | {r['status']} | | | | |" for r in skipped]
+    lines += ["", "Commands (each row reruns alone):", ""]
+    lines += [f"- {log2(r['window_bp'])}: `{r['command']}`" for r in sorted(done, key=lambda r: r["window_bp"])]
+    return lines, done
+
+
+def species_section(folder: Path) -> tuple[list[str], list[dict], list[dict]]:
+    models = [r for f in sorted(folder.glob("species*.jsonl")) for r in rows(f) if r.get("kind") == "model"]
+    kmers = [r for f in sorted(folder.glob("species*.jsonl")) for r in rows(f) if r.get("kind") == "kmer"]
+    ok = [r for r in models if r.get("status") == "ok"]
+    lengths = sorted({int(t) for r in ok for t in r["grid"]} | {r["test_bp"] for r in kmers})
+    lines = ["## Species of held-out strains: accuracy against train and test length", "",
+             env_line(folder, "species"), ""]
+    if kmers:
+        counts = kmers[0].get("label_counts", {})
+        lines += [f"Test windows a length: {kmers[0]['test_windows']} (the same for every model and the k-mers; "
+                  f"labels {counts})", ""]
+    head = "| trained at \\ tested at | " + " | ".join(log2(n) for n in lengths) + " | lr | bases trained | steps |"
+    lines += [head, "|" + "---|" * (len(lengths) + 4)]
+    for r in sorted(ok, key=lambda r: (r["train_bp"], r.get("lr", 0))):
+        cells = [f"{r['grid'][str(n)]['accuracy']:.3f}" if str(n) in r["grid"] else "" for n in lengths]
+        lines.append(f"| Mamba {log2(r['train_bp'])} | " + " | ".join(cells)
+                     + f" | {r.get('lr', '')} | {r['bases_trained'] / 1e6:.0f} M | {r['steps']} |")
+    kmer_at = {r["test_bp"]: r for r in kmers}
+    lines.append("| k-mer 4..6 + logistic regression (fitted at the test length) | "
+                 + " | ".join(f"{kmer_at[n]['accuracy']:.3f}" if n in kmer_at else "" for n in lengths) + " | | | |")
+    lines += [f"| Mamba {log2(r['train_bp'])} | {r['status']} |" for r in models if r.get("status") != "ok"]
+    lines += ["", "Commands:", ""] + [f"- {log2(r['train_bp'])}: `{r['command']}`" for r in ok]
+    return lines, ok, kmers
+
+
+def plots(folder: Path, chrx: list[dict], species: list[dict], kmers: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if chrx:
+        chrx = sorted(chrx, key=lambda r: r["window_bp"])
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([r["window_bp"] for r in chrx], [r["bits_per_base"] for r in chrx], "o-")
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="training (and scoring) window, bases", ylabel="held-out bits per base",
+               title="human chrX: same model, same bases")
+        fig.tight_layout()
+        fig.savefig(folder / "chrx_bits_vs_window.png", dpi=120)
+        plt.close(fig)
+    if species or kmers:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in sorted(species, key=lambda r: r["train_bp"]):
+            xs = sorted(int(t) for t in r["grid"])
+            ax.plot(xs, [r["grid"][str(x)]["accuracy"] for x in xs], "o-",
+                    label=f"Mamba trained at {log2(r['train_bp'])}, lr {r.get('lr')}")
+        if kmers:
+            kmers = sorted(kmers, key=lambda r: r["test_bp"])
+            ax.plot([r["test_bp"] for r in kmers], [r["accuracy"] for r in kmers], "k--s", label="k-mer 4..6 + LR")
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="test window, bases", ylabel="accuracy on held-out strains", ylim=(0, 1.02),
+               title="species of unseen strains")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / "species_accuracy_vs_length.png", dpi=120)
+        plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    chrx_lines, chrx = chrx_section(args.folder)
+    species_lines, species, kmers = species_section(args.folder)
+    (args.folder / "report.md").write_text("\n".join(chrx_lines + [""] + species_lines) + "\n")
+    plots(args.folder, chrx, species, kmers)
+    print((args.folder / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

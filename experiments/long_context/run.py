@@ -1,0 +1,319 @@
+"""Does context help once it is trained for? Two experiments of issue 19, through the package's own commands.
+
+  chrx     pretraining on human chrX (the Mamba paper's Fig. 5): the same model and the same number of bases at
+           windows 2^10 ... 2^20 (the length curriculum from 1 kb for the long ones), then bits per base of every
+           model on the SAME held-out stretch of the test split, tiled by the model's own window (so a longer
+           window gives more context to the same bases).
+  species  species classification of held-out strains (data/prepare_long_context.py): scratch classifiers
+           fine-tuned at windows 2^10 ... 2^20 with the same bases per step, each evaluated on the same test
+           windows at every length (the train-length x test-length grid), beside a k-mer (4..6) + logistic
+           regression baseline fitted on training windows of that length and scored on the same test windows.
+
+  python experiments/long_context/run.py chrx --data .lcdata/chrX/chrX.fa.gz --out OUT [--scale gpu]
+  python experiments/long_context/run.py species --data .lcdata/strains/manifest.tsv --out OUT [--scale gpu]
+  python experiments/long_context/run.py species --cpu-smoke --out /tmp/x   (bundled-size data it makes itself)
+
+Every finished row is appended at once to OUT/<experiment>.jsonl (a row names its command line, the settings,
+the run's summary and the metrics), so a call cut short keeps what it finished; `--deadline-s` skips the rows
+that would not fit. experiments/long_context/report.py turns the rows into RESULTS.md tables and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from mambadna import run_config as rc  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Scale:
+    model: list[str]            # model.* overrides
+    windows: tuple[int, ...]    # log2 of the windows, in the order they run (most telling first)
+    bases_per_step: int         # window * batch at the target window (the curriculum keeps it at every stage)
+    micro_bp: int               # at most this many bases a micro-batch (two runs share one GPU's memory)
+    steps: int                  # optimizer steps of a run
+    eval_bp: int                # chrx: bases of the held-out stretch every model is scored on
+    test_windows: int           # species: test windows at every length (the same ones for every model)
+    kmer_train_windows: int     # species: training windows of the k-mer baseline at every length
+    chunk_bp: int               # windows longer than this run in chunks (exact; bounded memory)
+    precision: str
+    workers: int
+
+
+GPU = Scale(model=["model.preset=small"], windows=(10, 20, 14, 17, 12, 16, 18), bases_per_step=2**20,
+            micro_bp=2**19, steps=64,
+            eval_bp=2**22, test_windows=256, kmer_train_windows=512, chunk_bp=2**16, precision="bf16-mixed",
+            workers=6)
+GPU_SPECIES = replace(GPU, windows=(13, 20, 10, 17), steps=64)
+# the smoke's long window (2^13) takes the automatic curriculum and runs in chunks; chrX's stays under its 4 kb stretch
+CPU_SMOKE = Scale(model=["model.d_model=16", "model.n_layer=1", "model.d_state=4"], windows=(6, 13),
+                  bases_per_step=2**10, micro_bp=2**9, steps=3, eval_bp=2**12, test_windows=4, kmer_train_windows=8,
+                  chunk_bp=2**12, precision="32-true", workers=0)
+CPU_SMOKE_CHRX = replace(CPU_SMOKE, windows=(6, 12))
+
+
+def environment() -> dict:
+    import torch
+
+    info = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "python": platform.python_version(),
+            "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"}
+    try:
+        import pytorch_lightning as pl
+        import triton
+
+        info.update(lightning=pl.__version__, triton=triton.__version__)
+    except ImportError:
+        pass
+    commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H"], capture_output=True, text=True)
+    info["commit"] = commit.stdout.strip() or "unknown"
+    return info
+
+
+def settings(scale: Scale, window_bp: int, extra: list[str]) -> list[str]:
+    """The `--set` overrides of one training run at `window_bp`: the same bases per step at every window, at most
+    `micro_bp` of them in one micro-batch (the rest accumulated), windows longer than `chunk_bp` chunked."""
+    batch = max(1, min(scale.bases_per_step, scale.micro_bp) // window_bp)
+    accumulate = max(1, scale.bases_per_step // (batch * window_bp))
+    chunk = [f"train.chunk_bp={scale.chunk_bp}"] if window_bp > scale.chunk_bp else []
+    return [*scale.model, f"data.window_bp={window_bp}", f"data.batch_size={batch}",
+            f"train.accumulate_grad_batches={accumulate}",
+            f"data.num_workers={scale.workers}", f"train.max_steps={scale.steps}", f"runtime.precision={scale.precision}",
+            "train.log_every_n_steps=4", "train.progress_bar=false", f"train.ckpt_every_n_steps={scale.steps}",
+            f"train.val_every_n_steps={max(1, scale.steps // 4)}", "data.val_windows=8", *chunk, *extra]
+
+
+def command_line(command: str, overrides: list[str]) -> str:
+    return f"mambadna {command} " + " ".join(f"--set {o}" for o in overrides)
+
+
+def append(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(json.dumps({k: v for k, v in row.items() if k not in ("summary", "command")}), flush=True)
+
+
+# ---- chrX: bits per base against context ----
+
+def bits_per_base(model_dir: Path, genome: str, start: int, length: int, window_bp: int, chunk_bp: int) -> dict:
+    """Mean next-base loss in bits over [start, start + length) of the genome's one long contig, tiled by windows
+    of `window_bp` (each reads one more base for its last target); N bases are never scored."""
+    import torch
+
+    from mambadna.checkpoint import load
+    from mambadna.data.genome import Genome
+    from mambadna.objective import lm_loss
+    from mambadna.tokenizer import IGNORE_INDEX, tokenizer_from_name
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load(model_dir).to(device).eval()
+    tok = tokenizer_from_name(model.config.tokenizer)
+    g = Genome(genome)
+    contig = max(g.contigs, key=g.contigs.get)
+    n_id = tok.encode("N")[0]
+    total, count = 0.0, 0
+    batch = max(1, 2**20 // window_bp)
+    starts = list(range(start, start + length, window_bp))
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        for i in range(0, len(starts), batch):
+            rows = [tok.encode(g.fetch(contig, s, s + window_bp + 1)) for s in starts[i:i + batch]]
+            ids = torch.as_tensor(np.stack(rows), device=device)  # (b, window + 1)
+            targets = ids[:, 1:].clone()
+            targets[targets == n_id] = IGNORE_INDEX
+            chunk = chunk_bp if window_bp > chunk_bp else None
+            loss_sum, n, _ = lm_loss(model, ids[:, :-1], targets, chunk)
+            total, count = total + float(loss_sum), count + int(n)
+    return {"bits_per_base": total / max(count, 1) / math.log(2), "scored_bases": count, "windows": len(starts)}
+
+
+def held_out_stretch(genome: str, eval_bp: int) -> tuple[int, int]:
+    """(start, length) of the first `eval_bp` bases of the test split's longest block (the default split); eval_bp
+    is a multiple of every window, so each model scores exactly these bases."""
+    from mambadna.data.genome import Genome
+    from mambadna.data.regions import split_regions
+
+    g = Genome(genome)
+    iv = max(split_regions(g.contigs)["test"], key=lambda x: x.length_bp)
+    if iv.length_bp < eval_bp + 1:  # every window reads one base past its end for its last target
+        raise SystemExit(f"{genome}: the test block ({iv.length_bp} bp) is shorter than --eval-bp {eval_bp} + 1")
+    return iv.start_bp, eval_bp
+
+
+def run_chrx(args, scale: Scale) -> None:
+    from mambadna.commands import pretrain
+
+    out = Path(args.out)
+    rows = Path(args.rows or out) / "chrx.jsonl"
+    start, length = held_out_stretch(args.data, scale.eval_bp)
+    print(f"held-out stretch: {start}..{start + length} ({length} bp)", flush=True)
+    for log2 in scale.windows:
+        window = 2**log2
+        if time.time() > args.deadline:
+            append(rows, {"window_bp": window, "status": "skipped: deadline"})
+            continue
+        overrides = settings(scale, window, [f"data.genome={args.data}", f"out_dir={out / f'chrx_L{log2}'}",
+                                             "data.reverse_complement=true"])
+        cfg = rc.apply_overrides(rc.PretrainConfig(), overrides)
+        began = time.time()
+        summary = pretrain.run(cfg)
+        trained = time.time() - began
+        score = bits_per_base(Path(summary["model_dir"]), args.data, start, length, window, scale.chunk_bp)
+        append(rows, {"window_bp": window, "status": "ok", **score, "eval_start": start, "eval_bp": length,
+                      "bases_trained": summary.get("bases_trained"), "steps": summary["steps"],
+                      "train_s": round(trained, 1), "val_bits": summary.get("val/bits_per_base"),
+                      "command": command_line("pretrain", overrides), "summary": summary})
+
+
+# ---- species: accuracy against train and test length ----
+
+def test_windows(manifest: str, window_bp: int, split: str, count: int, seed: int):
+    """(raw windows, labels) of a split at `window_bp`: the same for every model and the k-mer baseline."""
+    from mambadna.data.species import SpeciesWindowDataset
+
+    ds = SpeciesWindowDataset(manifest, window_bp, split=split, num_windows=count, seed=seed, test_fraction=0.0)
+    return ds.raw_windows()
+
+
+def classify(model_dir: Path, seqs: list[bytes], chunk_bp: int) -> list[str]:
+    import torch
+
+    from mambadna.checkpoint import load
+    from mambadna.tokenizer import tokenizer_from_name
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load(model_dir).to(device).eval()
+    tok = tokenizer_from_name(model.config.tokenizer)
+    window = len(seqs[0])
+    batch = max(1, 2**20 // window)
+    preds = []
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        for i in range(0, len(seqs), batch):
+            ids = torch.as_tensor(np.stack([tok.encode(s) for s in seqs[i:i + batch]]), device=device)
+            logits = model(ids, None, chunk_bp if window > chunk_bp else None)
+            preds += [model.class_names[j] for j in logits.argmax(-1).tolist()]
+    return preds
+
+
+def scores(truth: list[str], pred: list[str]) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    return {"accuracy": float(accuracy_score(truth, pred)), "macro_f1": float(f1_score(truth, pred, average="macro"))}
+
+
+def run_species(args, scale: Scale) -> None:
+    from mambadna.commands.probe import kmer_baseline
+    from mambadna.commands import finetune
+
+    out = Path(args.out)
+    name = "species_kmer" if args.part == "kmer" else "species" + (f"_lr{args.species_lr}" if args.species_lr else "")
+    rows = Path(args.rows or out) / f"{name}.jsonl"
+    # the test windows of every length, drawn once: the same for every model and for the k-mer baseline
+    tests = {log2: test_windows(args.data, 2**log2, "test", scale.test_windows, seed=1)
+             for log2 in sorted(scale.windows)}
+    if args.part in ("kmer", "all"):
+        for log2, (seqs, labels) in tests.items():
+            train_seqs, train_labels = test_windows(args.data, 2**log2, "train", scale.kmer_train_windows, seed=2)
+            kmer = kmer_baseline(train_seqs, train_labels, seqs, labels)
+            counts = {c: labels.count(c) for c in sorted(set(labels))}
+            append(rows, {"kind": "kmer", "test_bp": 2**log2, **kmer, "test_windows": len(seqs),
+                          "label_counts": counts, "train_windows": len(train_seqs)})
+    if args.part == "kmer":
+        return
+    for log2 in scale.windows:
+        window = 2**log2
+        if time.time() > args.deadline:
+            append(rows, {"kind": "model", "train_bp": window, "status": "skipped: deadline"})
+            continue
+        lr = [f"optim.lr={args.species_lr}"] if args.species_lr else []
+        name = f"species_L{log2}" + (f"_lr{args.species_lr}" if args.species_lr else "")
+        overrides = settings(scale, window, [f"data.manifest={args.data}", f"out_dir={out / name}",
+                                             "data.test_fraction=0", f"data.test_windows={scale.test_windows}",
+                                             "data.reverse_complement=true", *lr])
+        cfg = rc.apply_overrides(rc.FinetuneConfig(), overrides)
+        began = time.time()
+        summary = finetune.run(cfg)
+        trained = time.time() - began
+        model_dir = Path(summary["model_dir"])
+        grid = {}
+        for test_log2, (seqs, labels) in tests.items():
+            if time.time() > args.deadline and test_log2 != log2:
+                continue
+            grid[2**test_log2] = scores(labels, classify(model_dir, seqs, scale.chunk_bp))
+        append(rows, {"kind": "model", "train_bp": window, "status": "ok", "grid": grid, "lr": cfg.optim.lr,
+                      "bases_trained": summary.get("bases_trained"), "steps": summary["steps"],
+                      "train_s": round(trained, 1), "val_accuracy": summary.get("val/accuracy"),
+                      "command": command_line("finetune", overrides), "summary": summary})
+
+
+def smoke_data(root: Path) -> tuple[str, str]:
+    """A genome and a held-out-strain manifest for --cpu-smoke: two bundled genomes, each cut into a training
+    'strain' (its first 70%) and a test 'strain' (the rest)."""
+    from mambadna.data import bundled_path
+    from mambadna.data.genome import Genome
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["species\tfasta\tsplit"]
+    for name in ("lambda", "hg19_chr17_part"):
+        g = Genome(bundled_path(name))
+        contig, n = next(iter(g.contigs.items()))
+        cut = int(n * 0.7)
+        for part, (a, b), split in (("train", (0, cut), ""), ("test", (cut, n), "test")):
+            (root / f"{name}_{part}.fa").write_bytes(b">" + f"{name}_{part}".encode() + b"\n" + g.fetch(contig, a, b)
+                                                     + b"\n")
+            rows.append(f"{name}\t{name}_{part}.fa\t{split}")
+    (root / "manifest.tsv").write_text("\n".join(rows) + "\n")
+    return str(bundled_path("lambda")), str(root / "manifest.tsv")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=("chrx", "species"))
+    parser.add_argument("--data", help="chrx: the genome; species: the manifest (data/prepare_long_context.py)")
+    parser.add_argument("--out", required=True, help="folder of the runs")
+    parser.add_argument("--rows", help="folder of the .jsonl result rows (default: --out)")
+    parser.add_argument("--scale", choices=("gpu",), default="gpu")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the bundled genomes (CI)")
+    parser.add_argument("--windows", help="log2 window lengths, comma-separated (default: the scale's)")
+    parser.add_argument("--steps", type=int, help="optimizer steps a run (default: the scale's)")
+    parser.add_argument("--deadline-s", type=float, default=1e9, help="skip rows that would start after this many s")
+    parser.add_argument("--species-lr", type=float, help="species: optim.lr of the fine-tunes (default: finetune's)")
+    parser.add_argument("--part", choices=("all", "models", "kmer"), default="all",
+                        help="species: the models, the k-mer baseline (CPU; run it beside the models), or both")
+    args = parser.parse_args(argv)
+    args.deadline = time.time() + args.deadline_s
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    chrx = args.experiment == "chrx"
+    scale = (GPU if chrx else GPU_SPECIES) if not args.cpu_smoke else (CPU_SMOKE_CHRX if chrx else CPU_SMOKE)
+    if args.cpu_smoke:
+        genome, manifest = smoke_data(out / "data")
+        args.data = args.data or (genome if args.experiment == "chrx" else manifest)
+    if args.windows:
+        scale = replace(scale, windows=tuple(int(x) for x in args.windows.split(",")))
+    if args.steps:
+        scale = replace(scale, steps=args.steps)
+    if not args.data:
+        parser.error("--data is required (see data/prepare_long_context.py)")
+    env = {**environment(), "scale": scale.__dict__, "data": args.data}
+    Path(args.rows or out).mkdir(parents=True, exist_ok=True)
+    (Path(args.rows or out) / f"{args.experiment}_env.json").write_text(json.dumps(env, indent=1) + "\n")
+    (run_chrx if args.experiment == "chrx" else run_species)(args, scale)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

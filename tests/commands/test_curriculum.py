@@ -1,0 +1,92 @@
+"""The length curriculum through the CLI: a long window trains through shorter ones at equal bases per step,
+classifier steps accumulate to see every class, validation of a long window falls back to what the held-out
+region holds, and a classifier runs at windows longer than it was trained on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from mambadna import cli
+
+TINY = ["--set", "model.d_model=16", "--set", "model.d_state=4", "--set", "model.n_layer=1", "--no-progress",
+        "--set", "train.log_every_n_steps=1"]
+
+
+def write_species(root, n_bp=100_000, seed=0):
+    """Two 'species' of random DNA with different base composition (so a tiny model can tell them apart) and a
+    manifest; 10% blocks of 10 kb are held out for validation and testing."""
+    rng = np.random.default_rng(seed)
+    rows = ["species\tfasta"]
+    for name, gc in (("lowgc", 0.3), ("highgc", 0.7)):
+        p = np.array([(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2])
+        seq = "".join(rng.choice(list("ACGT"), size=n_bp, p=p))
+        (root / f"{name}.fa").write_text(f">{name}\n" + "\n".join(seq[i:i + 60] for i in range(0, n_bp, 60)) + "\n")
+        rows.append(f"{name}\t{name}.fa")
+    (root / "manifest.tsv").write_text("\n".join(rows) + "\n")
+    return root / "manifest.tsv"
+
+
+def test_long_window_finetune_walks_the_curriculum_and_accumulates(tmp_path, capsys):
+    manifest = write_species(tmp_path)
+    out = tmp_path / "ft"
+    argv = ["finetune", "--out", str(out), "--manifest", str(manifest), "--window-bp", "8192", "--batch-size", "1",
+            "--steps", "8", "--set", "data.val_windows=2", "--set", "data.test_windows=4", *TINY]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    # automatic from 1024 bp for an 8 kb window; one window of 8 kb a step, so the 4 kb and 8 kb stages accumulate
+    # to two windows (two classes) and get fewer steps, every stage seeing the same bases
+    line = next(x for x in printed.splitlines() if x.startswith("length curriculum: "))
+    assert line.startswith("length curriculum: 1024 bp x 8 for ") and "2048 bp x 4" in line
+    assert "4096 bp x 2" in line and line.endswith("8192 bp x 1 x 2 accumulated to the end")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 8 and 0 <= summary["test/accuracy"] <= 1
+    # the last stage trained two windows a step: 8 steps of 8 kb would be 64 kb; more bases were seen than that
+    assert summary["bases_trained"] > 8 * 8192
+
+
+def test_curriculum_off_and_explicit_start(tmp_path, capsys):
+    manifest = write_species(tmp_path)
+    common = ["--manifest", str(manifest), "--window-bp", "8192", "--batch-size", "2", "--steps", "2",
+              "--set", "data.val_windows=2", "--set", "data.test_windows=2", *TINY]
+    assert cli.main(["finetune", "--out", str(tmp_path / "off"), "--set", "train.seqlen_warmup_from_bp=0",
+                     *common]) == 0
+    assert "length curriculum" not in capsys.readouterr().out
+    assert cli.main(["finetune", "--out", str(tmp_path / "from4k"), "--set", "train.seqlen_warmup_from_bp=4096",
+                     *common]) == 0
+    assert "length curriculum: 4096 bp x 4 for 1 steps -> 8192 bp x 2 to the end" in capsys.readouterr().out
+    assert cli.main(["finetune", "--out", str(tmp_path / "bad"), "--set", "train.seqlen_warmup_from_bp=16384",
+                     *common]) == 2
+    assert "longer than data.window_bp" in capsys.readouterr().err
+
+
+def test_long_window_validation_falls_back_to_the_held_out_region(tmp_path, capsys):
+    # 100 kb genomes cut into train / val (10%: 10 kb, no 16 kb window) and other genomes for testing: validation
+    # runs on 8 kb windows instead and says so; the test split keeps the 16 kb window
+    write_species(tmp_path)
+    (tmp_path / "t").mkdir()
+    write_species(tmp_path / "t", seed=1)
+    rows = ["species\tfasta\tsplit"] + [f"{n}\t{n}.fa\t" for n in ("lowgc", "highgc")]
+    rows += [f"{n}\tt/{n}.fa\ttest" for n in ("lowgc", "highgc")]
+    (tmp_path / "m.tsv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "ft"
+    assert cli.main(["finetune", "--out", str(out), "--manifest", str(tmp_path / "m.tsv"), "--window-bp", "16384",
+                     "--batch-size", "1", "--steps", "2", "--set", "data.val_windows=2", "--set", "data.test_windows=2",
+                     *TINY]) == 0
+    assert "warning: the validation region holds no 16384 bp window; validating on 8192 bp windows" in \
+        capsys.readouterr().err
+    assert "test/accuracy" in json.loads((out / "summary.json").read_text())
+
+
+def test_classifier_runs_at_longer_windows_than_it_was_trained_on(tmp_path, capsys):
+    manifest = write_species(tmp_path)
+    out = tmp_path / "ft"
+    assert cli.main(["finetune", "--out", str(out), "--manifest", str(manifest), "--window-bp", "256",
+                     "--batch-size", "4", "--steps", "2", "--set", "data.val_windows=2", *TINY]) == 0
+    for window, extra in (("4096", []), ("4096", ["--chunk-bp", "1024"])):
+        ev = tmp_path / f"ev{len(extra)}"
+        assert cli.main(["evaluate", str(out / "model"), "--manifest", str(manifest), "--window-bp", window,
+                         "--batch-size", "8", "--out", str(ev), *extra]) == 0
+        result = json.loads((ev / "evaluation.json").read_text())
+        assert 0 <= result["test/accuracy"] <= 1
