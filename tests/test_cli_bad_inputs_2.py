@@ -101,6 +101,10 @@ def world(tmp_path_factory):
 # (id, argv from the fixture paths, exit code, phrase of the error line)
 FT = ["--window-bp", "64", "--batch-size", "2", "--set", "model.d_model=16", "--set", "model.d_state=4"]
 ROWS = [
+    ("a bidirectional --pretrained, one model setting given", lambda w: [
+        "finetune", "--pretrained", w["bidir"], "--out", w["root"] / "o18", "--set", "model.d_model=32",
+        "--window-bp", "64", "--batch-size", "2"], 2, "another model shape than the run config (d_model: checkpoint 16 "
+     "vs run 32);"),
     ("a zero-length BED region", lambda w: ["embed", w["lm"], w["small"], "--regions", w["root"] / "zero.bed",
                                             "--out", w["root"] / "o11"], 2,
      "zero.bed: region 'empty_one' (a:10-10) has no bases (start = end)"),

@@ -249,10 +249,11 @@ def load_backbone(pretrained: str | Path, spec: MambaConfig, window_bp: int) -> 
         raise ValueError(f"{directory} was trained with the {saved.get('tokenizer')!r} tokenizer (vocabulary "
                          f"{saved.get('vocab_size')}) but this run uses {spec.tokenizer!r}; set "
                          f"model.tokenizer={saved.get('tokenizer')} or pretrain with the same tokenizer")
-    if spec != tiny(tokenizer=spec.tokenizer):  # model.* settings changed from the default: they must match
+    default = tiny(tokenizer=spec.tokenizer)
+    if spec != default:  # the model.* settings changed from the default must match; the others are not the user's
         differ = [f"{k}: checkpoint {saved.get(k)} vs run {getattr(spec, k)}"
                   for k in ("d_model", "n_layer", "d_state", "d_conv", "expand", "bidirectional", "rc_equivariant")
-                  if saved.get(k, False) != getattr(spec, k)]
+                  if getattr(spec, k) != getattr(default, k) and saved.get(k, False) != getattr(spec, k)]
         if differ:
             raise ValueError(f"{directory} has another model shape than the run config ({'; '.join(differ)}); "
                              "drop the model.* settings to take the checkpoint's shape")
