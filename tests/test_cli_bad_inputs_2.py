@@ -112,6 +112,12 @@ ROWS = [
      "is YAML, which mambadna does not read; write it as TOML"),
     ("a latin-1 table", lambda w: ["evaluate", w["clf"], "--test", w["root"] / "latin1.csv", "--out",
                                    w["root"] / "o13"], 2, "latin1.csv: not UTF-8 text"),
+    ("a datasets folder with a bad state.json", lambda w: ["evaluate", w["clf"], "--test", w["root"] / "bad_state",
+                                                           "--out", w["root"] / "o14"], 2,
+     "bad_state/state.json: not a readable datasets state file"),
+    ("a datasets folder with a damaged Arrow file", lambda w: ["evaluate", w["clf"], "--test",
+                                                               w["root"] / "bad_arrow", "--out", w["root"] / "o15"],
+     2, "data-00000.arrow: not a readable Arrow file"),
     ("windows longer than every contig", lambda w: ["pretrain", "--genome", w["root"] / "short_contigs.fa", "--out",
                                                     w["root"] / "o16", *FT], 2,
      "no contig of the whole genome is that long either (the longest is 48 bp): no split helps"),
@@ -299,15 +305,3 @@ def test_a_full_cache_is_not_blamed_on_the_input(world, tmp_path, monkeypatch, c
     assert cli.main(["embed", str(world["lm"]), str(ragged), "--out", str(tmp_path / "emb")]) == 2
     err = capsys.readouterr().err
     assert "cannot write the normalised copy of" in err and "the input is fine" in err and "MAMBADNA_CACHE" in err
-
-
-@pytest.mark.parametrize("folder, phrase", [("bad_state", "bad_state/state.json: not a readable datasets state file"),
-                                            ("bad_arrow", "data-00000.arrow: not a readable Arrow file")])
-def test_an_unreadable_datasets_folder_names_its_file(world, folder, phrase):
-    # through read_table: the CLI's data.train check does not take datasets folders yet (issue #21's branch)
-    pytest.importorskip("pyarrow")
-    from mambadna.data.errors import DataError
-    from mambadna.data.tables import read_table
-
-    with pytest.raises(DataError, match=phrase.replace(".", r"\.")):
-        read_table(world["root"] / folder, ["sequence", "label"])
