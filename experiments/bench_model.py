@@ -16,6 +16,8 @@ budget cut trims the least needed):
    plain, switching to per-block checkpointing from the first length where plain runs out of memory, up to 2^20.
    Each configuration: one warm-up step, then 2 timed steps (1 when the warm-up took over 3 s). A CUDA OOM is
    recorded as "OOM" and ends that series; so does a step over --step-limit-s, or the --budget-s being spent.
+   --modes picks the Mamba modes and --scan-kernels runs each Mamba series once per value of the model's
+   `scan_kernel` setting (auto, v1, v2), named e.g. mamba-base[v2] (experiments/gpu_scan.sh uses both).
 
 Writes bench_model.md (tables), bench_model.json (raw rows) and bench_model.png (time per token vs context,
 log-log) to --out, and prints the tables. Decoding speed is measured by experiments/bench_serving.py.
@@ -24,9 +26,12 @@ log-log) to --out, and prints the tables. Decoding speed is measured by experime
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
+import os
+import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -252,8 +257,14 @@ def series(label: str, make_model, modes: list[str], lengths: list[int], clock: 
     return rows
 
 
-def training(clock: Clock, which: list[str]) -> list[dict]:
-    """Series in the order of `which` (base, transformer, small by default: a budget cut trims the least needed)."""
+MODES = ("plain", "block-ckpt", "chunked")
+
+
+def training(clock: Clock, which: list[str], modes=MODES, kernels=("auto",), progress=None) -> list[dict]:
+    """Series in the order of `which` (base, transformer, small by default: a budget cut trims the least needed);
+    each Mamba model in every mode of `modes`, once per scan kernel of `kernels` (the `scan_kernel` setting; rows
+    say which, and the model name carries it when more than one is asked for). `progress(rows)` is called after
+    every series, so a run cut short keeps what it measured."""
     s = clock.s
     rows = []
     for name in which:
@@ -261,10 +272,18 @@ def training(clock: Clock, which: list[str]) -> list[dict]:
             tf_lengths = [l for l in s.lengths if l <= s.transformer_max_l]
             rows += series("transformer", lambda: TransformerLM(s.transformer), ["plain", "block-ckpt"], tf_lengths,
                            clock, fallback=True)
+            if progress:
+                progress(rows)
         elif name in s.models:
-            for mode in ("plain", "block-ckpt", "chunked"):
-                rows += series(f"mamba-{name}", lambda cfg=s.models[name], m=mode: mamba_for_mode(cfg, m), [mode],
-                               s.lengths, clock, fallback=False)
+            for mode in modes:
+                for kernel in kernels:
+                    cfg = dataclasses.replace(s.models[name], scan_kernel=kernel)
+                    label = f"mamba-{name}" + (f"[{kernel}]" if len(kernels) > 1 else "")
+                    rows += [dict(r, scan_kernel=kernel) for r in
+                             series(label, lambda cfg=cfg, m=mode: mamba_for_mode(cfg, m), [mode], s.lengths, clock,
+                                    fallback=False)]
+                    if progress:
+                        progress(rows)
     return rows
 
 
@@ -283,7 +302,7 @@ def report(s: Settings, exact: list[dict], train: list[dict], env: str) -> str:
             "| model | mode | l | M tok/s | s/step | peak GiB | status | anchor (mamba_ssm, H100) |",
             "|---|---|---|---|---|---|---|---|"]
     for r in train:
-        anchor = (ANCHOR_MAMBA if r["model"] == "mamba-base" else
+        anchor = (ANCHOR_MAMBA if r["model"].startswith("mamba-base") else
                   ANCHOR_TRANSFORMER if r["model"] == "transformer" else {}).get(r["l"], "")
         if r["status"] == "ok":
             peak = f"{r['peak_gib']:.1f}" if "peak_gib" in r else "n/a"
@@ -304,7 +323,11 @@ def report(s: Settings, exact: list[dict], train: list[dict], env: str) -> str:
 
 
 def plot(train: list[dict], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the tables and JSON are the results; the figure is a convenience
+        log(f"matplotlib is not installed: no {path.name}")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -327,6 +350,24 @@ def plot(train: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _version(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return "absent"
+
+
+def _commit() -> str:
+    if os.environ.get("COMMIT"):  # the GPU machine gets the tree without .git: experiments/gpu_scan.sh passes it
+        return os.environ["COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="directory for bench_model.{md,json,png}")
@@ -339,8 +380,18 @@ def main() -> None:
     parser.add_argument("--log2-lengths", help="training lengths as log2, e.g. 14,16,18,20 (default: the mode's)")
     parser.add_argument("--models", default="base,transformer,small",
                         help="training series to run, in this order: subset of base,transformer,small")
+    parser.add_argument("--modes", default=",".join(MODES), help="Mamba training modes: subset of " + ",".join(MODES))
+    parser.add_argument("--scan-kernels", default="auto",
+                        help="the model's scan_kernel setting, one series per value: subset of auto,v1,v2")
+    parser.add_argument("--json-name", default="bench_model",
+                        help="stem of the files written to --out (several runs can share a folder)")
     args = parser.parse_args()
     sections, which = set(args.sections.split(",")), args.models.split(",")
+    modes, kernels = args.modes.split(","), args.scan_kernels.split(",")
+    if not set(modes) <= set(MODES):
+        raise SystemExit(f"--modes takes {','.join(MODES)}; got {args.modes}")
+    if not set(kernels) <= {"auto", "v1", "v2"}:
+        raise SystemExit(f"--scan-kernels takes auto, v1, v2; got {args.scan_kernels}")
     if not sections <= {"exact", "train"}:
         raise SystemExit(f"--sections takes exact, train; got {args.sections}")
     if not set(which) <= {"base", "transformer", "small"}:
@@ -351,16 +402,23 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     clock = Clock(s)
     device_name = torch.cuda.get_device_name() if s.device.type == "cuda" else "CPU"
-    env = (f"device {device_name}, torch {torch.__version__}, autocast {s.amp}, chunk_bp {s.chunk_bp}, "
-           f"{'cpu-smoke' if args.cpu_smoke else 'quick' if args.quick else 'full'} run")
+    env = (f"device {device_name}, torch {torch.__version__}, triton {_version('triton')}, autocast {s.amp}, "
+           f"chunk_bp {s.chunk_bp}, {'cpu-smoke' if args.cpu_smoke else 'quick' if args.quick else 'full'} run, "
+           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_commit()}")
     log(env)
     exact = exactness(clock) if "exact" in sections else []
-    train = training(clock, which) if "train" in sections else []
+    stem = args.out / args.json_name
+
+    def save(train_rows):
+        stem.with_suffix(".json").write_text(json.dumps(dict(env=env, exactness=exact, training=train_rows),
+                                                        indent=1))
+
+    train = training(clock, which, modes, kernels, progress=save) if "train" in sections else []
     text = report(s, exact, train, env + f", wall {clock.elapsed():.0f} s")
-    (args.out / "bench_model.md").write_text(text)
-    (args.out / "bench_model.json").write_text(json.dumps(dict(env=env, exactness=exact, training=train), indent=1))
+    stem.with_suffix(".md").write_text(text)
+    save(train)
     if train:
-        plot(train, args.out / "bench_model.png")
+        plot(train, stem.with_suffix(".png"))
     log("\n" + text)
     if any(not r["ok"] for r in exact):
         raise SystemExit("exactness check FAILED")

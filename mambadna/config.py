@@ -6,6 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from mambadna.kernels.choice import SCAN_KERNELS, V2_MAX_STATES
 from mambadna.tokenizer import tokenizer_from_name
 
 
@@ -53,6 +54,11 @@ class MambaConfig:
     residual_in_fp32: bool = setting(True, help="keep the residual stream in fp32 under mixed precision")
     tokenizer: str = setting("nucleotide", help="tokenizer: nucleotide (A C G T N) or byte")
     scan_backend: str | None = setting(None, help="selective scan: none (auto), ref, chunked or triton")
+    scan_kernel: str = setting(
+        "auto", choices=SCAN_KERNELS,
+        help="the GPU (triton) scan kernel: auto (the faster one measured for the shape, see "
+             "experiments/BENCHMARKS.md), v1 (chunk-parallel) or v2 (state in registers, d_state <= 16); the "
+             "results are the same up to rounding")
     bidirectional: bool = setting(
         False, flag="--bidirectional",
         help="BiMamba (Caduceus): every block also runs a mixer over each sequence reversed and adds the two "
@@ -99,6 +105,11 @@ class MambaConfig:
             )
         if self.scan_backend not in SCAN_BACKENDS:
             raise ValueError(f"MambaConfig.scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
+        if self.scan_kernel not in SCAN_KERNELS:
+            raise ValueError(f"MambaConfig.scan_kernel must be one of {SCAN_KERNELS}, got {self.scan_kernel!r}")
+        if self.scan_kernel == "v2" and self.d_state > V2_MAX_STATES:
+            raise ValueError(f"MambaConfig.scan_kernel v2 keeps at most {V2_MAX_STATES} states per channel in "
+                             f"registers; d_state is {self.d_state}: use scan_kernel v1 or auto")
         for name in ("bidirectional", "bidirectional_weight_tie", "rc_equivariant"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"MambaConfig.{name} must be a bool, got {getattr(self, name)!r}")

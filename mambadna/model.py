@@ -138,7 +138,7 @@ class MambaMixer(nn.Module):
             x_conv, delta, self.A(), B, C, self.D.float(), z=z,
             delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
             initial_state=None if state is None else state.ssm, return_final_state=True,
-            backend=self.config.scan_backend,
+            backend=self.config.scan_backend, kernel=self.config.scan_kernel,
         )  # (b, d_inner, l), (b, d_inner, n)
         return y.transpose(1, 2), LayerState(conv_state, ssm_state)  # (b, l, d_inner)
 

@@ -30,6 +30,12 @@ def test_lm_round_trip_gives_identical_logits(tmp_path):
         assert torch.equal(model(_ids()), loaded(_ids()))
 
 
+def test_scan_kernel_setting_survives_a_round_trip(tmp_path):
+    MambaLM(tiny(d_model=32, scan_kernel="v2")).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["scan_kernel"] == "v2"
+    assert MambaLM.from_pretrained(tmp_path).config.scan_kernel == "v2"
+
+
 def test_untied_lm_round_trip(tmp_path):
     torch.manual_seed(0)
     model = MambaLM(tiny(d_model=32, tie_embeddings=False))

@@ -27,6 +27,8 @@ def test_defaults_and_derived_sizes():
         ({"tokenizer": "byte"}, "pass vocab_size=264"),
         ({"tokenizer": "kmer"}, "unknown tokenizer 'kmer'"),
         ({"scan_backend": "cuda"}, "scan_backend must be one of"),
+        ({"scan_kernel": "v3"}, "scan_kernel must be one of"),
+        ({"scan_kernel": "v2", "d_state": 32}, "scan_kernel v2 keeps at most 16 states"),
         ({"tie_embeddings": 1}, "tie_embeddings must be a bool"),
     ],
 )
@@ -40,7 +42,7 @@ def test_byte_tokenizer_config_is_valid_with_its_vocab():
 
 
 def test_dict_round_trip_through_json():
-    cfg = small(dt_rank=4, scan_backend="ref")
+    cfg = small(dt_rank=4, scan_backend="ref", scan_kernel="v1")
     again = MambaConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
 

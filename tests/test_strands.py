@@ -194,10 +194,10 @@ def test_triton_scan_in_the_model(monkeypatch):
     from mambadna import model as model_module
     from mambadna.kernels.gpu import selective_scan_triton
 
-    def scan(*args, backend=None, **kwargs):
+    def scan(*args, backend=None, kernel="auto", **kwargs):
         if backend == "triton" and not args[0].is_cuda:
-            return selective_scan_triton(*args, chunk_size=16, **kwargs)
-        return kernels.selective_scan(*args, backend=backend, **kwargs)
+            return selective_scan_triton(*args, version=1, chunk_size=16, **kwargs)
+        return kernels.selective_scan(*args, backend=backend, kernel=kernel, **kwargs)
 
     monkeypatch.setattr(model_module, "selective_scan", scan)
     ids, rc_ids, mask, _ = _batch((17, 6))  # 17: a chunk boundary inside the longer row

@@ -53,8 +53,9 @@ class Scale:
     workers: int
 
 
-GPU = Scale(model=["model.preset=small"], windows=(10, 20, 14, 17, 12, 16, 18), bases_per_step=2**20,
-            micro_bp=2**19, steps=64,
+# v1: the scan these quality runs were planned on (v2 became the default in the same hour, measured by gpu_scan.sh)
+GPU = Scale(model=["model.preset=small", "model.scan_kernel=v1"], windows=(10, 20, 14, 17, 12, 16, 18),
+            bases_per_step=2**20, micro_bp=2**19, steps=64,
             eval_bp=2**22, test_windows=256, kmer_train_windows=512, chunk_bp=2**16, precision="bf16-mixed",
             workers=6)
 GPU_SPECIES = replace(GPU, windows=(13, 20, 10, 17), steps=64)
@@ -90,8 +91,8 @@ def settings(scale: Scale, window_bp: int, extra: list[str]) -> list[str]:
     accumulate = max(1, scale.bases_per_step // (batch * window_bp))
     chunk = [f"train.chunk_bp={scale.chunk_bp}"] if window_bp > scale.chunk_bp else []
     return [*scale.model, f"data.window_bp={window_bp}", f"data.batch_size={batch}",
-            f"train.accumulate_grad_batches={accumulate}",
-            f"data.num_workers={scale.workers}", f"train.max_steps={scale.steps}", f"runtime.precision={scale.precision}",
+            f"train.accumulate_grad_batches={accumulate}", f"data.num_workers={scale.workers}",
+            f"train.max_steps={scale.steps}", f"runtime.precision={scale.precision}",
             "train.log_every_n_steps=4", "train.progress_bar=false", f"train.ckpt_every_n_steps={scale.steps}",
             f"train.val_every_n_steps={max(1, scale.steps // 4)}", "data.val_windows=8", *chunk, *extra]
 

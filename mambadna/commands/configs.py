@@ -27,6 +27,8 @@ from mambadna.settings import flatten, leaf_settings, to_dict
 # every command that takes a model reads either format, from a folder or the Hub (mambadna/checkpoint.py)
 MODEL_REF = ", a transformers Mamba folder, or a Hub id (owner/name)"
 EXPORT_FORMATS = ("transformers", "mambadna")
+# model settings that choose how the model runs, not its weights: a resumed run may change them
+RUN_ONLY = ("model.scan_backend", "model.scan_kernel")
 
 
 def _positive_int(name: str, value, minimum: int = 1, allow_none: bool = False) -> None:
@@ -256,7 +258,7 @@ def resolve(cls, recipe: str | None = None, assignments=(), start=None):
     resumed = resolve(cls, recipe, assignments, start=dataclasses.replace(saved, out_dir=cfg.out_dir))
     ignored = {"out_dir", "train.progress_bar", *transient_keys(cls)}
     changes = [c for c in changed_settings(saved, resumed) if c[0] not in ignored]
-    shape = [f"{k} {a} -> {b}" for k, a, b in changes if k.startswith("model.") and k != "model.scan_backend"]
+    shape = [f"{k} {a} -> {b}" for k, a, b in changes if k.startswith("model.") and k not in RUN_ONLY]
     if shape:
         raise ValueError(f"cannot resume with another model shape ({'; '.join(shape[:4])}): the checkpoint holds the "
                          f"weights of the saved one ({saved_path}); drop the model.* settings, or start a new --out")

@@ -1,24 +1,35 @@
 """Selective-scan backends behind one entry point, ``selective_scan``.
 
 Backends: "ref" (sequential definition), "chunked" (exact two-level PyTorch scan, the CPU default) and
-"triton" (GPU kernels; gpu.py picks v1, scan_triton.py, or v2, scan_v2.py). Triton is imported lazily so that
-``import mambadna`` never fails on machines where Triton or the kernel module is missing or broken;
-auto-selection then falls back to "chunked".
+"triton" (GPU kernels: v1, scan_triton.py, or v2, scan_v2.py; ``kernel`` pins one, "auto" lets choice.py pick by
+shape). Triton is imported lazily so that ``import mambadna`` never fails on machines where Triton or the kernel
+module is missing or broken; auto-selection then falls back to "chunked".
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from typing import TYPE_CHECKING
 
-import torch
+from mambadna.kernels.choice import SCAN_KERNELS
 
-from mambadna.kernels.scan_chunked import selective_scan_chunked
-from mambadna.kernels.scan_ref import selective_scan_ref
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "available_backends", "BACKENDS",
-           "step_kernels"]
+           "SCAN_KERNELS", "step_kernels"]
 
 BACKENDS = ("ref", "chunked", "triton")
+# Loaded on first use, with torch: the config names the kernels (choice.py) and the CLI answers without torch.
+_LAZY = {"selective_scan_ref": "scan_ref", "selective_scan_chunked": "scan_chunked"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"mambadna.kernels.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 ENV_VAR = "MAMBADNA_SCAN_BACKEND"
 
 _triton_fn = None
@@ -59,6 +70,8 @@ def step_kernels():
 
 def available_backends() -> list[str]:
     """Backends usable in this process: "ref" and "chunked" always, "triton" when it imports and CUDA is present."""
+    import torch
+
     names = ["ref", "chunked"]
     if torch.cuda.is_available() and _load_triton() is not None:
         names.append("triton")
@@ -137,13 +150,18 @@ def selective_scan(
     initial_state: torch.Tensor | None = None,
     return_final_state: bool = False,
     backend: str | None = None,
+    kernel: str = "auto",
 ):
     """Selective scan with the semantics of docs/ARCHITECTURE.md; ``backend`` picks the implementation
-    (None: "triton" for CUDA tensors when it imports, else "chunked"; MAMBADNA_SCAN_BACKEND overrides auto)."""
+    (None: "triton" for CUDA tensors when it imports, else "chunked"; MAMBADNA_SCAN_BACKEND overrides auto) and
+    ``kernel`` the Triton kernel ("auto", "v1", "v2"; the other backends have one implementation and ignore it)."""
+    if kernel not in SCAN_KERNELS:
+        raise ValueError(f"unknown scan kernel {kernel!r}; choose one of {', '.join(SCAN_KERNELS)}")
     _check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     name = _resolve_backend(backend, u)
-    fn = {"ref": selective_scan_ref, "chunked": selective_scan_chunked}.get(name) or _load_triton()
-    return fn(
-        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-        initial_state=initial_state, return_final_state=return_final_state,
-    )
+    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, initial_state=initial_state,
+                  return_final_state=return_final_state)
+    if name == "triton":
+        return _load_triton()(u, delta, A, B, C, **kwargs, version=kernel)
+    fn = getattr(sys.modules[__name__], {"ref": "selective_scan_ref", "chunked": "selective_scan_chunked"}[name])
+    return fn(u, delta, A, B, C, **kwargs)

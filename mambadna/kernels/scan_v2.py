@@ -4,6 +4,8 @@ Same semantics as ``scan_ref.selective_scan_ref``. Each thread owns one channel 
 chunk of positions in tiles of T (kernels in scan_v2_fwd.py / scan_v2_bwd.py, layout in tiles.py):
 
   forward   [chunks > 1]  F1 `_fwd_scan(SUMMARY)`  each chunk's end state from zero, and its decay product
+                          (or `_fwd_summary_tail` with stop_summaries: the same from the chunk's end, stopped once
+                          the decay makes earlier terms vanish in fp32; B1 likewise `_bwd_summary_head`)
                           F2 `_carry`             the state entering every chunk
                           F3 `_fwd_scan`          the scan from that state: y, the state every M·T positions
                                                   (checkpoints), the final state
@@ -30,14 +32,18 @@ import torch
 import triton
 
 from mambadna.kernels.buffers import alloc, alloc_like
-from mambadna.kernels.scan_v2_bwd import _bwd_scan, _bwd_summary
-from mambadna.kernels.scan_v2_fwd import _carry, _fwd_scan
+from mambadna.kernels.choice import V2_MAX_STATES as MAX_STATES
+from mambadna.kernels.scan_v2_bwd import _bwd_scan, _bwd_summary, _bwd_summary_head
+from mambadna.kernels.scan_v2_fwd import _carry, _fwd_scan, _fwd_summary_tail
 from mambadna.kernels.tiles import LOG2E_F
 
 # Warps per SM that one chunk per sequence must reach before it is left uncut, and that chunking aims for; see
 # `plan`. The kernels' registers allow about 8 resident warps per SM.
 FULL_WARPS_PER_SM, WARPS_PER_SM = 8, 16
-MAX_STATES = 16  # the states of a channel live in registers (and are unrolled): above this v1 is used
+# With stop_summaries, a chunk's summary stops once every further position's weight is below 2^-SUMMARY_STOP: under
+# fp32's smallest denormal (2^-149), so those terms are what the full walk rounds them to
+# (scan_v2_fwd._fwd_summary_tail, scan_v2_bwd._bwd_summary_head).
+SUMMARY_STOP = 160.0
 
 
 def vec_rows(x: torch.Tensor | None, T: int) -> bool:
@@ -79,17 +85,20 @@ class Plan(NamedTuple):
     fwd_warps: int
     bwd_warps: int  # BD / (32·bwd_warps) channels per thread in the backward
     fma_exps: int  # states whose exp2 runs on the FMA pipe (tiles.exp2_fma) instead of the MUFU
+    stop_summaries: bool = False  # chunk summaries (F1, B1) walked from the end each depends on, stopped early
 
 
 def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, ckpt_tiles=None, chunk=None,
-         unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None) -> Plan:
+         unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None, full_warps=None,
+         stop_summaries=None) -> Plan:
     """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
 
-    A sequence is cut into chunks only when b · d/BD programs fill fewer than FULL_WARPS_PER_SM warps per SM, and
-    then into enough for `sm_warps` (WARPS_PER_SM): chunks cost a summary pass (one more exp per element) in each
-    direction, but at batch 1 they are the only parallelism along the sequence (experiments/BENCHMARKS.md). The defaults
-    (T 8, BD 128 on 4 warps, M 8) are those whose compiled kernels spill no registers (tests/kernels/
-    test_scan_v2_layout.py); checkpoints every 64 positions cost 1 byte per (b, d, l) element at n 16.
+    A sequence is cut into chunks only when b · d/BD programs fill fewer than `full_warps` (FULL_WARPS_PER_SM)
+    warps per SM, and then into enough for `sm_warps` (WARPS_PER_SM): chunks cost a summary pass (one more exp per
+    element) in each direction, but at batch 1 they are the only parallelism along the sequence
+    (experiments/BENCHMARKS.md). The defaults (T 8, BD 128 on 4 warps, M 8) are those whose compiled kernels spill
+    no registers (tests/kernels/test_scan_v2_layout.py); checkpoints every 64 positions cost 1 byte per (b, d, l)
+    element at n 16.
     """
     T = tile or 8
     BD = _block_d(dpg, block_d)
@@ -101,14 +110,15 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     if chunk is None:
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
         progs = b * (d // BD)
-        if progs * fw >= sms * FULL_WARPS_PER_SM:
+        if progs * fw >= sms * (full_warps or FULL_WARPS_PER_SM):
             nc = 1
         else:
             nc = min(n_steps, triton.cdiv(max(1, sms * (sm_warps or WARPS_PER_SM) // fw), progs))
         CL = triton.cdiv(n_steps, nc) * step
     else:
         CL = triton.cdiv(chunk, step) * step
-    return Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0)
+    return Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0,
+                bool(stop_summaries))
 
 
 def _stage_bc(B: torch.Tensor, C: torch.Tensor, b: int, g: int, n: int, l: int, T: int) -> torch.Tensor:
@@ -164,9 +174,16 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
         vec = dict(VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=False, VY=False)
         S = alloc((b, nc, NP, d), torch.float32, dev)
         P = alloc((b, nc, NP, d), torch.float32, dev)
-        _fwd_scan[grid](u, delta, bias if bias is not None else dummy, A2, BC, dummy, dummy, dummy, dummy,
-                        dummy, S, P, dummy, scr if not unroll else dummy, l, CL, nc, nck, bpg, *st, 0, 0, 0, 0, 1,
-                        SUMMARY=True, HAS_H0=False, **vec, **flags)
+        if cfg.stop_summaries:
+            _fwd_summary_tail[grid](u, delta, bias if bias is not None else dummy, A2, BC, S, P, l, CL, nc, bpg,
+                                    *_strides(u), *_strides(delta), BC.stride(0), BC.stride(1), 1, N=n, NP=NP, T=T,
+                                    BD=BD, NFMA=cfg.fma_exps, STOP=SUMMARY_STOP, HAS_BIAS=bias is not None,
+                                    SOFTPLUS=softplus, VU=vec["VU"], VT=vec["VT"], num_warps=cfg.fwd_warps,
+                                    num_stages=1)
+        else:
+            _fwd_scan[grid](u, delta, bias if bias is not None else dummy, A2, BC, dummy, dummy, dummy, dummy,
+                            dummy, S, P, dummy, scr if not unroll else dummy, l, CL, nc, nck, bpg, *st, 0, 0, 0, 0, 1,
+                            SUMMARY=True, HAS_H0=False, **vec, **flags)
         H = alloc((b, nc, NP, d), torch.float32, dev)
         _launch_carry(P, S, initial_state, H, b, nc, NP, d, n, reverse=False)
         h0, hst = H, (H.stride(0), H.stride(1), H.stride(2), H.stride(3))
@@ -208,9 +225,10 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
     grid = (nblk, nc, b)
     if nc > 1:
         Q = alloc((b, nc, NP, d), torch.float32, dev)
-        _bwd_summary[grid](delta, bias if bias is not None else dummy, A2, BC, z if z is not None else dummy, dy, Q,
-                           l, CL, nc, bpg, *st, 0, 0, 0, 0, 0, 0, 0, 1, *([0] * 9), VT=vec_rows(delta, T),
-                           VZ=vec_rows(z, T), VY=vec_rows(dy, T), **flags)
+        kern, stop = (_bwd_summary_head, dict(STOP=SUMMARY_STOP)) if cfg.stop_summaries else (_bwd_summary, {})
+        kern[grid](delta, bias if bias is not None else dummy, A2, BC, z if z is not None else dummy, dy, Q,
+                   l, CL, nc, bpg, *st, 0, 0, 0, 0, 0, 0, 0, 1, *([0] * 9), VT=vec_rows(delta, T),
+                   VZ=vec_rows(z, T), VY=vec_rows(dy, T), **stop, **flags)
         Pin = alloc((b, nc, NP, d), torch.float32, dev)
         _launch_carry(P, Q, dh_last, Pin, b, nc, NP, d, n, reverse=True)
         pin, pst = Pin, (Pin.stride(0), Pin.stride(1), Pin.stride(2), Pin.stride(3))
@@ -285,6 +303,9 @@ def selective_scan_triton_v2(
     short sequences, the benchmark sweeps them."""
     if u.shape[-1] == 0:
         raise ValueError("selective_scan_triton_v2 needs a sequence length of at least 1")
+    if A.shape[1] > MAX_STATES:
+        raise ValueError(f"selective scan v2 keeps at most {MAX_STATES} states per channel in registers; got "
+                         f"{A.shape[1]}: use v1")
     y, h_last = _SelectiveScanV2.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus),
                                       launch)
     return (y, h_last) if return_final_state else y

@@ -102,6 +102,65 @@ def _bwd_summary(
 
 
 @triton.jit(do_not_specialize=BWD_STRIDES)
+def _bwd_summary_head(
+    p_dt, p_bias, p_A2, p_BC, p_z, p_dy, p_Q,
+    L, CL, NC, BPG,
+    s_ub, s_ul: tl.constexpr, s_ud, s_tb, s_tl: tl.constexpr, s_td, s_zb, s_zl: tl.constexpr, s_zd,
+    s_yb, s_yl: tl.constexpr, s_yd, s_bb, s_bg,
+    s_pb, s_pc, s_pn, s_pd, s_hb, s_hn, s_hd, s_one,
+    s_oub, s_oul: tl.constexpr, s_oud, s_otb, s_otl: tl.constexpr, s_otd, s_ozb, s_ozl: tl.constexpr, s_ozd,
+    N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
+    NFMA: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+    VT: tl.constexpr, VZ: tl.constexpr, VY: tl.constexpr, STOP: tl.constexpr,
+):
+    """`_bwd_summary`'s Q walked from the chunk's start and stopped early (the mirror of
+    scan_v2_fwd._fwd_summary_tail): each tile's own adjoint at its start, from zero after it, enters Q weighted by
+    the decay of the tiles before it in the chunk, exp2(A2·R); once A2·R <= -STOP for the slowest state of every
+    channel, every later position's weight is below 2^-STOP, what the full walk rounds those terms to."""
+    i_db, i_c, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    D_ = tl.num_programs(0) * BD
+    o_d = i_db * BD + tl.arange(0, BD).to(tl.int64)
+    o_t = tl.arange(0, T)
+    o_n = tl.arange(0, NP)
+    i_g = i_db // BPG
+    b_bias = tl.load(p_bias + o_d * s_one) if HAS_BIAS else tl.zeros([BD], dtype=tl.float32)
+    c_t, c_z = chan_offsets(o_d, s_td, s_one, BD, VT), chan_offsets(o_d, s_zd, s_one, BD, VZ)
+    c_y = chan_offsets(o_d, s_yd, s_one, BD, VY)
+    b_a2max = tl.full([BD], float("-inf"), dtype=tl.float32)  # A2 < 0: the largest is the slowest decay
+    for i_n in tl.static_range(N):
+        b_a2max = tl.maximum(b_a2max, tl.load(p_A2 + i_n * D_ + o_d * s_one))
+    b_q = tl.zeros([NP, BD], dtype=tl.float32)
+    b_R = tl.zeros([BD], dtype=tl.float32)
+    t_c = i_c * CL
+    t_end = tl.minimum(t_c + CL, L)
+    n_tiles = tl.cdiv(t_end - t_c, T)
+    p_bcb = p_BC + i_b * s_bb + i_g * s_bg
+    r_dt, r_dy, r_z = load_raw3(p_dt, p_dy, p_z, i_b, t_c, t_end, o_t, c_t, c_y, c_z, s_tb, s_tl, s_yb, s_yl,
+                                s_zb, s_zl, t_c, HAS_Z, T, BD)
+    i_tile = 0
+    go = n_tiles > 0
+    while go:
+        t0 = t_c + i_tile * T
+        m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BD))
+        n_dt, n_dy, n_z = load_raw3(p_dt, p_dy, p_z, i_b, t0 + T, t_end, o_t, c_t, c_y, c_z, s_tb, s_tl, s_yb,
+                                    s_yl, s_zb, s_zl, t_c, HAS_Z, T, BD)
+        b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
+        b_dyp, _, _, _ = dy_gated_of(r_dy, r_z, HAS_Z)
+        for i_n in tl.static_range(N):
+            b_a2 = tl.load(p_A2 + i_n * D_ + o_d * s_one)
+            b_a = exp2_on(b_dt * b_a2[None, :], i_n >= N - NFMA)
+            b_c = b_dyp * tl.load(p_bcb + (t0 // T) * (2 * N * T) + (N + i_n) * T + o_t)[:, None]
+            b_g = reverse_adjoint(b_a, b_c)
+            b_w = tl.exp2(b_a2 * b_R)  # decay of the chunk's tiles before this one
+            b_q = put_row(b_q, o_n, i_n, tl.fma(b_w, get_row(b_a * b_g, o_t, 0), get_row(b_q, o_n, i_n)))
+        b_R += tl.sum(b_dt, axis=0)
+        i_tile += 1
+        go = (i_tile < n_tiles) & (tl.max(b_a2max * b_R, axis=0) > -STOP)
+        r_dt, r_dy, r_z = n_dt, n_dy, n_z
+    tl.store(p_Q + ((i_b * NC + i_c) * NP) * D_ + state_offsets(o_n, o_d, D_ * s_one, s_one, BD), b_q)
+
+
+@triton.jit(do_not_specialize=BWD_STRIDES)
 def _bwd_scan(
     p_u, p_dt, p_bias, p_A2, p_BC, p_D, p_z, p_dy, p_ck, p_pin, p_scr,
     p_du, p_ddt, p_dz, p_dB, p_dC, p_dA, p_dD, p_dbias, p_dh0,

@@ -190,6 +190,71 @@ def _fwd_scan(
             tl.store(p_hlast + i_b * NP * D_ + off_own, b_h)
 
 
+@triton.jit(do_not_specialize=FWD_STRIDES)
+def _fwd_summary_tail(
+    p_u, p_dt, p_bias, p_A2, p_BC, p_S, p_P,
+    L, CL, NC, BPG,
+    s_ub, s_ul: tl.constexpr, s_ud, s_tb, s_tl: tl.constexpr, s_td, s_bb, s_bg, s_one,
+    N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, NFMA: tl.constexpr, STOP: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, VU: tl.constexpr, VT: tl.constexpr,
+):
+    """The chunk summary of `_fwd_scan(SUMMARY)` (end state S from a zero start, decay product P), walked from the
+    chunk's end and stopped early. Each tile's own end state from zero (fwd_tile) enters S weighted by the decay of
+    the tiles after it, exp2(A2·R) with R their summed Δ; once exp2(A2·R) <= 2^-STOP for every state of every
+    channel of the program (A2·R <= -STOP for the slowest-decaying state), every earlier position's weight is
+    smaller still: with STOP >= 150 they are below fp32's smallest denormal, what the full walk rounds them to, and
+    P is 0 either way. So the result is the full summary to rounding, and the work is only the tail the state
+    remembers: how long depends on the data (Δ and A), never more than the whole chunk plus one exp2 per (tile,
+    state) and a max over the program's channels per tile."""
+    i_db, i_c, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
+    D_ = tl.num_programs(0) * BD
+    o_dl = tl.arange(0, BD).to(tl.int64)
+    o_d = i_db * BD + o_dl
+    o_t = tl.arange(0, T)
+    o_n = tl.arange(0, NP)
+    i_g = i_db // BPG
+    b_bias = tl.load(p_bias + o_d * s_one) if HAS_BIAS else tl.zeros([BD], dtype=tl.float32)
+    c_u, c_t = chan_offsets(o_d, s_ud, s_one, BD, VU), chan_offsets(o_d, s_td, s_one, BD, VT)
+    b_a2max = tl.full([BD], float("-inf"), dtype=tl.float32)  # A2 < 0: the largest is the slowest decay
+    for i_n in tl.static_range(N):
+        b_a2max = tl.maximum(b_a2max, tl.load(p_A2 + i_n * D_ + o_d * s_one))
+    t_c = i_c * CL
+    n_tiles = tl.cdiv(tl.minimum(CL, L - t_c), T)
+    p_bcb = p_BC + i_b * s_bb + i_g * s_bg
+    b_S = tl.zeros([NP, BD], dtype=tl.float32)
+    b_R = tl.zeros([BD], dtype=tl.float32)
+    b_zero = tl.zeros([NP, BD], dtype=tl.float32)
+    i_tile = n_tiles - 1
+    t0 = t_c + i_tile * T
+    m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BD))
+    r_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + t0 * s_tl, o_t, s_tl, c_t), mask=m, other=0.0)
+    r_u = tl.load(tile_ptrs(p_u, i_b * s_ub + t0 * s_ul, o_t, s_ul, c_u), mask=m, other=0.0)
+    go = n_tiles > 0
+    while go:
+        t0 = t_c + i_tile * T
+        m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BD))
+        m_prev = tl.broadcast_to(((t0 - T + o_t) >= t_c)[:, None], (T, BD))  # the tile before, if any: prefetch
+        n_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + (t0 - T) * s_tl, o_t, s_tl, c_t), mask=m_prev, other=0.0)
+        n_u = tl.load(tile_ptrs(p_u, i_b * s_ub + (t0 - T) * s_ul, o_t, s_ul, c_u), mask=m_prev, other=0.0)
+        b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
+        b_du = b_dt * r_u.to(tl.float32)
+        b_h, _ = fwd_tile(b_zero, b_dt, b_du, b_du, p_A2, p_bcb + (t0 // T) * (2 * N * T), o_n, o_t, o_d, D_,
+                          s_one, N, NFMA, T, BD, False)
+        for i_n in tl.static_range(N):
+            b_w = tl.exp2(tl.load(p_A2 + i_n * D_ + o_d * s_one) * b_R)  # decay of the tiles after this one
+            b_S = put_row(b_S, o_n, i_n, tl.fma(b_w, get_row(b_h, o_n, i_n), get_row(b_S, o_n, i_n)))
+        b_R += tl.sum(b_dt, axis=0)
+        i_tile -= 1
+        go = (i_tile >= 0) & (tl.max(b_a2max * b_R, axis=0) > -STOP)
+        r_dt, r_u = n_dt, n_u
+    b_P = tl.full([NP, BD], 1.0, dtype=tl.float32)
+    for i_n in tl.static_range(N):
+        b_P = put_row(b_P, o_n, i_n, tl.exp2(tl.load(p_A2 + i_n * D_ + o_d * s_one) * b_R))
+    off_own = state_offsets(o_n, o_d, D_ * s_one, s_one, BD)
+    tl.store(p_S + ((i_b * NC + i_c) * NP) * D_ + off_own, b_S)
+    tl.store(p_P + ((i_b * NC + i_c) * NP) * D_ + off_own, b_P)
+
+
 @triton.jit
 def _carry(p_P, p_S, p_init, p_out, NC, R, s_ib, s_in, s_id, D_, N,
            HAS_INIT: tl.constexpr, REVERSE: tl.constexpr, BLOCK: tl.constexpr):

@@ -29,6 +29,15 @@ def test_bench_model_cpu_smoke(tmp_path):
     assert {row["model"] for row in result["training"]} >= {"mamba-base", "transformer"}
 
 
+def test_bench_model_runs_one_series_per_scan_kernel(tmp_path):
+    """--scan-kernels sets the model's scan_kernel per series (on the CPU the chunked scan runs whichever is set)."""
+    run_script("bench_model.py", "--out", str(tmp_path), "--cpu-smoke", "--sections", "train", "--models", "base",
+               "--modes", "chunked", "--scan-kernels", "v1,v2", "--log2-lengths", "8", "--json-name", "k")
+    rows = json.loads((tmp_path / "k.json").read_text())["training"]
+    assert [(r["model"], r["mode"], r["scan_kernel"], r["status"]) for r in rows] == [
+        ("mamba-base[v1]", "chunked", "v1", "ok"), ("mamba-base[v2]", "chunked", "v2", "ok")]
+
+
 @pytest.mark.timeout(400)
 def test_bench_serving_cpu_smoke(tmp_path):
     run_script("bench_serving.py", "--out", str(tmp_path), "--cpu-smoke")

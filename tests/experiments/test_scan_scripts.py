@@ -26,3 +26,19 @@ def test_script_runs_in_cpu_smoke_mode(script, tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"{script} --cpu-smoke failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
     assert out.exists() and out.stat().st_size > 0, f"{script} wrote nothing to {out}"
+
+
+def test_gpu_scan_script_runs_every_step_in_cpu_smoke_mode(tmp_path):
+    """experiments/gpu_scan.sh, the issue-20 GPU call, end to end at tiny sizes: the check, the scan benchmark and the
+    model series for scan_kernel v1, v2 and auto each leave their results, and the summary names them."""
+    pytest.importorskip("triton")
+    env = dict(os.environ, OUT=str(tmp_path), TRITON_INTERPRET="1", COMMIT="test")
+    res = subprocess.run(["bash", str(ROOT / "experiments" / "gpu_scan.sh"), "--cpu-smoke"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "6 passed, 0 failed" in (tmp_path / "check_v2_0.log").read_text()
+    assert "commit test" in (tmp_path / "env.txt").read_text()
+    for name in ("bench_scan.json", "model_plain.json", "model_chunked.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    for kernel in ("v1", "v2", "auto"):
+        assert f"| mamba-base[{kernel}] | chunked | 2^9 |" in res.stdout

@@ -101,25 +101,27 @@ def test_rejects_bad_chunk_size():
 # ------------------------------------------------------------------------------------------------- dispatcher
 
 
-def test_dispatcher_routes_by_keywords_and_rule(monkeypatch):
-    """v1-only keywords pick v1, v2-only ones v2; without either, v1 unless PREFER_V2 (off: v2 lost the benchmark)
-    and then v2 only where it applies (n <= 16, channel blocks of whole warps)."""
+def test_dispatcher_runs_the_asked_version_and_auto_by_shape(monkeypatch):
+    """version 1/2 (or "v1"/"v2") runs that kernel; None/"auto" picks by shape (kernels/choice.py): v2 where it fits
+    at full width (n <= 16, channel blocks of whole warps), v1 elsewhere. Launch keywords need a version."""
     import mambadna.kernels.gpu as gpu
 
     calls = []
-    monkeypatch.setattr(gpu, "selective_scan_triton_v1", lambda *a, **k: calls.append("v1") or a[0])
-    monkeypatch.setattr(gpu, "selective_scan_triton_v2", lambda *a, **k: calls.append("v2") or a[0])
+    monkeypatch.setattr(gpu, "selective_scan_triton_v1", lambda *a, **k: calls.append(("v1", sorted(k))) or a[0])
+    monkeypatch.setattr(gpu, "selective_scan_triton_v2", lambda *a, **k: calls.append(("v2", sorted(k))) or a[0])
     x = make_inputs(1, 64, 8, 4, **RANGES)
-    selective_scan_triton(**x, chunk_size=16)
-    selective_scan_triton(**x, tile=8)
-    selective_scan_triton(**x)
-    assert calls == ["v1", "v2", "v1"] and not gpu.PREFER_V2
-    monkeypatch.setattr(gpu, "PREFER_V2", True)
+    selective_scan_triton(**x, version=1, chunk_size=16)
+    selective_scan_triton(**x, version="v2", tile=8)
+    selective_scan_triton(**x, version="v1")
+    assert calls == [("v1", ["chunk_size"]), ("v2", ["tile"]), ("v1", [])]
     calls.clear()
     selective_scan_triton(**x)
+    selective_scan_triton(**x, version="auto")
     selective_scan_triton(**make_inputs(1, 4, 8, 4, **RANGES))  # d 4: no whole warp of channels
     selective_scan_triton(**make_inputs(1, 64, 8, 32, **RANGES))  # n 32: more states than v2 keeps in registers
-    assert calls == ["v2", "v1", "v1"]
+    assert [c[0] for c in calls] == ["v2", "v2", "v1", "v1"]
     assert pick_version(x["u"], x["A"], x["B"], x["C"]) == 2
-    with pytest.raises(ValueError, match="version must be 1 or 2"):
+    with pytest.raises(ValueError, match="launch keywords \\['tile'\\] belong to one kernel"):
+        selective_scan_triton(**x, tile=8)
+    with pytest.raises(ValueError, match="version must be 1, 2 or auto"):
         selective_scan_triton(**x, version=3)

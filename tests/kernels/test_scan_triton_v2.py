@@ -74,6 +74,48 @@ def test_exps_on_the_fma_pipe_keep_fp32_accuracy():
     compare(1, 4, 45, 4, block_d=4, fma_exps=2, **SMALL)
 
 
+def _tiles_the_tail_walk_skips(x, chunk, tile):
+    """Tiles that _fwd_summary_tail's stopping rule leaves unread, over all chunks of x (one program of all channels):
+    walking each chunk's tiles from its end, it stops once A2·R <= -SUMMARY_STOP for the slowest state of every channel,
+    R the Δ summed over the tiles read."""
+    dt = torch.nn.functional.softplus(x["delta"].double() + x["delta_bias"].double()[:, None])  # (b, d, l)
+    a2max = (x["A"].double() * 1.4426950408889634).max(1).values
+    b, _, l = dt.shape
+    skipped = 0
+    for c0 in range(0, l, chunk):
+        end = min(l, c0 + chunk)
+        for i in range(b):
+            R = torch.zeros_like(a2max)
+            for k in range(-(-(end - c0) // tile) - 1, 0, -1):
+                R += dt[i, :, c0 + k * tile: min(end, c0 + (k + 1) * tile)].sum(-1)
+                if (a2max * R).max() <= -scan_v2.SUMMARY_STOP:
+                    skipped += k
+                    break
+    return skipped
+
+
+@pytest.mark.parametrize("a_scale, skips", [(1.0, False), (32.0, True)])
+def test_stopped_summaries_equal_the_full_ones(a_scale, skips):
+    """stop_summaries: the forward's chunk summaries walked from each chunk's end (scan_v2_fwd._fwd_summary_tail),
+    the backward's from each chunk's start (scan_v2_bwd._bwd_summary_head), each stopped once the decay makes every
+    further term vanish in fp32. With A ~ -1 a 48-position chunk never gets there (whole chunks are walked); with
+    A ~ -32 it does within two tiles, so most of each chunk is skipped (checked below for the forward's rule; the
+    backward's is its mirror). Either way output, final state and gradients match the definition and the full
+    summaries."""
+    x = make_inputs(2, 4, 80, 4, None, torch.float32, 1, **dict(RANGES, a_scale=a_scale))
+    assert (_tiles_the_tail_walk_skips(x, 48, 8) > 0) == skips
+    launch = dict(block_d=4, tile=8, ckpt_tiles=1, chunk=48)
+    got = run_scan(selective_scan_triton_v2, x, stop_summaries=True, **launch)
+    assert_scan_close(got, run_scan(selective_scan_ref, as_float64(x)), "vs_float64", key_dtype=torch.float32)
+    full = run_scan(selective_scan_triton_v2, x, **launch)
+    assert max(rel_err(got[k], full[k]) for k in got) < 1e-6
+
+
+def test_stopped_summaries_bf16_model_layout_grouped():
+    compare(1, 8, 40, 2, groups=2, dtype=torch.bfloat16, block_d=4, stop_summaries=True, fma_exps=1, **SMALL)
+    compare(1, 4, 37, 2, dtype=torch.bfloat16, layout="bld", block_d=4, stop_summaries=True, **SMALL)
+
+
 def test_warp_reduction_path():
     """Channel blocks of whole warps take the butterfly reduction of dB/dC (emulated in the interpreter) and its
     cross-warp sum: 2 warps of one channel each, and 1 warp of two channels a thread."""
@@ -106,6 +148,9 @@ def test_plan_cuts_sequences_only_below_full_occupancy():
     assert scan_v2.plan(64, 2048, 2048, 2048, cpu).NC == 1
     p = scan_v2.plan(1, 512, 2**20, 512, cpu)
     assert p.NC > 1 and p.CL % (p.M * p.T) == 0 and p.NC * p.CL >= 2**20
+    # 12 programs of 4 warps: 12 warps on each of the 4 "SMs"; cut when asked for 16 a SM, not for 8
+    assert scan_v2.plan(1, 1536, 4096, 1536, cpu, full_warps=16).NC == 2
+    assert scan_v2.plan(1, 1536, 4096, 1536, cpu, full_warps=8).NC == 1
 
 
 def test_rejects_empty_sequence():

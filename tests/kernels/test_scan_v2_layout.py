@@ -57,6 +57,12 @@ SCRIPT = textwrap.dedent(r'''
         base = dict(N=16, NP=16, T=T, BD=BD, M=8, NFMA=0, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True, HAS_D=True,
                     s_ul=sl, s_tl=sl, s_zl=sl, s_yl=sl, VU=vec, VT=vec, VZ=vec, VY=vec)
         out["F3 " + name] = build(scan_v2_fwd._fwd_scan, dict(base, UNROLL_N=True, SUMMARY=False, HAS_H0=True), W)
+        out["F1tail " + name] = build(scan_v2_fwd._fwd_summary_tail, dict(
+            N=16, NP=16, T=T, BD=BD, NFMA=0, STOP=160.0, HAS_BIAS=True, SOFTPLUS=True, s_ul=sl, s_tl=sl, VU=vec,
+            VT=vec), W)
+        out["B1head " + name] = build(scan_v2_bwd._bwd_summary_head, dict(
+            N=16, NP=16, T=T, BD=BD, NFMA=0, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True, STOP=160.0, s_ul=sl, s_tl=sl,
+            s_zl=sl, s_yl=sl, s_oul=sl, s_otl=sl, s_ozl=sl, VT=vec, VZ=vec, VY=vec), W)
         out["B3 " + name] = build(scan_v2_bwd._bwd_scan, dict(
             base, HAS_PIN=True, HAS_H0=True, REDUCE_ASM=True, CPT=1, s_oul=sl, s_otl=sl, s_ozl=sl,
             VOU=vec, VOT=vec, VOZ=vec), W)
@@ -93,6 +99,16 @@ def test_forward_has_no_cross_lane_work_and_no_spills(compiled):
         k = compiled[name]
         assert k["shfl"] == 0 and k["spills"] == 0 and k["stl"] == 0, (name, k)
         assert k["mufu"] >= 8 * 16, (name, k)  # at least one exp2 per (position, state) of a tile
+
+
+def test_stop_summaries_crosses_lanes_only_for_its_stop_test(compiled):
+    """scan_v2_fwd._fwd_summary_tail and scan_v2_bwd._bwd_summary_head: in-thread tile scans, plus one max over the
+    program's channels per tile (5 shuffles within a warp and 2 more across the 4 warps' partial maxima), no
+    spills."""
+    for name in ("F1tail bdl", "F1tail bld", "B1head bdl", "B1head bld"):
+        k = compiled[name]
+        assert k["spills"] == 0 and k["stl"] == 0 and k["shfl"] <= 8, (name, k)
+        assert k["mufu"] >= 8 * 16, (name, k)
 
 
 def test_backward_uses_the_butterfly_and_does_not_spill(compiled):

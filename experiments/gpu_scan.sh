@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Issue #20's measurement in one GPU call, about 5 minutes on one H100, every phase under a timeout:
+#   1. correctness of v1 and v2 on the GPU (check_scan_gpu.py --quick), with the Triton compilation of phases 2-3
+#      in parallel processes (bench_scan.py --warm-only, a short bench_model.py run);
+#   2. the scans against mamba_ssm's CUDA kernel, same run, the issue's four shapes, fwd and fwd+bwd and peak memory,
+#      in the (b, d, l) and the model's own layouts (bench_scan.py), two interleaved rounds;
+#   3. the 3.5M "base" model, one training step, tokens/s at 2^16 and 2^18 plain and 2^20 chunked (2^16 chunks),
+#      with scan_kernel v1, v2 and auto (bench_model.py).
+#
+# Stage mamba_ssm's kernel on this machine first, from the project root (it ships prebuilt for torch 2.11.0+cu130):
+#   ../shared/anchors/mamba_ssm/stage.sh .anchors && echo /.anchors/ >> .git/info/exclude
+# then run on the GPU machine with carry [".anchors"], the commit written into the command (the tree arrives there
+# without .git):
+#   COMMIT=<git rev-parse HEAD> bash experiments/gpu_scan.sh
+# Results in $OUT: env.txt, check_v{1,2,2tail}_*.{json,log}, bench_scan.{json,log}, model_{plain,chunked}.{json,md,log},
+# warm logs, and gpu_scan.log (this script's own output, which ends with the summary).
+# Knobs (environment): BUDGET_S (default 330, the whole script's wall clock: later phases get what is left, each at
+# least a few seconds), V2_CONFIGS (JSON list of scan_v2.plan keywords: extra v2 variants timed beside the default).
+# `bash experiments/gpu_scan.sh --cpu-smoke` runs the same steps at tiny sizes in Triton's interpreter (CI).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SMOKE=""
+[ "${1:-}" = "--cpu-smoke" ] && SMOKE="--cpu-smoke"
+OUT=${OUT:-/tmp/gpu_scan}
+BUDGET_S=${BUDGET_S:-330}
+# v2 launch variants aimed at where v2 loses (issue #20), each against the default in the same run:
+# - stop_summaries: the chunk summaries walked from the end each depends on (forward: the chunk's end, backward:
+#   its start) and stopped once the decay makes every further term vanish in fp32 (scan_v2_fwd._fwd_summary_tail,
+#   scan_v2_bwd._bwd_summary_head; exact to rounding, data-dependent: on these random inputs ~2,300 positions of
+#   each ~8,000-position chunk at batch 1, by a simulation of the rule);
+# - the same with twice the chunks (sm_warps 32): more parallelism, but a larger share of each chunk is tail;
+# - sm_warps 8: fewer, longer chunks (about one wave of programs; less carry and tail);
+# - full_warps 2: no chunks (no summary passes) from 2 warps a SM instead of 8, which changes (8, 1536, 4096)
+#   only, 6 chunks -> 1; elsewhere it repeats the default, a noise check.
+# Interpreter-tested (tests/kernels/test_scan_triton_v2.py) and compiled for sm_90 without spills
+# (test_scan_v2_layout.py); the GPU check below runs v2 with stop_summaries as well (check_v2tail_*), not with the
+# plan-only variants, which change chunk counts only.
+V2_CONFIGS=${V2_CONFIGS:-'[{"stop_summaries": true}, {"stop_summaries": true, "sm_warps": 32}, {"sm_warps": 8}, {"full_warps": 2}]'}
+export COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+PY=$(command -v python3 || command -v python)
+mkdir -p "$OUT"
+start=$(date +%s)
+# seconds for the next phase: `want`, or less so that `reserve` seconds stay for the phases after it
+cap() { local l=$(( BUDGET_S - ($(date +%s) - start) - $2 )); (( l < $1 )) && set -- "$l"; (( $1 < 5 )) && set -- 5; echo "$1"; }
+stamp() { echo "== $* ($(( $(date +%s) - start )) s)"; }
+pids=()
+bg() { "$@" & pids+=($!); }  # a phase-1 job
+
+main() {
+{
+  echo "date $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "commit $COMMIT"
+  echo "kernels sha256 $(cat mambadna/kernels/*.py | sha256sum | cut -c1-16)"
+  [ -z "$SMOKE" ] && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu \
+    --format=csv,noheader
+  "$PY" -c "import platform, torch, triton; print('python', platform.python_version(), 'torch', torch.__version__, \
+'triton', triton.__version__)"
+  echo "V2_CONFIGS $V2_CONFIGS"
+} | tee "$OUT/env.txt"
+
+MAMBA=""
+if [ -z "$SMOKE" ] && [ -f .anchors/selective_scan_cuda.so.xz ]; then
+  [ -f .anchors/selective_scan_cuda.so ] || xz -dc .anchors/selective_scan_cuda.so.xz > .anchors/selective_scan_cuda.so
+  export PYTHONPATH=$PYTHONPATH:$PWD/.anchors
+  if ! "$PY" -c "import torch, selective_scan_cuda" 2>"$OUT/anchor.err"; then
+    echo "mamba_ssm's kernel does not import here (see anchor.err; rebuilding takes ~160 s, over this budget):" \
+         "no mamba_ssm rows"
+    MAMBA="--no-mamba"
+  fi
+elif [ -z "$SMOKE" ]; then
+  echo "no .anchors/selective_scan_cuda.so.xz (stage it, carry .anchors): no mamba_ssm rows"
+  MAMBA="--no-mamba"
+fi
+
+stamp "1. correctness (check_scan_gpu.py --quick) and compilation, in parallel"
+T1=$(cap 150 150)
+if [ -n "$SMOKE" ]; then
+  bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --cpu-smoke --versions 1 2 --json "$OUT/check_v2_0.json" \
+    > "$OUT/check_v2_0.log" 2>&1
+  bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --cpu-smoke --versions 2 --v2-launch \
+    '{"stop_summaries": true, "chunk": 16}' --json "$OUT/check_v2tail_0.json" > "$OUT/check_v2tail_0.log" 2>&1
+else
+  for i in 0 1 2 3; do
+    bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --versions 2 --quick --part $i/4 --json "$OUT/check_v2_$i.json" \
+      > "$OUT/check_v2_$i.log" 2>&1
+  done
+  for i in 0 1 2; do
+    bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --versions 1 --quick --part $i/3 --json "$OUT/check_v1_$i.json" \
+      > "$OUT/check_v1_$i.log" 2>&1
+  done
+  for i in 0 1; do  # the new variant's own check
+    bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --versions 2 --quick --part $i/2 --v2-launch \
+      '{"stop_summaries": true}' --json "$OUT/check_v2tail_$i.json" > "$OUT/check_v2tail_$i.log" 2>&1
+  done
+  groups=$("$PY" -c "import json, sys; print(2 * (2 + len(json.loads(sys.argv[1]))))" "$V2_CONFIGS")
+  for i in $(seq 0 $(( groups - 1 ))); do
+    bg timeout "$T1" "$PY" experiments/bench_scan.py --warm-only --part "$i/$groups" --v2-configs "$V2_CONFIGS" \
+      > "$OUT/warm_scan_$i.log" 2>&1
+  done
+  # the model's own layouts and the chunked mode's initial state, at lengths whose launch plans match phase 3's
+  bg timeout "$T1" "$PY" experiments/bench_model.py --out "$OUT/warm_model" --sections train --models base \
+    --modes plain,chunked --scan-kernels v1,v2 --log2-lengths 15 --chunk-bp 16384 > "$OUT/warm_model.log" 2>&1
+fi
+wait "${pids[@]}"
+for f in "$OUT"/check_v*.log; do echo "$(basename "$f"): $(tail -n 1 "$f")"; done
+grep -h "FAIL\|NaN" "$OUT"/check_v*.log
+
+stamp "2. scans against mamba_ssm (bench_scan.py)"
+if [ -n "$SMOKE" ]; then
+  timeout "$(cap 100 60)" "$PY" experiments/bench_scan.py --cpu-smoke --out "$OUT/bench_scan.json" \
+    > "$OUT/bench_scan.log" 2>&1
+else
+  timeout "$(cap 110 70)" "$PY" experiments/bench_scan.py --out "$OUT/bench_scan.json" --rounds 2 --rep 100 \
+    --profile --flash --v2-configs "$V2_CONFIGS" $MAMBA > "$OUT/bench_scan.log" 2>&1
+fi
+echo "bench_scan exit $?"
+
+stamp "3. the 3.5M model, one training step, scan_kernel v1 / v2 / auto (bench_model.py)"
+if [ -n "$SMOKE" ]; then
+  PLAIN=(--log2-lengths 8) CHUNKED=(--log2-lengths 9)
+else
+  PLAIN=(--log2-lengths 16,18) CHUNKED=(--log2-lengths 20 --chunk-bp 65536)
+fi
+timeout "$(cap 50 35)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --json-name model_plain --sections train \
+  --models base --modes plain --scan-kernels v1,v2,auto "${PLAIN[@]}" > "$OUT/model_plain.log" 2>&1
+echo "bench_model plain exit $?"
+timeout "$(cap 60 3)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --json-name model_chunked --sections train \
+  --models base --modes chunked --scan-kernels v1,v2,auto "${CHUNKED[@]}" > "$OUT/model_chunked.log" 2>&1
+echo "bench_model chunked exit $?"
+
+stamp "summary"
+cat "$OUT/env.txt"
+[ -z "$SMOKE" ] && nvidia-smi --query-gpu=clocks.sm,temperature.gpu --format=csv,noheader
+sed -n '/^(.*auto=v/p' "$OUT/bench_scan.log"
+grep -hE "^\| mamba-base.*\| (ok|OOM|skipped[^|]*) \|" "$OUT"/model_plain.md "$OUT"/model_chunked.md 2>/dev/null
+stamp "done"
+}
+
+main 2>&1 | tee -a "$OUT/gpu_scan.log"
