@@ -89,6 +89,14 @@ def read_config(directory) -> dict:
     """The parsed config.json of a checkpoint directory (a transformers Mamba folder's, converted)."""
     directory = hf.locate(directory)
     path = directory / CONFIG_NAME
+    if directory.is_file():
+        if directory.suffix == ".ckpt":
+            raise FileNotFoundError(f"{directory} is a Lightning training checkpoint (for --resume-from), not a saved "
+                                    "model; give the run's model/ folder, written when the run finishes")
+        raise FileNotFoundError(f"{directory} is a file; give a saved model folder (config.json + model.safetensors)")
+    if not directory.exists():
+        raise FileNotFoundError(f"no such model folder: {directory} (a saved model is a folder holding config.json "
+                                "and model.safetensors)")
     if not path.is_file():
         inner = Path(directory) / "model" / CONFIG_NAME
         hint = f" (it is a run folder: its model is {inner.parent})" if inner.is_file() else ""
@@ -103,6 +111,9 @@ def read_config(directory) -> dict:
     if hf.is_transformers_config(meta):
         return hf.read_transformers_config(directory, meta)
     missing = [k for k in ("model_class", "config", "tokenizer") if k not in meta]
+    if missing and "model_type" in meta:
+        raise ValueError(f"{directory} holds a transformers {meta['model_type']!r} model, not a Mamba model; "
+                         "mambadna reads mambadna folders and transformers Mamba folders")
     if missing:
         raise ValueError(f"{path} lacks required keys {missing}")
     return meta

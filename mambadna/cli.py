@@ -12,8 +12,8 @@ model shape cannot change).
 Nothing here or in the settings modules imports torch: `--help` and every argument error answer before the seconds
 torch and Lightning take to import (experiments/bench_cli_latency.py measures it). Every failure a user can cause
 (bad files, bad values, resources, environment) ends with one line `error: ...` and exit code 2
-(mambadna/errors.py); `--debug` or MAMBADNA_DEBUG=1 adds the traceback. SIGINT / SIGTERM end with one line and exit
-code 130 / 143, after saving a checkpoint when they arrive during training.
+(mambadna/errors.py); `--debug` or MAMBADNA_DEBUG=1 adds the traceback. SIGINT / SIGTERM / SIGHUP end with one line
+and exit code 130 / 143 / 129, after saving a checkpoint when they arrive during training.
 """
 
 from __future__ import annotations
@@ -195,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{interrupted_line(args.command, getattr(cfg, 'out_dir', None), exc)}", file=sys.stderr)
         return exc.exit_code
     finally:
+        from mambadna.files import release_all
+
+        release_all()  # the folders the command held (a refused or failed one's empty new --out goes with it)
         if handlers is not None:
             sys.modules["mambadna.tasks.interrupts"].restore_handlers(handlers)
         warnings.showwarning = previous_warning

@@ -208,5 +208,6 @@ def check_chunk_bp(chunk_bp, config: MambaConfig | None = None) -> None:
 NOT_CHUNKABLE = (
     "chunk_bp (--chunk-bp) needs a causal model: a {kind} model reads each sequence from both ends, so a layer's "
     "output for any chunk depends on the whole sequence of the layer below and chunks cannot go through all layers "
-    "one at a time. Drop --chunk-bp; to save training memory use --activation-checkpointing"
+    "one at a time. Drop --chunk-bp; to use less memory lower --batch-size (when training, "
+    "--activation-checkpointing helps too)"
 )

@@ -8,18 +8,29 @@ across filesystems, as some libraries do, gives no such guarantee.
 
 Temporary names start with '.' and end in `.tmp<suffix>` (the suffix kept, so libraries that pick a format from
 the extension still do); `remove_stale_temps` clears the ones a killed process left behind.
+
+A folder a command writes into is held with `lock_folder` while the command runs: a second command into the same
+folder is refused (naming the process that holds it) instead of mixing its files with the first's. The lock is an
+flock on `<folder>/.mambadna.lock`, which the kernel drops when its process dies, so a crashed or killed run never
+leaves its folder stuck; the file records who holds it (pid, host, start time, command) for the refusal.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
+import socket
+import time
 import uuid
 from pathlib import Path
 
 TEMP_MARK = ".tmp"
+LOCK_NAME = ".mambadna.lock"
+# flock is refused by some network filesystems; there the lock file's pid is checked instead
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
 
 # the function every write opens its temporary file with; tests replace it to simulate a full disk
 _open = open
@@ -122,3 +133,109 @@ def check_writable_folder(folder: str | os.PathLike, what: str = "--out") -> Pat
         reason = err.strerror or str(err)
         raise ValueError(f"cannot write to {what} {folder}: {reason}; choose a folder you can write to") from None
     return folder
+
+
+class _Lock:
+    def __init__(self, fd: int, path: Path, created: list[Path]):
+        self.fd, self.path, self.created = fd, path, created  # created: folders made for it, innermost first
+
+
+_held: dict[Path, _Lock] = {}  # resolved folder -> the lock this process holds on it
+
+
+def _holder(path: Path) -> str:
+    """Who holds a lock file, as its contents say."""
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads(path.read_text())
+        return (f"`mambadna {info['command']}` (pid {info['pid']} on {info['host']}, started {info['started']}); "
+                f"wait until it ends or stop it (kill {info['pid']})")
+    return "another process (it is starting); wait until it ends"
+
+
+def _held_elsewhere(path: Path) -> bool:
+    """Where flock is unavailable: does the lock file name a live process (another host's is assumed live)?"""
+    try:
+        info = json.loads(path.read_text())
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if info.get("host") != socket.gethostname():
+        return True
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_folder(folder: str | os.PathLike, command: str, what: str = "--out") -> Path:
+    """Hold `folder` (created if missing) for this process until `release_folder` or the process ends; a
+    ValueError naming the holder when another live process holds it. Holding it again in the same process is a
+    no-op."""
+    folder = Path(folder)
+    key = folder.resolve()
+    if key in _held:
+        return folder
+    created = [p for p in [folder, *folder.parents] if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return _lock(folder, key, command, what, created)
+    except OSError as err:
+        reason = "a part of it is a file" if isinstance(err, FileExistsError) or err.errno == errno.ENOTDIR \
+            else (err.strerror or str(err))
+        raise ValueError(f"cannot write to {what} {folder}: {reason}; choose a folder you can write to") from None
+
+
+def _lock(folder: Path, key: Path, command: str, what: str, created: list[Path]) -> Path:
+    path = folder / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ValueError(f"{what} {folder} is in use by {_holder(path)}; or choose another {what}") from None
+        except OSError as err:
+            if err.errno not in _NO_FLOCK:
+                os.close(fd)
+                raise
+            if _held_elsewhere(path):
+                os.close(fd)
+                raise ValueError(f"{what} {folder} is in use by {_holder(path)}; or choose another {what}") from None
+        # the holder before us may have removed the file between our open and our lock: hold the file that is there
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        os.close(fd)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    os.ftruncate(fd, 0)
+    os.write(fd, (json.dumps(info) + "\n").encode())
+    _held[key] = _Lock(fd, path, created)
+    return folder
+
+
+def release_folder(folder: str | os.PathLike, moved_to: str | os.PathLike | None = None) -> None:
+    """Let go of a folder this process holds (`moved_to`: where it has been renamed since). A folder that the lock
+    created and that nothing was written into is removed again, so a refused or failed command leaves no trace."""
+    lock = _held.pop(Path(folder).resolve(), None)
+    if lock is None:
+        return
+    path = Path(moved_to) / LOCK_NAME if moved_to else lock.path
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == os.fstat(lock.fd).st_ino:
+            path.unlink()  # while still holding it, so no one locks a file that is about to go
+    os.close(lock.fd)
+    if moved_to is None:
+        for made in lock.created:
+            with contextlib.suppress(OSError):
+                made.rmdir()  # only when empty
+
+
+def release_all() -> None:
+    for folder in list(_held):
+        release_folder(folder)

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -185,6 +186,9 @@ class DataSpec:
                 label_column=self.label_column, label_regex=self.label_regex or None,
                 label_key=self.label_key or None, tokenizer=tokenizer)
             datamodule.set_window(self.window_bp, self.batch_size)
+            note = datamodule.truncation_note(self.window_bp)
+            if note:  # the rest of those sequences is never seen: say so
+                warnings.warn(note, data.DataWarning, stacklevel=2)
         else:
             from mambadna.data.bundled import default_species_manifest
 

@@ -194,6 +194,9 @@ def read_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"recipe {path} not found")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        raise ValueError(f"recipe {path} is YAML, which mambadna does not read; write it as TOML (.toml) or JSON "
+                         "(.json), nested the same way")
     try:
         text = path.read_text()
         recipe = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)

@@ -123,6 +123,8 @@ class GenerateConfig:
     device: str = setting("", flag="--device", help="one device by name: auto, cpu, cuda or cuda:N (instead of "
                           "--accelerator / --devices)")
     out: str = setting("runs/generate/generated.fa", flag="--out", help="output FASTA")
+    backbone: bool = setting(False, flag="--backbone", help="sample from a fine-tuned classifier's backbone "
+                             "(refused otherwise: it is no longer the pretrained language model)")
     overwrite: bool = _overwrite("the --out file")
 
     def __post_init__(self):
@@ -154,6 +156,7 @@ class ExportConfig:
                                "code) or mambadna (e.g. to convert a transformers folder)")
     backbone: bool = setting(False, flag="--backbone", help="export a classifier's language model (transformers' "
                              "Mamba has no classification class)")
+    overwrite: bool = _overwrite("a model already in the output folder")
 
     def __post_init__(self):
         if self.format not in EXPORT_FORMATS:

@@ -16,7 +16,7 @@ from mambadna import run_config as rc
 from mambadna.commands.configs import DemoConfig
 from mambadna.data.bundled import default_species_manifest
 from mambadna.config import tiny
-from mambadna.files import write_json
+from mambadna.files import lock_folder, write_json
 
 
 
@@ -73,7 +73,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, progress_ba
     from mambadna.commands import finetune, pretrain
     from mambadna.model import MambaLM
 
-    out_dir = Path(out_dir)
+    out_dir = lock_folder(out_dir, "demo")
     start = time.time()
     pre = demo_pretrain(str(out_dir / "pretrain"))
     ft = demo_finetune(str(out_dir / "finetune"), str(out_dir / "pretrain" / "model"))

@@ -24,10 +24,11 @@ import torch
 from mambadna.checkpoint import load
 from mambadna.chunking import check_chunk_bp, run_chunked
 from mambadna.commands.configs import EmbedConfig
-from mambadna.commands.embedding_io import FILES, INDEX_NAME, PER_POSITION_NAME, SOURCE_NAME, write_embeddings
+from mambadna.commands.embedding_io import (OUTPUT_NAMES, PER_POSITION_NAME, SOURCE_NAME, remove_other_outputs,
+                                           write_embeddings)
 from mambadna.commands.run_dir import out_folder, refuse_existing
 from mambadna.config import POOLINGS
-from mambadna.files import atomic_path, write_json
+from mambadna.files import atomic_path, lock_folder, release_folder, write_json
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.pooling import check_mask, pool_finish, pool_partial
 from mambadna.run_config import RuntimeSpec, check_label_regex
@@ -70,6 +71,9 @@ def read_records(path: str | Path, label_regex: str = "", sequence_column: str =
         genome = Genome(path)
         records = []
         for interval, name, strand in read_bed_regions(regions, genome.contigs):
+            if interval.length_bp == 0:
+                raise ValueError(f"{regions}: region {name!r} ({interval.contig}:{interval.start_bp}-"
+                                 f"{interval.end_bp}) has no bases (start = end); remove it or give it a length")
             seq = genome.fetch(interval.contig, interval.start_bp, interval.end_bp)
             records.append(Record(name, reverse_complement_bytes(seq) if strand == "-" else seq, label_of(name)))
     elif is_table(path):
@@ -252,19 +256,28 @@ class _PositionSink:
 def run(cfg: EmbedConfig) -> dict:
     """The `mambadna embed` command: read, embed (per-position vectors streamed to disk), write, and report bases
     per second and peak GPU memory. More than one of runtime.devices spreads the batches over that many devices
-    (GPUs, or CPU processes with --accelerator cpu) through Lightning's predict loop."""
+    (GPUs, or CPU processes with --accelerator cpu) through Lightning's predict loop. --out is held while it runs
+    (the other processes of a many-device run write into the folder the first one holds), and afterwards holds
+    this run's embedding files only."""
     configure_torch_threads()
     out = out_folder(cfg.out_dir)
-    outputs = [out / name for name in (*FILES.values(), INDEX_NAME, PER_POSITION_NAME)]
+    outputs = [out / name for name in OUTPUT_NAMES]
     if Path(cfg.input).resolve() in [p.resolve() for p in outputs]:
         raise ValueError(f"--out {out} would overwrite the input {cfg.input}; choose another --out")
-    refuse_existing([out / FILES[cfg.format], out / INDEX_NAME], cfg.overwrite)
+    refuse_existing(outputs, cfg.overwrite)  # any format's: two runs' results never sit side by side
+    held = _launched_rank() == 0
+    if held:
+        lock_folder(out, "embed")
     try:
-        if cfg.runtime.device_count() > 1:
-            return _run_distributed(cfg)
-        return _run_one(cfg)
+        result = _run_distributed(cfg) if cfg.runtime.device_count() > 1 else _run_one(cfg)
+        if held:
+            remove_other_outputs(out, [v for k, v in result.items() if k in ("embeddings", "index", "per_position")])
+        return result
     except UnicodeDecodeError as exc:
         raise ValueError(f"{cfg.input}: not a text file ({exc}); give a FASTA or a table") from None
+    finally:
+        if held:
+            release_folder(out)
 
 
 def runtime_device(runtime: RuntimeSpec, device: str = "") -> torch.device:
@@ -327,22 +340,44 @@ def _launched_rank() -> int:
 def _run_distributed(cfg: EmbedConfig) -> dict:
     """Every process embeds the batches it is dealt and writes their rows straight into two memory-mapped files
     (pooled vectors, per-position vectors) that the first process made before the others started; the first
-    process then writes the outputs and renames the per-position file into place."""
-    import pytorch_lightning as pl
-    from torch.utils.data import DataLoader
-
-    from mambadna.tasks.predict import PredictTask
-
+    process then writes the outputs and renames the per-position file into place. Fewer batches than devices run
+    in fewer processes (one: the plain path)."""
     devices = cfg.runtime.device_count()
     accelerator = runtime_device(cfg.runtime, cfg.device).type
     if accelerator == "cuda" and torch.cuda.device_count() < devices:
         raise ValueError(f"--devices {cfg.runtime.devices}: this machine has {torch.cuda.device_count()} GPU(s)")
     model = load_lm(cfg.checkpoint).eval()
     records, seqs = _records(cfg)
-    rows, d = per_position_rows(seqs), model.config.d_model
+    batches = length_batches(seqs, cfg.batch_size)
+    if len(batches) < devices:  # a process with no batch would wait forever for the others (every process agrees)
+        if _launched_rank() == 0:
+            warnings.warn(f"--devices {cfg.runtime.devices}: only {len(batches)} batch(es) of up to {cfg.batch_size} "
+                          f"sequences to deal out; using {len(batches)} process(es)", stacklevel=2)
+        if len(batches) == 1:
+            return _run_one(cfg)
+        devices = len(batches)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pooled_path, positions_path = out_dir / ".embed-pooled.partial.npy", out_dir / ".embed-positions.partial.npy"
+    partial = (out_dir / ".embed-pooled.partial.npy", out_dir / ".embed-positions.partial.npy")
+    try:
+        return _predict_into_partials(cfg, model, records, seqs, batches, partial, devices, accelerator)
+    except BaseException:
+        if _launched_rank() == 0:  # no half-made file stays in --out
+            for path in partial:
+                path.unlink(missing_ok=True)
+        raise
+
+
+def _predict_into_partials(cfg: EmbedConfig, model, records, seqs, batches, partial, devices: int,
+                           accelerator: str) -> dict:
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    from mambadna.tasks.predict import PredictTask
+
+    rows, d = per_position_rows(seqs), model.config.d_model
+    out_dir = Path(cfg.out_dir)
+    pooled_path, positions_path = partial
     mode = "w+" if _launched_rank() == 0 else "r+"  # made by the first process, before it starts the others
     pooled = np.lib.format.open_memmap(pooled_path, mode=mode, dtype=np.float32, shape=(len(records), d))
     stream = np.lib.format.open_memmap(positions_path, mode=mode, dtype=cfg.per_position_dtype,
@@ -352,7 +387,7 @@ def _run_distributed(cfg: EmbedConfig) -> dict:
         embed_records(model, records, device=dev, per_position_out=stream, pooled_out=pooled, batches=[idx],
                       **_embed_args(cfg))
 
-    loader = DataLoader(length_batches(seqs, cfg.batch_size), batch_size=None, shuffle=False)
+    loader = DataLoader(batches, batch_size=None, shuffle=False)
     trainer = pl.Trainer(accelerator="gpu" if accelerator == "cuda" else "cpu", devices=devices, strategy="ddp",
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)

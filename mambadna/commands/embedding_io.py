@@ -30,6 +30,8 @@ FILES = {"npy": "embeddings.npy", "parquet": "embeddings.parquet", "h5ad": "embe
 INDEX_NAME = "index.tsv"
 PER_POSITION_NAME = "per_position.npy"
 SOURCE_NAME = "source.json"  # the input embedded and how it was read, so `probe` can read the sequences again
+# every file an embed run may leave in its folder, whatever the format: one run's set at a time
+OUTPUT_NAMES = (*FILES.values(), INDEX_NAME, PER_POSITION_NAME)
 # what a format needs beyond numpy: (module to import, pip name)
 _NEEDS = {"parquet": ("pyarrow.parquet", "pyarrow"), "h5ad": ("anndata", "anndata")}
 
@@ -88,6 +90,15 @@ def write_embeddings(out_dir: str | Path, records, pooled: np.ndarray, per_posit
         files["index"] = out_dir / INDEX_NAME
         _write_index(files["index"], table, offsets)
     return {k: str(v) for k, v in files.items()}
+
+
+def remove_other_outputs(out_dir: str | Path, written) -> None:
+    """Remove an earlier run's embedding files that this run did not write (another format's, a per-position
+    file), so `embed --overwrite` never leaves two runs' results side by side."""
+    keep = {Path(p).resolve() for p in written}
+    for stale in (Path(out_dir) / name for name in OUTPUT_NAMES):
+        if stale.is_file() and stale.resolve() not in keep:
+            stale.unlink()
 
 
 def _write_index(path: Path, table: Embeddings, offsets) -> None:

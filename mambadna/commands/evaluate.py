@@ -7,6 +7,8 @@ order or hold only some of them, and a label the model never saw is refused by n
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 import warnings
 from pathlib import Path
@@ -18,9 +20,10 @@ from mambadna.commands.configs import EvaluateConfig
 from mambadna.commands.probe import (KMER, KMER_KS, KMER_TRAIN_WINDOWS, MARKOV_ORDER, kmer_baseline,
                                      kmer_cross_validated, markov_bits_per_base)
 from mambadna.commands.run_dir import out_folder, refuse_existing
-from mambadna.commands.train import TaskWarning, check_accelerator, memory_advice, test_classifier
+from mambadna.commands.train import TRAINING_INFO, TaskWarning, check_accelerator, memory_advice, test_classifier
 from mambadna.data import SpeciesDataModule
-from mambadna.files import write_json
+from mambadna.files import lock_folder, release_folder, write_json
+from mambadna.hf import locate
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.run_config import MaskingSpec, OptimSpec, RuntimeSpec
 from mambadna.tasks.classify import ClassifyTask
@@ -73,15 +76,40 @@ def kmer_on_test_windows(datamodule, folds: int = 5) -> dict:
         return {KMER: f"not computed: {err}"}
 
 
+def trained_window_bp(checkpoint) -> int | None:
+    """The window a saved model was trained on (its training.json, written by pretrain / finetune), if known."""
+    try:  # a model that cannot be read is named by the load that follows
+        window = json.loads((locate(checkpoint) / TRAINING_INFO).read_text()).get("window_bp")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(window) if isinstance(window, int) and window > 0 else None
+
+
 def run(cfg: EvaluateConfig) -> dict:
     """Metrics of the model in cfg.checkpoint (a save_pretrained folder). Classifiers are tested on cfg.data's
     manifest or labelled --test file (default: the bundled species windows), language models on the test split of
     data.genome (default: the bundled genomes), data.test_windows windows of data.window_bp. `cfg.chunk_bp` runs
-    each window in chunks carrying the state (million-base windows in bounded memory)."""
-    started = time.perf_counter()
+    each window in chunks carrying the state (million-base windows in bounded memory).
+
+    The window is the one the model was trained on (its training.json) unless data.window_bp was set to another
+    value than the default; evaluation.json records it and where it came from. --out is held while it runs."""
     configure_torch_threads()
     out_dir = out_folder(cfg.out_dir)
     refuse_existing([out_dir / "evaluation.json"], cfg.overwrite)
+    trained = trained_window_bp(cfg.checkpoint)
+    chosen = cfg.data.window_bp != EvaluateConfig().data.window_bp
+    source = "--window-bp" if chosen else "the model's training.json" if trained else "the default"
+    if trained and not chosen:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, window_bp=trained))
+    lock_folder(out_dir, "evaluate")
+    try:
+        return _evaluate(cfg, out_dir, {"window_bp": cfg.data.window_bp, "window_from": source})
+    finally:
+        release_folder(out_dir)
+
+
+def _evaluate(cfg: EvaluateConfig, out_dir: Path, window: dict) -> dict:
+    started = time.perf_counter()
     directory = Path(cfg.checkpoint)
     try:
         model = load(directory)
@@ -119,7 +147,7 @@ def run(cfg: EvaluateConfig) -> dict:
         metrics[f"{KMER}/fitted_on"] = f"order-{MARKOV_ORDER} Markov chain, {len(train_windows)} training windows"
     else:
         raise ValueError(f"{directory} holds a {kind}; evaluate knows MambaLM and MambaClassifier")
-    metrics = {"checkpoint": str(directory), "model_class": kind, **metrics,
+    metrics = {"checkpoint": str(directory), "model_class": kind, **window, **metrics,
                "wall_time_s": round(time.perf_counter() - started, 2)}
     write_json(out_dir / "evaluation.json", metrics)
     return metrics

@@ -6,10 +6,29 @@ from pathlib import Path
 
 import torch
 
+from mambadna.checkpoint import load
 from mambadna.commands.configs import GenerateConfig
 from mambadna.files import atomic_open
-from mambadna.model import MambaLM
+from mambadna.model import MambaClassifier, MambaLM
 from mambadna.tokenizer import tokenizer_from_name
+
+
+def load_generator(checkpoint, map_location="cpu", backbone: bool = False) -> MambaLM:
+    """The language model to sample from; a fine-tuned classifier only with `backbone` (its trunk has moved on from
+    next-base prediction, so what it samples is not what its pretrained model would)."""
+    try:
+        model = load(checkpoint, map_location=map_location)
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from None
+    if isinstance(model, MambaClassifier):
+        if not backbone:
+            raise ValueError(f"{checkpoint} holds a fine-tuned classifier, not a language model; give the pretrained "
+                             "model it started from (e.g. runs/pt/model), or add --backbone to sample from the "
+                             "classifier's backbone as fine-tuning left it")
+        return model.backbone
+    if not isinstance(model, MambaLM):
+        raise ValueError(f"{checkpoint} holds a {type(model).__name__}; generate samples from a MambaLM")
+    return model
 
 
 def generate_fasta(model: MambaLM, prompt: str, out_fasta: str | Path, num_sequences: int = 1,
@@ -42,7 +61,7 @@ def generate_fasta(model: MambaLM, prompt: str, out_fasta: str | Path, num_seque
 
 def run(cfg: GenerateConfig) -> dict:
     """The `mambadna generate` command: sample cfg.num sequences from the model, write them to the cfg.out FASTA."""
-    from mambadna.commands.embed import load_lm, runtime_device
+    from mambadna.commands.embed import runtime_device
     from mambadna.commands.run_dir import refuse_existing
 
     out = Path(cfg.out)
@@ -52,7 +71,7 @@ def run(cfg: GenerateConfig) -> dict:
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the FASTA file to write")
     refuse_existing([out], cfg.overwrite)
-    model = load_lm(cfg.checkpoint, map_location=runtime_device(cfg.runtime, cfg.device))
+    model = load_generator(cfg.checkpoint, runtime_device(cfg.runtime, cfg.device), cfg.backbone)
     seqs = generate_fasta(model, cfg.prompt, out, cfg.num, cfg.length_bp, cfg.temperature, cfg.top_k, cfg.seed)
     print(f"wrote {len(seqs)} sequence(s) of {len(seqs[0])} bp to {cfg.out}")
     return {"out": str(out), "sequences": len(seqs), "length_bp": len(seqs[0])}

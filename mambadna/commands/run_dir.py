@@ -6,6 +6,9 @@ runs (Lightning renames its files `-v1` and a later resume picks the wrong one),
 says what to do: `--resume` continues the newest checkpoint of that run, `--resume-from CKPT` a chosen one, and
 `--overwrite` starts afresh after moving the old run aside (`--overwrite move`, the default: `<out>.old-<k>`) or
 deleting the files a run writes (`--overwrite delete`; anything else in the folder is left alone).
+
+A live run holds its folder (mambadna/files.py's `lock_folder`): every other command into it, a second run,
+`--resume`, `--overwrite` or an `embed`, is refused with the holder's pid until the run ends or dies.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mambadna.files import check_writable_folder, remove_stale_temps
+from mambadna.files import check_writable_folder, lock_folder, release_folder, remove_stale_temps
 from mambadna.tasks.checkpoints import step_checkpoints
 
 CHECKPOINTS = "checkpoints"
@@ -95,6 +98,7 @@ def start_run(out_dir: str | Path, command: str, resume: bool = False, resume_fr
         raise ValueError("--overwrite starts the run afresh and --resume / --resume-from continue it; give one")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file, not a folder; choose a folder for the run")
+    lock_folder(out_dir, command)  # before any rule is read: a live run's folder is not looked at, let alone moved
     moved_to = None
     ckpt = None
     if resume:
@@ -122,6 +126,8 @@ def start_run(out_dir: str | Path, command: str, resume: bool = False, resume_fr
         if overwrite == "move":
             moved_to = _free_sibling(out_dir)
             out_dir.rename(moved_to)
+            release_folder(out_dir, moved_to=moved_to)
+            lock_folder(out_dir, command)
         else:
             _delete_run(out_dir)
     check_writable_folder(out_dir)
@@ -168,8 +174,12 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def check_not_finished(path: Path, ckpt: dict, out_dir: Path, max_steps: int) -> None:
-    """Resuming a run that reached its last step and wrote its results would only write them again."""
+    """Resuming a run that reached its last step and wrote its results would only write them again; resuming a
+    checkpoint past the last step would train nothing and end as if it had."""
     step = int(ckpt.get("global_step", 0))
+    if step > max_steps:
+        raise ValueError(f"{path} is at step {step}, past train.max_steps {max_steps}: nothing would train; resume "
+                         f"with --steps larger than {step} (the run's settings are left as they were)")
     if step >= max_steps and (out_dir / "summary.json").is_file():
         raise ValueError(f"the run in {out_dir} already finished at step {step} (train.max_steps {max_steps}); "
                          f"to train it longer resume with a larger --steps")
@@ -181,6 +191,11 @@ def check_checkpoint_fits(path: Path, ckpt: dict, model: torch.nn.Module, class_
     saved_class = meta.get("model_class")
     if saved_class and saved_class != type(model).__name__:
         raise ValueError(f"{path} was saved by a {saved_class} run; this run trains a {type(model).__name__}")
+    # the class set first: a changed one also changes the head's shape, which is not a model setting
+    saved_names = (meta.get("init_kwargs") or {}).get("class_names")
+    if class_names is not None and saved_names is not None and list(saved_names) != list(class_names):
+        raise ValueError(f"cannot resume from {path}: it was trained on classes {saved_names} but the data now has "
+                         f"{list(class_names)}; resume with the same data or start a new --out")
     saved = meta.get("config") or {}
     now = model.config.to_dict()
     differ = [f"model.{k} {saved[k]} in the checkpoint vs {now[k]} now" for k in
@@ -194,13 +209,12 @@ def check_checkpoint_fits(path: Path, ckpt: dict, model: torch.nn.Module, class_
         missing = sorted(set(actual) - set(expected))
         if missing:
             differ.append(f"weights missing from the checkpoint: {', '.join(missing[:3])}")
+    if differ and all(d.startswith("head.") for d in differ):  # saved before classifiers kept their names
+        raise ValueError(f"cannot resume from {path}: its classifier head predicts another number of classes "
+                         f"({differ[0]}): the data's classes changed; resume with the same data or start a new --out")
     if differ:
         raise ValueError(f"cannot resume from {path}: it holds another model shape ({'; '.join(differ[:3])}); "
                          "resume with the run's own settings (drop the model.* settings) or start a new --out")
-    saved_names = (meta.get("init_kwargs") or {}).get("class_names")
-    if class_names is not None and saved_names is not None and list(saved_names) != list(class_names):
-        raise ValueError(f"cannot resume from {path}: it was trained on classes {saved_names} but the data now has "
-                         f"{list(class_names)}; resume with the same data or start a new --out")
 
 
 def refuse_existing(paths, overwrite: bool) -> None:

@@ -38,7 +38,7 @@ from mambadna.commands.run_dir import (BEST_MODEL, RunStart, check_checkpoint_fi
 from mambadna.config import MambaConfig, tiny
 from mambadna.data.datamodules import LabelledDataModule, StreamsDataModule
 from mambadna.data.errors import DataError
-from mambadna.files import write_json, write_text
+from mambadna.files import release_folder, write_json, write_text
 from mambadna.model import MambaClassifier, MambaLM
 from mambadna.run_config import FinetuneConfig, PretrainConfig, RuntimeSpec, TrainSpec, save_config
 from mambadna.tasks.callbacks import NonFiniteLossGuard, RunStats, SeqLenWarmup, length_curriculum
@@ -235,7 +235,6 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     configure_torch_threads()
     run = start_run(cfg.out_dir, "pretrain", cfg.resume, cfg.resume_from or None, cfg.overwrite)
     out_dir = run.out_dir
-    genome = cfg.data.genome_path(out_dir)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     model_config = cfg.model
     d = cfg.data
@@ -265,6 +264,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         summary.update(model_dir=str(out_dir / "model"), curves=str(curves) if curves else None,
                        wall_time_s=round(time.perf_counter() - started, 2))
         write_json(out_dir / "summary.json", summary)
+    release_folder(out_dir)
     return summary
 
 
@@ -286,10 +286,11 @@ def load_backbone(pretrained: str | Path, spec: MambaConfig, window_bp: int) -> 
         raise ValueError(f"{directory} was trained with the {saved.get('tokenizer')!r} tokenizer (vocabulary "
                          f"{saved.get('vocab_size')}) but this run uses {spec.tokenizer!r}; set "
                          f"model.tokenizer={saved.get('tokenizer')} or pretrain with the same tokenizer")
-    if spec != tiny(tokenizer=spec.tokenizer):  # model.* settings changed from the default: they must match
+    default = tiny(tokenizer=spec.tokenizer)
+    if spec != default:  # the model.* settings changed from the default must match; the others are not the user's
         differ = [f"{k}: checkpoint {saved.get(k)} vs run {getattr(spec, k)}"
                   for k in ("d_model", "n_layer", "d_state", "d_conv", "expand", "bidirectional", "rc_equivariant")
-                  if saved.get(k, False) != getattr(spec, k)]
+                  if getattr(spec, k) != getattr(default, k) and saved.get(k, False) != getattr(spec, k)]
         if differ:
             raise ValueError(f"{directory} has another model shape than the run config ({'; '.join(differ)}); "
                              "drop the model.* settings to take the checkpoint's shape")
@@ -353,6 +354,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         summary.update(model_dir=str(out_dir / "model"), curves=str(curves) if curves else None,
                        wall_time_s=round(time.perf_counter() - started, 2))
         write_json(out_dir / "summary.json", summary)
+    release_folder(out_dir)
     return summary
 
 

@@ -8,6 +8,8 @@ mtime and size, so editing the input invalidates them without anyone deleting an
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -64,3 +66,27 @@ def is_writable_dir(folder: Path) -> bool:
 def atomic_write_target(final: Path) -> Path:
     """A temporary sibling of ``final``; write there, then ``os.replace`` so a crash never leaves half a file."""
     return final.with_name(f".{final.name}.{os.getpid()}.tmp")
+
+
+def derived_write_error(exc: OSError, what: str, source: Path) -> DataError | None:
+    """For an OSError met while writing something derived from `source` (an index, a conversion, counts): a
+    DataError naming a full or read-only disk where it was written, or None when it is about `source` itself."""
+    if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EROFS, errno.EACCES):
+        return None
+    if exc.filename and Path(exc.filename).resolve() == Path(source).resolve():
+        return None  # reading the input failed: that is the input's problem
+    where = exc.filename or "the mambadna cache"
+    return DataError(f"cannot write the {what} of {source} to {where} ({exc.strerror}); the input is fine: free "
+                     "space there, or set MAMBADNA_CACHE to a folder with room")
+
+
+@contextlib.contextmanager
+def writing_derived(what: str, source: Path):
+    """`derived_write_error` around a block (the input is only ever read: a full cache is not its fault)."""
+    try:
+        yield
+    except OSError as exc:
+        error = derived_write_error(exc, what, source)
+        if error is None:
+            raise
+        raise error from None

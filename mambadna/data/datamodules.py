@@ -324,6 +324,7 @@ class LabelledDataModule(pl.LightningDataModule):
                 raise DataError(f"{path}: not a text file ({exc}); give a table (CSV/TSV, parquet, a datasets "
                                 "folder) or a FASTA") from None
             self.datasets[split] = ds
+        self.paths = {"train": train, "val": val, "test": test}
         self.class_names = self.datasets["train"].class_names
         self.pad_id = getattr(self.datasets["train"].tokenizer, "pad_id", 0)
 
@@ -344,6 +345,21 @@ class LabelledDataModule(pl.LightningDataModule):
         ds = self.datasets[split]
         return ([s[: self.max_length] if self.max_length else s for s in ds.sequences],
                 [ds.class_names[i] for i in ds.labels])
+
+    def truncation_note(self, window_bp: int) -> str | None:
+        """What a window of `window_bp` cuts off: sequences longer than it are read up to it only (a sentence for
+        a warning), or None when every sequence fits."""
+        counts = {}
+        for split, ds in self.datasets.items():  # a file given for two splits (evaluate's train = test) counts once
+            longer = [n for n in ds.lengths if n > window_bp]
+            if longer:
+                counts[str(self.paths[split])] = f"{len(longer)} of {len(ds.lengths)} {split} sequences"
+        if not counts:
+            return None
+        longest = max(max(ds.lengths) for ds in self.datasets.values())
+        return (f"{', '.join(counts.values())} are longer than the {window_bp} bp window (the longest {longest} bp): "
+                f"only their first {window_bp} bp are read; raise --window-bp (data.window_bp) to {longest} to read "
+                "them whole")
 
     def _loader(self, split: str, train: bool) -> DataLoader | None:
         if split not in self.datasets:

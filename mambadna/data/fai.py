@@ -6,8 +6,11 @@ cache folder instead. The same check catches layouts pyfaidx indexes wrongly (a 
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
+
+import numpy as np
 
 # between two records there is a line end, one header line and its line end; more than this is not a header
 MAX_GAP_BYTES = 1 << 16
@@ -15,11 +18,23 @@ MAX_GAP_BYTES = 1 << 16
 
 def read_fai(fai: Path) -> list[tuple[str, int, int, int, int]] | None:
     """(name, length_bp, offset, line_bases, line_bytes) rows, or None when the file is not a valid index."""
-    rows = []
     try:
         text = fai.read_text()
     except (OSError, UnicodeDecodeError):
         return None
+    fields = text.replace("\r", "").replace("\n", "\t").split("\t")
+    if fields and fields[-1] == "":
+        fields.pop()
+    if fields and len(fields) == 5 * len(text.splitlines()):
+        # the usual five columns: parsed column by column (a million-contig index has five million numbers)
+        try:
+            numbers = np.array([fields[k::5] for k in range(1, 5)], dtype=np.int64)  # (4, contigs)
+        except (ValueError, OverflowError):
+            return None
+        if numbers.size and (numbers.min() < 0 or (numbers[3] < numbers[2]).any()):
+            return None
+        return list(zip(fields[0::5], *(column.tolist() for column in numbers)))
+    rows = []
     for line in text.splitlines():
         fields = line.split("\t")
         if len(fields) < 5:
@@ -44,41 +59,51 @@ def fai_problem(fai: Path, fasta: Path, compressed: bool, check_age: bool = True
     if compressed:
         return None  # offsets are into the uncompressed stream; pyfaidx re-checks them through the .gzi
     size = fasta.stat().st_size
-    fd = os.open(fasta, os.O_RDONLY)
-    try:
+    if size == 0:
+        return "the FASTA is empty"
+    # a memory map, not a read per record: a genome of a million small contigs is a million records
+    with open(fasta, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
         previous_end, previous_name = 0, None
         for name, length_bp, offset, line_bases, line_bytes in sorted(rows, key=lambda r: r[2]):
-            head = os.pread(fd, min(offset, 4096), max(0, offset - 4096)).rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
-            if not head.startswith(b">" + name.encode()):
-                return f"its offset for contig {name!r} does not point just after that contig's header"
-            if _unlisted_record(fd, previous_end, offset):
-                after = f"after contig {previous_name!r}" if previous_name else "before its first contig"
-                return f"it lists fewer contigs than the FASTA (a record {after} is missing from it)"
+            problem = _gap_problem(data, previous_end, offset, name, previous_name)
+            if problem:
+                return problem
             end = offset
             if line_bases:
                 full_lines, rest = divmod(length_bp, line_bases)
                 end = offset + full_lines * line_bytes + rest
                 if end > size:
                     return f"its length for contig {name!r} runs past the end of the FASTA"
-                after = os.pread(fd, 1, end)
+                after = data[end : end + 1]
                 if rest and after not in (b"", b"\n", b"\r"):
                     return f"its length for contig {name!r} disagrees with the FASTA"
                 if not rest and after not in (b"", b">", b"\n", b"\r"):
                     return f"its length for contig {name!r} disagrees with the FASTA"
             previous_end, previous_name = end, name
-        tail = os.pread(fd, MAX_GAP_BYTES, previous_end)
-        if tail.strip() or size - previous_end > MAX_GAP_BYTES:
+        if data[previous_end : previous_end + MAX_GAP_BYTES].strip() or size - previous_end > MAX_GAP_BYTES:
             return f"it lists fewer contigs than the FASTA (there is more after contig {previous_name!r})"
-    finally:
-        os.close(fd)
     return None
 
 
-def _unlisted_record(fd: int, start: int, offset: int) -> bool:
-    """True when bytes [start, offset) of the FASTA hold more than line ends and one header line: a record the
-    index does not list (comment lines ';' before the first record are allowed)."""
+def _gap_problem(data, start: int, offset: int, name: str, previous_name: str | None) -> str | None:
+    """What is wrong with bytes [start, offset) of the FASTA, between the previous record's sequence and this
+    one's: they must hold line ends and one header line, this contig's (';' comment lines may come before the
+    first record); anything more is a record the index does not list."""
     if offset - start > MAX_GAP_BYTES:
-        return True
-    lines = [line for line in os.pread(fd, offset - start, start).splitlines() if line.strip()]
-    headers = [line for line in lines if line.startswith(b">")]
-    return len(headers) != 1 or any(not line.startswith((b">", b";")) for line in lines)
+        lines = None
+    else:
+        gap = data[start:offset]
+        body = gap.lstrip(b"\r\n")
+        header = b">" + name.encode()
+        if (body.startswith(header) and body[len(header) : len(header) + 1] in (b" ", b"\t", b"\r", b"\n")
+                and body.count(b"\n") == 1 and body.endswith(b"\n") and b">" not in body[1:]):
+            return None  # the usual layout, checked without splitting lines
+        lines = [line for line in gap.splitlines() if line.strip()]
+    head = data[max(0, offset - 4096) : offset].rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
+    if not head.startswith(b">" + name.encode()):
+        return f"its offset for contig {name!r} does not point just after that contig's header"
+    headers = [line for line in lines if line.startswith(b">")] if lines is not None else []
+    if lines is None or len(headers) != 1 or any(not line.startswith((b">", b";")) for line in lines):
+        after = f"after contig {previous_name!r}" if previous_name else "before its first contig"
+        return f"it lists fewer contigs than the FASTA (a record {after} is missing from it)"
+    return None

@@ -20,18 +20,20 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 import warnings
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mambadna.data.cache import atomic_write_target, cached_path, file_key, is_writable_dir, path_key
+from mambadna.data.cache import (atomic_write_target, cached_path, derived_write_error, file_key, is_writable_dir,
+                                 path_key, writing_derived)
 from mambadna.data.convert import converted_fasta
 from mambadna.data.errors import DataError, DataWarning
-from mambadna.data.fai import fai_problem
+from mambadna.data.fai import fai_problem, read_fai
 from mambadna.data.formats import is_bgzf, sniff_format
 from mambadna.data.normalize import normalize_fasta
 
@@ -44,7 +46,18 @@ _IS_N[np.frombuffer(N_LETTERS + N_LETTERS.lower(), dtype=np.uint8)] = True
 _IS_LOWER = np.zeros(256, dtype=bool)
 _IS_LOWER[np.frombuffer(DNA_LETTERS.lower(), dtype=np.uint8)] = True
 STATS_CHUNK_BP = 1 << 24
-STATS_VERSION = 1
+STATS_VERSION = 2
+# a first pass over a genome this large (or of this many contigs) says what it is doing
+PROGRESS_BYTES = 256 << 20
+PROGRESS_CONTIGS = 100_000
+
+
+def progress(message: str) -> None:
+    """A line on stderr for one-time work that takes a while (indexing, the first pass over a big genome)."""
+    print(f"{message} ...", file=sys.stderr, flush=True)
+
+
+_Record = namedtuple("_Record", "rlen offset lenc lenb")  # the fields of pyfaidx's index records fetch reads
 
 
 @dataclass(frozen=True)
@@ -75,15 +88,21 @@ class Genome:
         if self.source_path.stat().st_size == 0:
             raise DataError(f"{self.source_path}: the file is empty (no FASTA records)")
         self.format = sniff_format(self.source_path)
+        self._checked_fai: Path | None = None  # an existing index already found consistent with the FASTA
         self.fasta_path, self.compressed = self._indexable_fasta()
         self.fai_path, self.gzi_path = self._index_paths()
-        faidx = self._open_or_normalize()
-        self._records = OrderedDict((name, rec) for name, rec in faidx.index.items())
-        faidx.close()
+        self._records = self._checked_records()
+        if self._records is None:
+            faidx = self._open_or_normalize()
+            self._records = OrderedDict((name, rec) for name, rec in faidx.index.items())
+            faidx.close()
         self.contigs: OrderedDict[str, int] = OrderedDict((n, int(r.rlen)) for n, r in self._records.items())
         if sum(self.contigs.values()) == 0:
             raise DataError(f"{self.source_path}: every record is empty (headers but no sequence)")
         self._stats: dict[str, ContigStats] | None = None
+        # the train/val/test splits of this genome by their settings (mambadna.data.windows.split_intervals): a
+        # run builds its datasets several times (each held-out check, each warmup stage), the split once
+        self.split_cache: dict[tuple, dict] = {}
         self._handle = None
         self._handle_pid = None
         if validate:  # the one pass both caches the counts and rejects non-DNA letters
@@ -118,8 +137,10 @@ class Genome:
         in_cache = Path(cached_path("index", path_key(fasta), fasta.name + ".fai"))
         cache_gzi = Path(str(in_cache)[: -len(".fai")] + ".gzi") if self.compressed else None
         if beside.exists():
-            problem = fai_problem(beside, fasta, self.compressed)
+            problem = None if _checked_before(beside, fasta) else fai_problem(beside, fasta, self.compressed)
             if problem is None and (gzi is None or gzi.exists()):
+                self._checked_fai = beside
+                _remember_checked(beside, fasta)
                 return beside, gzi
             if problem is not None:
                 warnings.warn(f"{beside}: {problem}; leaving it untouched and building a fresh index in {in_cache} "
@@ -130,16 +151,33 @@ class Genome:
             return beside, gzi
         return in_cache, cache_gzi
 
+    def _checked_records(self) -> OrderedDict | None:
+        """A plain FASTA's index records read without pyfaidx, when the index is one found consistent with the
+        FASTA (pyfaidx's parser takes seconds on a million contigs); None to go through pyfaidx."""
+        if self.compressed or self._checked_fai != self.fai_path:
+            return None
+        rows = read_fai(self.fai_path)
+        if rows is None or len({row[0] for row in rows}) != len(rows):
+            return None  # pyfaidx names what is wrong
+        return OrderedDict((name, _Record(length, offset, line_bases, line_bytes))
+                           for name, length, offset, line_bases, line_bytes in rows)
+
     def _open_or_normalize(self):
         existed = self.fai_path.exists()
+        if not existed and self.fasta_path.stat().st_size > PROGRESS_BYTES:
+            progress(f"indexing {self.fasta_path} ({self.fasta_path.stat().st_size / 2**20:,.0f} MiB), once")
         try:
             faidx = self._open_faidx()
         except _NotIndexableInPlace as exc:
             reason = exc.reason
         else:
-            # pyfaidx also accepts some layouts it then reads wrongly (a last line longer than the others)
-            reason = None if self.compressed else fai_problem(self.fai_path, self.fasta_path, False, check_age=False)
+            # pyfaidx also accepts some layouts it then reads wrongly (a last line longer than the others); an
+            # index checked a moment ago in _index_paths is not checked twice
+            checked = self.compressed or (existed and self.fai_path == self._checked_fai)
+            reason = None if checked else fai_problem(self.fai_path, self.fasta_path, False, check_age=False)
             if reason is None:
+                if not self.compressed:
+                    _remember_checked(self.fai_path, self.fasta_path)
                 return faidx
             faidx.close()
             self._discard_new_index(existed)
@@ -156,7 +194,8 @@ class Genome:
             warnings.warn(f"{self.source_path} cannot be indexed in place ({reason}); normalising it once to {out} "
                           f"(your file is not changed; `mambadna normalize {self.source_path} fixed.fa` writes such "
                           "a copy where you want it)", DataWarning, stacklevel=4)
-            normalize_fasta(self.fasta_path if not self.compressed else self.source_path, out)
+            with writing_derived("normalised copy", self.source_path):
+                normalize_fasta(self.fasta_path if not self.compressed else self.source_path, out)
         self.fasta_path, self.compressed = out, False
         self.fai_path, self.gzi_path = self._index_paths()
 
@@ -186,6 +225,9 @@ class Genome:
             raise DataError(f"{self.source_path}: pyfaidx cannot index it ({exc})") from exc
         except (OSError, EOFError, struct.error, zlib.error) as exc:
             self._discard_new_index(existed)
+            full = derived_write_error(exc, "index", self.source_path) if isinstance(exc, OSError) else None
+            if full is not None:
+                raise full from None
             if self.compressed:
                 reason = str(exc) or type(exc).__name__
                 raise DataError(f"{self.source_path}: the bgzip file is truncated or damaged ({reason}); download it "
@@ -201,6 +243,7 @@ class Genome:
 
     def __getstate__(self):
         state = self.__dict__.copy()
+        state["split_cache"] = {}  # a worker gets its dataset's intervals; the cache would only be copied along
         state["_handle"] = None
         state["_handle_pid"] = None
         return state
@@ -282,16 +325,73 @@ class Genome:
         if path.exists():
             try:
                 data = json.loads(path.read_text())
-                if data.get("version") == STATS_VERSION and list(data["contigs"]) == list(self.contigs):
-                    return {k: ContigStats(**v) for k, v in data["contigs"].items()}
+                if data.get("version") == STATS_VERSION and data["names"] == list(self.contigs):
+                    return {name: ContigStats(*counts) for name, counts in
+                            zip(data["names"], zip(data["length_bp"], data["n_bp"], data["soft_masked_bp"]))}
             except (ValueError, KeyError, TypeError):
                 pass  # a damaged sidecar is only a cache: recompute it
-        stats = {name: self._scan_contig(name) for name in self.contigs}
+        if len(self.contigs) >= PROGRESS_CONTIGS or self.total_bp >= PROGRESS_BYTES:
+            progress(f"checking the {len(self.contigs):,} contigs ({self.total_bp:,} bp) of {self.source_path} for "
+                     "non-DNA letters, once (the counts are cached)")
+        stats = self._scan_all()
         tmp = atomic_write_target(path)
-        tmp.write_text(json.dumps({"version": STATS_VERSION, "source": str(self.source_path.resolve()),
-                                   "contigs": {k: v.__dict__ for k, v in stats.items()}}))
-        os.replace(tmp, path)
+        # one list per column: a million contigs load in a fraction of the time a dict per contig takes
+        with writing_derived("per-contig counts", self.source_path):
+            tmp.write_text(json.dumps({"version": STATS_VERSION, "source": str(self.source_path.resolve()),
+                                       "names": list(stats), **{key: [getattr(s, key) for s in stats.values()]
+                                                                for key in ("length_bp", "n_bp", "soft_masked_bp")}}))
+            os.replace(tmp, path)
         return stats
+
+    def _scan_all(self) -> dict[str, ContigStats]:
+        """Every contig's counts: small contigs of a plain FASTA many at a time (one read, whole-array numpy), the
+        others one by one."""
+        stats: dict[str, ContigStats] = {}
+        group: list[str] = []
+        group_bytes = 0
+        for name, rec in self._records.items():
+            if self.compressed or rec.rlen >= STATS_CHUNK_BP:
+                stats[name] = self._scan_contig(name)
+                continue
+            group.append(name)
+            group_bytes += self._end_offset(rec) - rec.offset
+            if group_bytes >= STATS_CHUNK_BP:
+                stats.update(self._scan_group(group))
+                group, group_bytes = [], 0
+        stats.update(self._scan_group(group))
+        return {name: stats[name] for name in self.contigs}
+
+    @staticmethod
+    def _end_offset(rec) -> int:
+        """File offset just after the last base of a record of a plain FASTA."""
+        full_lines, rest = divmod(int(rec.rlen), int(rec.lenc)) if rec.lenc else (0, 0)
+        return int(rec.offset) + full_lines * int(rec.lenb) + rest
+
+    def _scan_group(self, names: list[str]) -> dict[str, ContigStats]:
+        """`_scan_contig` for consecutive records of a plain FASTA, from one read of the bytes they span."""
+        if not names:
+            return {}
+        recs = [self._records[n] for n in names]
+        if any(int(b.offset) < self._end_offset(a) for a, b in zip(recs, recs[1:])):
+            return {name: self._scan_contig(name) for name in names}  # not in file order: no shared span
+        base = int(recs[0].offset)
+        starts = np.array([int(r.offset) - base for r in recs], dtype=np.int64)
+        ends = np.array([self._end_offset(r) - base for r in recs], dtype=np.int64)
+        data = np.frombuffer(os.pread(self._reader(), int(ends[-1]), base), dtype=np.uint8)
+        edges = np.zeros(len(data) + 1, dtype=np.int32)
+        edges[starts] += 1
+        edges[ends] -= 1
+        inside = np.cumsum(edges[:-1]) > 0  # bytes of some record's sequence lines (line ends included)
+        line_end = (data == 10) | (data == 13)
+        if (inside & ~_VALID[data] & ~line_end).any():  # the one-by-one pass names the contig and offset
+            return {name: self._scan_contig(name) for name in names}
+
+        def per_record(mask):
+            total = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+            return (total[ends] - total[starts]).tolist()
+
+        n_bp, lower_bp = per_record(inside & _IS_N[data]), per_record(inside & _IS_LOWER[data])
+        return {name: ContigStats(int(rec.rlen), n, low) for name, rec, n, low in zip(names, recs, n_bp, lower_bp)}
 
     def _scan_contig(self, name: str) -> ContigStats:
         length_bp = self.contigs[name]
@@ -308,6 +408,27 @@ class Genome:
             n_bp += int(_IS_N[chunk].sum())
             lower_bp += int(_IS_LOWER[chunk].sum())
         return ContigStats(length_bp=length_bp, n_bp=n_bp, soft_masked_bp=lower_bp)
+
+
+def _checked_mark(fai: Path, fasta: Path) -> Path:
+    """A cache entry saying "this index was found consistent with this FASTA"; both files' path, mtime and size
+    are in its name, so any change to either makes it a different entry."""
+    return cached_path("checked", f"{file_key(fasta)}-{file_key(fai)}", "fai-ok")
+
+
+def _checked_before(fai: Path, fasta: Path) -> bool:
+    try:
+        return _checked_mark(fai, fasta).exists() and fai.stat().st_mtime >= fasta.stat().st_mtime
+    except (OSError, DataError):
+        return False
+
+
+def _remember_checked(fai: Path, fasta: Path) -> None:
+    """Checking an index reads every record's header: done once per version of the files, not every open."""
+    try:
+        _checked_mark(fai, fasta).touch()
+    except (OSError, DataError):
+        pass  # only a shortcut
 
 
 class _NotIndexableInPlace(DataError):

@@ -1,4 +1,5 @@
-"""Rewrite a FASTA that pyfaidx cannot index (ragged or mixed line endings, blank lines) into a clean copy."""
+"""Rewrite a FASTA that pyfaidx cannot index (ragged or mixed line endings, blank lines) into a clean copy: plain
+text, or bgzip (block gzip, which pyfaidx indexes in place) when the new name ends in .gz / .bgz."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import gzip
 import os
 from pathlib import Path
 
-from mambadna.data.cache import atomic_write_target
 from mambadna.data.errors import DataError
 from mambadna.data.formats import is_gzip
+from mambadna.files import atomic_path
 
 LINE_BP = 60
 
@@ -19,18 +20,23 @@ def normalize_fasta(src: str | os.PathLike, dst: str | os.PathLike, line_bp: int
     Headers are kept verbatim; sequence letters are kept as they are (case included). ``dst`` must differ from
     ``src`` and must not exist, so nothing of the user's is ever overwritten. Returns {contig: length_bp}.
     """
+    folder_like = str(dst).endswith(("/", os.sep))  # Path() drops the slash that says "a folder"
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise DataError(f"{src}: no such file")
+    if folder_like or dst.is_dir():
+        there = "" if dst.is_dir() else ", which does not exist"
+        raise DataError(f"{dst}/ names a folder{there}; give the new FASTA's file name, e.g. {dst / src.name}")
+    if not dst.parent.is_dir():
+        raise DataError(f"cannot write {dst}: the folder {dst.parent} does not exist; create it or choose another name")
     if dst.exists():
         raise DataError(f"{dst} already exists; normalize_fasta never overwrites a file, choose a new name")
     if line_bp < 1:
         raise DataError(f"line_bp must be >= 1, got {line_bp}")
     lengths: dict[str, int] = {}
-    tmp = atomic_write_target(dst)
     opener = gzip.open if is_gzip(src) else open
-    try:
-        with opener(src, "rb") as fin, open(tmp, "wb") as fout:
+    with atomic_path(dst) as tmp:
+        with opener(src, "rb") as fin, _writer(dst, tmp) as fout:
             name, pending = None, bytearray()
             for line_no, raw in enumerate(fin, start=1):
                 line = raw.rstrip(b"\r\n")
@@ -57,11 +63,16 @@ def normalize_fasta(src: str | os.PathLike, dst: str | os.PathLike, line_bp: int
             if name is None:
                 raise DataError(f"{src}: no FASTA record (no line starting with '>')")
             _flush(fout, pending, line_bp, final=True)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return lengths
+
+
+def _writer(dst: Path, tmp: Path):
+    """What the name promises: bgzip for .gz / .bgz (indexable in place), plain text otherwise."""
+    if dst.name.endswith((".gz", ".bgz")):
+        from Bio import bgzf
+
+        return bgzf.BgzfWriter(str(tmp), "wb")
+    return open(tmp, "wb")
 
 
 def _flush(fout, pending: bytearray, line_bp: int, final: bool) -> None:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from mambadna.data.errors import DataError
 
@@ -22,8 +24,9 @@ SPLITS = ("train", "val", "test")
 CONTIG_SPLIT_MIN = 20
 
 
-@dataclass(frozen=True, order=True)
-class Interval:
+class Interval(NamedTuple):
+    """A half-open region [start_bp, end_bp) of a contig; a tuple, since a genome may have millions of them."""
+
     contig: str
     start_bp: int
     end_bp: int
@@ -140,18 +143,27 @@ def held_out_advice(split: str, read_bp: int, contig_lengths, val_fraction: floa
         return ""
     fraction = val_fraction if split == "val" else test_fraction
     other = test_fraction if split == "val" else val_fraction
-    longest = max(contig_lengths, default=0)
+    lengths = list(contig_lengths)
+    longest = max(lengths, default=0)
+    if longest < read_bp:  # no split setting can help: only a shorter window
+        return f"; no contig of the whole genome is that long either (the longest is {longest} bp): no split helps"
+    by = split_by if split_by != "auto" else ("contig" if len(lengths) >= CONTIG_SPLIT_MIN else "block")
+    need = math.ceil(100 * read_bp / longest) / 100
     ways = []
-    if longest:
-        need = math.ceil(100 * read_bp / longest) / 100
+    if by == "block":
         if need + other < 1:
             ways.append(f"raise data.{split}_fraction to {need:g} or more (now {fraction:g} of each contig)")
-    ways.append("set data.split_by=contig to hold out whole contigs (for genomes of many contigs; now "
-                f"{split_by!r})")
+        if len(lengths) > 1:
+            ways.append("set data.split_by=contig to hold out whole contigs (for genomes of many contigs; now "
+                        f"{split_by!r})")
+    elif need + other < 1:  # whole contigs are held out, and the ones that were are all short
+        ways.append(f"set data.split_by=block to cut every contig into train/val/test blocks, with "
+                    f"data.{split}_fraction {max(need, fraction):g} (now whole contigs are held out: "
+                    f"data.split_by={split_by!r})")
     if manifest:
         ways.append("or, best for several genomes (strains) per species, give whole genomes to val and test in the "
                     "manifest's split column (species<TAB>fasta<TAB>split, split = train, val or test)")
-    return "; to fit it, " + ", ".join(ways)
+    return "; to fit it, " + ", ".join(ways) if ways else ""
 
 
 def _split_by_names(contigs: dict[str, int], val: list[str], test: list[str]) -> dict[str, list[Interval]]:
@@ -167,19 +179,19 @@ def _split_by_names(contigs: dict[str, int], val: list[str], test: list[str]) ->
 
 
 def _split_by_hash(contigs: dict[str, int], val_fraction: float, test_fraction: float) -> dict[str, list[Interval]]:
-    # crc32 of the name, not Python's salted hash(): the same genome must split the same way in every process
-    order = sorted(contigs, key=lambda n: (zlib.crc32(n.encode()), n))
-    total = sum(contigs.values())
-    out: dict[str, list[Interval]] = {s: [] for s in SPLITS}
-    held = {"test": 0, "val": 0}
-    for name in order:
-        if held["test"] < test_fraction * total:
-            split = "test"
-        elif held["val"] < val_fraction * total:
-            split = "val"
-        else:
-            split = "train"
-        if split in held:
-            held[split] += contigs[name]
-        out[split].append(Interval(name, 0, contigs[name]))
-    return out
+    # crc32 of the name, not Python's salted hash(): the same genome must split the same way in every process.
+    # In (crc32, name) order, test takes contigs while it holds less than its share of the bases, then val does,
+    # and train the rest; as prefix sums, whole arrays at a time (a genome may have millions of contigs).
+    names = list(contigs)
+    crc = np.fromiter((zlib.crc32(n.encode()) for n in names), dtype=np.int64, count=len(names))
+    order = np.lexsort((np.array(names, dtype=object).astype(str), crc)) if names else np.zeros(0, dtype=np.int64)
+    lengths = np.fromiter((contigs[n] for n in names), dtype=np.int64, count=len(names))[order]
+    total = int(lengths.sum())
+    held_before = np.cumsum(lengths) - lengths
+    n_test = int(np.count_nonzero(held_before < test_fraction * total))  # a prefix: the sums only grow
+    rest = lengths[n_test:]
+    n_val = int(np.count_nonzero(np.cumsum(rest) - rest < val_fraction * total))
+    cuts = {"test": (0, n_test), "val": (n_test, n_test + n_val), "train": (n_test + n_val, len(names))}
+    ordered = [names[i] for i in order.tolist()]
+    return {split: [Interval(name, 0, contigs[name]) for name in ordered[lo:hi]] for split, (lo, hi) in
+            ((s, cuts[s]) for s in SPLITS)}

@@ -34,28 +34,32 @@ class RegionWindows:
         self.read_bp = self.window_bp + int(lookahead_bp)
         window_bp = self.read_bp
         self.genomes = [g for g, _ in parts]
-        self.slots: list[tuple[int, Interval]] = []
-        longest = 0
-        for gi, (_, intervals) in enumerate(parts):
-            for iv in intervals:
-                longest = max(longest, iv.length_bp)
-                if iv.length_bp >= window_bp:
-                    self.slots.append((gi, iv))
-        if not self.slots:
+        self._intervals = [intervals for _, intervals in parts]
+        # (part, index in its interval list) of every interval a window fits in, as arrays: a genome may have
+        # millions of contigs, and a dataset is built several times a run
+        lengths = [np.fromiter((iv.end_bp - iv.start_bp for iv in ivs), dtype=np.int64, count=len(ivs))
+                   for ivs in self._intervals]
+        longest = max((int(a.max()) for a in lengths if a.size), default=0)
+        fits = [np.flatnonzero(a >= window_bp) for a in lengths]
+        none = [np.zeros(0, dtype=np.int64)]
+        self._part = np.concatenate([np.full(f.size, gi, dtype=np.int64) for gi, f in enumerate(fits)] or none)
+        self._index = np.concatenate(fits or none)
+        kept = np.concatenate([a[f] for a, f in zip(lengths, fits)] or none)
+        if not kept.size:
             names = ", ".join(str(g.source_path) for g in self.genomes)
             plus = f"; a window reads {lookahead_bp} more base for its next-base target" if lookahead_bp else ""
             raise WindowTooLong(f"window_bp {self.window_bp} is longer than every {what} of {names} (the longest "
                             f"is {longest} bp{plus}); use a smaller window_bp{advice}")
-        counts = np.array([iv.length_bp - self.read_bp + 1 for _, iv in self.slots], dtype=np.int64)
-        self._cum = np.cumsum(counts)
+        self._cum = np.cumsum(kept - self.read_bp + 1)
         self.n_starts = int(self._cum[-1])
-        self.total_bp = int(sum(iv.length_bp for _, iv in self.slots))
+        self.total_bp = int(kept.sum())
 
     def locate(self, k: int) -> tuple[Genome, str, int]:
         """The k-th window start (0 <= k < n_starts) as (genome, contig, start_bp)."""
         i = int(np.searchsorted(self._cum, k, side="right"))
         before = int(self._cum[i - 1]) if i else 0
-        gi, iv = self.slots[i]
+        gi = int(self._part[i])
+        iv = self._intervals[gi][int(self._index[i])]
         return self.genomes[gi], iv.contig, iv.start_bp + (int(k) - before)
 
 

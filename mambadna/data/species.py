@@ -5,11 +5,16 @@ it. Input is a manifest TSV with a header ``species<TAB>fasta[<TAB>split]`` (pat
 a species may have several rows; a row whose ``split`` is train/val/test goes wholly to that split, a row with
 no split is cut into train/val/test like a single genome, see mambadna.data.regions) or a folder holding one
 FASTA per species (the species is the file name without extensions).
+
+A genome listed twice (the same file, or a copy of it) under two species or in two splits would put test windows
+in training and report accuracy on training genomes; both are refused: by resolved path in `read_manifest`, by
+content (contig lengths, then sampled bases of every contig) once the genomes are open (`check_no_copies`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +37,11 @@ class ManifestRow:
     species: str
     path: Path
     split: str | None
+    line: int = 0  # of the manifest (0 for a folder of FASTAs)
+
+    def where(self) -> str:
+        split = f", split {self.split}" if self.split else ""
+        return f"{f'line {self.line}: ' if self.line else ''}{self.path.name} (species {self.species!r}{split})"
 
 
 def read_manifest(path: str | os.PathLike, min_species: int = 2) -> list[ManifestRow]:
@@ -48,6 +58,12 @@ def read_manifest(path: str | os.PathLike, min_species: int = 2) -> list[Manifes
                             ) from None
     else:
         raise DataError(f"{path}: no such manifest file or folder")
+    seen: dict[Path, ManifestRow] = {}
+    for row in rows:
+        first = seen.setdefault(row.path.resolve(), row)
+        if first is not row:
+            raise DataError(f"{path}: {first.where()} and {row.where()} are the same file; a genome listed "
+                            "twice puts the same sequences under two labels or in two splits: list each file once")
     species = sorted({r.species for r in rows})
     if len(species) < min_species:
         raise DataError(f"{path}: species classification needs at least {min_species} species, found {len(species)} "
@@ -89,7 +105,7 @@ def _rows_from_tsv(path: Path) -> list[ManifestRow]:
             split = rec.get("split") or None
             if split not in (None, "train", "val", "test"):
                 raise DataError(f"{path}: line {line_no}: split must be train, val, test or empty, got {split!r}")
-            rows.append(ManifestRow(rec["species"], file, split))
+            rows.append(ManifestRow(rec["species"], file, split, line_no))
     if not rows:
         raise DataError(f"{path}: the manifest has a header but no rows")
     return rows
@@ -106,12 +122,13 @@ class SpeciesWindowDataset(Dataset):
         rows = read_manifest(manifest, min_species)
         self.class_names = sorted({r.species for r in rows})
         self.split = split
-        genomes: dict[Path, Genome] = {}
+        genomes = {row.path: Genome(row.path) for row in rows}
+        check_no_copies(manifest, rows, genomes)
         self.per_class: list[RegionWindows] = []
         for name in self.class_names:
             parts = []
             for row in (r for r in rows if r.species == name):
-                genome = genomes.setdefault(row.path, Genome(row.path))
+                genome = genomes[row.path]
                 intervals = _row_intervals(genome, row, split, val_fraction, test_fraction, split_by)
                 if intervals:
                     parts.append((genome, intervals))
@@ -172,3 +189,35 @@ def _row_intervals(genome: Genome, row: ManifestRow, split: str, val_fraction: f
     if {"val": val_fraction, "test": test_fraction}.get(split) == 0:
         return []  # this genome gives the split nothing; whether the species has it elsewhere is checked above
     return split_intervals(genome, split, val_fraction=val_fraction, test_fraction=test_fraction, by=split_by)
+
+
+SAMPLE_BP = 4096  # bases read at the start, middle and end of every contig for the content digest
+
+
+def content_digest(genome: Genome) -> str:
+    """A digest of a genome's sequences that reads a few kilobases per contig, whatever its size: contig lengths
+    (in order) and the bases at each contig's start, middle and end. Equal for a copy of the file (renamed,
+    compressed, converted, other line lengths or contig names), different for another assembly."""
+    contigs = []
+    for name, length_bp in genome.contigs.items():
+        digest = hashlib.sha256(f"{length_bp};".encode())
+        for start in sorted({0, max(0, length_bp // 2 - SAMPLE_BP // 2), max(0, length_bp - SAMPLE_BP)}):
+            digest.update(genome.fetch(name, start, min(length_bp, start + SAMPLE_BP)).upper())
+        contigs.append(digest.hexdigest())
+    return hashlib.sha256(" ".join(sorted(contigs)).encode()).hexdigest()  # contig order does not matter
+
+
+def check_no_copies(manifest, rows: list[ManifestRow], genomes: dict[Path, Genome]) -> None:
+    """Refuse two manifest rows whose files hold the same sequences (see `content_digest`): only files of equal
+    total length are read at all."""
+    by_size: dict[tuple, list[ManifestRow]] = {}
+    for row in rows:
+        by_size.setdefault(tuple(sorted(genomes[row.path].contigs.values())), []).append(row)
+    for same_size in (group for group in by_size.values() if len(group) > 1):
+        seen: dict[str, ManifestRow] = {}
+        for row in same_size:
+            first = seen.setdefault(content_digest(genomes[row.path]), row)
+            if first is not row:
+                raise DataError(f"{manifest}: {first.where()} and {row.where()} hold the same "
+                                "sequences (a copy of one genome), which puts them under two labels or in two splits "
+                                "(test windows seen in training): list each genome once")

@@ -66,7 +66,17 @@ def _text(value) -> str:
 
 def _read_delimited(path: Path, required: list[str], optional: tuple[str, ...]) -> dict[str, list[str]]:
     delimiter = "," if path.suffix.lower() == ".csv" else "\t"
-    with open(path, newline="") as fh:
+    try:
+        return _read_rows(path, delimiter, required, optional)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.object[exc.start]:#04x}); it looks "
+                        "like latin-1 or another legacy encoding: save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                        ) from None
+
+
+def _read_rows(path: Path, delimiter: str, required: list[str], optional: tuple[str, ...]) -> dict[str, list[str]]:
+    # utf-8-sig: a byte-order mark (as Excel writes) is not part of the first column's name
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh, delimiter=delimiter)
         header = reader.fieldnames or []
         missing = [c for c in required if c not in header]
@@ -99,8 +109,12 @@ def _read_dataset(path: Path):
         raise DataError(f"{path} holds a DatasetDict with splits {splits}; pass one split's folder, e.g. "
                         f"{path / (splits[0] if splits else 'train')}")
     pa = _pyarrow("datasets folder")
-    state = json.loads((path / DATASET_STATE).read_text())
-    files = [path / f["filename"] for f in state.get("_data_files", [])]
+    try:
+        state = json.loads((path / DATASET_STATE).read_text())
+        files = [path / f["filename"] for f in state.get("_data_files", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path / DATASET_STATE}: not a readable datasets state file ({type(exc).__name__}: {exc}); "
+                        "save the dataset again with Dataset.save_to_disk") from None
     if not files:
         raise DataError(f"{path / DATASET_STATE} lists no data files")
     absent = [f.name for f in files if not f.is_file()]
@@ -108,8 +122,12 @@ def _read_dataset(path: Path):
         raise DataError(f"{path}: data files {absent} listed in {DATASET_STATE} are missing")
     tables = []
     for file in files:
-        with pa.memory_map(str(file)) as source:
-            tables.append(pa.ipc.open_stream(source).read_all())
+        try:
+            with pa.memory_map(str(file)) as source:
+                tables.append(pa.ipc.open_stream(source).read_all())
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"{file}: not a readable Arrow file of the datasets folder ({exc}); it is damaged or "
+                            "truncated: save the dataset again with Dataset.save_to_disk") from None
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 

@@ -33,7 +33,10 @@ def split_intervals(genome: Genome, split: str, bed=None, **split_kwargs) -> lis
     if split == "all":
         intervals = [Interval(n, 0, l) for n, l in genome.contigs.items()]
     elif split in ("train", "val", "test"):
-        intervals = split_regions(genome.contigs, **split_kwargs)[split]
+        key = tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in split_kwargs.items()))
+        if key not in genome.split_cache:
+            genome.split_cache[key] = split_regions(genome.contigs, **split_kwargs)
+        intervals = genome.split_cache[key][split]
         if not intervals:
             raise DataError(f"{genome.source_path}: the {split!r} split is empty (split settings {split_kwargs})")
     else:

@@ -1,10 +1,11 @@
-"""SIGTERM (a scheduler's notice before preemption) and SIGINT (Ctrl-C) as a clean stop: checkpoint, then exit.
+"""SIGTERM (a scheduler's notice before preemption), SIGINT (Ctrl-C) and SIGHUP (the terminal that started the run
+closed, e.g. an ssh session dropped) as a clean stop: checkpoint, then exit.
 
 Python would raise KeyboardInterrupt wherever the signal lands, possibly halfway through an optimizer step, and
 Lightning answers it with `sys.exit(1)`; its own SIGTERM handling exits 0. Instead, during training the signal
 only sets a flag; at the end of the current optimizer step (or validation batch) the run saves a checkpoint at
 that step and raises `TrainingInterrupted`, which the CLI turns into one line and exit code 128 + signal
-(130 for SIGINT, 143 for SIGTERM). A second Ctrl-C stops at once, without a checkpoint.
+(130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP). A second Ctrl-C stops at once, without a checkpoint.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 
 from mambadna.tasks.checkpoints import RunCheckpoints, _accumulating
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP's default would end the process where it stands, losing every step since the last checkpoint
+SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 class Interrupted(BaseException):

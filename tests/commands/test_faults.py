@@ -97,7 +97,7 @@ def _signal_at_step(procs: dict, signals: dict, dirs: dict, step: int, timeout_s
 
 
 def test_sigterm_sigint_sigkill_then_resume_continues_the_same_schedule(genome, reference, tmp_path, capsys):
-    signals = {"term": signal.SIGTERM, "int": signal.SIGINT, "kill": signal.SIGKILL}
+    signals = {"term": signal.SIGTERM, "int": signal.SIGINT, "hup": signal.SIGHUP, "kill": signal.SIGKILL}
     procs = {name: _start(pretrain(tmp_path / name, genome), tmp_path) for name in signals}  # all at once
     # and a two-process DDP run (gloo): rank 1 re-runs the command in the folder rank 0 prepared, and a SIGTERM
     # sent to rank 0 alone must stop both ranks at one step, with one checkpoint and one line
