@@ -107,8 +107,10 @@ def test_stopped_summaries_equal_the_full_ones(a_scale, skips):
     launch = dict(block_d=4, tile=8, ckpt_tiles=1, chunk=48)
     got = run_scan(selective_scan_triton_v2, x, stop_summaries=True, **launch)
     assert_scan_close(got, run_scan(selective_scan_ref, as_float64(x)), "vs_float64", key_dtype=torch.float32)
-    full = run_scan(selective_scan_triton_v2, x, **launch)
+    full = run_scan(selective_scan_triton_v2, x, stop_summaries=False, **launch)
     assert max(rel_err(got[k], full[k]) for k in got) < 1e-6
+    assert_scan_close(full, run_scan(selective_scan_ref, as_float64(x)), "vs_float64", key_dtype=torch.float32)
+    assert scan_v2.plan(2, 4, 80, 4, torch.device("cpu"), block_d=4).stop_summaries  # the default since 12-06
 
 
 def test_stopped_summaries_bf16_model_layout_grouped():
@@ -149,8 +151,10 @@ def test_plan_cuts_sequences_only_below_full_occupancy():
     p = scan_v2.plan(1, 512, 2**20, 512, cpu)
     assert p.NC > 1 and p.CL % (p.M * p.T) == 0 and p.NC * p.CL >= 2**20
     # 12 programs of 4 warps: 12 warps on each of the 4 "SMs"; cut when asked for 16 a SM, not for 8
-    assert scan_v2.plan(1, 1536, 4096, 1536, cpu, full_warps=16).NC == 2
+    assert scan_v2.plan(1, 1536, 4096, 1536, cpu, full_warps=16, sm_warps=16).NC == 2
     assert scan_v2.plan(1, 1536, 4096, 1536, cpu, full_warps=8).NC == 1
+    # once cut, into enough chunks for WARPS_PER_SM (32 since the 12-06 measurement) warps a SM: 32 * 4 / 4 / 12
+    assert scan_v2.plan(1, 1536, 4096, 1536, cpu, full_warps=16).NC == 3
 
 
 def test_rejects_empty_sequence():
