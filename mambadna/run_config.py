@@ -255,6 +255,11 @@ class TrainSpec:
                    "and double them up to data.window_bp, the batch scaled so bases per step stay those of the "
                    "final stage, every stage training on the same number of bases (stages sized in steps). "
                    "none: automatic, from 1024 bp when data.window_bp is 8192 or more; 0: off")
+    seqlen_warmup_first_fraction: float | None = setting(
+        None, help="share of the steps trained at the curriculum's first (shortest) window, the rest split over the "
+                   "longer ones at equal bases (none: half for a classifier, whose labelled windows are plentiful "
+                   "there and which runs at longer windows than it was trained on; every stage an equal share of the "
+                   "bases for pretraining)")
     min_windows_per_step: int | None = setting(
         None, help="gradient accumulation is raised so that an optimizer step sees at least this many windows "
                    "(none: a classifier's number of classes, so a step at a long window still sees every class "
@@ -275,6 +280,9 @@ class TrainSpec:
         _check("train", self, "val_every_n_steps", "chunk_bp", "min_windows_per_step", allow_none=True)
         _check("train", self, "progress_every_s")
         _check("train", self, "seqlen_warmup_from_bp", strict=False, allow_none=True)
+        if self.seqlen_warmup_first_fraction is not None and not 0 <= self.seqlen_warmup_first_fraction < 1:
+            raise ValueError(f"train.seqlen_warmup_first_fraction must be in [0, 1), got "
+                             f"{self.seqlen_warmup_first_fraction!r}")
         self._check_long_context()
 
     def _check_long_context(self) -> None:

@@ -54,6 +54,13 @@ def chrx_section(folder: Path) -> tuple[list[str], list[dict]]:
     return lines, done
 
 
+def first_share(row: dict) -> str:
+    """The share of steps at the curriculum's first window, from the row or the run's printed plan."""
+    if row.get("first_fraction") is not None:
+        return str(row["first_fraction"])
+    return "equal bases" if "first_fraction" not in row else "default (half)"
+
+
 def species_section(folder: Path) -> tuple[list[str], list[dict], list[dict]]:
     models = [r for f in sorted(folder.glob("species*.jsonl")) for r in rows(f) if r.get("kind") == "model"]
     kmers = [r for f in sorted(folder.glob("species*.jsonl")) for r in rows(f) if r.get("kind") == "kmer"]
@@ -65,15 +72,15 @@ def species_section(folder: Path) -> tuple[list[str], list[dict], list[dict]]:
         counts = kmers[0].get("label_counts", {})
         lines += [f"Test windows a length: {kmers[0]['test_windows']} (the same for every model and the k-mers; "
                   f"labels {counts})", ""]
-    head = "| trained at \\ tested at | " + " | ".join(log2(n) for n in lengths) + " | lr | bases trained | steps |"
-    lines += [head, "|" + "---|" * (len(lengths) + 4)]
+    head = "| trained at \\ tested at | " + " | ".join(log2(n) for n in lengths) + " | lr | first-window share | bases trained | steps |"
+    lines += [head, "|" + "---|" * (len(lengths) + 5)]
     for r in sorted(ok, key=lambda r: (r["train_bp"], r.get("lr", 0))):
         cells = [f"{r['grid'][str(n)]['accuracy']:.3f}" if str(n) in r["grid"] else "" for n in lengths]
         lines.append(f"| Mamba {log2(r['train_bp'])} | " + " | ".join(cells)
-                     + f" | {r.get('lr', '')} | {r['bases_trained'] / 1e6:.0f} M | {r['steps']} |")
+                     + f" | {r.get('lr', '')} | {first_share(r)} | {r['bases_trained'] / 1e6:.1f} M | {r['steps']} |")
     kmer_at = {r["test_bp"]: r for r in kmers}
     lines.append("| k-mer 4..6 + logistic regression (fitted at the test length) | "
-                 + " | ".join(f"{kmer_at[n]['accuracy']:.3f}" if n in kmer_at else "" for n in lengths) + " | | | |")
+                 + " | ".join(f"{kmer_at[n]['accuracy']:.3f}" if n in kmer_at else "" for n in lengths) + " | | | | |")
     lines += [f"| Mamba {log2(r['train_bp'])} | {r['status']} |" for r in models if r.get("status") != "ok"]
     lines += ["", "Commands:", ""] + [f"- {log2(r['train_bp'])}: `{r['command']}`" for r in ok]
     return lines, ok, kmers

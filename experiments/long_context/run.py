@@ -64,6 +64,10 @@ CPU_SMOKE = Scale(model=["model.d_model=16", "model.n_layer=1", "model.d_state=4
                   bases_per_step=2**10, micro_bp=2**9, steps=3, eval_bp=2**12, test_windows=4, kmer_train_windows=8,
                   chunk_bp=2**12, precision="32-true", workers=0)
 CPU_SMOKE_CHRX = replace(CPU_SMOKE, windows=(6, 12))
+# the species question at CPU size, on the real held-out strains: a 2^9-trained model against 2^13 curricula
+CPU_SPECIES = Scale(model=["model.preset=tiny"], windows=(9, 13), bases_per_step=2**14, micro_bp=2**14, steps=40,
+                    eval_bp=0, test_windows=128, kmer_train_windows=256, chunk_bp=2**16, precision="32-true",
+                    workers=0)
 
 
 def environment() -> dict:
@@ -221,6 +225,7 @@ def run_species(args, scale: Scale) -> None:
 
     out = Path(args.out)
     name = "species_kmer" if args.part == "kmer" else "species" + (f"_lr{args.species_lr}" if args.species_lr else "")
+    name += f"_first{args.first_fraction}" if args.first_fraction is not None and args.part != "kmer" else ""
     rows = Path(args.rows or out) / f"{name}.jsonl"
     # the test windows of every length, drawn once: the same for every model and for the k-mer baseline
     tests = {log2: test_windows(args.data, 2**log2, "test", scale.test_windows, seed=1)
@@ -240,7 +245,9 @@ def run_species(args, scale: Scale) -> None:
             append(rows, {"kind": "model", "train_bp": window, "status": "skipped: deadline"})
             continue
         lr = [f"optim.lr={args.species_lr}"] if args.species_lr else []
-        name = f"species_L{log2}" + (f"_lr{args.species_lr}" if args.species_lr else "")
+        lr += [f"train.seqlen_warmup_first_fraction={args.first_fraction}"] if args.first_fraction is not None else []
+        name = (f"species_L{log2}" + (f"_lr{args.species_lr}" if args.species_lr else "")
+                + (f"_first{args.first_fraction}" if args.first_fraction is not None else ""))
         overrides = settings(scale, window, [f"data.manifest={args.data}", f"out_dir={out / name}",
                                              "data.test_fraction=0", f"data.test_windows={scale.test_windows}",
                                              "data.reverse_complement=true", *lr])
@@ -255,6 +262,7 @@ def run_species(args, scale: Scale) -> None:
                 continue
             grid[2**test_log2] = scores(labels, classify(model_dir, seqs, scale.chunk_bp))
         append(rows, {"kind": "model", "train_bp": window, "status": "ok", "grid": grid, "lr": cfg.optim.lr,
+                      "first_fraction": cfg.train.seqlen_warmup_first_fraction,
                       "bases_trained": summary.get("bases_trained"), "steps": summary["steps"],
                       "train_s": round(trained, 1), "val_accuracy": summary.get("val/accuracy"),
                       "command": command_line("finetune", overrides), "summary": summary})
@@ -286,12 +294,13 @@ def main(argv=None) -> int:
     parser.add_argument("--data", help="chrx: the genome; species: the manifest (data/prepare_long_context.py)")
     parser.add_argument("--out", required=True, help="folder of the runs")
     parser.add_argument("--rows", help="folder of the .jsonl result rows (default: --out)")
-    parser.add_argument("--scale", choices=("gpu",), default="gpu")
+    parser.add_argument("--scale", choices=("gpu", "cpu"), default="gpu", help="cpu: species only, tiny model")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the bundled genomes (CI)")
     parser.add_argument("--windows", help="log2 window lengths, comma-separated (default: the scale's)")
     parser.add_argument("--steps", type=int, help="optimizer steps a run (default: the scale's)")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip rows that would start after this many s")
     parser.add_argument("--species-lr", type=float, help="species: optim.lr of the fine-tunes (default: finetune's)")
+    parser.add_argument("--first-fraction", type=float, help="species: train.seqlen_warmup_first_fraction")
     parser.add_argument("--part", choices=("all", "models", "kmer"), default="all",
                         help="species: the models, the k-mer baseline (CPU; run it beside the models), or both")
     args = parser.parse_args(argv)
@@ -300,6 +309,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     chrx = args.experiment == "chrx"
     scale = (GPU if chrx else GPU_SPECIES) if not args.cpu_smoke else (CPU_SMOKE_CHRX if chrx else CPU_SMOKE)
+    if args.scale == "cpu" and not args.cpu_smoke:
+        scale = CPU_SPECIES
     if args.cpu_smoke:
         genome, manifest = smoke_data(out / "data")
         args.data = args.data or (genome if args.experiment == "chrx" else manifest)

@@ -52,6 +52,7 @@ from mambadna.threads import configure_torch_threads
 from mambadna.tokenizer import tokenizer_from_name
 
 TRAINING_INFO = "training.json"
+CLASSIFIER_FIRST_FRACTION = 0.5  # a classifier's share of steps at its curriculum's first window (see run_finetune)
 
 
 class TaskWarning(UserWarning):
@@ -204,18 +205,21 @@ def _finish(trainer: pl.Trainer, out_dir: Path, title: str) -> Path | None:
     return None
 
 
-def curriculum(cfg, datamodule, min_windows: int) -> SeqLenWarmup | None:
+def curriculum(cfg, datamodule, min_windows: int, first_fraction: float | None = None) -> SeqLenWarmup | None:
     """The length curriculum of a window run (train.seqlen_warmup_from_bp; automatic for long windows), or a single
     stage that only raises gradient accumulation to `min_windows` windows a step; None when neither applies.
-    Labelled files take an explicit curriculum only, a stage an epoch (their epoch is the file); TBPTT streams none."""
+    `first_fraction` is the share of the steps at the first window when train.seqlen_warmup_first_fraction is not
+    set (None: equal bases for every stage). Labelled files take an explicit curriculum only, a stage an epoch
+    (their epoch is the file); TBPTT streams none."""
     t, d = cfg.train, cfg.data
     if isinstance(datamodule, StreamsDataModule):
         return None
     start = t.curriculum_start(d.window_bp)
     if isinstance(datamodule, LabelledDataModule) and t.seqlen_warmup_from_bp is None:
         start = 0
+    first = t.seqlen_warmup_first_fraction if t.seqlen_warmup_first_fraction is not None else first_fraction
     stages = length_curriculum(start or d.window_bp, d.window_bp, d.batch_size, t.max_steps,
-                               t.accumulate_grad_batches, min_windows, t.chunk_bp)
+                               t.accumulate_grad_batches, min_windows, t.chunk_bp, first)
     if len(stages) == 1 and stages[0][2] == t.accumulate_grad_batches:
         return None
     return SeqLenWarmup(stages)
@@ -334,7 +338,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     task = ClassifyTask(model, cfg.optim, datamodule.class_names, cfg.freeze_backbone,
                         cfg.train.activation_checkpointing, cfg.train.compile, cfg.train.chunk_bp)
     callbacks, stats = run_callbacks(cfg, "finetune", out_dir)
-    warmup = curriculum(cfg, datamodule, cfg.train.min_windows_per_step or datamodule.num_classes)
+    # a classifier spends half its steps at the first window: measured on held-out strains (H200, 2026-12-06,
+    # experiments/long_context/RESULTS.md), models trained at 1 kb or 8 kb classified them perfectly at 1 Mb, and
+    # one taken through 1 kb ... 1 Mb at equal bases per stage reached 0.84 at 1 Mb
+    warmup = curriculum(cfg, datamodule, cfg.train.min_windows_per_step or datamodule.num_classes,
+                        CLASSIFIER_FIRST_FRACTION)
     trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *filter(None, [warmup])],
                             cfg.runtime)
     if warmup is not None:

@@ -19,7 +19,8 @@ class NonFiniteLossError(ValueError):
 
 
 def length_curriculum(start_bp: int, window_bp: int, batch_size: int, max_steps: int, accumulate: int = 1,
-                      min_windows: int = 1, chunk_bp: int | None = None) -> list[tuple[int, int, int, int | None]]:
+                      min_windows: int = 1, chunk_bp: int | None = None,
+                      first_fraction: float | None = None) -> list[tuple[int, int, int, int | None]]:
     """The length curriculum: windows start_bp, 2*start_bp, ... up to window_bp, each stage training on the same
     bases per optimizer step as the final one (window_bp * batch_size * accumulate).
 
@@ -30,8 +31,9 @@ def length_curriculum(start_bp: int, window_bp: int, batch_size: int, max_steps:
     `min_windows` windows (a classifier's batch of one million-base window holds one class, and Adam moves every
     weight as far on that one label as on a balanced batch: classes collapse).
 
-    Stages are sized in optimizer steps so that every stage trains on the same number of bases; the last stage
-    runs until max_steps. Returns [(window_bp, batch_size, accumulate, steps), ...], steps None for the last."""
+    Stages are sized in optimizer steps so that every stage trains on the same number of bases, or, with
+    `first_fraction`, the first stage takes that share of max_steps and the others split the rest so; the last
+    stage runs until max_steps. Returns [(window_bp, batch_size, accumulate, steps), ...], steps None for the last."""
     if start_bp < 1 or start_bp > window_bp:
         raise ValueError(f"the length curriculum must start at 1..window_bp ({window_bp}) bp, got {start_bp}")
     step_bp = window_bp * batch_size * accumulate
@@ -45,11 +47,15 @@ def length_curriculum(start_bp: int, window_bp: int, batch_size: int, max_steps:
         window = window * 2 if window * 2 <= window_bp or final else window_bp
     # equal bases per stage: a stage's steps go as 1 / its bases per step
     shares = [step_bp / (w * b * k) for w, b, k in plan]  # steps of a stage per step of a plain one
-    per_stage = max_steps / sum(shares)
+    first = None
+    if first_fraction is not None and len(plan) > 1:
+        first = max(1, int(max_steps * first_fraction))
+        shares[0] = 0.0
+    per_stage = (max_steps - (first or 0)) / sum(shares)
     last = max(1, math.ceil(per_stage * shares[-1]))
     stages, used = [], 0
-    for (w, b, k), share in zip(plan[:-1], shares):
-        steps = max(1, int(per_stage * share))
+    for i, ((w, b, k), share) in enumerate(zip(plan[:-1], shares)):
+        steps = first if i == 0 and first is not None else max(1, int(per_stage * share))
         if used + steps > max_steps - last:  # too few steps for every stage: the target window keeps its share
             break
         stages.append((w, b, k, steps))

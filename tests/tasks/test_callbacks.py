@@ -43,6 +43,13 @@ def test_length_curriculum_accumulates_to_the_minimum_windows_and_keeps_bases_pe
     assert short[-1] == (2**20, 1, 1, None) and len(short) <= 3
 
 
+def test_length_curriculum_first_fraction_front_loads_the_first_window():
+    # half the steps at 1 kb, the other half over 2 kb .. 8 kb at equal bases (the last one to the end)
+    stages = length_curriculum(1024, 8192, 4, max_steps=100, first_fraction=0.5)
+    assert stages == [(1024, 32, 1, 50), (2048, 16, 1, 16), (4096, 8, 1, 16), (8192, 4, 1, None)]
+    assert length_curriculum(1024, 1024, 4, max_steps=10, first_fraction=0.5) == [(1024, 4, 1, None)]
+
+
 def test_length_curriculum_holds_a_chunked_runs_memory():
     # a 1 Mb window in 64 kb chunks holds 64 kb of activations: a 1 kb stage takes 64 windows a micro-batch and
     # accumulates 16 of them, not one batch of 1024 windows
