@@ -262,7 +262,7 @@ def test_embed_overwrite_in_another_format_leaves_only_the_new_files(world, tmp_
     lm, small = str(world["lm"]), str(world["small"])
     assert cli.main(["embed", lm, small, "--out", str(out), "--per-position"]) == 0
     assert cli.main(["embed", lm, small, "--out", str(out), "--format", "parquet", "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["embeddings.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["embeddings.parquet", "source.json"]  # what probe reads back
 
 
 def test_generate_samples_a_classifier_backbone_only_when_asked(world, tmp_path):

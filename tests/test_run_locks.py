@@ -190,4 +190,4 @@ def test_embed_with_fewer_batches_than_devices_runs_in_fewer_processes(inputs, t
             "--devices", "2"]
     assert cli.main(argv) == 0
     assert "only 1 batch(es) of up to 16 sequences to deal out; using 1 process(es)" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["embeddings.npy", "index.tsv"]
+    assert sorted(p.name for p in out.iterdir()) == ["embeddings.npy", "index.tsv", "source.json"]

@@ -271,7 +271,8 @@ def run(cfg: EmbedConfig) -> dict:
     try:
         result = _run_distributed(cfg) if cfg.runtime.device_count() > 1 else _run_one(cfg)
         if held:
-            remove_other_outputs(out, [v for k, v in result.items() if k in ("embeddings", "index", "per_position")])
+            written = ("embeddings", "index", "per_position", "source")
+            remove_other_outputs(out, [v for k, v in result.items() if k in written])
         return result
     except UnicodeDecodeError as exc:
         raise ValueError(f"{cfg.input}: not a text file ({exc}); give a FASTA or a table") from None

@@ -31,7 +31,7 @@ INDEX_NAME = "index.tsv"
 PER_POSITION_NAME = "per_position.npy"
 SOURCE_NAME = "source.json"  # the input embedded and how it was read, so `probe` can read the sequences again
 # every file an embed run may leave in its folder, whatever the format: one run's set at a time
-OUTPUT_NAMES = (*FILES.values(), INDEX_NAME, PER_POSITION_NAME)
+OUTPUT_NAMES = (*FILES.values(), INDEX_NAME, PER_POSITION_NAME, SOURCE_NAME)
 # what a format needs beyond numpy: (module to import, pip name)
 _NEEDS = {"parquet": ("pyarrow.parquet", "pyarrow"), "h5ad": ("anndata", "anndata")}
 
