@@ -56,6 +56,8 @@ def chrx_section(folder: Path) -> tuple[list[str], list[dict]]:
 
 def first_share(row: dict) -> str:
     """The share of steps at the curriculum's first window, from the row or the run's printed plan."""
+    if row["train_bp"] < 8192:  # mambadna.data.datamodules.LONG_WINDOW_BP: no automatic curriculum below it
+        return "no curriculum"
     if row.get("first_fraction") is not None:
         return str(row["first_fraction"])
     return "equal bases" if "first_fraction" not in row else "default (half)"
