@@ -12,8 +12,7 @@
 # then run on the GPU machine with carry [".anchors"], the commit written into the command (the tree arrives there
 # without .git):
 #   COMMIT=<git rev-parse HEAD> bash experiments/gpu_scan.sh
-# Results in $OUT: env.txt, check_v{1,2,2tail}_*.{json,log}, bench_scan.{json,log}, model_{plain,chunked}.{json,md,log},
-# warm logs, and gpu_scan.log (this script's own output, which ends with the summary).
+# Results in $OUT (at most 8 files come back from the device tool): see WORK below.
 # Knobs (environment): BUDGET_S (default 330, the whole script's wall clock: later phases get what is left, each at
 # least a few seconds), V2_CONFIGS (JSON list of scan_v2.plan keywords: extra v2 variants timed beside the default).
 # `bash experiments/gpu_scan.sh --cpu-smoke` runs the same steps at tiny sizes in Triton's interpreter (CI).
@@ -21,25 +20,25 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 SMOKE=""
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE="--cpu-smoke"
-OUT=${OUT:-/tmp/gpu_scan}
+# Every phase writes into WORK; what comes back through the device tool (at most 8 files in $OUT) is copied to OUT as
+# soon as it exists (a call cut at its limit keeps it): env.txt, bench_scan.{json,log}, model_{plain,chunked}.json,
+# gpu_scan.log (this script's output, each check's closing line in it) and, at the end, details.tgz (every log).
+FINAL=${OUT:-/tmp/gpu_scan}
+OUT=${SCAN_WORK:-/tmp/gpu_scan_work}  # scratch, emptied first
 BUDGET_S=${BUDGET_S:-330}
-# v2 launch variants aimed at where v2 loses (issue #20), each against the default in the same run:
-# - stop_summaries: the chunk summaries walked from the end each depends on (forward: the chunk's end, backward:
-#   its start) and stopped once the decay makes every further term vanish in fp32 (scan_v2_fwd._fwd_summary_tail,
-#   scan_v2_bwd._bwd_summary_head; exact to rounding, data-dependent: on these random inputs ~2,300 positions of
-#   each ~8,000-position chunk at batch 1, by a simulation of the rule);
-# - the same with twice the chunks (sm_warps 32): more parallelism, but a larger share of each chunk is tail;
-# - sm_warps 8: fewer, longer chunks (about one wave of programs; less carry and tail);
-# - full_warps 2: no chunks (no summary passes) from 2 warps a SM instead of 8, which changes (8, 1536, 4096)
-#   only, 6 chunks -> 1; elsewhere it repeats the default, a noise check.
-# Interpreter-tested (tests/kernels/test_scan_triton_v2.py) and compiled for sm_90 without spills
-# (test_scan_v2_layout.py); the GPU check below runs v2 with stop_summaries as well (check_v2tail_*), not with the
-# plan-only variants, which change chunk counts only.
-V2_CONFIGS=${V2_CONFIGS:-'[{"stop_summaries": true}, {"stop_summaries": true, "sm_warps": 32}, {"sm_warps": 8}, {"full_warps": 2}]'}
+# v2 launch variants are timed beside v2's default in the same run. The 12-06 run (experiments/results/gpu_scan/)
+# compared stop_summaries (chunk summaries stopped once the decay makes every further term vanish in fp32; exact to
+# rounding), the same with sm_warps 32, sm_warps 8 and full_warps 2; the GPU check runs v2's default and, as
+# check_v2full_*, the full summary walk that is no longer the default.
+# Since the 12-06 run made {"stop_summaries": true, "sm_warps": 32} v2's default, the default variant list is the old
+# launch alone (a before/after in every run) and fewer variants leave phase 2 time for all four shapes.
+V2_CONFIGS=${V2_CONFIGS:-'[{"stop_summaries": false, "sm_warps": 16}]'}
 export COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=$(command -v python3 || command -v python)
-mkdir -p "$OUT"
+rm -rf "$OUT"  # scratch: an earlier run's files must not reach details.tgz
+mkdir -p "$OUT" "$FINAL"
+keep() { for f in "$@"; do [ -f "$OUT/$f" ] && cp "$OUT/$f" "$FINAL/"; done; return 0; }
 start=$(date +%s)
 # seconds for the next phase: `want`, or less so that `reserve` seconds stay for the phases after it
 cap() { local l=$(( BUDGET_S - ($(date +%s) - start) - $2 )); (( l < $1 )) && set -- "$l"; (( $1 < 5 )) && set -- 5; echo "$1"; }
@@ -58,6 +57,7 @@ main() {
 'triton', triton.__version__)"
   echo "V2_CONFIGS $V2_CONFIGS"
 } | tee "$OUT/env.txt"
+keep env.txt
 
 MAMBA=""
 if [ -z "$SMOKE" ] && [ -f .anchors/selective_scan_cuda.so.xz ]; then
@@ -79,7 +79,7 @@ if [ -n "$SMOKE" ]; then
   bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --cpu-smoke --versions 1 2 --json "$OUT/check_v2_0.json" \
     > "$OUT/check_v2_0.log" 2>&1
   bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --cpu-smoke --versions 2 --v2-launch \
-    '{"stop_summaries": true, "chunk": 16}' --json "$OUT/check_v2tail_0.json" > "$OUT/check_v2tail_0.log" 2>&1
+    '{"stop_summaries": false, "chunk": 16}' --json "$OUT/check_v2full_0.json" > "$OUT/check_v2full_0.log" 2>&1
 else
   for i in 0 1 2 3; do
     bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --versions 2 --quick --part $i/4 --json "$OUT/check_v2_$i.json" \
@@ -89,9 +89,9 @@ else
     bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --versions 1 --quick --part $i/3 --json "$OUT/check_v1_$i.json" \
       > "$OUT/check_v1_$i.log" 2>&1
   done
-  for i in 0 1; do  # the new variant's own check
+  for i in 0 1; do  # the full summary walk, no longer the default, keeps its own check
     bg timeout "$T1" "$PY" experiments/check_scan_gpu.py --versions 2 --quick --part $i/2 --v2-launch \
-      '{"stop_summaries": true}' --json "$OUT/check_v2tail_$i.json" > "$OUT/check_v2tail_$i.log" 2>&1
+      '{"stop_summaries": false}' --json "$OUT/check_v2full_$i.json" > "$OUT/check_v2full_$i.log" 2>&1
   done
   groups=$("$PY" -c "import json, sys; print(2 * (2 + len(json.loads(sys.argv[1]))))" "$V2_CONFIGS")
   for i in $(seq 0 $(( groups - 1 ))); do
@@ -115,6 +115,7 @@ else
     --profile --flash --v2-configs "$V2_CONFIGS" $MAMBA > "$OUT/bench_scan.log" 2>&1
 fi
 echo "bench_scan exit $?"
+keep bench_scan.json bench_scan.log
 
 stamp "3. the 3.5M model, one training step, scan_kernel v1 / v2 / auto (bench_model.py)"
 if [ -n "$SMOKE" ]; then
@@ -128,6 +129,8 @@ echo "bench_model plain exit $?"
 timeout "$(cap 60 3)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --json-name model_chunked --sections train \
   --models base --modes chunked --scan-kernels v1,v2,auto "${CHUNKED[@]}" > "$OUT/model_chunked.log" 2>&1
 echo "bench_model chunked exit $?"
+keep model_plain.json model_chunked.json
+tar czf "$FINAL/details.tgz" -C "$OUT" . 2>/dev/null
 
 stamp "summary"
 cat "$OUT/env.txt"
@@ -137,4 +140,4 @@ grep -hE "^\| mamba-base.*\| (ok|OOM|skipped[^|]*) \|" "$OUT"/model_plain.md "$O
 stamp "done"
 }
 
-main 2>&1 | tee -a "$OUT/gpu_scan.log"
+main 2>&1 | tee -a "$FINAL/gpu_scan.log"

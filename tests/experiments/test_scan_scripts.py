@@ -36,9 +36,10 @@ def test_gpu_scan_script_runs_every_step_in_cpu_smoke_mode(tmp_path):
     res = subprocess.run(["bash", str(ROOT / "experiments" / "gpu_scan.sh"), "--cpu-smoke"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "6 passed, 0 failed" in (tmp_path / "check_v2_0.log").read_text()
+    assert "check_v2_0.log: 6 passed, 0 failed" in (tmp_path / "gpu_scan.log").read_text()
     assert "commit test" in (tmp_path / "env.txt").read_text()
-    for name in ("bench_scan.json", "model_plain.json", "model_chunked.json"):
+    for name in ("bench_scan.json", "model_plain.json", "model_chunked.json", "details.tgz"):
         assert (tmp_path / name).stat().st_size > 0, name
+    assert len(list(tmp_path.iterdir())) <= 8  # what the device tool brings back
     for kernel in ("v1", "v2", "auto"):
         assert f"| mamba-base[{kernel}] | chunked | 2^9 |" in res.stdout
