@@ -1,6 +1,7 @@
 """Two CPU processes on gloo: DDP gradients equal one process on the same global batch; ranks draw disjoint
 windows."""
 
+import datetime
 import os
 import subprocess
 import sys
@@ -27,10 +28,12 @@ def make_task_and_batch():
     return task, batch
 
 
-def _worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank, out_dir):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # a file rendezvous: a TCP port picked free and released before the store binds it can be taken meanwhile
+    # (a full CI run once hung here past its 240 s); the timeout turns any other stall into an error
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank,
+                            world_size=WORLD, timeout=datetime.timedelta(seconds=60))
     task, batch = make_task_and_batch()
     ddp = torch.nn.parallel.DistributedDataParallel(task.model)
     local = {k: v[rank::WORLD] for k, v in batch.items()}  # half of the global batch, as a DistributedSampler gives
@@ -46,12 +49,7 @@ def _worker(rank, port, out_dir):
 
 
 def spawn_workers(out_dir: str) -> None:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, out_dir), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(out_dir,), nprocs=WORLD, join=True)
 
 
 @pytest.mark.timeout(300)
