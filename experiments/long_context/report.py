@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's mambadna, as run.py
+
 
 def rows(path: Path) -> list[dict]:
     if not path.is_file():
@@ -56,7 +58,9 @@ def chrx_section(folder: Path) -> tuple[list[str], list[dict]]:
 
 def first_share(row: dict) -> str:
     """The share of steps at the curriculum's first window, from the row or the run's printed plan."""
-    if row["train_bp"] < 8192:  # mambadna.data.datamodules.LONG_WINDOW_BP: no automatic curriculum below it
+    from mambadna.data.datamodules import LONG_WINDOW_BP
+
+    if row["train_bp"] < LONG_WINDOW_BP:  # no automatic curriculum below it
         return "no curriculum"
     if row.get("first_fraction") is not None:
         return str(row["first_fraction"])

@@ -161,10 +161,10 @@ def check_data(datamodule, cfg, world_size: int, held_out=("val",), curriculum=N
     d = cfg.data
     for split in held_out:
         datamodule.check_split(split)
-    stages = curriculum.stages[:-1] if curriculum is not None else []
+    # every stage as the curriculum will set it (SeqLenWarmup.stage_at), then the run's own window
+    stages = [curriculum.stage_at(epoch) for epoch in range(len(curriculum.stages) - 1)] if curriculum else []
     try:
-        for window_bp, batch_size, accumulate, steps in [*stages, (d.window_bp, d.batch_size, 1, None)]:
-            windows = None if steps is None else steps * batch_size * accumulate * world_size
+        for window_bp, batch_size, _, windows in [*stages, (d.window_bp, d.batch_size, 1, None)]:
             datamodule.set_window(window_bp, batch_size, train_windows=windows)
             windows = datamodule.train_windows_per_epoch()
             if windows < batch_size * world_size:
