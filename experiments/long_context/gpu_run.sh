@@ -11,9 +11,9 @@
 #   OUT=/some/dir experiments/long_context/gpu_run.sh        (repository root; carry .lcdata and .whl)
 # Needs .lcdata/ from `python data/prepare_long_context.py --out .lcdata` and .whl/ with pyfaidx and biopython
 # wheels for the GPU image's Python (experiments/context_sweep/pack_data.sh fetches them).
-# A third GPU process fine-tunes at LR_WINDOWS (default 13) with optim.lr SPECIES_LR (default 0.008) beside
-# finetune's default learning rate. Knobs: DEADLINE_S (default 420: no run starts later), CHRX_WINDOWS,
-# SPECIES_WINDOWS (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS.
+# A third GPU process fine-tunes a variant beside finetune's defaults: VARIANT_ARGS (default
+# "--windows 13 --species-lr 0.008"; e.g. "--windows 20 --first-fraction 0.75"). Knobs: DEADLINE_S (default 420: no
+# run starts later), CHRX_WINDOWS, SPECIES_WINDOWS, TEST_WINDOWS (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS.
 set -uo pipefail
 OUT=${OUT:?set OUT to the output folder}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -30,7 +30,8 @@ cd "$ROOT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 RUN=experiments/long_context/run.py
 opt() { [ -n "${2:-}" ] && echo "$1 $2"; }
-SPECIES=(species --data .lcdata/strains/manifest.tsv --out "$WORK" --rows "$OUT" $(opt --windows "${SPECIES_WINDOWS:-}"))
+SPECIES=(species --data .lcdata/strains/manifest.tsv --out "$WORK" --rows "$OUT" $(opt --windows "${SPECIES_WINDOWS:-}")
+         $(opt --test-windows "${TEST_WINDOWS:-}"))
 OMP_NUM_THREADS=4 python3 $RUN "${SPECIES[@]}" --part kmer > "$WORK/kmer.log" 2>&1 &
 KMER=$!
 python3 $RUN chrx --data .lcdata/chrX/chrX.fa.gz --out "$WORK" --rows "$OUT" --deadline-s "$DEADLINE_S" \
@@ -39,8 +40,8 @@ CHRX=$!
 python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" $(opt --steps "${SPECIES_STEPS:-}") \
   > "$WORK/species.log" 2>&1 &
 MODELS=$!
-python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" --windows "${LR_WINDOWS:-13}" \
-  --species-lr "${SPECIES_LR:-0.008}" $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_lr.log" 2>&1 &
+python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" ${VARIANT_ARGS:---windows 13 --species-lr 0.008} \
+  $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_lr.log" 2>&1 &
 LR=$!
 wait $CHRX $MODELS $LR
 sleep 1; kill $KMER 2>/dev/null; wait $KMER 2>/dev/null

@@ -228,8 +228,8 @@ def run_species(args, scale: Scale) -> None:
     name += f"_first{args.first_fraction}" if args.first_fraction is not None and args.part != "kmer" else ""
     rows = Path(args.rows or out) / f"{name}.jsonl"
     # the test windows of every length, drawn once: the same for every model and for the k-mer baseline
-    tests = {log2: test_windows(args.data, 2**log2, "test", scale.test_windows, seed=1)
-             for log2 in sorted(scale.windows)}
+    tested = [int(x) for x in args.test_windows.split(",")] if args.test_windows else scale.windows
+    tests = {log2: test_windows(args.data, 2**log2, "test", scale.test_windows, seed=1) for log2 in sorted(tested)}
     if args.part in ("kmer", "all"):
         for log2, (seqs, labels) in tests.items():
             train_seqs, train_labels = test_windows(args.data, 2**log2, "train", scale.kmer_train_windows, seed=2)
@@ -297,6 +297,7 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", choices=("gpu", "cpu"), default="gpu", help="cpu: species only, tiny model")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the bundled genomes (CI)")
     parser.add_argument("--windows", help="log2 window lengths, comma-separated (default: the scale's)")
+    parser.add_argument("--test-windows", help="species: log2 test lengths, comma-separated (default: --windows)")
     parser.add_argument("--steps", type=int, help="optimizer steps a run (default: the scale's)")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip rows that would start after this many s")
     parser.add_argument("--species-lr", type=float, help="species: optim.lr of the fine-tunes (default: finetune's)")
