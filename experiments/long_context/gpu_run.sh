@@ -12,7 +12,7 @@
 # Needs .lcdata/ from `python data/prepare_long_context.py --out .lcdata` and .whl/ with pyfaidx and biopython
 # wheels for the GPU image's Python (experiments/context_sweep/pack_data.sh fetches them).
 # A third GPU process fine-tunes a variant beside finetune's defaults: VARIANT_ARGS (default
-# "--windows 13 --species-lr 0.008"; e.g. "--windows 20 --first-fraction 0.75"). Knobs: DEADLINE_S (default 420: no
+# "--windows 13 --species-lr 0.008"; e.g. "--windows 20 --first-fraction 0.75"), and VARIANT2_ARGS a fourth. Knobs: DEADLINE_S (default 420: no
 # run starts later), CHRX_WINDOWS, SPECIES_WINDOWS, TEST_WINDOWS (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS.
 set -uo pipefail
 OUT=${OUT:?set OUT to the output folder}
@@ -43,12 +43,19 @@ MODELS=$!
 python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" ${VARIANT_ARGS:---windows 13 --species-lr 0.008} \
   $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_lr.log" 2>&1 &
 LR=$!
-wait $CHRX $MODELS $LR
+V2=""
+if [ -n "${VARIANT2_ARGS:-}" ]; then  # a fourth process: a second variant (e.g. "--windows 13,20 --pretrain-window 13")
+  python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" $VARIANT2_ARGS \
+    $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_v2.log" 2>&1 &
+  V2=$!
+fi
+wait $CHRX $MODELS $LR $V2
 sleep 1; kill $KMER 2>/dev/null; wait $KMER 2>/dev/null
-for f in chrx species species_lr kmer; do
+for f in chrx species species_lr species_v2 kmer; do
+  [ -f "$WORK/$f.log" ] || continue
   echo "=== $f"; grep -v -i "warn\|tip\|available:\|deprecat" "$WORK/$f.log" | tail -n 20
 done
 (cd "$WORK" && find . \( -name '*.json' -o -name '*.csv' -o -name '*.png' \) -not -path '*/checkpoints/*' -print0 \
    | tar czf "$OUT/runs.tgz" --null -T -)
-tar czf "$OUT/logs.tgz" -C "$WORK" chrx.log species.log species_lr.log kmer.log
+tar czf "$OUT/logs.tgz" -C "$WORK" $(cd "$WORK" && ls *.log)
 ls -la "$OUT"

@@ -219,6 +219,43 @@ def scores(truth: list[str], pred: list[str]) -> dict:
     return {"accuracy": float(accuracy_score(truth, pred)), "macro_f1": float(f1_score(truth, pred, average="macro"))}
 
 
+def training_strains_fasta(manifest: str, path: Path) -> Path:
+    """One FASTA of every training strain of a manifest (the rows whose split is not `test`), each record renamed
+    `<species>_<file stem>_<record>`: what a pretrained row's backbone is pretrained on (no test strain in it)."""
+    import csv
+
+    from mambadna.data.genome import Genome
+
+    base = Path(manifest).parent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(manifest) as fh, open(path, "wb") as out:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            if (row.get("split") or "").strip() == "test":
+                continue
+            fasta = base / row["fasta"]
+            g = Genome(str(fasta))
+            stem = fasta.name.split(".")[0]
+            for contig, n in g.contigs.items():
+                out.write(f">{row['species']}_{stem}_{contig}\n".encode() + g.fetch(contig, 0, n) + b"\n")
+    return path
+
+
+def pretrain_backbone(args, scale: Scale) -> str:
+    """Pretrain a causal LM on the training strains at 2^args.pretrain_window (the same model shape, steps and bases
+    per step as the fine-tunes; the curriculum where the window is long); returns its model folder."""
+    from mambadna.commands import pretrain
+
+    out = Path(args.out)
+    genome = training_strains_fasta(args.data, out / "pretrain_data" / "training_strains.fa")
+    window = 2**args.pretrain_window
+    overrides = settings(scale, window, [f"data.genome={genome}", f"out_dir={out / f'pretrain_L{args.pretrain_window}'}",
+                                         "data.reverse_complement=true"])
+    summary = pretrain.run(rc.apply_overrides(rc.PretrainConfig(), overrides))
+    print(f"pretrained backbone: {summary['model_dir']} (val bits/base {summary.get('val/bits_per_base')})",
+          flush=True)
+    return summary["model_dir"]
+
+
 def run_species(args, scale: Scale) -> None:
     from mambadna.commands.probe import kmer_baseline
     from mambadna.commands import finetune
@@ -226,6 +263,7 @@ def run_species(args, scale: Scale) -> None:
     out = Path(args.out)
     name = "species_kmer" if args.part == "kmer" else "species" + (f"_lr{args.species_lr}" if args.species_lr else "")
     name += f"_first{args.first_fraction}" if args.first_fraction is not None and args.part != "kmer" else ""
+    name += f"_pre{args.pretrain_window}" if args.pretrain_window and args.part != "kmer" else ""
     rows = Path(args.rows or out) / f"{name}.jsonl"
     # the test windows of every length, drawn once: the same for every model and for the k-mer baseline
     tested = [int(x) for x in args.test_windows.split(",")] if args.test_windows else scale.windows
@@ -239,6 +277,7 @@ def run_species(args, scale: Scale) -> None:
                           "label_counts": counts, "train_windows": len(train_seqs)})
     if args.part == "kmer":
         return
+    backbone = pretrain_backbone(args, scale) if args.pretrain_window else None
     for log2 in scale.windows:
         window = 2**log2
         if time.time() > args.deadline:
@@ -246,8 +285,10 @@ def run_species(args, scale: Scale) -> None:
             continue
         lr = [f"optim.lr={args.species_lr}"] if args.species_lr else []
         lr += [f"train.seqlen_warmup_first_fraction={args.first_fraction}"] if args.first_fraction is not None else []
+        lr += [f"pretrained={backbone}"] if backbone else []
         name = (f"species_L{log2}" + (f"_lr{args.species_lr}" if args.species_lr else "")
-                + (f"_first{args.first_fraction}" if args.first_fraction is not None else ""))
+                + (f"_first{args.first_fraction}" if args.first_fraction is not None else "")
+                + (f"_pre{args.pretrain_window}" if backbone else ""))
         overrides = settings(scale, window, [f"data.manifest={args.data}", f"out_dir={out / name}",
                                              "data.test_fraction=0", f"data.test_windows={scale.test_windows}",
                                              "data.reverse_complement=true", *lr])
@@ -262,7 +303,7 @@ def run_species(args, scale: Scale) -> None:
                 continue
             grid[2**test_log2] = scores(labels, classify(model_dir, seqs, scale.chunk_bp))
         append(rows, {"kind": "model", "train_bp": window, "status": "ok", "grid": grid, "lr": cfg.optim.lr,
-                      "first_fraction": cfg.train.seqlen_warmup_first_fraction,
+                      "first_fraction": cfg.train.seqlen_warmup_first_fraction, "pretrained": backbone,
                       "bases_trained": summary.get("bases_trained"), "steps": summary["steps"],
                       "train_s": round(trained, 1), "val_accuracy": summary.get("val/accuracy"),
                       "command": command_line("finetune", overrides), "summary": summary})
@@ -302,6 +343,9 @@ def main(argv=None) -> int:
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip rows that would start after this many s")
     parser.add_argument("--species-lr", type=float, help="species: optim.lr of the fine-tunes (default: finetune's)")
     parser.add_argument("--first-fraction", type=float, help="species: train.seqlen_warmup_first_fraction")
+    parser.add_argument("--pretrain-window", type=int,
+                        help="species: log2 window of a backbone pretrained on the training strains first (the same "
+                             "steps and bases per step); the fine-tunes start from it (default: from scratch)")
     parser.add_argument("--part", choices=("all", "models", "kmer"), default="all",
                         help="species: the models, the k-mer baseline (CPU; run it beside the models), or both")
     args = parser.parse_args(argv)
