@@ -67,6 +67,14 @@ def first_share(row: dict) -> str:
     return "equal bases" if "first_fraction" not in row else "default (half)"
 
 
+def start(row: dict) -> str:
+    """scratch, or the window of the backbone pretrained on the training strains (run.py --pretrain-window)."""
+    if not row.get("pretrained"):
+        return "scratch"
+    name = Path(row["pretrained"]).parent.name  # pretrain_L<log2>
+    return f"pretrained at 2^{name.rsplit('L', 1)[-1]}" if name.startswith("pretrain_L") else "pretrained"
+
+
 def species_section(folder: Path) -> tuple[list[str], list[dict], list[dict]]:
     models = [r for f in sorted(folder.glob("species*.jsonl")) for r in rows(f) if r.get("kind") == "model"]
     kmers = [r for f in sorted(folder.glob("species*.jsonl")) for r in rows(f) if r.get("kind") == "kmer"]
@@ -78,15 +86,15 @@ def species_section(folder: Path) -> tuple[list[str], list[dict], list[dict]]:
         counts = kmers[0].get("label_counts", {})
         lines += [f"Test windows a length: {kmers[0]['test_windows']} (the same for every model and the k-mers; "
                   f"labels {counts})", ""]
-    head = "| trained at \\ tested at | " + " | ".join(log2(n) for n in lengths) + " | lr | first-window share | bases trained | steps |"
-    lines += [head, "|" + "---|" * (len(lengths) + 5)]
-    for r in sorted(ok, key=lambda r: (r["train_bp"], r.get("lr", 0))):
+    head = "| trained at \\ tested at | " + " | ".join(log2(n) for n in lengths) + " | start | lr | first-window share | bases trained | steps |"
+    lines += [head, "|" + "---|" * (len(lengths) + 6)]
+    for r in sorted(ok, key=lambda r: (r["train_bp"], bool(r.get("pretrained")), r.get("lr", 0))):
         cells = [f"{r['grid'][str(n)]['accuracy']:.3f}" if str(n) in r["grid"] else "" for n in lengths]
         lines.append(f"| Mamba {log2(r['train_bp'])} | " + " | ".join(cells)
-                     + f" | {r.get('lr', '')} | {first_share(r)} | {r['bases_trained'] / 1e6:.1f} M | {r['steps']} |")
+                     + f" | {start(r)} | {r.get('lr', '')} | {first_share(r)} | {r['bases_trained'] / 1e6:.1f} M | {r['steps']} |")
     kmer_at = {r["test_bp"]: r for r in kmers}
     lines.append("| k-mer 4..6 + logistic regression (fitted at the test length) | "
-                 + " | ".join(f"{kmer_at[n]['accuracy']:.3f}" if n in kmer_at else "" for n in lengths) + " | | | | |")
+                 + " | ".join(f"{kmer_at[n]['accuracy']:.3f}" if n in kmer_at else "" for n in lengths) + " | | | | | |")
     lines += [f"| Mamba {log2(r['train_bp'])} | {r['status']} |" for r in models if r.get("status") != "ok"]
     lines += ["", "Commands:", ""] + [f"- {log2(r['train_bp'])}: `{r['command']}`" for r in ok]
     return lines, ok, kmers
@@ -113,7 +121,8 @@ def plots(folder: Path, chrx: list[dict], species: list[dict], kmers: list[dict]
         for r in sorted(species, key=lambda r: r["train_bp"]):
             xs = sorted(int(t) for t in r["grid"])
             ax.plot(xs, [r["grid"][str(x)]["accuracy"] for x in xs], "o-",
-                    label=f"Mamba trained at {log2(r['train_bp'])}, lr {r.get('lr')}")
+                    label=f"Mamba trained at {log2(r['train_bp'])}, {start(r)}, lr {r.get('lr')}, "
+                          f"first {first_share(r)}")
         if kmers:
             kmers = sorted(kmers, key=lambda r: r["test_bp"])
             ax.plot([r["test_bp"] for r in kmers], [r["accuracy"] for r in kmers], "k--s", label="k-mer 4..6 + LR")
