@@ -40,5 +40,13 @@ def test_long_context_experiments_cpu_smoke(tmp_path):
     # at its last stage: two windows accumulated for two classes)
     assert [sorted(map(int, r["grid"])) for r in models] == [[64, 8192], [64, 8192]]
     assert models[1]["bases_trained"] > models[1]["steps"] * 8192
+    # a pretrained row: the backbone sees the training strains only, and the fine-tune starts from it
+    run("run.py", "species", "--cpu-smoke", "--out", str(tmp_path / "runs"), "--rows", str(rows), "--windows", "6",
+        "--test-windows", "6,13", "--pretrain-window", "6", "--part", "models")
+    pre = [json.loads(line) for line in (rows / "species_pre6.jsonl").read_text().splitlines()]
+    assert sorted(map(int, pre[0]["grid"])) == [64, 8192] and pre[0]["pretrained"].endswith("pretrain_L6/model")
+    strains = (tmp_path / "runs" / "pretrain_data" / "training_strains.fa").read_text()
+    assert "_train" in strains and "_test" not in strains
     report = run("report.py", str(rows))
     assert "| Mamba 2^13 |" in report and "k-mer 4..6" in report and (rows / "chrx_bits_vs_window.png").is_file()
+    assert "pretrained at 2^6" in report
