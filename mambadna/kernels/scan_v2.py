@@ -88,13 +88,14 @@ class Plan(NamedTuple):
     unroll: bool  # whether the forward unrolls its loop over states
     fwd_warps: int
     bwd_warps: int  # BD / (32·bwd_warps) channels per thread in the backward
-    fma_exps: int  # states whose exp2 runs on the FMA pipe (tiles.exp2_fma) instead of the MUFU
+    fma_exps: int  # states (of each lane) whose exp2 runs on the FMA pipe (tiles.exp2_fma) instead of the MUFU
     stop_summaries: bool = False  # chunk summaries (F1, B1) walked from the end each depends on, stopped early
+    lanes: int = 1  # threads per channel, each with n / lanes of its states (tiles.lane_columns)
 
 
 def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, ckpt_tiles=None, chunk=None,
          unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None, full_warps=None,
-         stop_summaries=None) -> Plan:
+         stop_summaries=None, lanes=None) -> Plan:
     """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
 
     A sequence is cut into chunks only when b · d/BD programs fill fewer than `full_warps` (FULL_WARPS_PER_SM)
@@ -103,12 +104,19 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     (experiments/BENCHMARKS.md). The defaults (T 8, BD 128 on 4 warps, M 8) are those whose compiled kernels spill
     no registers (tests/kernels/test_scan_v2_layout.py); checkpoints every 64 positions cost 1 byte per (b, d, l)
     element at n 16.
+
+    `lanes` (1, the default, 2, 4, 8 or 16) splits each channel's states over that many threads (tiles.py): a
+    program then holds 128 / lanes channels by default, still 128 threads, so b·d·lanes threads count towards the
+    warps above and fewer sequences are cut. The default launch is lanes = 1, today's kernels unchanged.
     """
+    NL = lanes or 1
+    if NL not in (1, 2, 4, 8, 16):
+        raise ValueError(f"lanes must be 1, 2, 4, 8 or 16 (threads per channel); got {lanes}")
     T = tile or 8
-    BD = _block_d(dpg, block_d)
+    BD = _block_d(dpg, block_d or 128 // NL)
     M = ckpt_tiles or 8
-    fw = fwd_warps or max(1, min(4, BD // 32))
-    bw = bwd_warps or max(1, min(4, BD // 32))
+    fw = fwd_warps or max(1, min(4, BD * NL // 32))
+    bw = bwd_warps or max(1, min(4, BD * NL // 32))
     step = M * T
     n_steps = triton.cdiv(l, step)
     if chunk is None:
@@ -122,7 +130,7 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     else:
         CL = triton.cdiv(chunk, step) * step
     return Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0,
-                STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries))
+                STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries), NL)
 
 
 def _stage_bc(B: torch.Tensor, C: torch.Tensor, b: int, g: int, n: int, l: int, T: int) -> torch.Tensor:
@@ -153,7 +161,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
     """Launch F1-F3. Returns y, h_last (b, d, n) and what the backward needs."""
     b, d, l = u.shape
     n = A.shape[1]
-    NP = triton.next_power_of_2(n)
+    NP = _state_rows(n, cfg)
     g = max(B.shape[1] if B.dim() == 4 else 1, C.shape[1] if C.dim() == 4 else 1)
     T, BD, M, CL, nc, unroll = cfg.T, cfg.BD, cfg.M, cfg.CL, cfg.NC, cfg.unroll
     nblk, dev = d // BD, u.device
@@ -168,7 +176,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
     y = alloc_like(u)
     dummy = A2
     flags = dict(N=n, NP=NP, T=T, BD=BD, M=M, NFMA=cfg.fma_exps, UNROLL_N=unroll, HAS_BIAS=bias is not None,
-                 SOFTPLUS=softplus, HAS_D=Df is not None, HAS_Z=z is not None, num_warps=cfg.fwd_warps,
+                 SOFTPLUS=softplus, HAS_D=Df is not None, HAS_Z=z is not None, NL=cfg.lanes, num_warps=cfg.fwd_warps,
                  num_stages=1)
     st = (*_common(u, delta, z, BC), *_strides(y))
     scr = torch.empty(0 if unroll else b * nc * d * NP, dtype=torch.float32, device=dev)
@@ -182,8 +190,8 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
             _fwd_summary_tail[grid](u, delta, bias if bias is not None else dummy, A2, BC, S, P, l, CL, nc, bpg,
                                     *_strides(u), *_strides(delta), BC.stride(0), BC.stride(1), 1, N=n, NP=NP, T=T,
                                     BD=BD, NFMA=cfg.fma_exps, STOP=SUMMARY_STOP, HAS_BIAS=bias is not None,
-                                    SOFTPLUS=softplus, VU=vec["VU"], VT=vec["VT"], num_warps=cfg.fwd_warps,
-                                    num_stages=1)
+                                    SOFTPLUS=softplus, VU=vec["VU"], VT=vec["VT"], NL=cfg.lanes,
+                                    num_warps=cfg.fwd_warps, num_stages=1)
         else:
             _fwd_scan[grid](u, delta, bias if bias is not None else dummy, A2, BC, dummy, dummy, dummy, dummy,
                             dummy, S, P, dummy, scr if not unroll else dummy, l, CL, nc, nck, bpg, *st, 0, 0, 0, 0, 1,
@@ -203,6 +211,12 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
     return y, hlast[:, :n].transpose(1, 2), saved
 
 
+def _state_rows(n: int, cfg: Plan) -> int:
+    """Rows of the kernels' state blocks and buffers: n to a power of two, and at least one per lane (then each
+    lane holds NP / lanes of them; rows past n are padding that stays 0)."""
+    return max(triton.next_power_of_2(n), cfg.lanes)
+
+
 def _launch_carry(P, S, init, out, b, nc, NP, d, n, reverse):
     block = 256
     ist = (0, 0, 0) if init is None else (init.stride(0), init.stride(2), init.stride(1))
@@ -215,16 +229,18 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
     BC, A2, Df, bias, ck, P = saved
     b, d, l = u.shape
     g, n = BC.shape[1], BC.shape[4]
-    NP = triton.next_power_of_2(n)
+    NP = _state_rows(n, cfg)
     T, BD, M, CL, nc = cfg.T, cfg.BD, cfg.M, cfg.CL, cfg.NC
     nblk, dev = d // BD, u.device
     bpg = (d // g) // BD
     nck = ck.shape[1]
     dummy = A2
     warps = cfg.bwd_warps
-    asm = BD % (32 * warps) == 0  # the butterfly needs whole warps of channels (emulated in the interpreter)
+    # the butterfly needs whole warps of channels, one lane each (emulated in the interpreter); with lanes a
+    # channel's lanes hold different states and dB/dC sum over channels with tl.sum
+    asm = cfg.lanes == 1 and BD % (32 * warps) == 0
     flags = dict(N=n, NP=NP, T=T, BD=BD, NFMA=cfg.fma_exps, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
-                 HAS_Z=z is not None, num_warps=warps, num_stages=1)
+                 HAS_Z=z is not None, NL=cfg.lanes, num_warps=warps, num_stages=1)
     st = (*_common(u, delta, z, BC)[:9], *_strides(dy), BC.stride(0), BC.stride(1))
     grid = (nblk, nc, b)
     if nc > 1:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from mambadna.kernels.tiles import (chan_offsets, combine_fwd, exp2_on, get_row, put_row, sigmoid, softplus,
-                                    state_offsets, tile_ptrs)
+from mambadna.kernels.tiles import (chan_offsets, combine_fwd, exp2_on, get_row, lane_columns, lane_state,
+                                    lane_state_mask, lane_state_offsets, lane_store_mask, lane_sum, load_a2, load_bc,
+                                    put_row, sigmoid, softplus, tile_ptrs)
 
 # Never specialized (see tiles.py): the strides of the user's state tensors and s_one (= 1), which hides the channel
 # axis of our own buffers. Tile strides are specialized (tiles.chan_offsets hides them where it must), position
@@ -44,48 +45,57 @@ def delta_of(b_ld, m, b_bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 
 
 @triton.jit
-def fwd_tile(b_h, b_dt, b_du, b_y, p_A2, p_bc, o_n, o_t, o_d, D_, s_one,
-             N: tl.constexpr, NFMA: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, WITH_Y: tl.constexpr):
-    """Advance the states b_h [NP, BD] over one tile, the states unrolled; with WITH_Y add C·h to b_y [T, BD].
-    p_bc: the tile's block of the staged B/C, (2, N, T) fp32; p_A2: A·log2(e) as (n, d)."""
-    for i_n in tl.static_range(N):
-        b_a2 = tl.load(p_A2 + i_n * D_ + o_d * s_one)  # [BD]; reloaded per state: fewer live registers
-        b_a = exp2_on(b_dt * b_a2[None, :], i_n >= N - NFMA)
-        b_x = b_du * tl.load(p_bc + i_n * T + o_t)[:, None]  # [T], the same for every thread
-        b_x = tl.where(o_t[:, None] == 0, tl.fma(b_a, get_row(b_h, o_n, i_n)[None, :], b_x), b_x)
+def fwd_tile(b_h, b_dt, b_du, b_y, p_A2, p_bc, o_n, o_t, o_d, D_, s_one, o_ln,
+             N: tl.constexpr, NFMA: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, WITH_Y: tl.constexpr,
+             NL: tl.constexpr):
+    """Advance the states b_h [NP / NL, BD·NL] over one tile, the states unrolled; with WITH_Y add C·h to b_y
+    [T, BD·NL] (with lanes: each lane's part, for tiles.lane_sum). p_bc: the tile's block of the staged B/C,
+    (2, N, T) fp32; p_A2: A·log2(e) as (n, d). NFMA counts state steps (states per lane)."""
+    SN: tl.constexpr = (N + NL - 1) // NL  # state steps: each lane's states
+    for i_s in tl.static_range(SN):
+        i_n = lane_state(o_ln, i_s, NL)
+        b_a2 = load_a2(p_A2, i_n, D_, o_d, s_one, N, NL)  # [BD·NL]; reloaded per state: fewer live registers
+        b_a = exp2_on(b_dt * b_a2[None, :], i_s >= SN - NFMA)
+        b_x = b_du * load_bc(p_bc, i_n, o_t, T, N, NL, False)  # without lanes the same row for every thread
+        b_x = tl.where(o_t[:, None] == 0, tl.fma(b_a, get_row(b_h, o_n, i_s)[None, :], b_x), b_x)
         _, b_hs = tl.associative_scan((b_a, b_x), axis=0, combine_fn=combine_fwd)
         if WITH_Y:
-            b_y = tl.fma(b_hs, tl.load(p_bc + (N + i_n) * T + o_t)[:, None], b_y)
-        b_h = put_row(b_h, o_n, i_n, get_row(b_hs, o_t, T - 1))
+            b_y = tl.fma(b_hs, load_bc(p_bc, i_n, o_t, T, N, NL, True), b_y)
+        b_h = put_row(b_h, o_n, i_s, get_row(b_hs, o_t, T - 1))
     return b_h, b_y
 
 
 @triton.jit
-def _fwd_states(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_, s_one, n0, n1,
-                N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, WITH_Y: tl.constexpr, FMA: tl.constexpr):
-    for i_n in tl.range(n0, n1, loop_unroll_factor=1):
-        b_a2 = tl.load(p_A2 + i_n * D_ + o_d * s_one)
+def _fwd_states(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_, s_one, o_ln, n0, n1,
+                N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, WITH_Y: tl.constexpr, FMA: tl.constexpr,
+                NL: tl.constexpr):
+    for i_s in tl.range(n0, n1, loop_unroll_factor=1):
+        i_n = lane_state(o_ln, i_s, NL)
+        b_a2 = load_a2(p_A2, i_n, D_, o_d, s_one, N, NL)
         b_a = exp2_on(b_dt * b_a2[None, :], FMA)
-        b_x = b_du * tl.load(p_bc + i_n * T + o_t)[:, None]
+        b_x = b_du * load_bc(p_bc, i_n, o_t, T, N, NL, False)
         b_x = tl.where(o_t[:, None] == 0, tl.fma(b_a, tl.load(p_hin + i_n * BD + o_dl * s_one)[None, :], b_x), b_x)
         _, b_hs = tl.associative_scan((b_a, b_x), axis=0, combine_fn=combine_fwd)
         if WITH_Y:
-            b_y = tl.fma(b_hs, tl.load(p_bc + (N + i_n) * T + o_t)[:, None], b_y)
+            b_y = tl.fma(b_hs, load_bc(p_bc, i_n, o_t, T, N, NL, True), b_y)
         tl.store(p_hout + i_n * BD + o_dl * s_one, get_row(b_hs, o_t, T - 1))
     return b_y
 
 
 @triton.jit
-def fwd_tile_loop(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_, s_one,
-                  N: tl.constexpr, NFMA: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, WITH_Y: tl.constexpr):
+def fwd_tile_loop(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_, s_one, o_ln,
+                  N: tl.constexpr, NFMA: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, WITH_Y: tl.constexpr,
+                  NL: tl.constexpr):
     """fwd_tile with a loop over the states instead of unrolling them: the states come from and go to a
     per-program scratch (NP, BD) (p_hin, p_hout; the same one is fine: each thread reads its own row before
-    writing it). Far fewer live registers, for two L1-resident accesses per state and tile."""
-    b_y = _fwd_states(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_, s_one, 0, N - NFMA,
-                      N, T, BD, WITH_Y, False)
+    writing it). Far fewer live registers, for two L1-resident accesses per state and tile. With lanes the scratch
+    is the same (NP, BD) block, column (c, k) owning states k, k + NL, ... of channel c."""
+    SN: tl.constexpr = (N + NL - 1) // NL
+    b_y = _fwd_states(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_, s_one, o_ln, 0, SN - NFMA,
+                      N, T, BD, WITH_Y, False, NL)
     if NFMA > 0:
-        b_y = _fwd_states(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_, s_one, N - NFMA, N,
-                          N, T, BD, WITH_Y, True)
+        b_y = _fwd_states(p_hin, p_hout, b_dt, b_du, b_y, p_A2, p_bc, o_t, o_d, o_dl, D_, s_one, o_ln, SN - NFMA,
+                          SN, N, T, BD, WITH_Y, True, NL)
     return b_y
 
 
@@ -98,42 +108,43 @@ def _fwd_scan(
     N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, M: tl.constexpr,
     NFMA: tl.constexpr, UNROLL_N: tl.constexpr, SUMMARY: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_H0: tl.constexpr,
-    VU: tl.constexpr, VT: tl.constexpr, VZ: tl.constexpr, VY: tl.constexpr,
+    VU: tl.constexpr, VT: tl.constexpr, VZ: tl.constexpr, VY: tl.constexpr, NL: tl.constexpr,
 ):
     # grid (channel blocks, chunks, batch): neighbouring programs share the chunk's B and C in L2
     i_db, i_c, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     D_ = tl.num_programs(0) * BD
-    o_dl = tl.arange(0, BD).to(tl.int64)
+    BDL: tl.constexpr = BD * NL  # tile columns: BD channels × NL lanes (tiles.lane_columns)
+    o_dl, o_ln = lane_columns(BD, NL)
     o_d = i_db * BD + o_dl
     o_t = tl.arange(0, T)
-    o_n = tl.arange(0, NP)
-    m_sn = tl.broadcast_to((o_n < N)[:, None], (NP, BD))
+    o_n = tl.arange(0, NP // NL)  # a column's state rows: states o_n·NL + lane
+    m_sn = lane_state_mask(o_n, o_ln, N, NL, BDL)
     i_g = i_db // BPG  # channel blocks per B/C group: a block never straddles two
-    b_bias = tl.load(p_bias + o_d * s_one) if HAS_BIAS else tl.zeros([BD], dtype=tl.float32)
-    b_Dv = tl.load(p_D + o_d * s_one) if HAS_D else tl.zeros([BD], dtype=tl.float32)
-    c_u, c_t = chan_offsets(o_d, s_ud, s_one, BD, VU), chan_offsets(o_d, s_td, s_one, BD, VT)
-    c_z, c_y = chan_offsets(o_d, s_zd, s_one, BD, VZ), chan_offsets(o_d, s_yd, s_one, BD, VY)
+    b_bias = tl.load(p_bias + o_d * s_one) if HAS_BIAS else tl.zeros([BDL], dtype=tl.float32)
+    b_Dv = tl.load(p_D + o_d * s_one) if HAS_D else tl.zeros([BDL], dtype=tl.float32)
+    c_u, c_t = chan_offsets(o_d, s_ud, s_one, BD, VU, NL), chan_offsets(o_d, s_td, s_one, BD, VT, NL)
+    c_z, c_y = chan_offsets(o_d, s_zd, s_one, BD, VZ, NL), chan_offsets(o_d, s_yd, s_one, BD, VY, NL)
     if HAS_H0:
-        b_h = tl.load(p_h0 + i_b * s_hb + i_c * s_hc + state_offsets(o_n, o_d, s_hn, s_hd, BD), mask=m_sn,
-                      other=0.0).to(tl.float32)
+        b_h = tl.load(p_h0 + i_b * s_hb + i_c * s_hc + lane_state_offsets(o_n, o_ln, o_d, s_hn, s_hd, BD, NL),
+                      mask=m_sn, other=0.0).to(tl.float32)
     else:
-        b_h = tl.zeros([NP, BD], dtype=tl.float32)
+        b_h = tl.zeros([NP // NL, BDL], dtype=tl.float32)
     # checkpoints and summaries are our own (b, ·, NP, d) fp32 buffers; s_one = 1 keeps their channel axis
     # behind a runtime stride like every other channel-indexed address
-    off_own = state_offsets(o_n, o_d, D_ * s_one, s_one, BD)
+    off_own = lane_state_offsets(o_n, o_ln, o_d, D_ * s_one, s_one, BD, NL)
     # with UNROLL_N=False the states live in this program's scratch (NP, BD) between tiles
     p_sc = p_scr + ((i_b * NC + i_c) * tl.num_programs(0) + i_db) * (NP * BD)
-    off_sc = state_offsets(o_n, o_dl, BD * s_one, s_one, BD)
+    off_sc = lane_state_offsets(o_n, o_ln, o_dl, BD * s_one, s_one, BD, NL)
     if not UNROLL_N:
         tl.store(p_sc + off_sc, b_h)
-    b_P = tl.full([NP, BD], 1.0, dtype=tl.float32)
+    b_P = tl.full([NP // NL, BDL], 1.0, dtype=tl.float32)
     t_c = i_c * CL
     n_tiles = tl.cdiv(tl.minimum(CL, L - t_c), T)
     p_bcb = p_BC + i_b * s_bb + i_g * s_bg  # staged B/C (b, g, tiles, 2, N, T)
     # Each iteration loads the next tile's inputs before computing its own (software pipelining by hand): the
     # loads' latency then hides behind a tile of compute. Past the chunk end they read the next chunk, unused.
     WITH_Z: tl.constexpr = HAS_Z and not SUMMARY
-    m = tl.broadcast_to(((t_c + o_t) < L)[:, None], (T, BD))
+    m = tl.broadcast_to(((t_c + o_t) < L)[:, None], (T, BDL))
     r_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + t_c * s_tl, o_t, s_tl, c_t), mask=m, other=0.0)
     r_u = tl.load(tile_ptrs(p_u, i_b * s_ub + t_c * s_ul, o_t, s_ul, c_u), mask=m, other=0.0)
     if WITH_Z:
@@ -148,8 +159,8 @@ def _fwd_scan(
                     tl.debug_barrier()
                     b_h = tl.load(p_sc + off_sc)
                 tl.store(p_ck + ((i_b * NCK + t0 // (M * T)) * NP) * D_ + off_own, b_h)
-        m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BD))
-        m_next = tl.broadcast_to(((t0 + T + o_t) < L)[:, None], (T, BD))
+        m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BDL))
+        m_next = tl.broadcast_to(((t0 + T + o_t) < L)[:, None], (T, BDL))
         n_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + (t0 + T) * s_tl, o_t, s_tl, c_t), mask=m_next, other=0.0)
         n_u = tl.load(tile_ptrs(p_u, i_b * s_ub + (t0 + T) * s_ul, o_t, s_ul, c_u), mask=m_next, other=0.0)
         if WITH_Z:
@@ -159,25 +170,30 @@ def _fwd_scan(
         b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
         b_u = r_u.to(tl.float32)
         b_du = b_dt * b_u
-        b_y = b_Dv[None, :] * b_u
+        if NL == 1:
+            b_y = b_Dv[None, :] * b_u
+        else:  # D·u joins after the lanes' sum
+            b_y = tl.zeros([T, BDL], dtype=tl.float32)
         p_bct = p_bcb + (t0 // T) * (2 * N * T)
         if UNROLL_N:
-            b_h, b_y = fwd_tile(b_h, b_dt, b_du, b_y, p_A2, p_bct, o_n, o_t, o_d, D_, s_one, N, NFMA, T, BD,
-                                not SUMMARY)
+            b_h, b_y = fwd_tile(b_h, b_dt, b_du, b_y, p_A2, p_bct, o_n, o_t, o_d, D_, s_one, o_ln, N, NFMA, T, BD,
+                                not SUMMARY, NL)
         else:
-            b_y = fwd_tile_loop(p_sc, p_sc, b_dt, b_du, b_y, p_A2, p_bct, o_t, o_d, o_dl, D_, s_one, N, NFMA, T,
-                                BD, not SUMMARY)
+            b_y = fwd_tile_loop(p_sc, p_sc, b_dt, b_du, b_y, p_A2, p_bct, o_t, o_d, o_dl, D_, s_one, o_ln, N, NFMA,
+                                T, BD, not SUMMARY, NL)
         if SUMMARY:
             b_tot = tl.sum(b_dt, axis=0)  # ΣΔ over the tile: the tile's decay is exp2(A2·ΣΔ), exact to rounding
-            for i_n in tl.static_range(N):
-                b_a2 = tl.load(p_A2 + i_n * D_ + o_d * s_one)
-                b_P = put_row(b_P, o_n, i_n, get_row(b_P, o_n, i_n) * tl.exp2(b_a2 * b_tot))
+            for i_s in tl.static_range((N + NL - 1) // NL):
+                b_a2 = load_a2(p_A2, lane_state(o_ln, i_s, NL), D_, o_d, s_one, N, NL)
+                b_P = put_row(b_P, o_n, i_s, get_row(b_P, o_n, i_s) * tl.exp2(b_a2 * b_tot))
         else:
+            if NL > 1:
+                b_y = lane_sum(b_y, BD, NL) + b_Dv[None, :] * b_u
             if HAS_Z:
                 b_z = r_z.to(tl.float32)
                 b_y *= b_z * sigmoid(b_z)
             tl.store(tile_ptrs(p_y, i_b * s_yb + t0 * s_yl, o_t, s_yl, c_y), b_y.to(p_y.dtype.element_ty),
-                     mask=m)
+                     mask=lane_store_mask(m, o_ln, NL))
         r_dt, r_u, r_z = n_dt, n_u, n_z
     if not UNROLL_N:
         tl.debug_barrier()
@@ -196,7 +212,7 @@ def _fwd_summary_tail(
     L, CL, NC, BPG,
     s_ub, s_ul: tl.constexpr, s_ud, s_tb, s_tl: tl.constexpr, s_td, s_bb, s_bg, s_one,
     N: tl.constexpr, NP: tl.constexpr, T: tl.constexpr, BD: tl.constexpr, NFMA: tl.constexpr, STOP: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, VU: tl.constexpr, VT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, VU: tl.constexpr, VT: tl.constexpr, NL: tl.constexpr,
 ):
     """The chunk summary of `_fwd_scan(SUMMARY)` (end state S from a zero start, decay product P), walked from the
     chunk's end and stopped early. Each tile's own end state from zero (fwd_tile) enters S weighted by the decay of
@@ -208,49 +224,52 @@ def _fwd_summary_tail(
     state) and a max over the program's channels per tile."""
     i_db, i_c, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     D_ = tl.num_programs(0) * BD
-    o_dl = tl.arange(0, BD).to(tl.int64)
+    BDL: tl.constexpr = BD * NL
+    o_dl, o_ln = lane_columns(BD, NL)
     o_d = i_db * BD + o_dl
     o_t = tl.arange(0, T)
-    o_n = tl.arange(0, NP)
+    o_n = tl.arange(0, NP // NL)
     i_g = i_db // BPG
-    b_bias = tl.load(p_bias + o_d * s_one) if HAS_BIAS else tl.zeros([BD], dtype=tl.float32)
-    c_u, c_t = chan_offsets(o_d, s_ud, s_one, BD, VU), chan_offsets(o_d, s_td, s_one, BD, VT)
-    b_a2max = tl.full([BD], float("-inf"), dtype=tl.float32)  # A2 < 0: the largest is the slowest decay
+    b_bias = tl.load(p_bias + o_d * s_one) if HAS_BIAS else tl.zeros([BDL], dtype=tl.float32)
+    c_u, c_t = chan_offsets(o_d, s_ud, s_one, BD, VU, NL), chan_offsets(o_d, s_td, s_one, BD, VT, NL)
+    # A2 < 0: the largest is the slowest decay (with lanes, every lane takes its channel's maximum over all states)
+    b_a2max = tl.full([BDL], float("-inf"), dtype=tl.float32)
     for i_n in tl.static_range(N):
         b_a2max = tl.maximum(b_a2max, tl.load(p_A2 + i_n * D_ + o_d * s_one))
     t_c = i_c * CL
     n_tiles = tl.cdiv(tl.minimum(CL, L - t_c), T)
     p_bcb = p_BC + i_b * s_bb + i_g * s_bg
-    b_S = tl.zeros([NP, BD], dtype=tl.float32)
-    b_R = tl.zeros([BD], dtype=tl.float32)
-    b_zero = tl.zeros([NP, BD], dtype=tl.float32)
+    b_S = tl.zeros([NP // NL, BDL], dtype=tl.float32)
+    b_R = tl.zeros([BDL], dtype=tl.float32)
+    b_zero = tl.zeros([NP // NL, BDL], dtype=tl.float32)
     i_tile = n_tiles - 1
     t0 = t_c + i_tile * T
-    m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BD))
+    m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BDL))
     r_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + t0 * s_tl, o_t, s_tl, c_t), mask=m, other=0.0)
     r_u = tl.load(tile_ptrs(p_u, i_b * s_ub + t0 * s_ul, o_t, s_ul, c_u), mask=m, other=0.0)
     go = n_tiles > 0
     while go:
         t0 = t_c + i_tile * T
-        m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BD))
-        m_prev = tl.broadcast_to(((t0 - T + o_t) >= t_c)[:, None], (T, BD))  # the tile before, if any: prefetch
+        m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BDL))
+        m_prev = tl.broadcast_to(((t0 - T + o_t) >= t_c)[:, None], (T, BDL))  # the tile before, if any: prefetch
         n_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + (t0 - T) * s_tl, o_t, s_tl, c_t), mask=m_prev, other=0.0)
         n_u = tl.load(tile_ptrs(p_u, i_b * s_ub + (t0 - T) * s_ul, o_t, s_ul, c_u), mask=m_prev, other=0.0)
         b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
         b_du = b_dt * r_u.to(tl.float32)
         b_h, _ = fwd_tile(b_zero, b_dt, b_du, b_du, p_A2, p_bcb + (t0 // T) * (2 * N * T), o_n, o_t, o_d, D_,
-                          s_one, N, NFMA, T, BD, False)
-        for i_n in tl.static_range(N):
-            b_w = tl.exp2(tl.load(p_A2 + i_n * D_ + o_d * s_one) * b_R)  # decay of the tiles after this one
-            b_S = put_row(b_S, o_n, i_n, tl.fma(b_w, get_row(b_h, o_n, i_n), get_row(b_S, o_n, i_n)))
+                          s_one, o_ln, N, NFMA, T, BD, False, NL)
+        for i_s in tl.static_range((N + NL - 1) // NL):
+            b_a2 = load_a2(p_A2, lane_state(o_ln, i_s, NL), D_, o_d, s_one, N, NL)
+            b_w = tl.exp2(b_a2 * b_R)  # decay of the tiles after this one
+            b_S = put_row(b_S, o_n, i_s, tl.fma(b_w, get_row(b_h, o_n, i_s), get_row(b_S, o_n, i_s)))
         b_R += tl.sum(b_dt, axis=0)
         i_tile -= 1
         go = (i_tile >= 0) & (tl.max(b_a2max * b_R, axis=0) > -STOP)
         r_dt, r_u = n_dt, n_u
-    b_P = tl.full([NP, BD], 1.0, dtype=tl.float32)
-    for i_n in tl.static_range(N):
-        b_P = put_row(b_P, o_n, i_n, tl.exp2(tl.load(p_A2 + i_n * D_ + o_d * s_one) * b_R))
-    off_own = state_offsets(o_n, o_d, D_ * s_one, s_one, BD)
+    b_P = tl.full([NP // NL, BDL], 1.0, dtype=tl.float32)
+    for i_s in tl.static_range((N + NL - 1) // NL):
+        b_P = put_row(b_P, o_n, i_s, tl.exp2(load_a2(p_A2, lane_state(o_ln, i_s, NL), D_, o_d, s_one, N, NL) * b_R))
+    off_own = lane_state_offsets(o_n, o_ln, o_d, D_ * s_one, s_one, BD, NL)
     tl.store(p_S + ((i_b * NC + i_c) * NP) * D_ + off_own, b_S)
     tl.store(p_P + ((i_b * NC + i_c) * NP) * D_ + off_own, b_P)
 

@@ -37,7 +37,7 @@ _P5 = tl.constexpr(0.0013264623727193454)
 
 
 @triton.jit
-def chan_offsets(o_d, s_d, s_one, BD: tl.constexpr, VEC: tl.constexpr):
+def chan_offsets(o_d, s_d, s_one, BD: tl.constexpr, VEC: tl.constexpr, NL: tl.constexpr):
     """int64 offsets of a program's channels in a tensor with channel stride s_d (computed once per kernel: a tile's
     addresses are then one add of a row offset each).
 
@@ -49,6 +49,8 @@ def chan_offsets(o_d, s_d, s_one, BD: tl.constexpr, VEC: tl.constexpr):
     """
     if VEC:
         return o_d * s_d
+    elif NL > 1:  # a channel repeats over its NL lanes: not contiguous, so no hint (a false one breaks the loads)
+        return o_d * (s_d + s_one - 1)
     else:
         return tl.max_contiguous(o_d * (s_d + s_one - 1), BD)
 
@@ -64,6 +66,93 @@ def tile_ptrs(p, base, o_t, s_l, col):
 def state_offsets(o_n, o_d, s_n, s_d, BD: tl.constexpr):
     """int64 element offsets of an [NP, BD] block of states (n, channel) under the same layout rule as tiles."""
     return tl.max_contiguous(o_n[:, None].to(tl.int64) * s_n + o_d[None, :] * s_d, [1, BD])
+
+
+@triton.jit
+def lane_columns(BD: tl.constexpr, NL: tl.constexpr):
+    """A program's tile columns as (channel within the block (int64), lane): BD channels × NL lanes, the NL lanes
+    of a channel adjacent (column c·NL + k). With NL = 1 the lane is the constant 0."""
+    if NL == 1:
+        return tl.arange(0, BD).to(tl.int64), 0
+    else:
+        o_j = tl.arange(0, BD * NL)
+        return (o_j // NL).to(tl.int64), o_j % NL
+
+
+@triton.jit
+def lane_state(o_ln, s, NL: tl.constexpr):
+    """The state a column works on in its s-th state step: states interleave over a channel's lanes
+    (n = s·NL + lane), so the NL lanes take NL consecutive states, whose staged B/C rows are adjacent."""
+    if NL == 1:
+        return s
+    else:
+        return s * NL + o_ln
+
+
+@triton.jit
+def load_a2(p_A2, n, D_, o_d, s_one, N: tl.constexpr, NL: tl.constexpr):
+    """A·log2(e) of state n (lane_state) for every column, from (n, d). With lanes, states past N (padding when
+    NL does not divide N) read 0: no decay, and with their B and C 0 (load_bc) they stay 0 and add nothing."""
+    if NL == 1:
+        return tl.load(p_A2 + n * D_ + o_d * s_one)
+    else:
+        return tl.load(p_A2 + n * D_ + o_d * s_one, mask=n < N, other=0.0)
+
+
+@triton.jit
+def load_bc(p_bc, n, o_t, T: tl.constexpr, N: tl.constexpr, NL: tl.constexpr, IS_C: tl.constexpr):
+    """State n's row of a tile's staged B (or C) block (2, N, T): [T, 1], the same row for every thread, or with
+    lanes [T, BD·NL], each column its own state's row (0 past N)."""
+    if NL == 1:
+        if IS_C:
+            return tl.load(p_bc + (N + n) * T + o_t)[:, None]
+        else:
+            return tl.load(p_bc + n * T + o_t)[:, None]
+    else:
+        m = (n < N)[None, :]
+        if IS_C:
+            return tl.load(p_bc + (N + n)[None, :] * T + o_t[:, None], mask=m, other=0.0)
+        else:
+            return tl.load(p_bc + n[None, :] * T + o_t[:, None], mask=m, other=0.0)
+
+
+@triton.jit
+def lane_sum(x, BD: tl.constexpr, NL: tl.constexpr):
+    """A [T, BD·NL] tile of per-lane partial sums over states, summed over each channel's lanes and given back to
+    every lane (log2 NL butterfly shuffles a register on the GPU, the lanes being adjacent)."""
+    if NL == 1:
+        return x
+    else:
+        T: tl.constexpr = x.shape[0]
+        s = tl.sum(tl.reshape(x, (T, BD, NL)), axis=2)
+        return tl.reshape(tl.broadcast_to(s[:, :, None], (T, BD, NL)), (T, BD * NL))
+
+
+@triton.jit
+def lane_store_mask(m, o_ln, NL: tl.constexpr):
+    """A [T, BD·NL] tile's store mask with only lane 0 of each channel writing (every lane holds the same sums)."""
+    if NL == 1:
+        return m
+    else:
+        return m & (o_ln == 0)[None, :]
+
+
+@triton.jit
+def lane_state_offsets(o_s, o_ln, o_d, s_n, s_d, BD: tl.constexpr, NL: tl.constexpr):
+    """state_offsets for a [NP / NL, BD·NL] block: row s of column (c, k) is state s·NL + k of channel c."""
+    if NL == 1:
+        return state_offsets(o_s, o_d, s_n, s_d, BD)
+    else:
+        return (o_s[:, None] * NL + o_ln[None, :]).to(tl.int64) * s_n + o_d[None, :] * s_d
+
+
+@triton.jit
+def lane_state_mask(o_s, o_ln, N, NL: tl.constexpr, BDL: tl.constexpr):
+    """Which elements of a [NP / NL, BD·NL] state block are real states (n < N)."""
+    if NL == 1:
+        return tl.broadcast_to((o_s < N)[:, None], (o_s.shape[0], BDL))
+    else:
+        return (o_s[:, None] * NL + o_ln[None, :]) < N
 
 
 @triton.jit

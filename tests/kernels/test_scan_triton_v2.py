@@ -118,6 +118,22 @@ def test_stopped_summaries_bf16_model_layout_grouped():
     compare(1, 4, 37, 2, dtype=torch.bfloat16, layout="bld", block_d=4, stop_summaries=True, **SMALL)
 
 
+@pytest.mark.parametrize("lanes, l, n, launch", [
+    (2, 63, 4, SMALL),  # several chunks, stopped summaries (the default)
+    (4, 37, 3, dict(SMALL, stop_summaries=False)),  # a padding state (3 states on 4 lanes), the full summaries
+    (8, 45, 4, dict(tile=8, ckpt_tiles=2, chunk=64)),  # one chunk; more lanes than states
+    (2, 50, 4, dict(SMALL, unroll=False, fma_exps=1)),  # the forward's loop over states, an exp on the FMA pipe
+])
+def test_lanes_split_each_channels_states(lanes, l, n, launch):
+    """lanes: each channel's states over several threads (tiles.lane_columns), y and the backward's sums over
+    states added across them (tiles.lane_sum), dB/dC summed over the block's channels per lane."""
+    compare(2, 4, l, n, block_d=4, lanes=lanes, **launch)
+
+
+def test_lanes_bf16_model_layout_grouped():
+    compare(1, 8, 40, 4, groups=2, dtype=torch.bfloat16, layout="bld", block_d=4, lanes=4, **SMALL)
+
+
 def test_warp_reduction_path():
     """Channel blocks of whole warps take the butterfly reduction of dB/dC (emulated in the interpreter) and its
     cross-warp sum: 2 warps of one channel each, and 1 warp of two channels a thread."""
@@ -155,6 +171,21 @@ def test_plan_cuts_sequences_only_below_full_occupancy():
     assert scan_v2.plan(1, 1536, 4096, 1536, cpu, full_warps=8).NC == 1
     # once cut, into enough chunks for WARPS_PER_SM (32 since the 12-06 measurement) warps a SM: 32 * 4 / 4 / 12
     assert scan_v2.plan(1, 1536, 4096, 1536, cpu, full_warps=16).NC == 3
+
+
+def test_plan_with_lanes_counts_every_thread_of_a_channel():
+    """A program keeps 128 threads: 128 / lanes channels. b·d·lanes threads fill the GPU, so sequences are cut
+    into fewer chunks, or none."""
+    cpu = torch.device("cpu")  # 4 "SMs"
+    p = scan_v2.plan(1, 512, 4096, 512, cpu, lanes=4)
+    assert (p.BD, p.fwd_warps, p.bwd_warps, p.lanes) == (32, 4, 4, 4)
+    assert scan_v2.plan(1, 512, 4096, 512, cpu).NC == 8  # 16 warps < 8 a SM: cut for 32 a SM
+    assert scan_v2.plan(1, 512, 4096, 512, cpu, lanes=2).NC == 1  # 32 warps
+    assert scan_v2.plan(1, 512, 2**20, 512, cpu, full_warps=32).NC == 8
+    assert scan_v2.plan(1, 512, 2**20, 512, cpu, full_warps=32, lanes=4).NC == 2
+    assert scan_v2.plan(1, 512, 4096, 512, cpu).lanes == 1  # the default launch is unchanged
+    with pytest.raises(ValueError, match="lanes must be"):
+        scan_v2.plan(1, 512, 4096, 512, cpu, lanes=3)
 
 
 def test_rejects_empty_sequence():

@@ -4,7 +4,8 @@ The butterfly reduction of dB/dC assumes channel c of a tile sits on lane c % 32
 the thread; the forward assumes it has no cross-lane work at all. Both hold only if Triton's layout passes choose
 what tiles.py steers them to, so this compiles the default-plan kernels (in a subprocess: the interpreter, which the
 root conftest.py switches on, cannot compile) for (b, d, l) bf16 rows (vector loads) and for channels-last views
-(hidden strides), and checks the TTGIR layouts and the SASS (ptxas and cuobjdump ship with Triton).
+(hidden strides), and checks the TTGIR layouts and the SASS (ptxas and cuobjdump ship with Triton). The `lanes`
+launch (each channel's 16 states over 2, 4 or 8 threads) is compiled too, for (b, d, l) rows.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import pytest
 
 pytest.importorskip("triton")
 
-SCRIPT = textwrap.dedent(r'''
+LANES = (2, 4, 8)
+SCRIPT = f"LANES = {LANES}\n" + textwrap.dedent(r'''
     import json, os, re, subprocess, sys, tempfile
     import triton
     from triton.backends.compiler import GPUTarget
@@ -52,20 +54,24 @@ SCRIPT = textwrap.dedent(r'''
                     mufu=ops.count("MUFU"), layouts=sorted(set(two_d)))
 
     out = {}
-    T, BD, W = 8, 128, 4  # scan_v2.plan's defaults
-    for name, sl, vec in (("bdl", 1, True), ("bld", 512, False)):
-        base = dict(N=16, NP=16, T=T, BD=BD, M=8, NFMA=0, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True, HAS_D=True,
-                    s_ul=sl, s_tl=sl, s_zl=sl, s_yl=sl, VU=vec, VT=vec, VZ=vec, VY=vec)
-        out["F3 " + name] = build(scan_v2_fwd._fwd_scan, dict(base, UNROLL_N=True, SUMMARY=False, HAS_H0=True), W)
-        out["F1tail " + name] = build(scan_v2_fwd._fwd_summary_tail, dict(
-            N=16, NP=16, T=T, BD=BD, NFMA=0, STOP=160.0, HAS_BIAS=True, SOFTPLUS=True, s_ul=sl, s_tl=sl, VU=vec,
-            VT=vec), W)
-        out["B1head " + name] = build(scan_v2_bwd._bwd_summary_head, dict(
-            N=16, NP=16, T=T, BD=BD, NFMA=0, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True, STOP=160.0, s_ul=sl, s_tl=sl,
-            s_zl=sl, s_yl=sl, s_oul=sl, s_otl=sl, s_ozl=sl, VT=vec, VZ=vec, VY=vec), W)
-        out["B3 " + name] = build(scan_v2_bwd._bwd_scan, dict(
-            base, HAS_PIN=True, HAS_H0=True, REDUCE_ASM=True, CPT=1, s_oul=sl, s_otl=sl, s_ozl=sl,
-            VOU=vec, VOT=vec, VOZ=vec), W)
+    T, W = 8, 4  # scan_v2.plan's defaults: 128 threads a program, 128 / lanes channels
+    for NL, layouts in ((1, (("bdl", 1, True), ("bld", 512, False))),) + tuple((NL, (("bdl", 1, True),))
+                                                                            for NL in LANES):
+        BD, sfx = 128 // NL, "" if NL == 1 else f" lanes{NL}"
+        for name, sl, vec in layouts:
+            base = dict(N=16, NP=16, T=T, BD=BD, M=8, NFMA=0, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True, HAS_D=True,
+                        s_ul=sl, s_tl=sl, s_zl=sl, s_yl=sl, VU=vec, VT=vec, VZ=vec, VY=vec, NL=NL)
+            name += sfx
+            out["F3 " + name] = build(scan_v2_fwd._fwd_scan, dict(base, UNROLL_N=True, SUMMARY=False, HAS_H0=True), W)
+            out["F1tail " + name] = build(scan_v2_fwd._fwd_summary_tail, dict(
+                N=16, NP=16, T=T, BD=BD, NFMA=0, STOP=160.0, HAS_BIAS=True, SOFTPLUS=True, s_ul=sl, s_tl=sl, VU=vec,
+                VT=vec, NL=NL), W)
+            out["B1head " + name] = build(scan_v2_bwd._bwd_summary_head, dict(
+                N=16, NP=16, T=T, BD=BD, NFMA=0, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True, STOP=160.0, s_ul=sl,
+                s_tl=sl, s_zl=sl, s_yl=sl, s_oul=sl, s_otl=sl, s_ozl=sl, VT=vec, VZ=vec, VY=vec, NL=NL), W)
+            out["B3 " + name] = build(scan_v2_bwd._bwd_scan, dict(
+                base, HAS_PIN=True, HAS_H0=True, REDUCE_ASM=NL == 1, CPT=1, s_oul=sl, s_otl=sl, s_ozl=sl,
+                VOU=vec, VOT=vec, VOZ=vec), W)
     print(json.dumps(out))
 ''')
 
@@ -89,9 +95,14 @@ def compiled():
 
 def test_tiles_put_positions_in_thread_and_channels_on_lanes(compiled):
     for name, k in compiled.items():
+        family = [("1", "1"), ("8", "1"), ("2", "1"), ("4", "1")]
+        if name.startswith("B3") and "lanes" in name:
+            family = [("8", "1")]  # its dB/dC sums per lane ([T, lanes] and [T]) take small layouts of their own
         for size0, size1, tpw0, tpw1, w0, w1 in k["layouts"]:
-            if (size0, size1) in (("1", "1"), ("8", "1"), ("2", "1"), ("4", "1")):  # the tile family
+            if (size0, size1) in family:  # the tile family
                 assert (tpw0, tpw1, w0) == ("1", "32", "1"), f"{name}: positions across lanes or warps: {k}"
+        if "lanes" in name:  # the tiles' vector rows: T positions a thread, columns (channel, lane) on lanes
+            assert ("8", "1", "1", "32", "1", "4") in [tuple(x) for x in k["layouts"]], (name, k)
 
 
 def test_forward_has_no_cross_lane_work_and_no_spills(compiled):
@@ -117,3 +128,17 @@ def test_backward_uses_the_butterfly_and_does_not_spill(compiled):
         assert k["spills"] == 0 and k["stl"] == 0, (name, k)
         # one loop iteration per state: 2 reductions of T = 8 rows, T - 1 + (5 - 3) = 9 shuffles each
         assert k["shfl"] == 18, (name, k)
+
+
+def test_lanes_cross_lanes_only_to_add_a_channels_states_and_do_not_spill(compiled):
+    """With lanes, the forward's one cross-lane step is y's sum over a channel's lanes, log2(lanes) shuffles per
+    position (tiles.lane_sum); a thread holds 16 / lanes states, so fewer registers. The summaries keep their stop
+    test's shuffles alone. The backward sums dB/dC over channels with tl.sum (no butterfly): shuffles, no spills."""
+    for NL in LANES:
+        f3 = compiled[f"F3 bdl lanes{NL}"]
+        assert f3["spills"] == 0 and f3["stl"] == 0 and f3["shfl"] == 8 * (NL.bit_length() - 1), (NL, f3)
+        assert f3["regs"] < compiled["F3 bdl"]["regs"] and f3["mufu"] >= 8 * 16 // NL, (NL, f3)
+        for name in (f"F1tail bdl lanes{NL}", f"B1head bdl lanes{NL}", f"B3 bdl lanes{NL}"):
+            k = compiled[name]
+            assert k["spills"] == 0 and k["stl"] == 0, (name, k)
+            assert k["shfl"] <= 8 or name.startswith("B3"), (name, k)
