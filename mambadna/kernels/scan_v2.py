@@ -15,7 +15,9 @@ chunk of positions in tiles of T (kernels in scan_v2_fwd.py / scan_v2_bwd.py, la
                                                   reverse scan and every gradient
 
 Chunks exist only to give the GPU enough programs: b·d/BD programs of BD channels each are enough at large batch
-(one chunk: one pass of exps in the forward), batch 1 needs the sequence cut. Inputs are read in whatever strides
+(one chunk: one pass of exps in the forward), batch 1 needs the sequence cut. The opt-in `lanes` launch (plan keyword;
+1, the default, is the layout above) puts each channel on `lanes` threads, n / lanes states each (tiles.py): b·d·lanes
+threads, so fewer sequences need cutting, for a sum over the lanes per position and Δ's softplus on every lane. Inputs are read in whatever strides
 they come: u, Δ, z (and dy) as (b, d, l) views of (b, l, d) storage are read without a copy, and the outputs (y, du,
 dΔ, dz) take the layout of the input they belong to. B and C are the exception: they are staged once per call as
 one fp32 (b, g, tiles, 2, n, T) buffer (`_stage_bc`; 2n/d of u's elements, 6% at d 512): a tile's B and C rows are
@@ -319,8 +321,8 @@ def selective_scan_triton_v2(
     initial_state=None, return_final_state=False, **launch,
 ):
     """The v2 scan; arguments and result as ``scan_ref.selective_scan_ref``. Keywords of `plan` (tile, block_d,
-    ckpt_tiles, chunk, unroll, fwd_warps, bwd_warps) override the launch shape: tests put chunk boundaries inside
-    short sequences, the benchmark sweeps them."""
+    ckpt_tiles, chunk, unroll, fwd_warps, bwd_warps, lanes, ...) override the launch shape: tests put chunk boundaries
+    inside short sequences, the benchmark sweeps them."""
     if u.shape[-1] == 0:
         raise ValueError("selective_scan_triton_v2 needs a sequence length of at least 1")
     if A.shape[1] > MAX_STATES:

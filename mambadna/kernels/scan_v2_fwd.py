@@ -4,7 +4,9 @@ A program owns BD channels (one per thread) of one batch row and one chunk of po
 tiles of T positions: per state n (unrolled), a = exp2(Δ·A2_n) over the tile, the recurrence h = a·h + Δ·u·B_n as an
 in-thread scan with the carried state folded into the first position, y += C_n·h. Nothing crosses lanes. Per
 (position, channel, state) that is one exp2 and four FMA-pipe operations, so the kernel is bound by the MUFU's exp2
-rate; `NFMA` of the N states take their exp2 on the FMA pipe instead (tiles.exp2_fma) to share that load.
+rate; `NFMA` of the N states take their exp2 on the FMA pipe instead (tiles.exp2_fma) to share that load. With
+lanes (NL > 1, tiles.py) a thread owns N / NL of a channel's states, NFMA counts per lane, and y is added over the
+channel's lanes before the gate (the only cross-lane step).
 
 `_fwd_scan` with SUMMARY=True runs a chunk from a zero state and writes only its end state S and its decay product
 P = Π a (for the carry between chunks, `_carry`); with SUMMARY=False it starts from the given state and writes y,

@@ -14,6 +14,15 @@ c % 32, on Triton 3.6 and 3.9 for sm_90 (tests/kernels/test_scan_v2_layout.py ch
 
 Per-row access of an in-thread axis (`get_row`, `put_row`) is a select with a compile-time predicate per register:
 after lowering it costs one add (get) or nothing (put), not a pass over the block.
+
+Lanes (the opt-in `lanes` launch, NL > 1; NL = 1 compiles exactly as above). A channel's states are split over NL
+adjacent threads: tiles are [T, BD·NL] with column c·NL + k for lane k of channel c (`lane_columns`), and a state
+block [NP / NL, BD·NL] whose row s of lane k is state s·NL + k (`lane_state`, `lane_state_offsets`). Each thread
+then steps through NP / NL states instead of NP (fewer registers, NL times the threads per channel); the inputs are
+read by all NL lanes of a channel (same addresses), Δ's softplus is computed by each of them, and every sum over
+states (y; the backward's Σ g·B and Σ A·g·a·h) is added across the lanes with log2(NL) shuffles a register
+(`lane_sum`). Only lane 0 of a channel stores a tile (`lane_store_mask`). Same register/lane/warp map as above, the
+column axis on lanes and warps.
 """
 
 from __future__ import annotations
