@@ -238,9 +238,9 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
     nck = ck.shape[1]
     dummy = A2
     warps = cfg.bwd_warps
-    # the butterfly needs whole warps of channels, one lane each (emulated in the interpreter); with lanes a
-    # channel's lanes hold different states and dB/dC sum over channels with tl.sum
-    asm = cfg.lanes == 1 and BD % (32 * warps) == 0
+    # the butterfly needs whole warps of columns (emulated in the interpreter), and with lanes a tile's T rows
+    # spread over the lanes of one state: T·lanes <= 32; otherwise dB/dC are tl.sums
+    asm = (BD * cfg.lanes) % (32 * warps) == 0 and T * cfg.lanes <= 32
     flags = dict(N=n, NP=NP, T=T, BD=BD, NFMA=cfg.fma_exps, HAS_BIAS=bias is not None, SOFTPLUS=softplus,
                  HAS_Z=z is not None, NL=cfg.lanes, num_warps=warps, num_stages=1)
     st = (*_common(u, delta, z, BC)[:9], *_strides(dy), BC.stride(0), BC.stride(1))
@@ -275,7 +275,7 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
         dh0 if dh0 is not None else dummy, l, CL, nc, nck, bpg, *st, *pst, *hst, 1,
         *_strides(du), *_strides(ddelta), *_strides(dz if dz is not None else du),
         M=M, HAS_D=Df is not None, HAS_PIN=pin is not None, HAS_H0=has_h0, REDUCE_ASM=asm,
-        CPT=max(1, BD // (32 * warps)), VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=vec_rows(z, T),
+        CPT=max(1, BD * cfg.lanes // (32 * warps)), VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=vec_rows(z, T),
         VY=vec_rows(dy, T), VOU=vec_rows(du, T), VOT=vec_rows(ddelta, T), VOZ=vec_rows(dz, T), **flags,
     )
     # channel blocks never straddle groups (BD divides d / g), so block i belongs to group i // (nblk / g)

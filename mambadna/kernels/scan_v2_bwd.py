@@ -14,7 +14,8 @@ dB and dC sum over channels. REDUCE_ASM uses tiles.warp_reduce_scatter (about on
 cross-warp sum per tile, into per-channel-block partials (b, blocks, NP, l) that the launcher adds in a fixed order:
 deterministic, no atomics. Without it (the interpreter, or blocks narrower than a warp) `tl.sum` does the same sum.
 With lanes (NL > 1, tiles.py) each lane walks its own states; the sums over states that du, dΔ and dz need are added
-over a channel's lanes (tiles.lane_sum), and dB/dC are `tl.sum`s over the block's channels, one per lane.
+over a channel's lanes (tiles.lane_sum), and the butterfly sums dB/dC over the lanes holding the same state (it
+skips the low log2(NL) lane bits; T·NL <= 32, else `tl.sum`).
 """
 
 from __future__ import annotations
@@ -285,15 +286,22 @@ def _bwd_scan(
                                          BD, REDUCE_ASM, CPT, NL)
             if REDUCE_ASM:
                 # Lane l of every warp holds position t0 + l % T of each state's warp sum: add the warps. One
-                # (state, position) per thread, so the sum is W loads and adds, with no cross-lane step.
+                # (state, position) per thread, so the sum is W loads and adds, with no cross-lane step. With
+                # lanes, state s·NL + k of position t sits on lane t·NL + k of state step s's row.
                 tl.debug_barrier()
                 o_k = tl.arange(0, NP * T)
                 k_n, k_t = o_k // T, o_k % T
+                if NL > 1:
+                    o_r = (k_n // NL) * BDL + k_t * NL + k_n % NL
                 b_sC = tl.zeros([NP * T], dtype=tl.float32)
                 b_sB = tl.zeros([NP * T], dtype=tl.float32)
-                for w in tl.static_range(BD // CPT // 32):
-                    b_sC += tl.load(p_rC + k_n * BD + w * 32 + k_t)
-                    b_sB += tl.load(p_rB + k_n * BD + w * 32 + k_t)
+                for w in tl.static_range(BDL // CPT // 32):
+                    if NL == 1:
+                        b_sC += tl.load(p_rC + k_n * BD + w * 32 + k_t)
+                        b_sB += tl.load(p_rB + k_n * BD + w * 32 + k_t)
+                    else:
+                        b_sC += tl.load(p_rC + o_r + w * 32)
+                        b_sB += tl.load(p_rB + o_r + w * 32)
                 m_k = (k_n < N) & (t0 + k_t < L)
                 tl.store(p_dCb + k_n.to(tl.int64) * L + t0 + k_t, b_sC, mask=m_k)
                 tl.store(p_dBb + k_n.to(tl.int64) * L + t0 + k_t, b_sB, mask=m_k)
@@ -348,9 +356,10 @@ def _bwd_states(b_dt, b_du, b_dyp, b_y, b_gB, b_gA, p_A2, p_bc, p_h0, p_p, p_dAs
         b_gA = tl.fma(b_r, (b_a2 * LN2)[None, :], b_gA)
         tl.store(p_dAs + o_s, tl.load(p_dAs + o_s) + tl.sum(b_r * b_dt, axis=0))
         if REDUCE_ASM:
-            o_w = i_n * BD + tl.arange(0, BD // CPT) * s_one  # the lane-distributed warp sums of this state
-            tl.store(p_rC + o_w, warp_reduce_scatter(b_dyp * b_hs, BD, CPT))
-            tl.store(p_rB + o_w, warp_reduce_scatter(b_g * b_du, BD, CPT))
+            # the lane-distributed warp sums of this state step (of NL states with lanes)
+            o_w = i_s * (BD * NL) + tl.arange(0, BD * NL // CPT) * s_one
+            tl.store(p_rC + o_w, warp_reduce_scatter(b_dyp * b_hs, BD * NL, CPT, NL))
+            tl.store(p_rB + o_w, warp_reduce_scatter(b_g * b_du, BD * NL, CPT, NL))
         elif NL == 1:
             tl.store(p_dC + i_n * L + o_t, tl.sum(b_dyp * b_hs, axis=1), mask=m_t)
             tl.store(p_dB + i_n * L + o_t, tl.sum(b_g * b_du, axis=1), mask=m_t)

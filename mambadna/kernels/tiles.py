@@ -273,9 +273,11 @@ def _shfl_xor(x, M: tl.constexpr):
 
 
 @triton.jit
-def warp_reduce_scatter(v, BD: tl.constexpr, CPT: tl.constexpr):
+def warp_reduce_scatter(v, BD: tl.constexpr, CPT: tl.constexpr, NL: tl.constexpr):
     """Sum a [T, BD] tile over the channels of each warp; returns [BD // CPT] where lane L of a warp holds row L % T
-    (T a power of two <= 32). CPT = channels per thread (BD / (32·warps)).
+    (T a power of two <= 32). CPT = columns per thread (BD / (32·warps)). With lanes (NL threads a channel, adjacent)
+    the sum runs over the columns of equal lane L % NL only (the same state of every channel): the butterfly skips
+    the low log2(NL) lane bits, and lane L holds row (L // NL) % T (needs T·NL <= 32).
 
     The CPT channels of a thread (c, c + BD/CPT, ...) are added in registers first. Then a butterfly halves the
     rows at every step: in round r a lane keeps the rows whose index bit matches its lane bit r and sends the
@@ -289,13 +291,15 @@ def warp_reduce_scatter(v, BD: tl.constexpr, CPT: tl.constexpr):
     if CPT > 1:
         v = tl.sum(tl.reshape(v, (T, CPT, BL)), axis=1)
     if not GPU_ASM:
-        s = tl.sum(tl.reshape(v, (T, BL // 32, 32)), axis=2)  # [T, warps]
-        s = tl.reshape(tl.broadcast_to(s[:, :, None], (T, BL // 32, 32)), (T, BL))
+        s = tl.sum(tl.reshape(v, (T, BL // 32, 32 // NL, NL)), axis=2)  # [T, warps, lanes]
+        s = tl.reshape(tl.broadcast_to(s[:, :, None, :], (T, BL // 32, 32 // NL, NL)), (T, BL))
         o_j = tl.arange(0, BL)
-        return tl.sum(tl.where(tl.arange(0, T)[:, None] == ((o_j % 32) % T)[None, :], s, 0.0), axis=0)
+        return tl.sum(tl.where(tl.arange(0, T)[:, None] == (((o_j % 32) // NL) % T)[None, :], s, 0.0), axis=0)
     o_lane = tl.arange(0, BL) % 32
     for r in tl.static_range(5):
-        if v.shape[0] > 1:
+        if (1 << r) < NL:  # lanes of one channel: different states, not summed
+            pass
+        elif v.shape[0] > 1:
             lo, hi = tl.split(tl.permute(tl.reshape(v, (v.shape[0] // 2, 2, BL)), (0, 2, 1)))
             bit = ((o_lane >> r) & 1)[None, :] == 1
             v = tl.where(bit, hi, lo) + _shfl_xor(tl.where(bit, lo, hi), 1 << r)

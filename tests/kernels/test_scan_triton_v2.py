@@ -140,6 +140,13 @@ def test_warp_reduction_path():
     compare(1, 64, 24, 2, block_d=64, bwd_warps=2, **SMALL)
 
 
+@pytest.mark.parametrize("lanes, n, block_d", [(2, 3, 32), (4, 4, 8)])
+def test_warp_reduction_path_with_lanes(lanes, n, block_d):
+    """With lanes (T·lanes <= 32) the butterfly sums each state over the lanes that hold it: 32 / lanes channels a
+    warp; two columns a thread at lanes 2 (64 columns on one warp), one at lanes 4."""
+    compare(1, 32, 24, n, block_d=block_d, bwd_warps=1, lanes=lanes, **SMALL)
+
+
 @pytest.mark.slow
 def test_warp_reduction_two_channels_per_thread():
     compare(1, 64, 24, 2, block_d=64, bwd_warps=1, **SMALL)
