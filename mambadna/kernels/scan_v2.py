@@ -17,13 +17,15 @@ chunk of positions in tiles of T (kernels in scan_v2_fwd.py / scan_v2_bwd.py, la
 Chunks exist only to give the GPU enough programs: b·d/BD programs of BD channels each are enough at large batch
 (one chunk: one pass of exps in the forward), batch 1 needs the sequence cut. The opt-in `lanes` launch (plan keyword;
 1, the default, is the layout above) puts each channel on `lanes` threads, n / lanes states each (tiles.py): b·d·lanes
-threads, so fewer sequences need cutting, for a sum over the lanes per position and Δ's softplus on every lane. Inputs are read in whatever strides
-they come: u, Δ, z (and dy) as (b, d, l) views of (b, l, d) storage are read without a copy, and the outputs (y, du,
-dΔ, dz) take the layout of the input they belong to. B and C are the exception: they are staged once per call as
-one fp32 (b, g, tiles, 2, n, T) buffer (`_stage_bc`; 2n/d of u's elements, 6% at d 512): a tile's B and C rows are
-then 16-byte broadcast loads at fixed offsets, with no bf16 conversion in the inner loop, where reading them in
-place from (b, l, n) storage costs a scalar load per (position, state). Saved for the backward: the inputs, the staged B/C and fp32 states every M·T positions
-(4·n/(M·T) bytes per (b, d, l) element: 1 byte at n 16, T 8, M 8).
+threads, so fewer sequences need cutting, for a sum over the lanes per position and Δ's softplus on every lane.
+
+Inputs are read in whatever strides they come: u, Δ, z (and dy) as (b, d, l) views of (b, l, d) storage are read
+without a copy, and the outputs (y, du, dΔ, dz) take the layout of the input they belong to. B and C are the
+exception: they are staged once per call as one fp32 (b, g, tiles, 2, n, T) buffer (`_stage_bc`; 2n/d of u's
+elements, 6% at d 512): a tile's B and C rows are then 16-byte broadcast loads at fixed offsets, with no bf16
+conversion in the inner loop, where reading them in place from (b, l, n) storage costs a scalar load per (position,
+state). Saved for the backward: the inputs, the staged B/C and fp32 states every M·T positions (4·n/(M·T) bytes per
+(b, d, l) element: 1 byte at n 16, T 8, M 8).
 """
 
 from __future__ import annotations
@@ -107,13 +109,13 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     no registers (tests/kernels/test_scan_v2_layout.py); checkpoints every 64 positions cost 1 byte per (b, d, l)
     element at n 16.
 
-    `lanes` (1, the default, 2, 4, 8 or 16) splits each channel's states over that many threads (tiles.py): a
+    `lanes` (1, the default, 2, 4 or 8) splits each channel's states over that many threads (tiles.py): a
     program then holds 128 / lanes channels by default, still 128 threads, so b·d·lanes threads count towards the
     warps above and fewer sequences are cut. The default launch is lanes = 1, today's kernels unchanged.
     """
     NL = lanes or 1
-    if NL not in (1, 2, 4, 8, 16):
-        raise ValueError(f"lanes must be 1, 2, 4, 8 or 16 (threads per channel); got {lanes}")
+    if NL not in (1, 2, 4, 8):
+        raise ValueError(f"lanes must be 1, 2, 4 or 8 (threads per channel); got {lanes}")
     T = tile or 8
     BD = _block_d(dpg, block_d or 128 // NL)
     M = ckpt_tiles or 8
@@ -178,8 +180,8 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
     y = alloc_like(u)
     dummy = A2
     flags = dict(N=n, NP=NP, T=T, BD=BD, M=M, NFMA=cfg.fma_exps, UNROLL_N=unroll, HAS_BIAS=bias is not None,
-                 SOFTPLUS=softplus, HAS_D=Df is not None, HAS_Z=z is not None, NL=cfg.lanes, num_warps=cfg.fwd_warps,
-                 num_stages=1)
+                 SOFTPLUS=softplus, HAS_D=Df is not None, HAS_Z=z is not None, NL=cfg.lanes,
+                 num_warps=cfg.fwd_warps, num_stages=1)
     st = (*_common(u, delta, z, BC), *_strides(y))
     scr = torch.empty(0 if unroll else b * nc * d * NP, dtype=torch.float32, device=dev)
     grid = (nblk, nc, b)
