@@ -17,7 +17,7 @@ chunk of positions in tiles of T (kernels in scan_v2_fwd.py / scan_v2_bwd.py, la
 Chunks exist only to give the GPU enough programs: b·d/BD programs of BD channels each are enough at large batch
 (one chunk: one pass of exps in the forward), batch 1 needs the sequence cut. The opt-in `lanes` launch (plan keyword;
 1, the default, is the layout above) puts each channel on `lanes` threads, n / lanes states each (tiles.py): b·d·lanes
-threads, so fewer sequences need cutting, for a sum over the lanes per position and Δ's softplus on every lane.
+threads, so fewer sequences need cutting, for a sum over the lanes per position and an exchange of Δ's softplus.
 
 Inputs are read in whatever strides they come: u, Δ, z (and dy) as (b, d, l) views of (b, l, d) storage are read
 without a copy, and the outputs (y, du, dΔ, dz) take the layout of the input they belong to. B and C are the

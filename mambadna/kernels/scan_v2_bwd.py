@@ -26,7 +26,7 @@ import triton.language as tl
 from mambadna.kernels.scan_v2_fwd import delta_of, fwd_tile_loop
 from mambadna.kernels.tiles import (LN2, chan_offsets, combine_fwd, exp2_on, get_row, lane_columns, lane_state,
                                     lane_state_mask, lane_state_offsets, lane_store_mask, lane_sum, load_a2, load_bc,
-                                    put_row, reverse_adjoint, sigmoid, tile_ptrs, warp_reduce_scatter)
+                                    put_row, reverse_adjoint, sigmoid, sigmoid_lanes, tile_ptrs, warp_reduce_scatter)
 
 BWD_STRIDES = ["s_pb", "s_pc", "s_pn", "s_pd", "s_hb", "s_hn", "s_hd", "s_one"]
 
@@ -43,13 +43,13 @@ def load_raw3(p_dt, p_dy, p_z, i_b, t0, L, o_t, c_t, c_y, c_z, s_tb, s_tl: tl.co
 
 
 @triton.jit
-def dy_gated_of(r_dy, r_z, HAS_Z: tl.constexpr):
+def dy_gated_of(r_dy, r_z, HAS_Z: tl.constexpr, BD: tl.constexpr, NL: tl.constexpr):
     """dy' = dy·silu(z), the gradient reaching the scan output before the gate, and dy, z, σ(z), from loaded
-    tiles (zero where masked)."""
+    tiles (zero where masked). With lanes, σ once per channel (tiles.sigmoid_lanes)."""
     b_dy = r_dy.to(tl.float32)
     if HAS_Z:
         b_z = r_z.to(tl.float32)
-        b_sig = sigmoid(b_z)
+        b_sig = sigmoid(b_z) if NL == 1 else sigmoid_lanes(b_z, BD, NL)
         b_dyp = b_dy * b_z * b_sig
     else:
         b_z = b_dy
@@ -99,8 +99,8 @@ def _bwd_summary(
         m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BDL))
         n_dt, n_dy, n_z = load_raw3(p_dt, p_dy, p_z, i_b, t0 - T, L, o_t, c_t, c_y, c_z, s_tb, s_tl, s_yb, s_yl,
                                     s_zb, s_zl, t_c, HAS_Z, T, BDL)
-        b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
-        b_dyp, _, _, _ = dy_gated_of(r_dy, r_z, HAS_Z)
+        b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS, BD, NL)
+        b_dyp, _, _, _ = dy_gated_of(r_dy, r_z, HAS_Z, BD, NL)
         for i_s in tl.static_range(SN):
             i_n = lane_state(o_ln, i_s, NL)
             b_a2 = load_a2(p_A2, i_n, D_, o_d, s_one, N, NL)
@@ -165,8 +165,8 @@ def _bwd_summary_head(
         m = tl.broadcast_to(((t0 + o_t) < L)[:, None], (T, BDL))
         n_dt, n_dy, n_z = load_raw3(p_dt, p_dy, p_z, i_b, t0 + T, t_end, o_t, c_t, c_y, c_z, s_tb, s_tl, s_yb,
                                     s_yl, s_zb, s_zl, t_c, HAS_Z, T, BDL)
-        b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
-        b_dyp, _, _, _ = dy_gated_of(r_dy, r_z, HAS_Z)
+        b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS, BD, NL)
+        b_dyp, _, _, _ = dy_gated_of(r_dy, r_z, HAS_Z, BD, NL)
         for i_s in tl.static_range(SN):
             i_n = lane_state(o_ln, i_s, NL)
             b_a2 = load_a2(p_A2, i_n, D_, o_d, s_one, N, NL)
@@ -253,7 +253,7 @@ def _bwd_scan(
             m_next = tl.broadcast_to(((t0 + T + o_t) < L)[:, None], (T, BDL))
             n_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + (t0 + T) * s_tl, o_t, s_tl, c_t), mask=m_next, other=0.0)
             n_u = tl.load(tile_ptrs(p_u, i_b * s_ub + (t0 + T) * s_ul, o_t, s_ul, c_u), mask=m_next, other=0.0)
-            b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
+            b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS, BD, NL)
             fwd_tile_loop(p_sc + j * NS, p_sc + (j + 1) * NS, b_dt, b_dt * r_u.to(tl.float32), b_dt, p_A2,
                           p_bcb + (t0 // T) * (2 * N * T), o_t, o_d, o_dl, D_, s_one, o_ln, N, NFMA, T, BD, False,
                           NL)
@@ -275,10 +275,13 @@ def _bwd_scan(
                           mask=tl.broadcast_to(((t0 - T + o_t) >= t_c + j0 * T)[:, None], (T, BDL)), other=0.0)
             # Everything the gradients need after the loop over states is computed now and kept as values (u,
             # σ(raw Δ), dy·silu'(z)): keeping their int64 offsets instead costs twice the registers.
-            b_dt, b_raw = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
-            b_sp = sigmoid(b_raw) if SOFTPLUS else b_raw  # dΔ/d(raw Δ)
+            b_dt, b_raw = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS, BD, NL)
+            if NL == 1:
+                b_sp = sigmoid(b_raw) if SOFTPLUS else b_raw  # dΔ/d(raw Δ)
+            else:
+                b_sp = sigmoid_lanes(b_raw, BD, NL) if SOFTPLUS else b_raw
             b_u = r_u.to(tl.float32)
-            b_dyp, b_dy, b_z, b_sig = dy_gated_of(r_dy, r_z, HAS_Z)
+            b_dyp, b_dy, b_z, b_sig = dy_gated_of(r_dy, r_z, HAS_Z, BD, NL)
             b_q = b_dy * b_sig * (1.0 + b_z * (1.0 - b_sig))  # dz = q · (output before the gate)
             b_y, b_gB, b_gA = bwd_states(b_dt, b_dt * b_u, b_dyp, b_Dv[None, :] * b_u, p_A2,
                                          p_bcb + (t0 // T) * (2 * N * T), p_sc + j * NS, p_p, p_dAs, p_rC, p_rB,

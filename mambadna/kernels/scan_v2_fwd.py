@@ -5,8 +5,9 @@ tiles of T positions: per state n (unrolled), a = exp2(Δ·A2_n) over the tile, 
 in-thread scan with the carried state folded into the first position, y += C_n·h. Nothing crosses lanes. Per
 (position, channel, state) that is one exp2 and four FMA-pipe operations, so the kernel is bound by the MUFU's exp2
 rate; `NFMA` of the N states take their exp2 on the FMA pipe instead (tiles.exp2_fma) to share that load. With
-lanes (NL > 1, tiles.py) a thread owns N / NL of a channel's states, NFMA counts per lane, and y is added over the
-channel's lanes before the gate (the only cross-lane step).
+lanes (NL > 1, tiles.py) a thread owns N / NL of a channel's states, NFMA counts per lane, y is added over the
+channel's lanes before the gate, and Δ's softplus and the gate's sigmoid are computed once per channel, split over
+its lanes and shared (tiles.softplus_lanes).
 
 `_fwd_scan` with SUMMARY=True runs a chunk from a zero state and writes only its end state S and its decay product
 P = Π a (for the carry between chunks, `_carry`); with SUMMARY=False it starts from the given state and writes y,
@@ -20,7 +21,7 @@ import triton.language as tl
 
 from mambadna.kernels.tiles import (chan_offsets, combine_fwd, exp2_on, get_row, lane_columns, lane_state,
                                     lane_state_mask, lane_state_offsets, lane_store_mask, lane_sum, load_a2, load_bc,
-                                    put_row, sigmoid, softplus, tile_ptrs)
+                                    put_row, sigmoid, sigmoid_lanes, softplus, softplus_lanes, tile_ptrs)
 
 # Never specialized (see tiles.py): the strides of the user's state tensors and s_one (= 1), which hides the channel
 # axis of our own buffers. Tile strides are specialized (tiles.chan_offsets hides them where it must), position
@@ -30,19 +31,17 @@ FWD_STRIDES = ["s_hb", "s_hc", "s_hn", "s_hd", "s_one"]
 
 
 @triton.jit
-def load_delta(p_dt, m, b_bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """Δ tile in fp32, zero where masked (a masked position then neither decays nor feeds the state); and the raw
-    value (delta + bias) that softplus took."""
-    return delta_of(tl.load(p_dt, mask=m, other=0.0), m, b_bias, HAS_BIAS, SOFTPLUS)
-
-
-@triton.jit
-def delta_of(b_ld, m, b_bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """load_delta from an already loaded tile."""
+def delta_of(b_ld, m, b_bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BD: tl.constexpr, NL: tl.constexpr):
+    """The Δ tile in fp32 from a loaded one, zero where masked (a masked position then neither decays nor feeds the
+    state); and the raw value (delta + bias) that softplus took. With lanes, softplus once per channel
+    (tiles.softplus_lanes)."""
     b_raw = b_ld.to(tl.float32)
     if HAS_BIAS:
         b_raw += b_bias[None, :]
-    b_dt = softplus(b_raw) if SOFTPLUS else b_raw
+    if NL == 1:
+        b_dt = softplus(b_raw) if SOFTPLUS else b_raw
+    else:
+        b_dt = softplus_lanes(b_raw, BD, NL) if SOFTPLUS else b_raw
     return tl.where(m, b_dt, 0.0), b_raw
 
 
@@ -169,7 +168,7 @@ def _fwd_scan(
             n_z = tl.load(tile_ptrs(p_z, i_b * s_zb + (t0 + T) * s_zl, o_t, s_zl, c_z), mask=m_next, other=0.0)
         else:
             n_z = n_u
-        b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
+        b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS, BD, NL)
         b_u = r_u.to(tl.float32)
         b_du = b_dt * b_u
         if NL == 1:
@@ -193,7 +192,7 @@ def _fwd_scan(
                 b_y = lane_sum(b_y, BD, NL) + b_Dv[None, :] * b_u
             if HAS_Z:
                 b_z = r_z.to(tl.float32)
-                b_y *= b_z * sigmoid(b_z)
+                b_y *= b_z * (sigmoid(b_z) if NL == 1 else sigmoid_lanes(b_z, BD, NL))
             tl.store(tile_ptrs(p_y, i_b * s_yb + t0 * s_yl, o_t, s_yl, c_y), b_y.to(p_y.dtype.element_ty),
                      mask=lane_store_mask(m, o_ln, NL))
         r_dt, r_u, r_z = n_dt, n_u, n_z
@@ -256,7 +255,8 @@ def _fwd_summary_tail(
         m_prev = tl.broadcast_to(((t0 - T + o_t) >= t_c)[:, None], (T, BDL))  # the tile before, if any: prefetch
         n_dt = tl.load(tile_ptrs(p_dt, i_b * s_tb + (t0 - T) * s_tl, o_t, s_tl, c_t), mask=m_prev, other=0.0)
         n_u = tl.load(tile_ptrs(p_u, i_b * s_ub + (t0 - T) * s_ul, o_t, s_ul, c_u), mask=m_prev, other=0.0)
-        b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS)
+        # softplus on every lane here: shared over the lanes, it made ptxas (Triton 3.9) spill a register at lanes 4
+        b_dt, _ = delta_of(r_dt, m, b_bias, HAS_BIAS, SOFTPLUS, BD, 1)
         b_du = b_dt * r_u.to(tl.float32)
         b_h, _ = fwd_tile(b_zero, b_dt, b_du, b_du, p_A2, p_bcb + (t0 // T) * (2 * N * T), o_n, o_t, o_d, D_,
                           s_one, o_ln, N, NFMA, T, BD, False, NL)

@@ -19,10 +19,11 @@ Lanes (the opt-in `lanes` launch, NL > 1; NL = 1 compiles exactly as above). A c
 adjacent threads: tiles are [T, BD·NL] with column c·NL + k for lane k of channel c (`lane_columns`), and a state
 block [NP / NL, BD·NL] whose row s of lane k is state s·NL + k (`lane_state`, `lane_state_offsets`). Each thread
 then steps through NP / NL states instead of NP (fewer registers, NL times the threads per channel); the inputs are
-read by all NL lanes of a channel (same addresses), Δ's softplus is computed by each of them, and every sum over
-states (y; the backward's Σ g·B and Σ A·g·a·h) is added across the lanes with log2(NL) shuffles a register
-(`lane_sum`). Only lane 0 of a channel stores a tile (`lane_store_mask`). Same register/lane/warp map as above, the
-column axis on lanes and warps.
+read by all NL lanes of a channel (same addresses); per-channel elementwise work (Δ's softplus, the gate's sigmoid)
+is split over the lanes, T / NL positions each, and shared back (`softplus_lanes`), so the MUFU does it once per
+channel; every sum over states (y; the backward's Σ g·B and Σ A·g·a·h) is added across the lanes with log2(NL)
+shuffles a register (`lane_sum`). Only lane 0 of a channel stores a tile (`lane_store_mask`). Same register/lane/warp
+map as above, the column axis on lanes and warps.
 """
 
 from __future__ import annotations
@@ -135,6 +136,38 @@ def lane_sum(x, BD: tl.constexpr, NL: tl.constexpr):
         T: tl.constexpr = x.shape[0]
         s = tl.sum(tl.reshape(x, (T, BD, NL)), axis=2)
         return tl.reshape(tl.broadcast_to(s[:, :, None], (T, BD, NL)), (T, BD * NL))
+
+
+@triton.jit
+def lane_compact(x, BD: tl.constexpr, NL: tl.constexpr):
+    """[T, BD·NL] -> [T / NL, BD·NL]: lane k of a channel keeps rows k, k + NL, ... (in-thread selects)."""
+    T: tl.constexpr = x.shape[0]
+    o_k = tl.arange(0, NL)
+    x4 = tl.reshape(x, (T // NL, NL, BD, NL))
+    x3 = tl.sum(tl.where(o_k[None, :, None, None] == o_k[None, None, None, :], x4, 0.0), axis=1)
+    return tl.reshape(x3, (T // NL, BD * NL))
+
+
+@triton.jit
+def lane_gather(x, BD: tl.constexpr, NL: tl.constexpr):
+    """lane_compact's inverse: every lane of a channel gets all T rows back, row r·NL + k from lane k (compiled for
+    sm_90: a few shuffles at NL 2, a warp-local pass through shared memory at 4)."""
+    R: tl.constexpr = x.shape[0]
+    g = tl.permute(tl.reshape(x, (R, BD, NL)), (0, 2, 1))
+    return tl.reshape(tl.broadcast_to(g[:, :, :, None], (R, NL, BD, NL)), (R * NL, BD * NL))
+
+
+@triton.jit
+def softplus_lanes(x, BD: tl.constexpr, NL: tl.constexpr):
+    """softplus of a [T, BD·NL] tile whose lanes of a channel hold the same values: each lane computes T / NL rows
+    (lane_compact) and lane_gather shares them, so the MUFU does it once per channel, not NL times."""
+    return lane_gather(softplus(lane_compact(x, BD, NL)), BD, NL)
+
+
+@triton.jit
+def sigmoid_lanes(x, BD: tl.constexpr, NL: tl.constexpr):
+    """sigmoid as softplus_lanes."""
+    return lane_gather(sigmoid(lane_compact(x, BD, NL)), BD, NL)
 
 
 @triton.jit

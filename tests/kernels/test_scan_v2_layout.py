@@ -130,20 +130,24 @@ def test_backward_uses_the_butterfly_and_does_not_spill(compiled):
         assert k["shfl"] == 18, (name, k)
 
 
-def test_lanes_cross_lanes_only_to_add_a_channels_states_and_do_not_spill(compiled):
-    """With lanes, the forward's one cross-lane step is y's sum over a channel's lanes, log2(lanes) shuffles per
-    position (tiles.lane_sum); a thread holds 16 / lanes states, so fewer registers. The summaries keep their stop
-    test's shuffles alone. The backward adds y, Σ g·B and Σ A·g·a·h over the lanes (3·T·log2(lanes) a tile) and, while
-    T·lanes <= 32, sums dB/dC with the butterfly minus its low log2(lanes) rounds (T - 1 + 5 - log2(lanes·T) a
-    reduction, two a state step); at lanes 8 with tl.sum."""
+def test_lanes_do_not_spill_and_compute_per_channel_work_once(compiled):
+    """With lanes a thread holds 16 / lanes states (fewer registers) and takes 16 / lanes exp2 per position, and Δ's
+    softplus and the gate's sigmoid are split over a channel's lanes and shared (tiles.softplus_lanes: shuffles at
+    lanes 2, shared memory beyond), so the forward's MUFU work per tile is 8·(16 + 4) / lanes (+1), not
+    8·(16 / lanes + 4). Its cross-lane steps: y's sum over the lanes, 8·log2(lanes) shuffles (tiles.lane_sum), and
+    those exchanges. The backward also adds Σ g·B and Σ A·g·a·h over the lanes (3·8·log2(lanes) shuffles a tile) and,
+    while 8·lanes <= 32, sums dB/dC with the butterfly minus its low log2(lanes) rounds (7 + 5 - log2(8·lanes)
+    shuffles a reduction, two a state step); at lanes 8 with tl.sum."""
     for NL in LANES:
         log_nl = NL.bit_length() - 1
         f3 = compiled[f"F3 bdl lanes{NL}"]
-        assert f3["spills"] == 0 and f3["stl"] == 0 and f3["shfl"] == 8 * log_nl, (NL, f3)
-        assert f3["regs"] < compiled["F3 bdl"]["regs"] and f3["mufu"] >= 8 * 16 // NL, (NL, f3)
+        assert f3["spills"] == 0 and f3["stl"] == 0 and f3["regs"] < compiled["F3 bdl"]["regs"], (NL, f3)
+        assert 8 * 16 // NL <= f3["mufu"] <= 8 * 20 // NL + 1, (NL, f3)
+        assert 8 * log_nl <= f3["shfl"] <= 8 * log_nl + 16, (NL, f3)
         for name in (f"F1tail bdl lanes{NL}", f"B1head bdl lanes{NL}", f"B3 bdl lanes{NL}"):
             k = compiled[name]
             assert k["spills"] == 0 and k["stl"] == 0, (name, k)
-            assert k["shfl"] <= 8 or name.startswith("B3"), (name, k)
+            assert k["shfl"] <= 8 + 16 or name.startswith("B3"), (name, k)  # the stop test (and exchanges)
         if 8 * NL <= 32:
-            assert compiled[f"B3 bdl lanes{NL}"]["shfl"] == 2 * (7 + 5 - log_nl - 3) + 3 * 8 * log_nl, NL
+            want = 2 * (7 + 5 - log_nl - 3) + 3 * 8 * log_nl
+            assert want <= compiled[f"B3 bdl lanes{NL}"]["shfl"] <= want + 16, NL
