@@ -117,6 +117,8 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     if NL not in (1, 2, 4, 8):
         raise ValueError(f"lanes must be 1, 2, 4 or 8 (threads per channel); got {lanes}")
     T = tile or 8
+    if T % NL:  # a channel's per-position work is split T / lanes positions a lane (tiles.softplus_lanes)
+        raise ValueError(f"lanes ({NL}) must divide the tile ({T} positions)")
     BD = _block_d(dpg, block_d or 128 // NL)
     M = ckpt_tiles or 8
     fw = fwd_warps or max(1, min(4, BD * NL // 32))

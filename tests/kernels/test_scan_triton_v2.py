@@ -193,6 +193,8 @@ def test_plan_with_lanes_counts_every_thread_of_a_channel():
     assert scan_v2.plan(1, 512, 4096, 512, cpu).lanes == 1  # the default launch is unchanged
     with pytest.raises(ValueError, match="lanes must be"):
         scan_v2.plan(1, 512, 4096, 512, cpu, lanes=3)
+    with pytest.raises(ValueError, match="must divide the tile"):
+        scan_v2.plan(1, 512, 4096, 512, cpu, lanes=8, tile=4)
 
 
 def test_rejects_empty_sequence():
