@@ -91,7 +91,7 @@ class Plan(NamedTuple):
     NC: int  # chunks
     unroll: bool  # whether the forward unrolls its loop over states
     fwd_warps: int
-    bwd_warps: int  # BD / (32·bwd_warps) channels per thread in the backward
+    bwd_warps: int  # BD·lanes / (32·bwd_warps) columns (channels, lanes) per thread in the backward
     fma_exps: int  # states (of each lane) whose exp2 runs on the FMA pipe (tiles.exp2_fma) instead of the MUFU
     stop_summaries: bool = False  # chunk summaries (F1, B1) walked from the end each depends on, stopped early
     lanes: int = 1  # threads per channel, each with n / lanes of its states (tiles.lane_columns)
