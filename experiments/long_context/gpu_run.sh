@@ -11,9 +11,10 @@
 #   OUT=/some/dir experiments/long_context/gpu_run.sh        (repository root; carry .lcdata and .whl)
 # Needs .lcdata/ from `python data/prepare_long_context.py --out .lcdata` and .whl/ with pyfaidx and biopython
 # wheels for the GPU image's Python (experiments/context_sweep/pack_data.sh fetches them).
-# A third GPU process fine-tunes a variant beside finetune's defaults: VARIANT_ARGS (default
-# "--windows 13 --species-lr 0.008"; e.g. "--windows 20 --first-fraction 0.75"), and VARIANT2_ARGS a fourth. Knobs: DEADLINE_S (default 420: no
-# run starts later), CHRX_WINDOWS, SPECIES_WINDOWS, TEST_WINDOWS (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS.
+# A third GPU process fine-tunes a variant beside finetune's defaults: VARIANT_ARGS (run.py arguments; default
+# "--windows 13 --species-lr 0.008", e.g. "--windows 20 --first-fraction 0.75"); VARIANT2_ARGS, if set, a fourth
+# (e.g. "--windows 20,13 --pretrain-window 13"). Knobs: DEADLINE_S (default 420: no run starts later), CHRX_WINDOWS,
+# SPECIES_WINDOWS, TEST_WINDOWS (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS.
 set -uo pipefail
 OUT=${OUT:?set OUT to the output folder}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)

@@ -75,6 +75,34 @@ def start(row: dict) -> str:
     return f"pretrained at 2^{name.rsplit('L', 1)[-1]}" if name.startswith("pretrain_L") else "pretrained"
 
 
+def variant(row: dict) -> tuple:
+    """What a run varied apart from its seed: rows equal here are repeats of one recipe."""
+    return (row["train_bp"], start(row), row.get("lr"), first_share(row), tuple(row.get("set") or ()))
+
+
+def seed_means(ok: list[dict], lengths: list[int]) -> list[str]:
+    """Mean (min-max) accuracy of every recipe run with more than one seed."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in ok:
+        groups.setdefault(variant(r), []).append(r)
+    repeated = {k: v for k, v in groups.items() if len(v) > 1}
+    if not repeated:
+        return []
+    lines = ["", "Recipes run with several seeds: mean (min-max) accuracy.", "",
+             "| trained at | start | first-window share | extra settings | seeds | "
+             + " | ".join(log2(n) for n in lengths) + " |", "|" + "---|" * (len(lengths) + 5)]
+    for key, runs in sorted(repeated.items(), key=lambda kv: str(kv[0])):
+        cells = []
+        for n in lengths:
+            acc = [r["grid"][str(n)]["accuracy"] for r in runs if str(n) in r["grid"]]
+            cells.append(f"{statistics.mean(acc):.3f} ({min(acc):.3f}-{max(acc):.3f})" if acc else "")
+        lines.append(f"| {log2(key[0])} | {key[1]} | {key[3]} | {' '.join(key[4]) or '-'} | "
+                     f"{sorted(r.get('seed') or 0 for r in runs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def species_section(folder: Path) -> tuple[list[str], list[dict], list[dict]]:
     models = [r for f in sorted(folder.glob("species*.jsonl")) for r in rows(f) if r.get("kind") == "model"]
     kmers = [r for f in sorted(folder.glob("species*.jsonl")) for r in rows(f) if r.get("kind") == "kmer"]
@@ -86,16 +114,17 @@ def species_section(folder: Path) -> tuple[list[str], list[dict], list[dict]]:
         counts = kmers[0].get("label_counts", {})
         lines += [f"Test windows a length: {kmers[0]['test_windows']} (the same for every model and the k-mers; "
                   f"labels {counts})", ""]
-    head = "| trained at \\ tested at | " + " | ".join(log2(n) for n in lengths) + " | start | lr | first-window share | bases trained | steps |"
-    lines += [head, "|" + "---|" * (len(lengths) + 6)]
-    for r in sorted(ok, key=lambda r: (r["train_bp"], bool(r.get("pretrained")), r.get("lr", 0))):
+    head = "| trained at \\ tested at | " + " | ".join(log2(n) for n in lengths) + " | start | lr | first-window share | seed | bases trained | steps |"
+    lines += [head, "|" + "---|" * (len(lengths) + 7)]
+    for r in sorted(ok, key=lambda r: (r["train_bp"], variant(r), r.get("seed") or 0)):
         cells = [f"{r['grid'][str(n)]['accuracy']:.3f}" if str(n) in r["grid"] else "" for n in lengths]
         lines.append(f"| Mamba {log2(r['train_bp'])} | " + " | ".join(cells)
-                     + f" | {start(r)} | {r.get('lr', '')} | {first_share(r)} | {r['bases_trained'] / 1e6:.1f} M | {r['steps']} |")
+                     + f" | {start(r)} | {r.get('lr', '')} | {first_share(r)} | {r.get('seed') or 0} | {r['bases_trained'] / 1e6:.1f} M | {r['steps']} |")
     kmer_at = {r["test_bp"]: r for r in kmers}
     lines.append("| k-mer 4..6 + logistic regression (fitted at the test length) | "
-                 + " | ".join(f"{kmer_at[n]['accuracy']:.3f}" if n in kmer_at else "" for n in lengths) + " | | | | | |")
+                 + " | ".join(f"{kmer_at[n]['accuracy']:.3f}" if n in kmer_at else "" for n in lengths) + " | | | | | | |")
     lines += [f"| Mamba {log2(r['train_bp'])} | {r['status']} |" for r in models if r.get("status") != "ok"]
+    lines += seed_means(ok, lengths)
     lines += ["", "Commands:", ""] + [f"- {log2(r['train_bp'])}: `{r['command']}`" for r in ok]
     return lines, ok, kmers
 

@@ -264,6 +264,8 @@ def run_species(args, scale: Scale) -> None:
     name = "species_kmer" if args.part == "kmer" else "species" + (f"_lr{args.species_lr}" if args.species_lr else "")
     name += f"_first{args.first_fraction}" if args.first_fraction is not None and args.part != "kmer" else ""
     name += f"_pre{args.pretrain_window}" if args.pretrain_window and args.part != "kmer" else ""
+    name += f"_seed{args.seed}" if args.seed and args.part != "kmer" else ""
+    name += f"_{args.tag}" if args.tag and args.part != "kmer" else ""
     rows = Path(args.rows or out) / f"{name}.jsonl"
     # the test windows of every length, drawn once: the same for every model and for the k-mer baseline
     tested = [int(x) for x in args.test_windows.split(",")] if args.test_windows else scale.windows
@@ -286,9 +288,11 @@ def run_species(args, scale: Scale) -> None:
         lr = [f"optim.lr={args.species_lr}"] if args.species_lr else []
         lr += [f"train.seqlen_warmup_first_fraction={args.first_fraction}"] if args.first_fraction is not None else []
         lr += [f"pretrained={backbone}"] if backbone else []
+        lr += [f"train.seed={args.seed}"] if args.seed else []
+        lr += list(args.set or [])
         name = (f"species_L{log2}" + (f"_lr{args.species_lr}" if args.species_lr else "")
                 + (f"_first{args.first_fraction}" if args.first_fraction is not None else "")
-                + (f"_pre{args.pretrain_window}" if backbone else ""))
+                + (f"_pre{args.pretrain_window}" if backbone else "") + (f"_seed{args.seed}" if args.seed else "") + (f"_{args.tag}" if args.tag else ""))
         overrides = settings(scale, window, [f"data.manifest={args.data}", f"out_dir={out / name}",
                                              "data.test_fraction=0", f"data.test_windows={scale.test_windows}",
                                              "data.reverse_complement=true", *lr])
@@ -304,6 +308,7 @@ def run_species(args, scale: Scale) -> None:
             grid[2**test_log2] = scores(labels, classify(model_dir, seqs, scale.chunk_bp))
         append(rows, {"kind": "model", "train_bp": window, "status": "ok", "grid": grid, "lr": cfg.optim.lr,
                       "first_fraction": cfg.train.seqlen_warmup_first_fraction, "pretrained": backbone,
+                      "seed": cfg.train.seed, "set": list(args.set or []),
                       "bases_trained": summary.get("bases_trained"), "steps": summary["steps"],
                       "train_s": round(trained, 1), "val_accuracy": summary.get("val/accuracy"),
                       "command": command_line("finetune", overrides), "summary": summary})
@@ -346,6 +351,11 @@ def main(argv=None) -> int:
     parser.add_argument("--pretrain-window", type=int,
                         help="species: log2 window of a backbone pretrained on the training strains first (the same "
                              "steps and bases per step); the fine-tunes start from it (default: from scratch)")
+    parser.add_argument("--seed", type=int, default=0, help="species: train.seed of the fine-tunes (another "
+                        "initialisation and window draw; the test windows stay the same)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="species: one more finetune setting (repeatable), e.g. train.seqlen_warmup_from_bp=512")
+    parser.add_argument("--tag", help="species: a name for the --set variant (its rows file and run folders)")
     parser.add_argument("--part", choices=("all", "models", "kmer"), default="all",
                         help="species: the models, the k-mer baseline (CPU; run it beside the models), or both")
     args = parser.parse_args(argv)

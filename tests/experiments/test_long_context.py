@@ -42,9 +42,11 @@ def test_long_context_experiments_cpu_smoke(tmp_path):
     assert models[1]["bases_trained"] > models[1]["steps"] * 8192
     # a pretrained row: the backbone sees the training strains only, and the fine-tune starts from it
     run("run.py", "species", "--cpu-smoke", "--out", str(tmp_path / "runs"), "--rows", str(rows), "--windows", "6",
-        "--test-windows", "6,13", "--pretrain-window", "6", "--part", "models")
-    pre = [json.loads(line) for line in (rows / "species_pre6.jsonl").read_text().splitlines()]
+        "--test-windows", "6,13", "--pretrain-window", "6", "--part", "models", "--seed", "1",
+        "--set", "optim.lr=0.002", "--tag", "lr2")
+    pre = [json.loads(line) for line in (rows / "species_pre6_seed1_lr2.jsonl").read_text().splitlines()]
     assert sorted(map(int, pre[0]["grid"])) == [64, 8192] and pre[0]["pretrained"].endswith("pretrain_L6/model")
+    assert pre[0]["seed"] == 1 and pre[0]["lr"] == 0.002 and "--set train.seed=1" in pre[0]["command"]
     strains = (tmp_path / "runs" / "pretrain_data" / "training_strains.fa").read_text()
     assert "_train" in strains and "_test" not in strains
     report = run("report.py", str(rows))
