@@ -55,6 +55,23 @@ def real_dna() -> str:
     return real_dna_sequence()
 
 
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    """A module's scratch folder with MAMBADNA_CACHE inside it and two tiny saved models, made once after
+    torch.manual_seed(0): {"root", "lm" (a MambaLM), "clf" (a 3-class mean-pooled MambaClassifier, classes a, b, c)}."""
+    from mambadna.model import MambaClassifier, MambaLM
+
+    root = tmp_path_factory.mktemp("models")
+    env = pytest.MonkeyPatch()
+    env.setenv("MAMBADNA_CACHE", str(root / "cache"))
+    torch.manual_seed(0)
+    w = {"root": root, "lm": root / "lm", "clf": root / "clf"}
+    MambaLM(tiny(d_model=16, d_state=4)).save_pretrained(w["lm"])
+    MambaClassifier(tiny(d_model=16, d_state=4), 3, "mean", ["a", "b", "c"]).save_pretrained(w["clf"])
+    yield w
+    env.undo()
+
+
 @pytest.fixture
 def tiny_config():
     return tiny(d_model=32, d_state=8)

@@ -31,17 +31,10 @@ def _bgzip(src: Path, dst: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(saved_models):
     """Every input the rows below need, made once: models, runs, genomes, tables."""
-    root = tmp_path_factory.mktemp("bad_inputs")
-    env = pytest.MonkeyPatch()
-    env.setenv("MAMBADNA_CACHE", str(root / "cache"))
-    w = {"root": root}
-    torch.manual_seed(0)
-    w["lm"] = root / "lm"
-    MambaLM(tiny(d_model=16, d_state=4)).save_pretrained(w["lm"])
-    w["clf"] = root / "clf"
-    MambaClassifier(tiny(d_model=16, d_state=4), 3, "mean", ["a", "b", "c"]).save_pretrained(w["clf"])
+    w = dict(saved_models)
+    root = w["root"]
     for name, damage in (("truncated", lambda b: b[:300]), ("pickled", None)):
         folder = root / name
         shutil.copytree(w["lm"], folder)
@@ -84,8 +77,7 @@ def world(tmp_path_factory):
     shutil.copytree(w["run"], w["damaged_run"], symlinks=True)
     damaged = w["damaged_run"] / "checkpoints" / "step-00000002.ckpt"
     damaged.write_bytes(damaged.read_bytes()[:1000])
-    yield w
-    env.undo()
+    return w
 
 
 def P(*args):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from mambadna import cli
 from mambadna.config import tiny
@@ -22,17 +21,10 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(saved_models):
     """Every input the rows below need, made once: tiny models, a fake run folder, small FASTAs."""
-    root = tmp_path_factory.mktemp("bad_inputs_2")
-    env = pytest.MonkeyPatch()
-    env.setenv("MAMBADNA_CACHE", str(root / "cache"))
-    w = {"root": root}
-    torch.manual_seed(0)
-    w["lm"] = root / "lm"
-    MambaLM(tiny(d_model=16, d_state=4)).save_pretrained(w["lm"])
-    w["clf"] = root / "clf"
-    MambaClassifier(tiny(d_model=16, d_state=4), 3, "mean", ["a", "b", "c"]).save_pretrained(w["clf"])
+    w = dict(saved_models)
+    root = w["root"]
     (w["clf"] / "training.json").write_text('{"window_bp": 64}\n')
     w["ckpt"] = root / "run" / "checkpoints" / "step-00000002.ckpt"
     w["ckpt"].parent.mkdir(parents=True)
@@ -94,8 +86,7 @@ def world(tmp_path_factory):
     (root / "short_contigs.fa").write_text("".join(f">s{i}\n{'ACGT' * 12}\n" for i in range(25)))
     w["hf"] = root / "hf"
     assert cli.main(["export", str(w["lm"]), str(w["hf"])]) == 0
-    yield w
-    env.undo()
+    return w
 
 
 # (id, argv from the fixture paths, exit code, phrase of the error line)
