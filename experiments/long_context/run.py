@@ -222,21 +222,18 @@ def scores(truth: list[str], pred: list[str]) -> dict:
 def training_strains_fasta(manifest: str, path: Path) -> Path:
     """One FASTA of every training strain of a manifest (the rows whose split is not `test`), each record renamed
     `<species>_<file stem>_<record>`: what a pretrained row's backbone is pretrained on (no test strain in it)."""
-    import csv
-
     from mambadna.data.genome import Genome
+    from mambadna.data.species import read_manifest
 
-    base = Path(manifest).parent
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(manifest) as fh, open(path, "wb") as out:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            if (row.get("split") or "").strip() == "test":
+    with open(path, "wb") as out:
+        for row in read_manifest(manifest):
+            if row.split == "test":
                 continue
-            fasta = base / row["fasta"]
-            g = Genome(str(fasta))
-            stem = fasta.name.split(".")[0]
+            g = Genome(str(row.path))
+            stem = row.path.name.split(".")[0]
             for contig, n in g.contigs.items():
-                out.write(f">{row['species']}_{stem}_{contig}\n".encode() + g.fetch(contig, 0, n) + b"\n")
+                out.write(f">{row.species}_{stem}_{contig}\n".encode() + g.fetch(contig, 0, n) + b"\n")
     return path
 
 
@@ -261,12 +258,12 @@ def run_species(args, scale: Scale) -> None:
     from mambadna.commands import finetune
 
     out = Path(args.out)
-    name = "species_kmer" if args.part == "kmer" else "species" + (f"_lr{args.species_lr}" if args.species_lr else "")
-    name += f"_first{args.first_fraction}" if args.first_fraction is not None and args.part != "kmer" else ""
-    name += f"_pre{args.pretrain_window}" if args.pretrain_window and args.part != "kmer" else ""
-    name += f"_seed{args.seed}" if args.seed and args.part != "kmer" else ""
-    name += f"_{args.tag}" if args.tag and args.part != "kmer" else ""
-    rows = Path(args.rows or out) / f"{name}.jsonl"
+    # what the fine-tunes vary, in their rows file's name and their run folders' names
+    variant = "".join(part for part, used in ((f"_lr{args.species_lr}", args.species_lr),
+                                              (f"_first{args.first_fraction}", args.first_fraction is not None),
+                                              (f"_pre{args.pretrain_window}", args.pretrain_window),
+                                              (f"_seed{args.seed}", args.seed), (f"_{args.tag}", args.tag)) if used)
+    rows = Path(args.rows or out) / ("species_kmer.jsonl" if args.part == "kmer" else f"species{variant}.jsonl")
     # the test windows of every length, drawn once: the same for every model and for the k-mer baseline
     tested = [int(x) for x in args.test_windows.split(",")] if args.test_windows else scale.windows
     tests = {log2: test_windows(args.data, 2**log2, "test", scale.test_windows, seed=1) for log2 in sorted(tested)}
@@ -285,17 +282,15 @@ def run_species(args, scale: Scale) -> None:
         if time.time() > args.deadline:
             append(rows, {"kind": "model", "train_bp": window, "status": "skipped: deadline"})
             continue
-        lr = [f"optim.lr={args.species_lr}"] if args.species_lr else []
-        lr += [f"train.seqlen_warmup_first_fraction={args.first_fraction}"] if args.first_fraction is not None else []
-        lr += [f"pretrained={backbone}"] if backbone else []
-        lr += [f"train.seed={args.seed}"] if args.seed else []
-        lr += list(args.set or [])
-        name = (f"species_L{log2}" + (f"_lr{args.species_lr}" if args.species_lr else "")
-                + (f"_first{args.first_fraction}" if args.first_fraction is not None else "")
-                + (f"_pre{args.pretrain_window}" if backbone else "") + (f"_seed{args.seed}" if args.seed else "") + (f"_{args.tag}" if args.tag else ""))
-        overrides = settings(scale, window, [f"data.manifest={args.data}", f"out_dir={out / name}",
+        extra = [f"optim.lr={args.species_lr}"] if args.species_lr else []
+        extra += ([f"train.seqlen_warmup_first_fraction={args.first_fraction}"]
+                  if args.first_fraction is not None else [])
+        extra += [f"pretrained={backbone}"] if backbone else []
+        extra += [f"train.seed={args.seed}"] if args.seed else []
+        extra += list(args.set or [])
+        overrides = settings(scale, window, [f"data.manifest={args.data}", f"out_dir={out / f'species_L{log2}{variant}'}",
                                              "data.test_fraction=0", f"data.test_windows={scale.test_windows}",
-                                             "data.reverse_complement=true", *lr])
+                                             "data.reverse_complement=true", *extra])
         cfg = rc.apply_overrides(rc.FinetuneConfig(), overrides)
         began = time.time()
         summary = finetune.run(cfg)
