@@ -170,7 +170,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     chrx_lines, chrx = chrx_section(args.folder)
     species_lines, species, kmers = species_section(args.folder)
-    (args.folder / "report.md").write_text("\n".join(chrx_lines + [""] + species_lines) + "\n")
+    sections = []  # only the experiments the folder holds rows of (a CPU folder may hold one of the two)
+    if (args.folder / "chrx.jsonl").is_file():
+        sections += chrx_lines + [""]
+    if any(args.folder.glob("species*.jsonl")):
+        sections += species_lines
+    (args.folder / "report.md").write_text("\n".join(sections) + "\n")
     plots(args.folder, chrx, species, kmers)
     print((args.folder / "report.md").read_text())
     return 0
