@@ -51,6 +51,16 @@ def chrx_section(folder: Path) -> tuple[list[str], list[dict]]:
         lines.append(f"| {log2(r['window_bp'])} | {r['bits_per_base']:.4f} | {val} | {r['bases_trained'] / 1e6:.1f} M "
                      f"| {r['steps']} | {r['train_s']} |")
     lines += [f"| {log2(r['window_bp'])} | {r['status']} | | | | |" for r in skipped]
+    cross = sorted({int(w) for r in done for w in r.get("bits_at") or {}})
+    if cross:  # run.py --eval-windows: each model also scored at other windows, on the same bases
+        lines += ["", "The same models scored at other windows (same held-out bases): a model that uses longer context "
+                  "than it was trained on scores lower at longer windows.", "",
+                  "| trained at \\ scored at | " + " | ".join(log2(w) for w in cross) + " |",
+                  "|" + "---|" * (len(cross) + 1)]
+        for r in sorted(done, key=lambda r: r["window_bp"]):
+            at = r.get("bits_at") or {}
+            lines.append(f"| {log2(r['window_bp'])} | "
+                         + " | ".join(f"{at[str(w)]:.4f}" if str(w) in at else "" for w in cross) + " |")
     lines += ["", "Commands (each row reruns alone):", ""]
     lines += [f"- {log2(r['window_bp'])}: `{r['command']}`" for r in sorted(done, key=lambda r: r["window_bp"])]
     return lines, done

@@ -174,14 +174,22 @@ def run_chrx(args, scale: Scale) -> None:
             continue
         overrides = settings(scale, window, [f"data.genome={args.data}", f"out_dir={out / f'chrx_L{log2}'}",
                                              "data.reverse_complement=true"])
-        cfg = rc.apply_overrides(rc.PretrainConfig(), overrides)
         began = time.time()
-        summary = pretrain.run(cfg)
-        trained = time.time() - began
-        score = bits_per_base(Path(summary["model_dir"]), args.data, start, length, window, scale.chunk_bp)
+        summary_file = out / f"chrx_L{log2}" / "summary.json"
+        if args.rescore and summary_file.is_file():  # score the finished run again (other --eval-windows)
+            summary = json.loads(summary_file.read_text())
+            trained = summary.get("train_time_s")
+        else:
+            summary = pretrain.run(rc.apply_overrides(rc.PretrainConfig(), overrides))
+            trained = round(time.time() - began, 1)
+        model_dir = Path(summary["model_dir"])
+        score = bits_per_base(model_dir, args.data, start, length, window, scale.chunk_bp)
+        # the same model scored at other windows: does it use context longer than it was trained on?
+        cross = {str(2**e): bits_per_base(model_dir, args.data, start, length, 2**e, scale.chunk_bp)["bits_per_base"]
+                 for e in sorted(args.eval_windows or ())}
         append(rows, {"window_bp": window, "status": "ok", **score, "eval_start": start, "eval_bp": length,
                       "bases_trained": summary.get("bases_trained"), "steps": summary["steps"],
-                      "train_s": round(trained, 1), "val_bits": summary.get("val/bits_per_base"),
+                      "train_s": trained, "val_bits": summary.get("val/bits_per_base"), "bits_at": cross,
                       "command": command_line("pretrain", overrides), "summary": summary})
 
 
@@ -342,6 +350,10 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", help="log2 window lengths, comma-separated (default: the scale's)")
     parser.add_argument("--test-windows", help="species: log2 test lengths, comma-separated (default: --windows)")
     parser.add_argument("--steps", type=int, help="optimizer steps a run (default: the scale's)")
+    parser.add_argument("--eval-windows", type=lambda v: [int(x) for x in v.split(",")],
+                        help="chrx: log2 windows each model is also scored at (a multiple of --eval-bp's tiling)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="chrx: runs whose folder in --out holds a finished run are scored again, not retrained")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip rows that would start after this many s")
     parser.add_argument("--species-lr", type=float, help="species: optim.lr of the fine-tunes (default: finetune's)")
     parser.add_argument("--first-fraction", type=float, help="species: train.seqlen_warmup_first_fraction")

@@ -32,6 +32,14 @@ def test_long_context_experiments_cpu_smoke(tmp_path):
     assert [r["window_bp"] for r in chrx] == [64, 4096]
     assert len({(r["eval_start"], r["scored_bases"]) for r in chrx}) == 1
     assert all(0 < r["bits_per_base"] < 5 and r["command"].startswith("mambadna pretrain ") for r in chrx)
+    # the finished runs scored again at other windows, not retrained; a model scored at its own window agrees
+    run("run.py", "chrx", "--cpu-smoke", "--out", str(tmp_path / "runs"), "--rows", str(tmp_path / "rescored"),
+        "--rescore", "--eval-windows", "6,12")
+    again = [json.loads(line) for line in (tmp_path / "rescored" / "chrx.jsonl").read_text().splitlines()]
+    assert [r["summary"]["train_time_s"] for r in again] == [r["summary"]["train_time_s"] for r in chrx]
+    assert [sorted(map(int, r["bits_at"])) for r in again] == [[64, 4096], [64, 4096]]
+    assert abs(again[0]["bits_at"]["64"] - chrx[0]["bits_per_base"]) < 1e-6
+    assert "| trained at \\ scored at | 2^6 | 2^12 |" in run("report.py", str(tmp_path / "rescored"))
     species = [json.loads(line) for line in (rows / "species.jsonl").read_text().splitlines()]
     kmers = [r for r in species if r["kind"] == "kmer"]
     models = [r for r in species if r["kind"] == "model"]
