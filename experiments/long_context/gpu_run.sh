@@ -14,7 +14,8 @@
 # A third GPU process fine-tunes a variant beside finetune's defaults: VARIANT_ARGS (run.py arguments; default
 # "--windows 13 --species-lr 0.008", e.g. "--windows 20 --first-fraction 0.75"); VARIANT2_ARGS, if set, a fourth
 # (e.g. "--windows 20,13 --pretrain-window 13"). Knobs: DEADLINE_S (default 420: no run starts later), CHRX_WINDOWS,
-# SPECIES_WINDOWS, TEST_WINDOWS (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS.
+# SPECIES_WINDOWS, TEST_WINDOWS, CHRX_EVAL_WINDOWS (every chrX model also scored there) (log2, comma-separated),
+# CHRX_STEPS, SPECIES_STEPS.
 set -uo pipefail
 OUT=${OUT:?set OUT to the output folder}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -36,7 +37,8 @@ SPECIES=(species --data .lcdata/strains/manifest.tsv --out "$WORK" --rows "$OUT"
 OMP_NUM_THREADS=4 python3 $RUN "${SPECIES[@]}" --part kmer > "$WORK/kmer.log" 2>&1 &
 KMER=$!
 python3 $RUN chrx --data .lcdata/chrX/chrX.fa.gz --out "$WORK" --rows "$OUT" --deadline-s "$DEADLINE_S" \
-  $(opt --windows "${CHRX_WINDOWS:-}") $(opt --steps "${CHRX_STEPS:-}") > "$WORK/chrx.log" 2>&1 &
+  $(opt --windows "${CHRX_WINDOWS:-}") $(opt --steps "${CHRX_STEPS:-}") $(opt --eval-windows "${CHRX_EVAL_WINDOWS:-}") \
+  > "$WORK/chrx.log" 2>&1 &
 CHRX=$!
 python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" $(opt --steps "${SPECIES_STEPS:-}") \
   > "$WORK/species.log" 2>&1 &
