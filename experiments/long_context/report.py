@@ -113,6 +113,26 @@ def seed_means(ok: list[dict], lengths: list[int]) -> list[str]:
     return lines
 
 
+def own_tests(models: list[dict]) -> list[str]:
+    """finetune's own test of every fine-tune (run.py writes it before the grid, so a call cut during the grid keeps
+    it): its own draw of windows of the unseen strains, at the training window only."""
+    latest = {}
+    for r in models:  # a run's "ok" row repeats its "trained" row with the grid added
+        if r.get("own_test") and r.get("status") in ("ok", "trained"):
+            latest[(variant(r), r.get("seed") or 0)] = r
+    if not latest:
+        return []
+    lines = ["", "finetune's own test (its own draw of test windows of the unseen strains, at the training window; "
+             "also for runs whose grid was cut):", "",
+             "| trained at | start | lr | first-window share | seed | windows | accuracy | grid done |", "|---|---|---|---|---|---|---|---|"]
+    for (key, seed), r in sorted(latest.items(), key=lambda kv: (kv[0][0][0], str(kv[0]))):
+        t = r["own_test"]
+        acc = f"{t['accuracy']:.3f}" if t.get("accuracy") is not None else "-"
+        lines.append(f"| {log2(r['train_bp'])} | {key[1]} | {key[2]} | {key[3]} | {seed} | {t['windows']} | {acc} | "
+                     f"{'yes' if r['status'] == 'ok' else 'no'} |")
+    return lines
+
+
 def species_section(folder: Path) -> tuple[list[str], list[dict], list[dict]]:
     models = [r for f in sorted(folder.glob("species*.jsonl")) for r in rows(f) if r.get("kind") == "model"]
     kmers = [r for f in sorted(folder.glob("species*.jsonl")) for r in rows(f) if r.get("kind") == "kmer"]
@@ -133,8 +153,10 @@ def species_section(folder: Path) -> tuple[list[str], list[dict], list[dict]]:
     kmer_at = {r["test_bp"]: r for r in kmers}
     lines.append("| k-mer 4..6 + logistic regression (fitted at the test length) | "
                  + " | ".join(f"{kmer_at[n]['accuracy']:.3f}" if n in kmer_at else "" for n in lengths) + " | | | | | | |")
-    lines += [f"| Mamba {log2(r['train_bp'])} | {r['status']} |" for r in models if r.get("status") != "ok"]
+    lines += [f"| Mamba {log2(r['train_bp'])} | {r['status']} |" for r in models
+              if r.get("status") not in ("ok", "trained")]
     lines += seed_means(ok, lengths)
+    lines += own_tests(models)
     lines += ["", "Commands:", ""] + [f"- {log2(r['train_bp'])}: `{r['command']}`" for r in ok]
     return lines, ok, kmers
 

@@ -42,7 +42,12 @@ def test_long_context_experiments_cpu_smoke(tmp_path):
     assert "| trained at \\ scored at | 2^6 | 2^12 |" in run("report.py", str(tmp_path / "rescored"))
     species = [json.loads(line) for line in (rows / "species.jsonl").read_text().splitlines()]
     kmers = [r for r in species if r["kind"] == "kmer"]
-    models = [r for r in species if r["kind"] == "model"]
+    models = [r for r in species if r["kind"] == "model" and r["status"] == "ok"]
+    # each fine-tune's row with finetune's own test is written before its grid, then again with the grid
+    trained = [r for r in species if r["kind"] == "model" and r["status"] == "trained"]
+    assert [r["train_bp"] for r in trained] == [r["train_bp"] for r in models] == [64, 8192]
+    assert [r["own_test"] for r in trained] == [r["own_test"] for r in models]
+    assert all(0 <= r["own_test"]["accuracy"] <= 1 and "grid" not in r for r in trained)
     assert [r["test_bp"] for r in kmers] == [64, 8192]
     # the train-length x test-length grid; the 8 kb run went through the automatic curriculum (more bases a step
     # at its last stage: two windows accumulated for two classes)
@@ -53,6 +58,7 @@ def test_long_context_experiments_cpu_smoke(tmp_path):
         "--test-windows", "6,13", "--pretrain-window", "6", "--part", "models", "--seed", "1",
         "--set", "optim.lr=0.002", "--tag", "lr2")
     pre = [json.loads(line) for line in (rows / "species_pre6_seed1_lr2.jsonl").read_text().splitlines()]
+    pre = [r for r in pre if r["status"] == "ok"]
     assert sorted(map(int, pre[0]["grid"])) == [64, 8192] and pre[0]["pretrained"].endswith("pretrain_L6/model")
     assert pre[0]["seed"] == 1 and pre[0]["lr"] == 0.002 and "--set train.seed=1" in pre[0]["command"]
     strains = (tmp_path / "runs" / "pretrain_data" / "training_strains.fa").read_text()
@@ -60,3 +66,4 @@ def test_long_context_experiments_cpu_smoke(tmp_path):
     report = run("report.py", str(rows))
     assert "| Mamba 2^13 |" in report and "k-mer 4..6" in report and (rows / "chrx_bits_vs_window.png").is_file()
     assert "pretrained at 2^6" in report
+    assert "finetune's own test" in report and "| 2^13 | scratch |" in report and "| trained |" not in report
