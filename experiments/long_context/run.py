@@ -357,7 +357,8 @@ def main(argv=None) -> int:
     parser.add_argument("--test-windows", help="species: log2 test lengths, comma-separated (default: --windows)")
     parser.add_argument("--steps", type=int, help="optimizer steps a run (default: the scale's)")
     parser.add_argument("--eval-windows", type=lambda v: [int(x) for x in v.split(",")],
-                        help="chrx: log2 windows each model is also scored at (a multiple of --eval-bp's tiling)")
+                        help="chrx: log2 windows each model is also scored in (tiling the same held-out stretch, "
+                             "so at most its length)")
     parser.add_argument("--rescore", action="store_true",
                         help="chrx: runs whose folder in --out holds a finished run are scored again, not retrained")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip rows that would start after this many s")
@@ -390,6 +391,9 @@ def main(argv=None) -> int:
         scale = replace(scale, steps=args.steps)
     if not args.data:
         parser.error("--data is required (see data/prepare_long_context.py)")
+    if chrx and any(2**e > scale.eval_bp for e in args.eval_windows or ()):
+        parser.error(f"--eval-windows: the held-out stretch is {scale.eval_bp} bases; a longer window would score "
+                     "bases outside it")
     env = {**environment(), "scale": scale.__dict__, "data": args.data}
     Path(args.rows or out).mkdir(parents=True, exist_ok=True)
     (Path(args.rows or out) / f"{args.experiment}_env.json").write_text(json.dumps(env, indent=1) + "\n")
