@@ -117,8 +117,8 @@ def own_tests(models: list[dict]) -> list[str]:
     """finetune's own test of every fine-tune (run.py writes it before the grid, so a call cut during the grid keeps
     it): its own draw of windows of the unseen strains, at the training window only."""
     latest = {}
-    for r in models:  # a run's "ok" row repeats its "trained" row with the grid added
-        if r.get("own_test") and r.get("status") in ("ok", "trained"):
+    for r in models:  # a run's "ok" row repeats its "trained" row with the grid added (skipped rows have no test)
+        if r.get("own_test"):
             latest[(variant(r), r.get("seed") or 0)] = r
     if not latest:
         return []

@@ -174,18 +174,20 @@ def run_chrx(args, scale: Scale) -> None:
             continue
         overrides = settings(scale, window, [f"data.genome={args.data}", f"out_dir={out / f'chrx_L{log2}'}",
                                              "data.reverse_complement=true"])
-        began = time.time()
         summary_file = out / f"chrx_L{log2}" / "summary.json"
         if args.rescore and summary_file.is_file():  # score the finished run again (other --eval-windows)
             summary = json.loads(summary_file.read_text())
             trained = summary.get("train_time_s")
         else:
+            began = time.time()
             summary = pretrain.run(rc.apply_overrides(rc.PretrainConfig(), overrides))
             trained = round(time.time() - began, 1)
         model_dir = Path(summary["model_dir"])
         score = bits_per_base(model_dir, args.data, start, length, window, scale.chunk_bp)
-        # the same model scored at other windows: does it use context longer than it was trained on?
-        cross = {str(2**e): bits_per_base(model_dir, args.data, start, length, 2**e, scale.chunk_bp)["bits_per_base"]
+        # the same model scored at other windows: does it use context longer than it was trained on? (its own
+        # window's score is the one above, not computed again)
+        cross = {str(2**e): score["bits_per_base"] if 2**e == window else
+                 bits_per_base(model_dir, args.data, start, length, 2**e, scale.chunk_bp)["bits_per_base"]
                  for e in sorted(args.eval_windows or ())}
         append(rows, {"window_bp": window, "status": "ok", **score, "eval_start": start, "eval_bp": length,
                       "bases_trained": summary.get("bases_trained"), "steps": summary["steps"],
