@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from mambadna.chunking import run_chunked
 # declared with the model's settings, which check them before torch is loaded
 from mambadna.config import OBJECTIVES, check_objective  # noqa: F401
+from mambadna.pooling import segment_means
 from mambadna.tokenizer import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -89,7 +90,22 @@ def lm_loss_mean(model: "MambaLM", input_ids, targets, chunk_bp: int | None = No
 
 
 def classification_loss(model: "MambaClassifier", input_ids: torch.Tensor, attention_mask, labels: torch.Tensor,
-                        chunk_bp: int | None = None):
-    """Mean cross-entropy of the classifier's logits against labels (b,) -> (loss (), logits (b, k))."""
-    logits = model(input_ids, attention_mask, chunk_bp)  # (b, k)
-    return F.cross_entropy(logits.float(), labels), logits
+                        chunk_bp: int | None = None, segment_bp: int | None = None):
+    """Mean cross-entropy of the classifier's logits against labels (b,) -> (loss (), logits (b, k)).
+
+    With `segment_bp` (mean pooling, windows longer than it), every `segment_bp` stretch of a window is also
+    classified on its own, from the same pass, and the mean of those segments' cross-entropies is added: a
+    window's label holds for each stretch of it, so a step over one long window still carries many labelled
+    examples, each of which must be told from its own bases (with a causal model, and everything before it)."""
+    l = input_ids.shape[1]
+    if segment_bp is None or l <= segment_bp or model.pooling != "mean":
+        logits = model(input_ids, attention_mask, chunk_bp)  # (b, k)
+        return F.cross_entropy(logits.float(), labels), logits
+    pooled, segments, counts = segment_means(model.backbone, input_ids, attention_mask, segment_bp, chunk_bp)
+    logits = model.head(pooled.to(model.head.weight.dtype))  # (b, k)
+    seg_logits = model.head(segments.to(model.head.weight.dtype)).float()  # (b, s, k)
+    seg_ce = F.cross_entropy(seg_logits.flatten(0, 1), labels.repeat_interleave(seg_logits.shape[1]),
+                             reduction="none")  # (b·s,)
+    real = (counts.flatten() > 0).float()  # segments that hold a real base
+    seg_loss = (seg_ce * real).sum() / real.sum()
+    return F.cross_entropy(logits.float(), labels) + seg_loss, logits

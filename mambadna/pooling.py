@@ -93,3 +93,27 @@ def pooled_chunked(model: "MambaLM", input_ids: torch.Tensor, attention_mask, po
 
     (total,), _ = run_chunked(model, input_ids, chunk_bp, share)
     return pool_finish(total, mask, pooling)
+
+
+def segment_means(model: "MambaLM", input_ids: torch.Tensor, attention_mask, segment_bp: int,
+                  chunk_bp: int | None = None):
+    """Mean pooling of the whole sequence and of each `segment_bp` stretch [k·segment_bp, (k+1)·segment_bp) of it,
+    from one pass (chunk by chunk with `chunk_bp`) -> (pooled (b, d), segments (b, s, d), counts (b, s)): counts
+    are each segment's real tokens (0 for a segment that is all padding, whose row is 0). The pooled vector is
+    `embed(..., "mean")`'s: the mean is linear, so it is the segments' sums over the real tokens."""
+    model.check_ids(input_ids)
+    b, l = input_ids.shape
+    mask = check_mask(attention_mask, b, l, input_ids.device)
+    n_seg = -(-l // segment_bp)
+
+    def share(residual, start, end):  # residual (b, c, d) of positions [start, end)
+        # summed in fp32: a bf16 running sum over a kilobase segment would lose the small terms
+        hidden = model.final_hidden(residual).float() * mask[:, start:end].unsqueeze(-1)  # (b, c, d)
+        ids = torch.arange(start, end, device=hidden.device) // segment_bp  # (c,) each position's segment
+        return (hidden.new_zeros(b, n_seg, hidden.shape[-1]).index_add_(1, ids, hidden),)  # (b, s, d)
+
+    (sums,), _ = run_chunked(model, input_ids, chunk_bp, share, attention_mask=attention_mask)
+    ids = torch.arange(l, device=mask.device) // segment_bp  # (l,)
+    counts = torch.zeros(b, n_seg, device=mask.device).index_add_(1, ids, mask.float())  # (b, s)
+    pooled = sums.sum(1) / counts.sum(1, keepdim=True)  # (b, d)
+    return pooled, sums / counts.clamp(min=1).unsqueeze(-1), counts

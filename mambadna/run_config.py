@@ -391,7 +391,26 @@ class MaskingSpec:
 
 
 @dataclass
-class PretrainConfig:
+class RunFolderSettings:
+    """What pretrain and finetune share about their run folder (`out_dir` is each command's own, with its default):
+    continuing a run, or replacing one."""
+    out_dir: str = setting("runs/run", help="run folder", flag="--out")  # each command names its own default
+    resume: bool = setting(False, flag="--resume", transient=True,
+                           help="continue the run in --out from its newest checkpoint, with its saved settings (flags "
+                                "given change them; the model shape cannot change)")
+    resume_from: str = setting("", flag="--resume-from", metavar="CKPT", transient=True,
+                               help="continue from this checkpoint file (of --out's run, or of another run into a new "
+                                    "--out)")
+    overwrite: str | None = setting(None, flag="--overwrite", const="move", choices=("move", "delete"),
+                                    metavar="move|delete", transient=True,
+                                    help="start afresh where --out already holds a run: move the old run aside to "
+                                         "<out>.old-N (default) or delete the files a run writes")
+
+    RENAMED: ClassVar[dict] = RENAMED
+
+
+@dataclass
+class PretrainConfig(RunFolderSettings):
     out_dir: str = setting("runs/pretrain", help="run folder: checkpoints, logs, plots and the final model",
                            flag="--out")
     model: MambaConfig = setting(help="model shape (start from a preset with model.preset)", factory=tiny)
@@ -403,18 +422,6 @@ class PretrainConfig:
                                   "objective of bidirectional and rc_equivariant models)")
     masking: MaskingSpec = setting(help="masked-LM corruption (--objective mlm)", factory=MaskingSpec)
     runtime: RuntimeSpec = setting(help="where the run goes", factory=RuntimeSpec)
-    resume: bool = setting(False, flag="--resume", transient=True,
-                           help="continue the run in --out from its newest checkpoint, with its saved settings (flags "
-                                "given change them; the model shape cannot change)")
-    resume_from: str = setting("", flag="--resume-from", metavar="CKPT", transient=True,
-                               help="continue from this checkpoint file (of --out's run, or of another run into a new "
-                                    "--out)")
-    overwrite: str | None = setting(None, flag="--overwrite", const="move", choices=("move", "delete"),
-                                    metavar="move|delete", transient=True,
-                                    help="start afresh where --out already holds a run: move the old run aside to "
-                                         "<out>.old-N (default) or delete the files a run writes")
-
-    RENAMED: ClassVar[dict] = RENAMED
 
     def __post_init__(self):
         check_objective(self.model, self.objective)
@@ -426,7 +433,7 @@ class PretrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunFolderSettings):
     out_dir: str = setting("runs/finetune", help="run folder: checkpoints, logs, plots and the final model",
                            flag="--out")
     pretrained: str = setting("", flag="--pretrained",
@@ -436,24 +443,15 @@ class FinetuneConfig:
                            help="how positions are pooled for the head (mean: every position counts, so the model "
                                 "runs at any window, longer ones too; last: the final state only)")
     freeze_backbone: bool = setting(False, help="train only the classification head", flag="--freeze-backbone")
+    segment_bp: int | None = setting(None, flag="--segment-bp", help="with mean pooling, training windows longer "
+                                     "than this are also classified stretch by stretch (each stretch's loss added), "
+                                     "so one long window is many labelled examples")
     model: MambaConfig = setting(help="model shape for a run from scratch (a fine-tune takes the checkpoint's)",
                                  factory=tiny)
     data: DataSpec = setting(help="data", factory=lambda: DataSpec(window_bp=256, batch_size=16))
     optim: OptimSpec = setting(help="optimizer", factory=lambda: OptimSpec(lr=1e-3, weight_decay=0.01))
     train: TrainSpec = setting(help="training", factory=lambda: TrainSpec(max_steps=500))
     runtime: RuntimeSpec = setting(help="where the run goes", factory=RuntimeSpec)
-    resume: bool = setting(False, flag="--resume", transient=True,
-                           help="continue the run in --out from its newest checkpoint, with its saved settings (flags "
-                                "given change them; the model shape cannot change)")
-    resume_from: str = setting("", flag="--resume-from", metavar="CKPT", transient=True,
-                               help="continue from this checkpoint file (of --out's run, or of another run into a new "
-                                    "--out)")
-    overwrite: str | None = setting(None, flag="--overwrite", const="move", choices=("move", "delete"),
-                                    metavar="move|delete", transient=True,
-                                    help="start afresh where --out already holds a run: move the old run aside to "
-                                         "<out>.old-N (default) or delete the files a run writes")
-
-    RENAMED: ClassVar[dict] = RENAMED
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -463,6 +461,9 @@ class FinetuneConfig:
                              "(--train); a manifest's held-out windows come from data.val_fraction / test_fraction")
         if self.train.tbptt:
             raise ValueError("train.tbptt applies to pretraining only")
+        if self.segment_bp is not None and (self.segment_bp < 1 or self.pooling != "mean"):
+            raise ValueError(f"segment_bp (--segment-bp) must be a positive number of bases, with pooling=mean (each "
+                             f"stretch is classified by its mean); got {self.segment_bp!r}, pooling={self.pooling!r}")
         if self.train.chunk_bp is not None and not self.pretrained:  # a checkpoint's model is checked by the task
             check_chunk_bp(self.train.chunk_bp, self.model)
 

@@ -17,7 +17,7 @@ def test_set_converts_types_and_nested_keys():
 
 @pytest.mark.parametrize("item, message", [
     ("train.max_step=3", "valid keys: max_steps, accumulate_grad_batches"),
-    ("nope=1", "valid keys: out_dir, model, data"),
+    ("nope=1", "valid keys: out_dir, resume, resume_from, overwrite, model, data"),
     ("train=3", "is a section"),
     ("train.max_steps=abc", "not a valid int"),
     ("train.max_steps=0", "train.max_steps must be a positive number"),

@@ -13,9 +13,10 @@
 # wheels for the GPU image's Python (experiments/context_sweep/pack_data.sh fetches them).
 # A third GPU process fine-tunes a variant beside finetune's defaults: VARIANT_ARGS (run.py arguments; default
 # "--windows 13 --species-lr 0.008", e.g. "--windows 20 --first-fraction 0.75"); VARIANT2_ARGS, if set, a fourth
-# (e.g. "--windows 20,13 --pretrain-window 13"). Knobs: DEADLINE_S (default 420: no run starts later), CHRX_WINDOWS,
-# SPECIES_WINDOWS, TEST_WINDOWS, CHRX_EVAL_WINDOWS (every chrX model also scored there) (log2, comma-separated),
-# CHRX_STEPS, SPECIES_STEPS.
+# (e.g. "--windows 20,13 --pretrain-window 13"); SPECIES_ARGS, run.py arguments of the first process (default none:
+# finetune's defaults; e.g. "--seed 3" or "--set segment_bp=1024 --tag seg1024"). Knobs: DEADLINE_S (default 420: no
+# run starts later), CHRX_WINDOWS, SPECIES_WINDOWS, TEST_WINDOWS, CHRX_EVAL_WINDOWS (every chrX model also scored
+# there) (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS.
 set -uo pipefail
 OUT=${OUT:?set OUT to the output folder}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -40,8 +41,8 @@ python3 $RUN chrx --data .lcdata/chrX/chrX.fa.gz --out "$WORK" --rows "$OUT" --d
   $(opt --windows "${CHRX_WINDOWS:-}") $(opt --steps "${CHRX_STEPS:-}") $(opt --eval-windows "${CHRX_EVAL_WINDOWS:-}") \
   > "$WORK/chrx.log" 2>&1 &
 CHRX=$!
-python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" $(opt --steps "${SPECIES_STEPS:-}") \
-  > "$WORK/species.log" 2>&1 &
+python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" ${SPECIES_ARGS:-} \
+  $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species.log" 2>&1 &
 MODELS=$!
 python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" ${VARIANT_ARGS:---windows 13 --species-lr 0.008} \
   $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_lr.log" 2>&1 &

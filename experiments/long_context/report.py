@@ -85,6 +85,11 @@ def start(row: dict) -> str:
     return f"pretrained at 2^{name.rsplit('L', 1)[-1]}" if name.startswith("pretrain_L") else "pretrained"
 
 
+def settings(row: dict) -> str:
+    """The run's extra `--set` settings (run.py --set), "-" for none."""
+    return " ".join(row.get("set") or ()) or "-"
+
+
 def variant(row: dict) -> tuple:
     """What a run varied apart from its seed: rows equal here are repeats of one recipe."""
     return (row["train_bp"], start(row), row.get("lr"), first_share(row), tuple(row.get("set") or ()))
@@ -124,11 +129,13 @@ def own_tests(models: list[dict]) -> list[str]:
         return []
     lines = ["", "finetune's own test (its own draw of test windows of the unseen strains, at the training window; "
              "also for runs whose grid was cut):", "",
-             "| trained at | start | lr | first-window share | seed | windows | accuracy | grid done |", "|---|---|---|---|---|---|---|---|"]
+             "| trained at | start | lr | first-window share | extra settings | seed | windows | accuracy | grid done |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (key, seed), r in sorted(latest.items(), key=lambda kv: (kv[0][0][0], str(kv[0]))):
         t = r["own_test"]
         acc = f"{t['accuracy']:.3f}" if t.get("accuracy") is not None else "-"
-        lines.append(f"| {log2(r['train_bp'])} | {key[1]} | {key[2]} | {key[3]} | {seed} | {t['windows']} | {acc} | "
+        lines.append(f"| {log2(r['train_bp'])} | {key[1]} | {key[2]} | {key[3]} | {settings(r)} | {seed} | "
+                     f"{t['windows']} | {acc} | "
                      f"{'yes' if r['status'] == 'ok' else 'no'} |")
     return lines
 
@@ -144,15 +151,17 @@ def species_section(folder: Path) -> tuple[list[str], list[dict], list[dict]]:
         counts = kmers[0].get("label_counts", {})
         lines += [f"Test windows a length: {kmers[0]['test_windows']} (the same for every model and the k-mers; "
                   f"labels {counts})", ""]
-    head = "| trained at \\ tested at | " + " | ".join(log2(n) for n in lengths) + " | start | lr | first-window share | seed | bases trained | steps |"
-    lines += [head, "|" + "---|" * (len(lengths) + 7)]
+    head = ("| trained at \\ tested at | " + " | ".join(log2(n) for n in lengths)
+            + " | start | lr | first-window share | extra settings | seed | bases trained | steps |")
+    lines += [head, "|" + "---|" * (len(lengths) + 8)]
     for r in sorted(ok, key=lambda r: (r["train_bp"], variant(r), r.get("seed") or 0)):
         cells = [f"{r['grid'][str(n)]['accuracy']:.3f}" if str(n) in r["grid"] else "" for n in lengths]
         lines.append(f"| Mamba {log2(r['train_bp'])} | " + " | ".join(cells)
-                     + f" | {start(r)} | {r.get('lr', '')} | {first_share(r)} | {r.get('seed') or 0} | {r['bases_trained'] / 1e6:.1f} M | {r['steps']} |")
+                     + f" | {start(r)} | {r.get('lr', '')} | {first_share(r)} | {settings(r)} | {r.get('seed') or 0} | "
+                     f"{r['bases_trained'] / 1e6:.1f} M | {r['steps']} |")
     kmer_at = {r["test_bp"]: r for r in kmers}
     lines.append("| k-mer 4..6 + logistic regression (fitted at the test length) | "
-                 + " | ".join(f"{kmer_at[n]['accuracy']:.3f}" if n in kmer_at else "" for n in lengths) + " | | | | | | |")
+                 + " | ".join(f"{kmer_at[n]['accuracy']:.3f}" if n in kmer_at else "" for n in lengths) + " | | | | | | | |")
     lines += [f"| Mamba {log2(r['train_bp'])} | {r['status']} |" for r in models
               if r.get("status") not in ("ok", "trained")]
     lines += seed_means(ok, lengths)

@@ -336,7 +336,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     if backbone is not None:
         model.backbone.load_state_dict(backbone.state_dict())
     task = ClassifyTask(model, cfg.optim, datamodule.class_names, cfg.freeze_backbone,
-                        cfg.train.activation_checkpointing, cfg.train.compile, cfg.train.chunk_bp)
+                        cfg.train.activation_checkpointing, cfg.train.compile, cfg.train.chunk_bp,
+                        segment_bp=cfg.segment_bp)
     callbacks, stats = run_callbacks(cfg, "finetune", out_dir)
     # a classifier spends half its steps at the first window: measured on held-out strains (H200, 2026-12-06,
     # experiments/long_context/RESULTS.md), models trained at 1 kb or 8 kb classified them perfectly at 1 Mb, and

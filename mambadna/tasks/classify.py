@@ -17,9 +17,11 @@ from mambadna.tasks.optim import build_optimizer
 class ClassifyTask(pl.LightningModule):
     def __init__(self, model: MambaClassifier, optim: OptimSpec, class_names: list[str],
                  freeze_backbone: bool = False, activation_checkpointing: bool = False, compile: bool = False,
-                 chunk_bp: int | None = None, label_map: list[int] | None = None):
+                 chunk_bp: int | None = None, label_map: list[int] | None = None, segment_bp: int | None = None):
         """`label_map[i]` is the model's class index of the data's label i (evaluation data names its classes in
-        its own order, or holds only some of them); None when the data's labels are the model's."""
+        its own order, or holds only some of them); None when the data's labels are the model's. `segment_bp`:
+        training windows longer than it are also classified stretch by stretch (objective.classification_loss);
+        validation and test score whole windows only."""
         super().__init__()
         if len(class_names) < 2:
             raise ValueError(f"classification needs at least 2 classes, the data has {len(class_names)}: "
@@ -35,7 +37,7 @@ class ClassifyTask(pl.LightningModule):
         if chunk_bp is not None:
             check_chunk_bp(chunk_bp, model.config)  # before training starts: a non-causal model cannot run chunked
         self.model.backbone.activation_checkpointing = activation_checkpointing
-        self.chunk_bp = chunk_bp
+        self.chunk_bp, self.segment_bp = chunk_bp, segment_bp
         # kept off the module tree so state_dict keys stay those of MambaClassifier
         object.__setattr__(self, "_loss", torch.compile(classification_loss) if compile else classification_loss)
         k = len(class_names)
@@ -58,7 +60,9 @@ class ClassifyTask(pl.LightningModule):
 
     def _step(self, split: str, batch) -> torch.Tensor:
         labels = batch["label"] if self.label_map is None else self.label_map[batch["label"]]
-        loss, logits = self._loss(self.model, batch["input_ids"], batch.get("attention_mask"), labels, self.chunk_bp)
+        segment_bp = self.segment_bp if split == "train" else None
+        loss, logits = self._loss(self.model, batch["input_ids"], batch.get("attention_mask"), labels, self.chunk_bp,
+                                  segment_bp)
         preds = logits.argmax(-1)
         on_step = split == "train"
         kw = dict(on_step=on_step, on_epoch=not on_step, batch_size=labels.shape[0], sync_dist=not on_step)
