@@ -90,3 +90,25 @@ def test_classifier_runs_at_longer_windows_than_it_was_trained_on(tmp_path, caps
                          "--batch-size", "8", "--out", str(ev), *extra]) == 0
         result = json.loads((ev / "evaluation.json").read_text())
         assert 0 <= result["test/accuracy"] <= 1
+
+
+def test_segment_bp_adds_each_stretch_s_loss_in_training(tmp_path):
+    """`finetune --segment-bp`: the first step's training loss is the window's cross-entropy plus its stretches'
+    (each about ln 2 for an untrained two-class head), chunked here; validation scores whole windows only."""
+    import csv
+
+    manifest = write_species(tmp_path)
+    common = ["--manifest", str(manifest), "--window-bp", "2048", "--batch-size", "2", "--steps", "1",
+              "--chunk-bp", "512", "--set", "data.val_windows=2", "--set", "data.test_windows=2", *TINY]
+
+    def first(run, key):
+        rows = list(csv.DictReader(open(tmp_path / run / "logs" / "metrics.csv")))
+        return float(next(r[key] for r in rows if r.get(key)))
+
+    assert cli.main(["finetune", "--out", str(tmp_path / "plain"), *common]) == 0
+    assert cli.main(["finetune", "--out", str(tmp_path / "seg"), "--segment-bp", "256", *common]) == 0
+    assert json.loads((tmp_path / "seg" / "run_config.json").read_text())["segment_bp"] == 256
+    plain, seg = first("plain", "train/loss"), first("seg", "train/loss")
+    assert 1.6 * plain < seg < 2.4 * plain
+    # the same seed and one warmup step apart: validation, whole windows only, scores both alike (not twice over)
+    assert abs(first("seg", "val/loss") - first("plain", "val/loss")) < 0.1 * first("plain", "val/loss")
