@@ -105,15 +105,14 @@ def segment_means(model: "MambaLM", input_ids: torch.Tensor, attention_mask, seg
     b, l = input_ids.shape
     mask = check_mask(attention_mask, b, l, input_ids.device)
     n_seg = -(-l // segment_bp)
+    seg_of = torch.arange(l, device=mask.device) // segment_bp  # (l,) each position's segment
 
     def share(residual, start, end):  # residual (b, c, d) of positions [start, end)
         # summed in fp32: a bf16 running sum over a kilobase segment would lose the small terms
         hidden = model.final_hidden(residual).float() * mask[:, start:end].unsqueeze(-1)  # (b, c, d)
-        ids = torch.arange(start, end, device=hidden.device) // segment_bp  # (c,) each position's segment
-        return (hidden.new_zeros(b, n_seg, hidden.shape[-1]).index_add_(1, ids, hidden),)  # (b, s, d)
+        return (hidden.new_zeros(b, n_seg, hidden.shape[-1]).index_add_(1, seg_of[start:end], hidden),)  # (b, s, d)
 
     (sums,), _ = run_chunked(model, input_ids, chunk_bp, share, attention_mask=attention_mask)
-    ids = torch.arange(l, device=mask.device) // segment_bp  # (l,)
-    counts = torch.zeros(b, n_seg, device=mask.device).index_add_(1, ids, mask.float())  # (b, s)
+    counts = torch.zeros(b, n_seg, device=mask.device).index_add_(1, seg_of, mask.float())  # (b, s)
     pooled = sums.sum(1) / counts.sum(1, keepdim=True)  # (b, d)
     return pooled, sums / counts.clamp(min=1).unsqueeze(-1), counts

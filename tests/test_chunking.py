@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from grad_checks import assert_grads_close
 
 from mambadna.chunking import run_chunked
 from mambadna.model import MambaLM
@@ -34,12 +35,6 @@ def chunked_lm_loss(model, ids, chunk_bp, labels=None):
     return loss_sum, n_tokens
 
 
-def _assert_grads_close(got, want, rtol=1e-4):
-    for g, w in zip(got, want):
-        scale = w.abs().max().clamp_min(1e-12)
-        assert (g - w).abs().max() / scale < rtol
-
-
 # chunks shorter than d_conv (the conv state spans several chunks), not dividing l-1, exactly l-1, beyond it,
 # and None (one plain pass)
 @pytest.mark.parametrize("chunk_bp, l", [(1, 12), (3, 39), (16, 39), (38, 39), (64, 39), (None, 39)])
@@ -50,7 +45,7 @@ def test_chunked_loss_and_every_gradient_equal_unchunked(model, chunk_bp, l):
     grads = torch.autograd.grad(loss_sum, list(model.parameters()))
     assert int(n_tokens) == 2 * (l - 1)
     torch.testing.assert_close(loss_sum.detach(), want_loss, rtol=1e-5, atol=1e-5)
-    _assert_grads_close(grads, want_grads)
+    assert_grads_close(grads, want_grads)
 
 
 def test_mean_helper_matches_cross_entropy_mean(model):
@@ -69,7 +64,7 @@ def test_labels_with_ignored_positions(model):
     loss_sum, n_tokens = chunked_lm_loss(model, ids, 8, labels=labels)
     assert int(n_tokens) == int((labels[:, 1:] != -100).sum())
     torch.testing.assert_close(loss_sum.detach(), want_loss, rtol=1e-5, atol=1e-5)
-    _assert_grads_close(torch.autograd.grad(loss_sum, list(model.parameters())), want_grads)
+    assert_grads_close(torch.autograd.grad(loss_sum, list(model.parameters())), want_grads)
 
 
 def test_last_token_of_a_chunk_predicts_the_first_of_the_next(model):
@@ -161,7 +156,7 @@ def test_block_checkpointing_equals_plain_forward_and_gradients(model):
     model.activation_checkpointing = True
     logits = model(ids)
     torch.testing.assert_close(logits, want_logits)
-    _assert_grads_close(torch.autograd.grad(logits.square().sum(), list(model.parameters())), want_grads, 1e-5)
+    assert_grads_close(torch.autograd.grad(logits.square().sum(), list(model.parameters())), want_grads, 1e-5)
 
 
 @pytest.mark.parametrize(
@@ -207,4 +202,4 @@ def test_chunked_classifier_equals_unchunked_in_loss_and_every_gradient(pooling,
         got, logits = classification_loss(model, ids, mask, labels, chunk_bp=chunk_bp)
         torch.testing.assert_close(logits, want_logits, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-        _assert_grads_close(torch.autograd.grad(got, params), want_grads)
+        assert_grads_close(torch.autograd.grad(got, params), want_grads)

@@ -4,6 +4,7 @@ own, from the same pass, against a plain-PyTorch reference, chunked and not, wit
 import pytest
 import torch
 import torch.nn.functional as F
+from grad_checks import assert_grads_close
 
 from mambadna.config import tiny
 from mambadna.model import MambaClassifier
@@ -36,11 +37,6 @@ def _reference(model, ids, mask, labels, segment_bp):
     return whole + torch.stack(losses).mean()
 
 
-def _close_grads(got, want, rtol=1e-4):
-    for g, w in zip(got, want):
-        assert (g - w).abs().max() / w.abs().max().clamp_min(1e-12) < rtol
-
-
 @pytest.mark.parametrize("segment_bp", [8, 13, 40])  # dividing neither 41 nor the chunks; one short last segment
 def test_segment_loss_equals_the_reference_in_loss_and_every_gradient(segment_bp, seeded):
     model = MambaClassifier(tiny(d_model=32, d_state=8), 3, "mean")
@@ -54,7 +50,7 @@ def test_segment_loss_equals_the_reference_in_loss_and_every_gradient(segment_bp
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(logits, plain_logits, rtol=1e-5, atol=1e-6)  # the window's own logits
         got_grads = torch.autograd.grad(got, params, allow_unused=True)
-        _close_grads([g for g in got_grads if g is not None], [g for g in want_grads if g is not None])
+        assert_grads_close([g for g in got_grads if g is not None], [g for g in want_grads if g is not None])
 
 
 def test_segment_means_of_an_rc_equivariant_model_pool_like_embed(seeded):
