@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,8 @@ from typing import ClassVar
 
 from mambadna.config import OBJECTIVES, POOLINGS, MambaConfig, check_chunk_bp, check_objective, setting, tiny
 # the machinery that reads and changes these dataclasses, used as rc.apply_overrides(...), rc.load_recipe(...)
-from mambadna.settings import (apply_overrides, apply_recipe, changed_settings, from_dict, leaf_settings,  # noqa: F401
-                               load_recipe, parse_value, read_recipe, to_dict, type_name)
+from mambadna.settings import (apply_overrides, apply_recipe, changed_settings, check_label_regex,  # noqa: F401
+                               from_dict, leaf_settings, load_recipe, parse_value, read_recipe, to_dict, type_name)
 from mambadna.data.tables import is_table
 
 # "auto": bf16 autocast on a GPU, fp32 on the CPU; "bf16" is "bf16-mixed"; the rest are Lightning's names
@@ -42,18 +41,6 @@ RENAMED = {f"train.{name}": f"runtime.{name}" for name in ("accelerator", "devic
 # fine-tune asked for 2^17 or 2^20 bases at once collapsed to one class (issue 19), one trained at 8 kb ran well at 1 Mb
 AUTO_CURRICULUM_FROM_BP = 1024
 VALIDATIONS_PER_RUN = 5  # train.val_every_n_steps none: validate this often, however long an epoch is
-
-
-def check_label_regex(pattern: str, name: str = "data.label_regex") -> re.Pattern:
-    """A label regex compiled, with exactly one group (the label), or a ValueError saying what is wrong."""
-    try:
-        compiled = re.compile(pattern)
-    except re.error as err:
-        raise ValueError(f"{name} {pattern!r} is not a valid regular expression ({err})") from None
-    if compiled.groups != 1:
-        raise ValueError(f"{name} {pattern!r} must have exactly one (group) capturing the label, it has "
-                         f"{compiled.groups}; e.g. 'label=(\\w+)'")
-    return compiled
 
 
 def _check(section: str, obj, *names: str, allow_none: bool = False, minimum=None, strict: bool = True) -> None:
@@ -443,6 +430,11 @@ class FinetuneConfig(RunFolderSettings):
                            help="how positions are pooled for the head (mean: every position counts, so the model "
                                 "runs at any window, longer ones too; last: the final state only)")
     freeze_backbone: bool = setting(False, help="train only the classification head", flag="--freeze-backbone")
+    final_model: str = setting("best", flag="--final-model", choices=("best", "last"),
+                               help="the model the run tests and saves as model/: best (the validation with the "
+                                    "lowest val/loss; a length curriculum also validates where its first window's "
+                                    "stage ends, so a long window keeps the shorter training when that classifies "
+                                    "the run's window better) or last (the last step's)")
     segment_bp: int | None = setting(None, flag="--segment-bp", help="with mean pooling, training windows longer "
                                      "than this are also classified stretch by stretch (each stretch's loss added), "
                                      "so one long window is many labelled examples")
@@ -456,6 +448,8 @@ class FinetuneConfig(RunFolderSettings):
     def __post_init__(self):
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.final_model not in ("best", "last"):
+            raise ValueError(f"final_model (--final-model) must be best or last, got {self.final_model!r}")
         if (self.data.val or self.data.test) and not self.data.train:
             raise ValueError("data.val / data.test (--val / --test) are labelled files that go with data.train "
                              "(--train); a manifest's held-out windows come from data.val_fraction / test_fraction")

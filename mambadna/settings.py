@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -251,3 +252,15 @@ def flatten(data: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def check_label_regex(pattern: str, name: str = "data.label_regex") -> re.Pattern:
+    """A label regex compiled, with exactly one group (the label), or a ValueError saying what is wrong."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"{name} {pattern!r} is not a valid regular expression ({err})") from None
+    if compiled.groups != 1:
+        raise ValueError(f"{name} {pattern!r} must have exactly one (group) capturing the label, it has "
+                         f"{compiled.groups}; e.g. 'label=(\\w+)'")
+    return compiled

@@ -8,11 +8,13 @@ Layout of a run directory (the rules for reusing one are in mambadna/commands/ru
     logs/metrics.csv           CSV log (TensorBoard events too when tensorboard is installed); logs.partK/ earlier
                                parts of a resumed run
     curves.png                 loss / metric curves
-    model/                     save_pretrained (config.json + model.safetensors) + training.json
+    model/                     save_pretrained (config.json + model.safetensors) + training.json: the last step's
+                               model; a fine-tune's is the best validation's (final_model=best), and it is tested
     model_best/                the same, of the validation with the lowest val/loss (its step in training.json)
-    summary.json               the newest validation's metrics, the best model's step and val/loss, test metrics
-                               (fine-tuning), wall time, bases per second, peak GPU memory
-Validation runs every train.val_every_n_steps optimizer steps (default: max_steps // 5), whatever the epoch length.
+    summary.json               the newest validation's metrics, the best model's step and val/loss, model/'s step
+                               (model_step), test metrics (fine-tuning), wall time, bases per second, peak GPU memory
+Validation runs every train.val_every_n_steps optimizer steps (default: max_steps // 5), whatever the epoch length,
+and for a fine-tune also where a length curriculum's first stage ends.
 Every file is written under a temporary name and renamed into place (mambadna/files.py).
 """
 
@@ -82,9 +84,9 @@ def check_accelerator(runtime: RuntimeSpec) -> None:
 
 
 def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra_callbacks=(),
-                  runtime: RuntimeSpec | None = None) -> pl.Trainer:
-    """A Trainer writing into `out_dir`, running where `runtime` says; checkpointing comes with the callbacks
-    (see `run_callbacks`)."""
+                  runtime: RuntimeSpec | None = None, validate_at=()) -> pl.Trainer:
+    """A Trainer writing into `out_dir`, running where `runtime` says, validating every train.val_every_n_steps
+    and after the optimizer steps `validate_at`; checkpointing comes with the callbacks (see `run_callbacks`)."""
     runtime = runtime or RuntimeSpec()
     check_accelerator(runtime)
     if torch.cuda.is_available():
@@ -100,7 +102,7 @@ def build_trainer(train: TrainSpec, out_dir: Path, grad_clip: float = 0.0, extra
         precision=runtime.lightning_precision(torch.cuda.is_available()),
         accumulate_grad_batches=train.accumulate_grad_batches,
         gradient_clip_val=grad_clip or None, log_every_n_steps=train.log_every_n_steps,
-        callbacks=[*extra_callbacks, StepValidation(train.val_interval_steps())], logger=loggers,
+        callbacks=[*extra_callbacks, StepValidation(train.val_interval_steps(), validate_at)], logger=loggers,
         plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
         # progress is our own ProgressReport (run_callbacks): Lightning's bar changes with what is installed
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -344,8 +346,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     # one taken through 1 kb ... 1 Mb at equal bases per stage reached 0.84 at 1 Mb
     warmup = curriculum(cfg, datamodule, cfg.train.min_windows_per_step or datamodule.num_classes,
                         CLASSIFIER_FIRST_FRACTION)
+    # validated where the first window's stage ends too, so that final_model=best can keep the model trained short
+    # when it already classifies the run's window better than the longer training after it makes it
+    first_end = [warmup.stages[0][3]] if warmup is not None and len(warmup.stages) > 1 else []
     trainer = build_trainer(cfg.train, out_dir, cfg.optim.grad_clip, [*callbacks, *filter(None, [warmup])],
-                            cfg.runtime)
+                            cfg.runtime, validate_at=first_end)
     if warmup is not None:
         warmup.world_size = trainer.world_size
     check_data(datamodule, cfg, trainer.world_size, held_out=("val", "test"), curriculum=warmup)
@@ -356,15 +361,28 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     _fit(trainer, task, datamodule, run)
     summary = {"out_dir": str(out_dir), "steps": trainer.global_step, "classes": datamodule.class_names,
                **validation_summary(trainer), **stats.summary(trainer)}
+    summary["model_step"] = _final_model(cfg, trainer, model)
     summary.update(test_classifier(trainer, task, datamodule, out_dir))
     if trainer.is_global_zero:
-        save_model(model, out_dir / "model", cfg, out_dir)
+        save_model(model, out_dir / "model", cfg, out_dir, step=summary["model_step"])
         curves = _finish(trainer, out_dir, "fine-tuning")
         summary.update(model_dir=str(out_dir / "model"), curves=str(curves) if curves else None,
                        wall_time_s=round(time.perf_counter() - started, 2))
         write_json(out_dir / "summary.json", summary)
     release_folder(out_dir)
     return summary
+
+
+def _final_model(cfg: FinetuneConfig, trainer: pl.Trainer, model) -> int:
+    """With final_model=best, the best validation's weights replace the last ones before the test and model/;
+    returns the step of the weights the run tests and saves."""
+    best = next((c for c in trainer.callbacks if isinstance(c, BestModel)), None)
+    step = best.restore(trainer, model) if best is not None and cfg.final_model == "best" else None
+    if step is not None and is_rank_zero():
+        print(f"final model: the best validation's, of step {step} (val/loss {best.best:.4g}; the last step's "
+              f"{best.last_metrics.get('val/loss', float('nan')):.4g}); final_model=last keeps the last",
+              flush=True)
+    return trainer.global_step if step is None else step
 
 
 def test_classifier(trainer: pl.Trainer, task: ClassifyTask, datamodule, out_dir: Path) -> dict:

@@ -2,7 +2,8 @@
 
 `StepValidation` validates every N optimizer steps, whatever the epoch length and the gradient accumulation (the
 length curriculum changes accumulation from stage to stage, and Lightning's `val_check_interval` counts batches),
-and at the last step. `BestModel` keeps the model of the lowest validation loss beside the final one.
+at the steps it is given besides (a curriculum's first stage's end) and at the last step. `BestModel` keeps the model
+of the lowest validation loss beside the final one, and can put it back into the model that trained.
 """
 
 from __future__ import annotations
@@ -15,23 +16,25 @@ import pytorch_lightning as pl
 
 
 class StepValidation(pl.Callback):
-    """Validation after every `every_n_steps`-th optimizer step and after the last one.
+    """Validation after every `every_n_steps`-th optimizer step, after each of the steps `also_at` and after the
+    last one.
 
     The Trainer is built to check after every batch (`val_check_interval=1`, `check_val_every_n_epoch=None`); this
     callback narrows the epoch loop's decision to the batches that complete a due optimizer step. (Lightning has
     no public hook for it: the decision is the epoch loop's `_should_check_val_fx`, wrapped at fit start.) A
     resumed run restarts at a step whose validation may not have run yet, and runs it, as Lightning does."""
 
-    def __init__(self, every_n_steps: int):
+    def __init__(self, every_n_steps: int, also_at=()):
         if every_n_steps < 1:
             raise ValueError(f"validation interval must be >= 1 step, got {every_n_steps}")
         self.every_n_steps = int(every_n_steps)
+        self.also_at = frozenset(int(step) for step in also_at)
         self._validated_at: int | None = None
 
     def due(self, trainer) -> bool:
         step = trainer.global_step
         return (step > 0 and step != self._validated_at
-                and (step % self.every_n_steps == 0 or step >= trainer.max_steps))
+                and (step % self.every_n_steps == 0 or step in self.also_at or step >= trainer.max_steps))
 
     def on_fit_start(self, trainer, pl_module):
         loop = trainer.fit_loop.epoch_loop
@@ -103,6 +106,15 @@ class BestModel(pl.Callback):
             os.replace(self.directory, old)
         os.replace(tmp, self.directory)
         shutil.rmtree(old, ignore_errors=True)
+
+    def restore(self, trainer, model) -> int | None:
+        """Load the best model's weights into `model` (every rank, once rank 0 has written them) and return its
+        step; None, and `model` untouched, when no validation scored or the best is the model as it stands."""
+        trainer.strategy.barrier()
+        if self.best_step is None or self.best_step == trainer.global_step or not self.directory.is_dir():
+            return None
+        model.load_state_dict(type(model).from_pretrained(self.directory).state_dict())
+        return self.best_step
 
     def summary(self) -> dict:
         """The newest validation's metrics and the best model's step and score (empty before any validation)."""

@@ -33,8 +33,8 @@ REAL_BUILD_TRAINER = train.build_trainer
 
 def run(monkeypatch, out_dir, recorder, resume=False, ckpt_every=100):
     monkeypatch.setattr(train, "build_trainer",
-                        lambda t, o, clip, extra=(), runtime=None: REAL_BUILD_TRAINER(t, o, clip, [*extra, recorder],
-                                                                                      runtime))
+                        lambda t, o, clip, extra=(), runtime=None, **kw: REAL_BUILD_TRAINER(t, o, clip, [*extra, recorder],
+                                                                                            runtime, **kw))
     cfg = rc.apply_overrides(rc.PretrainConfig(), [
         f"out_dir={out_dir}", "model.d_model=16", "model.d_state=4", "data.window_bp=64", "data.batch_size=4",
         "data.train_windows=16", "data.val_windows=4", "train.max_steps=8", f"train.ckpt_every_n_steps={ckpt_every}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytorch_lightning as pl
+import torch
 
 from mambadna import run_config as rc
 from mambadna.checkpoint import load
@@ -31,7 +32,8 @@ class Validations(pl.Callback):
 def _with(monkeypatch, callback):
     real = train.build_trainer
     monkeypatch.setattr(train, "build_trainer",
-                        lambda t, o, clip, extra=(), runtime=None: real(t, o, clip, [*extra, callback], runtime))
+                        lambda t, o, clip, extra=(), runtime=None, **kw: real(t, o, clip, [*extra, callback], runtime,
+                                                                             **kw))
 
 
 def test_pretraining_validates_within_an_epoch_and_keeps_the_best_model(tmp_path, monkeypatch):
@@ -98,3 +100,38 @@ def test_a_resumed_run_adopts_the_best_model_validation_saved_after_its_checkpoi
     later.load_state_dict({"best": 1.5, "best_step": 2, "monitor": "val/loss"})
     later.on_train_start(SimpleNamespace(global_step=3), None)
     assert (later.best, later.best_step) == (1.5, 2)
+
+
+def _finetune(out_dir, *overrides):
+    return rc.apply_overrides(rc.FinetuneConfig(), [
+        f"out_dir={out_dir}", "model.d_model=16", "model.n_layer=1", "model.d_state=4", "data.window_bp=64",
+        "data.batch_size=8", "data.val_windows=8", "data.test_windows=8", "train.progress_bar=false", *overrides])
+
+
+def test_finetune_validates_where_the_curriculum_s_first_stage_ends(tmp_path, monkeypatch):
+    seen = Validations()
+    _with(monkeypatch, seen)
+    cfg = _finetune(tmp_path, "train.max_steps=5", "train.val_every_n_steps=4", "train.seqlen_warmup_from_bp=32",
+                    "train.seqlen_warmup_first_fraction=0.6")
+    train.run_finetune(cfg)
+    assert seen.steps == [3, 4, 5]  # the 32 bp stage's end (int(5 * 0.6)), the interval, the last step
+
+
+def _weights(folder):
+    return load(folder).state_dict()
+
+
+def test_final_model_best_tests_and_saves_the_best_validation_s_model(tmp_path):
+    # lr 0.1 on this data: validation at step 4 beats the last one (6), checked below so a change shows
+    settings = ("train.max_steps=6", "train.val_every_n_steps=2", "optim.lr=0.1")
+    best = train.run_finetune(_finetune(tmp_path / "best", *settings))
+    last = train.run_finetune(_finetune(tmp_path / "last", *settings, "final_model=last"))
+    assert best["best_step"] == last["best_step"] == 4 and best["steps"] == 6
+    assert (best["model_step"], last["model_step"]) == (4, 6)
+    saved, kept = _weights(tmp_path / "best" / "model"), _weights(tmp_path / "best" / "model_best")
+    assert all(torch.equal(saved[k], kept[k]) for k in kept)
+    final, its_best = _weights(tmp_path / "last" / "model"), _weights(tmp_path / "last" / "model_best")
+    assert not all(torch.equal(final[k], its_best[k]) for k in its_best)
+    assert best["test/loss"] != last["test/loss"]  # the test ran on the restored weights
+    assert json.loads((tmp_path / "best" / "model" / "training.json").read_text())["step"] == 4
+    assert json.loads((tmp_path / "best" / "summary.json").read_text())["model_step"] == 4
