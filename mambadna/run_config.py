@@ -244,7 +244,7 @@ class TrainSpec:
                    "none: automatic, from 1024 bp when data.window_bp is 8192 or more; 0: off")
     seqlen_warmup_first_fraction: float | None = setting(
         None, help="share of the steps trained at the curriculum's first (shortest) window, the rest split over the "
-                   "longer ones at equal bases (none: half for a classifier, whose labelled windows are plentiful "
+                   "longer ones at equal bases (none: 0.9 for a classifier, whose labelled windows are plentiful "
                    "there and which runs at longer windows than it was trained on; every stage an equal share of the "
                    "bases for pretraining)")
     min_windows_per_step: int | None = setting(

@@ -73,7 +73,7 @@ def first_share(row: dict) -> str:
     if row["train_bp"] < LONG_WINDOW_BP:  # no automatic curriculum below it
         return "no curriculum"
     if row.get("first_fraction") is not None:
-        return str(row["first_fraction"])
+        return f"default ({row['first_fraction']})" if row.get("first_fraction_default") else str(row["first_fraction"])
     return "equal bases" if "first_fraction" not in row else "default (half)"
 
 
@@ -86,8 +86,11 @@ def start(row: dict) -> str:
 
 
 def settings(row: dict) -> str:
-    """The run's extra `--set` settings (run.py --set), "-" for none."""
-    return " ".join(row.get("set") or ()) or "-"
+    """The run's extra `--set` settings (run.py --set), and the step of the model tested where that was not the
+    last one (finetune's final_model=best, from 1e76ef7 on), "-" for neither."""
+    tested = (row.get("summary") or {}).get("model_step")
+    step = [f"tested step {tested} (best val)"] if tested is not None and tested != row.get("steps") else []
+    return " ".join([*(row.get("set") or ()), *step]) or "-"
 
 
 def variant(row: dict) -> tuple:

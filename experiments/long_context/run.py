@@ -266,8 +266,9 @@ def pretrain_backbone(args, scale: Scale) -> str:
 
 
 def run_species(args, scale: Scale) -> None:
-    from mambadna.commands.probe import kmer_baseline
     from mambadna.commands import finetune
+    from mambadna.commands.probe import kmer_baseline
+    from mambadna.commands.train import CLASSIFIER_FIRST_FRACTION
 
     out = Path(args.out)
     # what the fine-tunes vary, in their rows file's name and their run folders' names
@@ -309,7 +310,9 @@ def run_species(args, scale: Scale) -> None:
         trained = time.time() - began
         model_dir = Path(summary["model_dir"])
         row = {"kind": "model", "train_bp": window, "status": "trained", "lr": cfg.optim.lr,
-               "first_fraction": cfg.train.seqlen_warmup_first_fraction, "pretrained": backbone,
+               "first_fraction": (CLASSIFIER_FIRST_FRACTION if cfg.train.seqlen_warmup_first_fraction is None
+                                  else cfg.train.seqlen_warmup_first_fraction),
+               "first_fraction_default": cfg.train.seqlen_warmup_first_fraction is None, "pretrained": backbone,
                "seed": cfg.train.seed, "set": list(args.set or []),
                "bases_trained": summary.get("bases_trained"), "steps": summary["steps"],
                "train_s": round(trained, 1), "val_accuracy": summary.get("val/accuracy"),

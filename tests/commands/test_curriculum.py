@@ -32,7 +32,8 @@ def test_long_window_finetune_walks_the_curriculum_and_accumulates(tmp_path, cap
     manifest = write_species(tmp_path)
     out = tmp_path / "ft"
     argv = ["finetune", "--out", str(out), "--manifest", str(manifest), "--window-bp", "8192", "--batch-size", "1",
-            "--steps", "8", "--set", "data.val_windows=2", "--set", "data.test_windows=4", *TINY]
+            "--steps", "8", "--set", "data.val_windows=2", "--set", "data.test_windows=4",
+            "--set", "train.seqlen_warmup_first_fraction=0.5", *TINY]  # the default 0.9 leaves 8 steps no middle stage
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     # automatic from 1024 bp for an 8 kb window; one window of 8 kb a step, so the 4 kb and 8 kb stages accumulate
