@@ -30,11 +30,11 @@ BUDGET_S=${BUDGET_S:-330}
 # compared stop_summaries (chunk summaries stopped once the decay makes every further term vanish in fp32; exact to
 # rounding), the same with sm_warps 32, sm_warps 8 and full_warps 2; the GPU check runs v2's default and, as
 # check_v2full_*, the full summary walk that is no longer the default.
-# Since the 12-06 run made {"stop_summaries": true, "sm_warps": 32} v2's default (the old launch is timed with
-# V2_CONFIGS='[{"stop_summaries": false, "sm_warps": 16}]'), the default variants are the unmeasured `lanes` launches
-# (each channel's states over 4 or 8 threads; full_warps 7 leaves batch 8 x 2^17 uncut at lanes 8), two variants so
-# that phase 2 has time for all four shapes.
-V2_CONFIGS=${V2_CONFIGS:-'[{"lanes": 4}, {"lanes": 8, "full_warps": 7}]'}
+# The 12-06 run made {"stop_summaries": true, "sm_warps": 32} v2's default (the old launch is timed with
+# V2_CONFIGS='[{"stop_summaries": false, "sm_warps": 16}]'). The 12-07 H100 run timed the opt-in `lanes` launches:
+# lanes 4 failed the GPU check (dB/dC wrong; exact in the interpreter), lanes 8 passed at twice v2's time
+# (experiments/results/gpu_scan_h100_2026-12-07/). So no variant by default: all four shapes get the time.
+V2_CONFIGS=${V2_CONFIGS:-'[]'}
 export COMMIT=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=$(command -v python3 || command -v python)
@@ -52,7 +52,7 @@ main() {
 {
   echo "date $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "commit $COMMIT"
-  echo "kernels sha256 $(cat mambadna/kernels/*.py | sha256sum | cut -c1-16)"
+  echo "kernels sha256 $(LC_ALL=C; cat mambadna/kernels/*.py | sha256sum | cut -c1-16)"  # C: one glob order
   [ -z "$SMOKE" ] && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu \
     --format=csv,noheader
   "$PY" -c "import platform, torch, triton; print('python', platform.python_version(), 'torch', torch.__version__, \
