@@ -70,14 +70,16 @@ def test_validation_follows_optimizer_steps_through_a_length_curriculum(tmp_path
     assert seen.steps == [3, 6, 7]  # every 3 optimizer steps, and the last
 
 
+def _finetune(out_dir, *overrides):
+    return rc.apply_overrides(rc.FinetuneConfig(), [
+        f"out_dir={out_dir}", "model.d_model=16", "model.n_layer=1", "model.d_state=4", "data.window_bp=64",
+        "data.batch_size=8", "data.val_windows=8", "data.test_windows=8", "train.progress_bar=false", *overrides])
+
+
 def test_finetune_reports_validation_accuracy_and_keeps_the_best_classifier(tmp_path, monkeypatch):
     seen = Validations()
     _with(monkeypatch, seen)
-    cfg = rc.apply_overrides(rc.FinetuneConfig(), [
-        f"out_dir={tmp_path}", "model.d_model=16", "model.n_layer=1", "model.d_state=4", "data.window_bp=64",
-        "data.batch_size=8", "data.val_windows=8", "data.test_windows=8", "train.max_steps=4",
-        "train.val_every_n_steps=2", "train.progress_bar=false"])
-    summary = train.run_finetune(cfg)
+    summary = train.run_finetune(_finetune(tmp_path, "train.max_steps=4", "train.val_every_n_steps=2"))
     assert seen.steps == [2, 4]
     assert {"val/loss", "val/accuracy", "best_step", "best_val_loss", "test/accuracy"} <= set(summary)
     best = load(tmp_path / "model_best")
@@ -100,12 +102,6 @@ def test_a_resumed_run_adopts_the_best_model_validation_saved_after_its_checkpoi
     later.load_state_dict({"best": 1.5, "best_step": 2, "monitor": "val/loss"})
     later.on_train_start(SimpleNamespace(global_step=3), None)
     assert (later.best, later.best_step) == (1.5, 2)
-
-
-def _finetune(out_dir, *overrides):
-    return rc.apply_overrides(rc.FinetuneConfig(), [
-        f"out_dir={out_dir}", "model.d_model=16", "model.n_layer=1", "model.d_state=4", "data.window_bp=64",
-        "data.batch_size=8", "data.val_windows=8", "data.test_windows=8", "train.progress_bar=false", *overrides])
 
 
 def test_finetune_validates_where_the_curriculum_s_first_stage_ends(tmp_path, monkeypatch):
