@@ -41,6 +41,7 @@ RENAMED = {f"train.{name}": f"runtime.{name}" for name in ("accelerator", "devic
 # fine-tune asked for 2^17 or 2^20 bases at once collapsed to one class (issue 19), one trained at 8 kb ran well at 1 Mb
 AUTO_CURRICULUM_FROM_BP = 1024
 VALIDATIONS_PER_RUN = 5  # train.val_every_n_steps none: validate this often, however long an epoch is
+FINAL_MODELS = ("best", "last")  # finetune's final_model: the best validation's model or the last step's
 
 
 def _check(section: str, obj, *names: str, allow_none: bool = False, minimum=None, strict: bool = True) -> None:
@@ -430,7 +431,7 @@ class FinetuneConfig(RunFolderSettings):
                            help="how positions are pooled for the head (mean: every position counts, so the model "
                                 "runs at any window, longer ones too; last: the final state only)")
     freeze_backbone: bool = setting(False, help="train only the classification head", flag="--freeze-backbone")
-    final_model: str = setting("best", flag="--final-model", choices=("best", "last"),
+    final_model: str = setting("best", flag="--final-model", choices=FINAL_MODELS,
                                help="the model the run tests and saves as model/: best (the validation with the "
                                     "lowest val/loss; a length curriculum also validates where its first window's "
                                     "stage ends, so a long window keeps the shorter training when that classifies "
@@ -448,7 +449,7 @@ class FinetuneConfig(RunFolderSettings):
     def __post_init__(self):
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.final_model not in ("best", "last"):
+        if self.final_model not in FINAL_MODELS:
             raise ValueError(f"final_model (--final-model) must be best or last, got {self.final_model!r}")
         if (self.data.val or self.data.test) and not self.data.train:
             raise ValueError("data.val / data.test (--val / --test) are labelled files that go with data.train "

@@ -148,9 +148,14 @@ def saved_info(folder: Path) -> dict | None:
         return None
 
 
+def _best_model(trainer: pl.Trainer) -> BestModel | None:
+    """The run's BestModel callback (run_callbacks adds one), or None."""
+    return next((c for c in trainer.callbacks if isinstance(c, BestModel)), None)
+
+
 def validation_summary(trainer: pl.Trainer) -> dict:
     """The newest validation's metrics and the best model's step and val/loss (mambadna.tasks.BestModel)."""
-    best = next((c for c in trainer.callbacks if isinstance(c, BestModel)), None)
+    best = _best_model(trainer)
     return best.summary() if best is not None else {}
 
 
@@ -378,7 +383,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
 def _final_model(cfg: FinetuneConfig, trainer: pl.Trainer, model) -> int:
     """With final_model=best, the best validation's weights replace the last ones before the test and model/;
     returns the step of the weights the run tests and saves."""
-    best = next((c for c in trainer.callbacks if isinstance(c, BestModel)), None)
+    best = _best_model(trainer)
     step = best.restore(trainer, model) if best is not None and cfg.final_model == "best" else None
     if step is not None and is_rank_zero():
         print(f"final model: the best validation's, of step {step} (val/loss {best.best:.4g}; the last step's "
