@@ -16,7 +16,7 @@
 # (e.g. "--windows 20,13 --pretrain-window 13"); SPECIES_ARGS, run.py arguments of the first process (default none:
 # finetune's defaults; e.g. "--seed 3" or "--set segment_bp=1024 --tag seg1024"). Knobs: DEADLINE_S (default 420: no
 # run starts later), CHRX_WINDOWS, SPECIES_WINDOWS, TEST_WINDOWS, CHRX_EVAL_WINDOWS (every chrX model also scored
-# there) (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS.
+# there) (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS; SPECIES=0 runs chrX alone.
 set -uo pipefail
 OUT=${OUT:?set OUT to the output folder}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -35,27 +35,39 @@ RUN=experiments/long_context/run.py
 opt() { [ -n "${2:-}" ] && echo "$1 $2"; }
 SPECIES=(species --data .lcdata/strains/manifest.tsv --out "$WORK" --rows "$OUT" $(opt --windows "${SPECIES_WINDOWS:-}")
          $(opt --test-windows "${TEST_WINDOWS:-}"))
-OMP_NUM_THREADS=4 python3 $RUN "${SPECIES[@]}" --part kmer > "$WORK/kmer.log" 2>&1 &
-KMER=$!
-python3 $RUN chrx --data .lcdata/chrX/chrX.fa.gz --out "$WORK" --rows "$OUT" --deadline-s "$DEADLINE_S" \
-  $(opt --windows "${CHRX_WINDOWS:-}") $(opt --steps "${CHRX_STEPS:-}") $(opt --eval-windows "${CHRX_EVAL_WINDOWS:-}") \
-  > "$WORK/chrx.log" 2>&1 &
-CHRX=$!
-python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" ${SPECIES_ARGS:-} \
-  $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species.log" 2>&1 &
-MODELS=$!
-python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" ${VARIANT_ARGS:---windows 13 --species-lr 0.008} \
-  $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_lr.log" 2>&1 &
-LR=$!
-V2=""
-if [ -n "${VARIANT2_ARGS:-}" ]; then  # a fourth process: a second variant (e.g. "--windows 13,20 --pretrain-window 13")
+KMER=""
+if [ "${SPECIES:-1}" != 0 ]; then
+  OMP_NUM_THREADS=4 python3 $RUN "${SPECIES[@]}" --part kmer > "$WORK/kmer.log" 2>&1 &
+  KMER=$!
+fi
+# CHRX_WINDOWS groups separated by "/" run as that many processes side by side (e.g. "12,11/14,13/16,15/18,17");
+# their rows go to the one chrx.jsonl (run.py locks it); CHRX_ARGS: more run.py arguments (e.g. --set data.num_workers=3)
+CHRX=()
+IFS=/ read -r -a GROUPS_ <<< "${CHRX_WINDOWS:-}"
+[ ${#GROUPS_[@]} -gt 0 ] || GROUPS_=("")
+for i in "${!GROUPS_[@]}"; do
+  python3 $RUN chrx --data .lcdata/chrX/chrX.fa.gz --out "$WORK" --rows "$OUT" --deadline-s "$DEADLINE_S" \
+    $(opt --windows "${GROUPS_[$i]}") $(opt --steps "${CHRX_STEPS:-}") $(opt --eval-windows "${CHRX_EVAL_WINDOWS:-}") \
+    ${CHRX_ARGS:-} > "$WORK/chrx$([ "$i" = 0 ] || echo "_$i").log" 2>&1 &
+  CHRX+=($!)
+done
+MODELS=""; LR=""; V2=""
+if [ "${SPECIES:-1}" != 0 ]; then
+  python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" ${SPECIES_ARGS:-} \
+    $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species.log" 2>&1 &
+  MODELS=$!
+  python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" ${VARIANT_ARGS:---windows 13 --species-lr 0.008} \
+    $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_lr.log" 2>&1 &
+  LR=$!
+fi
+if [ "${SPECIES:-1}" != 0 ] && [ -n "${VARIANT2_ARGS:-}" ]; then  # a fourth process: a second variant (e.g. "--windows 13,20 --pretrain-window 13")
   python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" $VARIANT2_ARGS \
     $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_v2.log" 2>&1 &
   V2=$!
 fi
-wait $CHRX $MODELS $LR $V2
-sleep 1; kill $KMER 2>/dev/null; wait $KMER 2>/dev/null
-for f in chrx species species_lr species_v2 kmer; do
+wait "${CHRX[@]}" $MODELS $LR $V2
+if [ -n "$KMER" ]; then sleep 1; kill $KMER 2>/dev/null; wait $KMER 2>/dev/null; fi
+for f in chrx chrx_1 chrx_2 chrx_3 chrx_4 chrx_5 species species_lr species_v2 kmer; do
   [ -f "$WORK/$f.log" ] || continue
   echo "=== $f"; grep -v -i "warn\|tip\|available:\|deprecat" "$WORK/$f.log" | tail -n 20
 done

@@ -21,6 +21,7 @@ that would not fit. experiments/long_context/report.py turns the rows into RESUL
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import platform
@@ -109,7 +110,8 @@ def command_line(command: str, overrides: list[str]) -> str:
 
 def append(path: Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
+    with open(path, "a") as fh:  # several run.py processes may append to one rows file (gpu_run.sh's chrX groups)
+        fcntl.flock(fh, fcntl.LOCK_EX)
         fh.write(json.dumps(row) + "\n")
     print(json.dumps({k: v for k, v in row.items() if k not in ("summary", "command")}), flush=True)
 
@@ -173,7 +175,7 @@ def run_chrx(args, scale: Scale) -> None:
             append(rows, {"window_bp": window, "status": "skipped: deadline"})
             continue
         overrides = settings(scale, window, [f"data.genome={args.data}", f"out_dir={out / f'chrx_L{log2}'}",
-                                             "data.reverse_complement=true"])
+                                             "data.reverse_complement=true", *(args.set or [])])
         summary_file = out / f"chrx_L{log2}" / "summary.json"
         if args.rescore and summary_file.is_file():  # score the finished run again (other --eval-windows)
             summary = json.loads(summary_file.read_text())
@@ -375,7 +377,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="species: train.seed of the fine-tunes (another "
                         "initialisation and window draw; the test windows stay the same)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="species: one more finetune setting (repeatable), e.g. train.seqlen_warmup_from_bp=512")
+                        help="one more setting of every run (repeatable), e.g. train.seqlen_warmup_from_bp=512 "
+                        "or data.num_workers=3")
     parser.add_argument("--tag", help="species: a name for the --set variant (its rows file and run folders)")
     parser.add_argument("--part", choices=("all", "models", "kmer"), default="all",
                         help="species: the models, the k-mer baseline (CPU; run it beside the models), or both")
