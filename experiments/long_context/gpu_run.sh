@@ -16,7 +16,8 @@
 # (e.g. "--windows 20,13 --pretrain-window 13"); SPECIES_ARGS, run.py arguments of the first process (default none:
 # finetune's defaults; e.g. "--seed 3" or "--set segment_bp=1024 --tag seg1024"). Knobs: DEADLINE_S (default 420: no
 # run starts later), CHRX_WINDOWS, SPECIES_WINDOWS, TEST_WINDOWS, CHRX_EVAL_WINDOWS (every chrX model also scored
-# there) (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS; SPECIES=0 runs chrX alone.
+# there) (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS; SPECIES=0 runs chrX alone; MICRO_BP
+# (log2, default 19) caps the bases of a micro-batch of every run (four chrX processes need 18).
 set -uo pipefail
 OUT=${OUT:?set OUT to the output folder}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -32,12 +33,13 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 RUN=experiments/long_context/run.py
+MICRO=$(opt --micro-bp "${MICRO_BP:-}")
 opt() { [ -n "${2:-}" ] && echo "$1 $2"; }
-SPECIES=(species --data .lcdata/strains/manifest.tsv --out "$WORK" --rows "$OUT" $(opt --windows "${SPECIES_WINDOWS:-}")
+SPECIES_CMD=(species --data .lcdata/strains/manifest.tsv --out "$WORK" --rows "$OUT" $(opt --windows "${SPECIES_WINDOWS:-}")
          $(opt --test-windows "${TEST_WINDOWS:-}"))
 KMER=""
 if [ "${SPECIES:-1}" != 0 ]; then
-  OMP_NUM_THREADS=4 python3 $RUN "${SPECIES[@]}" --part kmer > "$WORK/kmer.log" 2>&1 &
+  OMP_NUM_THREADS=4 python3 $RUN "${SPECIES_CMD[@]}" --part kmer > "$WORK/kmer.log" 2>&1 &
   KMER=$!
 fi
 # CHRX_WINDOWS groups separated by "/" run as that many processes side by side (e.g. "12,11/14,13/16,15/18,17");
@@ -46,22 +48,22 @@ CHRX=()
 IFS=/ read -r -a GROUPS_ <<< "${CHRX_WINDOWS:-}"
 [ ${#GROUPS_[@]} -gt 0 ] || GROUPS_=("")
 for i in "${!GROUPS_[@]}"; do
-  python3 $RUN chrx --data .lcdata/chrX/chrX.fa.gz --out "$WORK" --rows "$OUT" --deadline-s "$DEADLINE_S" \
+  python3 $RUN chrx --data .lcdata/chrX/chrX.fa.gz --out "$WORK" --rows "$OUT" --deadline-s "$DEADLINE_S" $MICRO \
     $(opt --windows "${GROUPS_[$i]}") $(opt --steps "${CHRX_STEPS:-}") $(opt --eval-windows "${CHRX_EVAL_WINDOWS:-}") \
     ${CHRX_ARGS:-} > "$WORK/chrx$([ "$i" = 0 ] || echo "_$i").log" 2>&1 &
   CHRX+=($!)
 done
 MODELS=""; LR=""; V2=""
 if [ "${SPECIES:-1}" != 0 ]; then
-  python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" ${SPECIES_ARGS:-} \
+  python3 $RUN "${SPECIES_CMD[@]}" --part models --deadline-s "$DEADLINE_S" ${SPECIES_ARGS:-} \
     $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species.log" 2>&1 &
   MODELS=$!
-  python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" ${VARIANT_ARGS:---windows 13 --species-lr 0.008} \
+  python3 $RUN "${SPECIES_CMD[@]}" --part models --deadline-s "$DEADLINE_S" ${VARIANT_ARGS:---windows 13 --species-lr 0.008} \
     $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_lr.log" 2>&1 &
   LR=$!
 fi
 if [ "${SPECIES:-1}" != 0 ] && [ -n "${VARIANT2_ARGS:-}" ]; then  # a fourth process: a second variant (e.g. "--windows 13,20 --pretrain-window 13")
-  python3 $RUN "${SPECIES[@]}" --part models --deadline-s "$DEADLINE_S" $VARIANT2_ARGS \
+  python3 $RUN "${SPECIES_CMD[@]}" --part models --deadline-s "$DEADLINE_S" $VARIANT2_ARGS \
     $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_v2.log" 2>&1 &
   V2=$!
 fi

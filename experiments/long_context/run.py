@@ -362,6 +362,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the bundled genomes (CI)")
     parser.add_argument("--windows", help="log2 window lengths, comma-separated (default: the scale's)")
     parser.add_argument("--test-windows", help="species: log2 test lengths, comma-separated (default: --windows)")
+    parser.add_argument("--micro-bp", type=int, help="log2 of the most bases in one micro-batch (default: the scale's; "
+                        "lower it where several runs share a GPU; the bases per step stay)")
     parser.add_argument("--steps", type=int, help="optimizer steps a run (default: the scale's)")
     parser.add_argument("--eval-windows", type=lambda v: [int(x) for x in v.split(",")],
                         help="chrx: log2 windows each model is also scored in (tiling the same held-out stretch, "
@@ -397,6 +399,8 @@ def main(argv=None) -> int:
         scale = replace(scale, windows=tuple(int(x) for x in args.windows.split(",")))
     if args.steps:
         scale = replace(scale, steps=args.steps)
+    if args.micro_bp:
+        scale = replace(scale, micro_bp=2**args.micro_bp)
     if not args.data:
         parser.error("--data is required (see data/prepare_long_context.py)")
     if chrx and any(2**e > scale.eval_bp for e in args.eval_windows or ()):
