@@ -16,7 +16,7 @@
 # (e.g. "--windows 20,13 --pretrain-window 13"); SPECIES_ARGS, run.py arguments of the first process (default none:
 # finetune's defaults; e.g. "--seed 3" or "--set segment_bp=1024 --tag seg1024"). Knobs: DEADLINE_S (default 420: no
 # run starts later), CHRX_WINDOWS, SPECIES_WINDOWS, TEST_WINDOWS, CHRX_EVAL_WINDOWS (every chrX model also scored
-# there) (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS; SPECIES=0 runs chrX alone; MICRO_BP
+# there) (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS; SPECIES=0 runs chrX alone, CHRX=0 the species alone; MICRO_BP
 # (log2, default 19) caps the bases of a micro-batch of every run (four chrX processes need 18).
 set -uo pipefail
 OUT=${OUT:?set OUT to the output folder}
@@ -33,8 +33,8 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 RUN=experiments/long_context/run.py
-MICRO=$(opt --micro-bp "${MICRO_BP:-}")
 opt() { [ -n "${2:-}" ] && echo "$1 $2"; }
+MICRO=$(opt --micro-bp "${MICRO_BP:-}")
 SPECIES_CMD=(species --data .lcdata/strains/manifest.tsv --out "$WORK" --rows "$OUT" $(opt --windows "${SPECIES_WINDOWS:-}")
          $(opt --test-windows "${TEST_WINDOWS:-}"))
 KMER=""
@@ -44,14 +44,15 @@ if [ "${SPECIES:-1}" != 0 ]; then
 fi
 # CHRX_WINDOWS groups separated by "/" run as that many processes side by side (e.g. "12,11/14,13/16,15/18,17");
 # their rows go to the one chrx.jsonl (run.py locks it); CHRX_ARGS: more run.py arguments (e.g. --set data.num_workers=3)
-CHRX=()
+CHRX_PIDS=()
 IFS=/ read -r -a GROUPS_ <<< "${CHRX_WINDOWS:-}"
 [ ${#GROUPS_[@]} -gt 0 ] || GROUPS_=("")
+[ "${CHRX:-1}" != 0 ] || GROUPS_=()
 for i in "${!GROUPS_[@]}"; do
   python3 $RUN chrx --data .lcdata/chrX/chrX.fa.gz --out "$WORK" --rows "$OUT" --deadline-s "$DEADLINE_S" $MICRO \
     $(opt --windows "${GROUPS_[$i]}") $(opt --steps "${CHRX_STEPS:-}") $(opt --eval-windows "${CHRX_EVAL_WINDOWS:-}") \
     ${CHRX_ARGS:-} > "$WORK/chrx$([ "$i" = 0 ] || echo "_$i").log" 2>&1 &
-  CHRX+=($!)
+  CHRX_PIDS+=($!)
 done
 MODELS=""; LR=""; V2=""
 if [ "${SPECIES:-1}" != 0 ]; then
@@ -67,7 +68,7 @@ if [ "${SPECIES:-1}" != 0 ] && [ -n "${VARIANT2_ARGS:-}" ]; then  # a fourth pro
     $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_v2.log" 2>&1 &
   V2=$!
 fi
-wait "${CHRX[@]}" $MODELS $LR $V2
+wait ${CHRX_PIDS[@]+"${CHRX_PIDS[@]}"} $MODELS $LR $V2
 if [ -n "$KMER" ]; then sleep 1; kill $KMER 2>/dev/null; wait $KMER 2>/dev/null; fi
 for f in chrx chrx_1 chrx_2 chrx_3 chrx_4 chrx_5 species species_lr species_v2 kmer; do
   [ -f "$WORK/$f.log" ] || continue
