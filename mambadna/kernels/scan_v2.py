@@ -95,11 +95,12 @@ class Plan(NamedTuple):
     fma_exps: int  # states (of each lane) whose exp2 runs on the FMA pipe (tiles.exp2_fma) instead of the MUFU
     stop_summaries: bool = False  # chunk summaries (F1, B1) walked from the end each depends on, stopped early
     lanes: int = 1  # threads per channel, each with n / lanes of its states (tiles.lane_columns)
+    fwd: "Plan | None" = None  # the forward's own launch (fwd_lanes): same chunks, its channels on more threads
 
 
 def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, ckpt_tiles=None, chunk=None,
          unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None, full_warps=None,
-         stop_summaries=None, lanes=None) -> Plan:
+         stop_summaries=None, lanes=None, fwd_lanes=None) -> Plan:
     """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
 
     A sequence is cut into chunks only when b · d/BD programs fill fewer than `full_warps` (FULL_WARPS_PER_SM)
@@ -112,13 +113,20 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     `lanes` (1, the default, 2, 4 or 8) splits each channel's states over that many threads (tiles.py): a
     program then holds 128 / lanes channels by default, still 128 threads, so b·d·lanes threads count towards the
     warps above and fewer sequences are cut. The default launch is lanes = 1, today's kernels unchanged.
+
+    `fwd_lanes` puts the forward alone on that many lanes (`Plan.fwd`), with the backward's chunks: its
+    checkpoints, chunk decays and final state are the same (b, ·, NP, d) buffers in the same layout, so the backward
+    (lanes 1) reads them unchanged. The forward's threads then carry n / fwd_lanes states each and fewer registers.
     """
     NL = lanes or 1
-    if NL not in (1, 2, 4, 8):
-        raise ValueError(f"lanes must be 1, 2, 4 or 8 (threads per channel); got {lanes}")
     T = tile or 8
-    if T % NL:  # a channel's per-position work is split T / lanes positions a lane (tiles.softplus_lanes)
-        raise ValueError(f"lanes ({NL}) must divide the tile ({T} positions)")
+    for k, v in (("lanes", NL), ("fwd_lanes", fwd_lanes or 1)):
+        if v not in (1, 2, 4, 8):
+            raise ValueError(f"{k} must be 1, 2, 4 or 8 (threads per channel); got {v}")
+        if T % v:  # a channel's per-position work is split T / lanes positions a lane (tiles.softplus_lanes)
+            raise ValueError(f"{k} ({v}) must divide the tile ({T} positions)")
+    if NL > 1 and (fwd_lanes or 1) > 1:
+        raise ValueError("lanes and fwd_lanes: give one (lanes already splits the forward)")
     BD = _block_d(dpg, block_d or 128 // NL)
     M = ckpt_tiles or 8
     fw = fwd_warps or max(1, min(4, BD * NL // 32))
@@ -135,8 +143,13 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
         CL = triton.cdiv(n_steps, nc) * step
     else:
         CL = triton.cdiv(chunk, step) * step
-    return Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0,
-                STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries), NL)
+    p = Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0,
+             STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries), NL)
+    FL = fwd_lanes or 1
+    if FL > 1:  # the same threads a program as the backward's: BD / FL channels
+        fbd = _block_d(dpg, max(1, BD // FL))
+        p = p._replace(fwd=p._replace(BD=fbd, lanes=FL, fwd_warps=fwd_warps or max(1, min(4, fbd * FL // 32))))
+    return p
 
 
 def _stage_bc(B: torch.Tensor, C: torch.Tensor, b: int, g: int, n: int, l: int, T: int) -> torch.Tensor:
@@ -168,6 +181,8 @@ def forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg):
     b, d, l = u.shape
     n = A.shape[1]
     NP = _state_rows(n, cfg)
+    if cfg.fwd is not None and _state_rows(n, cfg.fwd) == NP:  # fewer states than lanes: NP would differ
+        cfg = cfg.fwd
     g = max(B.shape[1] if B.dim() == 4 else 1, C.shape[1] if C.dim() == 4 else 1)
     T, BD, M, CL, nc, unroll = cfg.T, cfg.BD, cfg.M, cfg.CL, cfg.NC, cfg.unroll
     nblk, dev = d // BD, u.device

@@ -134,6 +134,20 @@ def test_lanes_bf16_model_layout_grouped():
     compare(1, 8, 40, 4, groups=2, dtype=torch.bfloat16, layout="bld", block_d=4, lanes=4, **SMALL)
 
 
+@pytest.mark.parametrize("fwd_lanes, l, n, launch", [
+    (2, 63, 4, SMALL),  # several chunks, stopped summaries: the backward reads the lanes' checkpoints and decays
+    (4, 37, 3, dict(SMALL, stop_summaries=False)),  # a padding state, the full summaries
+    (4, 29, 1, SMALL),  # one state, fewer than the lanes: the forward keeps lanes 1
+])
+def test_forward_alone_on_lanes(fwd_lanes, l, n, launch):
+    """fwd_lanes: the forward on several threads a channel, the backward on one, from the same buffers."""
+    compare(2, 8, l, n, block_d=8, fwd_lanes=fwd_lanes, **launch)
+
+
+def test_forward_alone_on_lanes_bf16_model_layout_grouped():
+    compare(1, 16, 40, 4, groups=2, dtype=torch.bfloat16, layout="bld", block_d=8, fwd_lanes=4, **SMALL)
+
+
 def test_warp_reduction_path():
     """Channel blocks of whole warps take the butterfly reduction of dB/dC (emulated in the interpreter) and its
     cross-warp sum: 2 warps of one channel each, and 1 warp of two channels a thread."""
@@ -193,6 +207,12 @@ def test_plan_with_lanes_counts_every_thread_of_a_channel():
     assert scan_v2.plan(1, 512, 4096, 512, cpu).lanes == 1  # the default launch is unchanged
     with pytest.raises(ValueError, match="lanes must be"):
         scan_v2.plan(1, 512, 4096, 512, cpu, lanes=3)
+    # fwd_lanes: the forward's own launch, the same 128 threads a program and the backward's chunks
+    p, f = scan_v2.plan(1, 512, 2**20, 512, cpu), scan_v2.plan(1, 512, 2**20, 512, cpu, fwd_lanes=4)
+    assert (f.BD, f.lanes, f.CL, f.NC) == (p.BD, 1, p.CL, p.NC) and p.fwd is None
+    assert (f.fwd.BD, f.fwd.lanes, f.fwd.fwd_warps, f.fwd.CL, f.fwd.NC) == (32, 4, 4, p.CL, p.NC)
+    with pytest.raises(ValueError, match="give one"):
+        scan_v2.plan(1, 512, 4096, 512, cpu, lanes=2, fwd_lanes=2)
     with pytest.raises(ValueError, match="must divide the tile"):
         scan_v2.plan(1, 512, 4096, 512, cpu, lanes=8, tile=4)
 
