@@ -52,6 +52,12 @@ STOP_SUMMARIES = True
 # fp32's smallest denormal (2^-149), so those terms are what the full walk rounds them to
 # (scan_v2_fwd._fwd_summary_tail, scan_v2_bwd._bwd_summary_head).
 SUMMARY_STOP = 160.0
+# The forward on 4 threads a channel, the backward on one (plan's fwd_lanes): one same-run measurement (NVIDIA H100,
+# 2026-12-07 09:11 UTC, experiments/results/gpu_scan_h100_2026-12-07d/) found it faster than the forward on one
+# thread at every benchmarked shape and layout, fwd+bwd 50.1 -> 46.7 ms at (1, 512, 2^20), 49.3 -> 45.9 at
+# (8, 512, 2^17), 5.02 -> 4.79 at (8, 1536, 4096), 11.40 -> 10.76 at (32, 2048, 2048) ((b, d, l) inputs; 2 lanes
+# between the two), and exact in the GPU check.
+FWD_LANES = 4
 
 
 def vec_rows(x: torch.Tensor | None, T: int) -> bool:
@@ -117,6 +123,7 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     `fwd_lanes` puts the forward alone on that many lanes (`Plan.fwd`), with the backward's chunks: its
     checkpoints, chunk decays and final state are the same (b, ·, NP, d) buffers in the same layout, so the backward
     (lanes 1) reads them unchanged. The forward's threads then carry n / fwd_lanes states each and fewer registers.
+    Its default is FWD_LANES (measured); fwd_lanes=1 runs the forward on one thread a channel.
     """
     NL = lanes or 1
     T = tile or 8
@@ -145,7 +152,7 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
         CL = triton.cdiv(chunk, step) * step
     p = Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0,
              STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries), NL)
-    FL = fwd_lanes or 1
+    FL = fwd_lanes or (FWD_LANES if NL == 1 and T % FWD_LANES == 0 else 1)
     if FL > 1:  # the same threads a program as the backward's: BD / FL channels
         fbd = _block_d(dpg, max(1, BD // FL))
         p = p._replace(fwd=p._replace(BD=fbd, lanes=FL, fwd_warps=fwd_warps or max(1, min(4, fbd * FL // 32))))

@@ -40,8 +40,10 @@ def compare(b, d, l, n, groups=None, dtype=torch.float32, seed=0, optional=True,
 
 
 @pytest.mark.parametrize("l, n", [(63, 4), (37, 3), (1, 1)])
-def test_fp32_with_chunks_and_checkpoints(l, n):
-    compare(2, 4, l, n, block_d=4, **SMALL)
+@pytest.mark.parametrize("fwd_lanes", [None, 1])
+def test_fp32_with_chunks_and_checkpoints(l, n, fwd_lanes):
+    """The default launch (the forward on FWD_LANES lanes where there are as many states) and the forward on one."""
+    compare(2, 4, l, n, block_d=4, fwd_lanes=fwd_lanes, **SMALL)
 
 
 def test_bf16_channels_last_views():
@@ -208,9 +210,11 @@ def test_plan_with_lanes_counts_every_thread_of_a_channel():
     with pytest.raises(ValueError, match="lanes must be"):
         scan_v2.plan(1, 512, 4096, 512, cpu, lanes=3)
     # fwd_lanes: the forward's own launch, the same 128 threads a program and the backward's chunks
-    p, f = scan_v2.plan(1, 512, 2**20, 512, cpu), scan_v2.plan(1, 512, 2**20, 512, cpu, fwd_lanes=4)
+    p, f = scan_v2.plan(1, 512, 2**20, 512, cpu, fwd_lanes=1), scan_v2.plan(1, 512, 2**20, 512, cpu)
     assert (f.BD, f.lanes, f.CL, f.NC) == (p.BD, 1, p.CL, p.NC) and p.fwd is None
-    assert (f.fwd.BD, f.fwd.lanes, f.fwd.fwd_warps, f.fwd.CL, f.fwd.NC) == (32, 4, 4, p.CL, p.NC)
+    assert (f.fwd.BD, f.fwd.lanes, f.fwd.fwd_warps, f.fwd.CL, f.fwd.NC) == (32, scan_v2.FWD_LANES, 4, p.CL, p.NC)
+    assert scan_v2.plan(1, 512, 2**20, 512, cpu, lanes=2).fwd is None  # lanes already splits the forward
+    assert scan_v2.plan(1, 512, 2**20, 512, cpu, tile=2).fwd is None  # 4 lanes need tiles of 4 or more
     with pytest.raises(ValueError, match="give one"):
         scan_v2.plan(1, 512, 4096, 512, cpu, lanes=2, fwd_lanes=2)
     with pytest.raises(ValueError, match="must divide the tile"):
