@@ -12,18 +12,18 @@ import math
 SCAN_KERNELS = ("auto", "v1", "v2")
 V2_MAX_STATES = 16  # a channel's states live in registers, unrolled
 
-# fwd+bwd ms of v1 and v2 in one run: one NVIDIA H100 80GB HBM3, 2026-12-06, experiments/bench_scan.py (bf16 u/Δ/z/B/C
-# as (b, d, l) contiguous, z gate, softplus Δ with delta_bias, shared B/C; the table of issue #20, copied into
-# experiments/BENCHMARKS.md). (b, d, l, n) -> (v1 ms, v2 ms). experiments/gpu_scan.sh measures these shapes again
-# (results under experiments/results/gpu_scan/); change the table when a same-run measurement changes the winner.
+# fwd+bwd ms of v1 and v2 in one run: one NVIDIA H100 80GB HBM3, 2026-12-07 09:11 UTC, experiments/gpu_scan.sh
+# (bench_scan.py; bf16 u/Δ/z/B/C as (b, d, l) contiguous, z gate, softplus Δ with delta_bias, shared B/C; v2 with its
+# forward on 4 lanes, its default since; experiments/results/gpu_scan_h100_2026-12-07d/, the table in
+# experiments/BENCHMARKS.md). (b, d, l, n) -> (v1 ms, v2 ms). Change the table when a same-run measurement changes
+# the winner. The issue's 12-06 H100 run (v2 before its launch changes: 53.1 / 65.5 / 5.80 / 11.4 ms) had v2 ahead
+# or tied too.
 MEASURED = {
-    (1, 512, 2**20, 16): (66.4, 53.1),
-    (8, 512, 2**17, 16): (65.8, 65.5),
-    (8, 1536, 4096, 16): (6.11, 5.80),
-    (32, 2048, 2048, 16): (16.0, 11.4),
+    (1, 512, 2**20, 16): (66.73, 46.71),
+    (8, 512, 2**17, 16): (65.93, 45.93),
+    (8, 1536, 4096, 16): (6.14, 4.79),
+    (32, 2048, 2048, 16): (16.10, 10.76),
 }
-# The same-run H200 measurement of 2026-12-06 (experiments/results/gpu_scan/README.md) agrees at the three shapes it
-# reached: v2 (with its new launch defaults) 46.9 / 46.1 / 4.66 ms against v1 66.1 / 64.8 / 6.04.
 # v2 also wins a near tie: its peak memory is lower (9.4 against 13.4 GiB at (1, 512, 2^20), same run).
 TIE = 0.02
 
