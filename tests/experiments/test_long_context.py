@@ -67,3 +67,26 @@ def test_long_context_experiments_cpu_smoke(tmp_path):
     assert "| Mamba 2^13 |" in report and "k-mer 4..6" in report and (rows / "chrx_bits_vs_window.png").is_file()
     assert "pretrained at 2^6" in report
     assert "finetune's own test" in report and "| 2^13 | scratch |" in report and "| trained |" not in report
+
+
+@pytest.mark.timeout(300)
+def test_chrx_processes_side_by_side_share_one_rows_file(tmp_path):
+    """gpu_run.sh's chrX groups: several run.py processes append to one chrx.jsonl (under a lock); --micro-bp splits
+    a step into smaller micro-batches at the same bases a step; --set reaches every chrX run."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    common = [sys.executable, str(SCRIPTS / "run.py"), "chrx", "--cpu-smoke", "--out", str(tmp_path / "runs"),
+              "--rows", str(tmp_path / "rows")]
+    procs = [subprocess.Popen([*common, "--windows", "6", "--micro-bp", "8", "--set", "train.seed=3"], cwd=REPO,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
+             subprocess.Popen([*common, "--windows", "7"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)]
+    for p in procs:
+        _, err = p.communicate(timeout=280)
+        assert p.returncode == 0, err[-3000:]
+    chrx = {r["window_bp"]: r for r in map(json.loads, (tmp_path / "rows" / "chrx.jsonl").read_text().splitlines())}
+    assert sorted(chrx) == [64, 128] and all(r["status"] == "ok" for r in chrx.values())
+    # 2^10 bases a step either way: 4 windows of 64 a micro-batch, 4 accumulated (the smoke's default: 4 of 128, 2)
+    assert "data.batch_size=4 " in chrx[64]["command"] and "accumulate_grad_batches=4 " in chrx[64]["command"]
+    assert "data.batch_size=4 " in chrx[128]["command"] and "accumulate_grad_batches=2 " in chrx[128]["command"]
+    assert "--set train.seed=3" in chrx[64]["command"] and "train.seed" not in chrx[128]["command"]
+    assert chrx[64]["bases_trained"] == chrx[128]["bases_trained"]
