@@ -18,6 +18,8 @@ Chunks exist only to give the GPU enough programs: b·d/BD programs of BD channe
 (one chunk: one pass of exps in the forward), batch 1 needs the sequence cut. The opt-in `lanes` launch (plan keyword;
 1, the default, is the layout above) puts each channel on `lanes` threads, n / lanes states each (tiles.py): b·d·lanes
 threads, so fewer sequences need cutting, for a sum over the lanes per position and an exchange of Δ's softplus.
+By default the forward alone runs that way on FWD_LANES lanes (`fwd_lanes`), with the backward's chunks and buffers
+(a forward thread then holds fewer states, so fewer registers and more resident warps; measured, see FWD_LANES).
 
 Inputs are read in whatever strides they come: u, Δ, z (and dy) as (b, d, l) views of (b, l, d) storage are read
 without a copy, and the outputs (y, du, dΔ, dz) take the layout of the input they belong to. B and C are the
@@ -118,7 +120,7 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
 
     `lanes` (1, the default, 2, 4 or 8) splits each channel's states over that many threads (tiles.py): a
     program then holds 128 / lanes channels by default, still 128 threads, so b·d·lanes threads count towards the
-    warps above and fewer sequences are cut. The default launch is lanes = 1, today's kernels unchanged.
+    warps above and fewer sequences are cut. `lanes` defaults to 1 (both directions on one thread a channel).
 
     `fwd_lanes` puts the forward alone on that many lanes (`Plan.fwd`), with the backward's chunks: its
     checkpoints, chunk decays and final state are the same (b, ·, NP, d) buffers in the same layout, so the backward
