@@ -5,7 +5,8 @@
 #   2. the scans against mamba_ssm's CUDA kernel, same run, the four shapes, fwd and fwd+bwd and peak memory,
 #      in the (b, d, l) and the model's own layouts (bench_scan.py), two interleaved rounds;
 #   3. the 3.5M "base" model, one training step, tokens/s at 2^16 and 2^18 plain and 2^20 chunked (2^16 chunks),
-#      with scan_kernel v1, v2 and auto (bench_model.py).
+#      with scan_kernel v1, v2 and auto (bench_model.py);
+#   4. that step at 2^16 and 2^18 by kernel group (profile_model.py: the scan, conv, matmuls, norm, optimizer, ...).
 #
 # Stage mamba_ssm's kernel on this machine first, from the project root (it ships prebuilt for torch 2.11.0+cu130):
 #   ../shared/anchors/mamba_ssm/stage.sh .anchors && echo /.anchors/ >> .git/info/exclude
@@ -132,13 +133,18 @@ if [ -n "$SMOKE" ]; then
 else
   PLAIN=(--log2-lengths 16,18) CHUNKED=(--log2-lengths 20 --chunk-bp 65536)
 fi
-timeout "$(cap 50 35)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --json-name model_plain --sections train \
+timeout "$(cap 50 65)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --json-name model_plain --sections train \
   --models base --modes plain --scan-kernels v1,v2,auto "${PLAIN[@]}" > "$OUT/model_plain.log" 2>&1
 echo "bench_model plain exit $?"
-timeout "$(cap 60 3)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --json-name model_chunked --sections train \
+timeout "$(cap 60 30)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --json-name model_chunked --sections train \
   --models base --modes chunked --scan-kernels v1,v2,auto "${CHUNKED[@]}" > "$OUT/model_chunked.log" 2>&1
 echo "bench_model chunked exit $?"
 keep model_plain.json model_chunked.json
+
+stamp "4. where the model's step goes, kernel by kernel (profile_model.py)"
+timeout "$(cap 45 0)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" > "$OUT/profile_model.log" 2>&1
+echo "profile_model exit $?"
+keep profile_model.json
 tar czf "$FINAL/details.tgz" -C "$OUT" . 2>/dev/null
 
 stamp "summary"
@@ -146,6 +152,7 @@ cat "$OUT/env.txt"
 [ -z "$SMOKE" ] && nvidia-smi --query-gpu=clocks.sm,temperature.gpu --format=csv,noheader
 sed -n '/^(.*auto=v/p' "$OUT/bench_scan.log"
 grep -hE "^\| mamba-base.*\| (ok|OOM|skipped[^|]*) \|" "$OUT"/model_plain.md "$OUT"/model_chunked.md 2>/dev/null
+grep -hE "^## l = |^\| [a-z/ -]+ \| [0-9.]+ \| [0-9]+% \|$" "$OUT"/profile_model.md 2>/dev/null
 stamp "done"
 }
 

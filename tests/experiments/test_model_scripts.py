@@ -73,3 +73,13 @@ def test_transformer_baseline_static_step_equals_its_step():
     want = model.step(token, 20, cache)
     got = model.step_static(token, torch.tensor([20]), static)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_profile_model_cpu_smoke(tmp_path):
+    """profile_model.py: one step's time by kernel group; every op lands in a group and the groups add up."""
+    run_script("profile_model.py", "--out", str(tmp_path), "--cpu-smoke")
+    (row,) = json.loads((tmp_path / "profile_model.json").read_text())["rows"]
+    assert row["l"] == 256 and row["step_ms"] > 0
+    assert abs(sum(row["groups"].values()) - row["kernel_ms"]) < 1e-6 * max(1.0, row["kernel_ms"])
+    assert {"matmul", "scan"} <= set(row["groups"]) and len(row["top"]) > 5
+    assert "| group | ms a step |" in (tmp_path / "profile_model.md").read_text()

@@ -30,7 +30,8 @@ def test_script_runs_in_cpu_smoke_mode(script, tmp_path):
 
 def test_gpu_scan_script_runs_every_step_in_cpu_smoke_mode(tmp_path):
     """experiments/gpu_scan.sh, the issue-20 GPU call, end to end at tiny sizes: the check, the scan benchmark and the
-    model series for scan_kernel v1, v2 and auto each leave their results, and the summary names them."""
+    model series for scan_kernel v1, v2 and auto and the model's profile each leave their results, and the summary
+    names them."""
     pytest.importorskip("triton")
     env = dict(os.environ, OUT=str(tmp_path), TRITON_INTERPRET="1", COMMIT="test")
     res = subprocess.run(["bash", str(ROOT / "experiments" / "gpu_scan.sh"), "--cpu-smoke"], cwd=ROOT, env=env,
@@ -38,8 +39,9 @@ def test_gpu_scan_script_runs_every_step_in_cpu_smoke_mode(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "check_v2_0.log: 6 passed, 0 failed" in (tmp_path / "gpu_scan.log").read_text()
     assert "commit test" in (tmp_path / "env.txt").read_text()
-    for name in ("bench_scan.json", "model_plain.json", "model_chunked.json", "details.tgz"):
+    for name in ("bench_scan.json", "model_plain.json", "model_chunked.json", "profile_model.json", "details.tgz"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert len(list(tmp_path.iterdir())) <= 8  # what the device tool brings back
     for kernel in ("v1", "v2", "auto"):
         assert f"| mamba-base[{kernel}] | chunked | 2^9 |" in res.stdout
+    assert "profile_model exit 0" in res.stdout and "| matmul |" in res.stdout  # phase 4's groups in the summary
