@@ -16,8 +16,9 @@
 # (e.g. "--windows 20,13 --pretrain-window 13"); SPECIES_ARGS, run.py arguments of the first process (default none:
 # finetune's defaults; e.g. "--seed 3" or "--set segment_bp=1024 --tag seg1024"). Knobs: DEADLINE_S (default 420: no
 # run starts later), CHRX_WINDOWS, SPECIES_WINDOWS, TEST_WINDOWS, CHRX_EVAL_WINDOWS (every chrX model also scored
-# there) (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS; SPECIES=0 runs chrX alone, CHRX=0 the species alone; MICRO_BP
-# (log2, default 19) caps the bases of a micro-batch of every run (four chrX processes need 18).
+# there) (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS; SPECIES=0 runs chrX alone, CHRX=0 the species
+# alone; MICRO_BP (log2, default 19) caps the bases of a micro-batch of every run, for more runs on one GPU (four
+# chrX processes fitted at 19 on an H100 on 12-07; seven processes, four chrX and three fine-tunes, did not).
 set -uo pipefail
 OUT=${OUT:?set OUT to the output folder}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -70,9 +71,8 @@ if [ "${SPECIES:-1}" != 0 ] && [ -n "${VARIANT2_ARGS:-}" ]; then  # a fourth pro
 fi
 wait ${CHRX_PIDS[@]+"${CHRX_PIDS[@]}"} $MODELS $LR $V2
 if [ -n "$KMER" ]; then sleep 1; kill $KMER 2>/dev/null; wait $KMER 2>/dev/null; fi
-for f in chrx chrx_1 chrx_2 chrx_3 chrx_4 chrx_5 species species_lr species_v2 kmer; do
-  [ -f "$WORK/$f.log" ] || continue
-  echo "=== $f"; grep -v -i "warn\|tip\|available:\|deprecat" "$WORK/$f.log" | tail -n 20
+for f in $(cd "$WORK" && ls *.log); do
+  echo "=== ${f%.log}"; grep -v -i "warn\|tip\|available:\|deprecat" "$WORK/$f" | tail -n 20
 done
 (cd "$WORK" && find . \( -name '*.json' -o -name '*.csv' -o -name '*.png' \) -not -path '*/checkpoints/*' -print0 \
    | tar czf "$OUT/runs.tgz" --null -T -)
