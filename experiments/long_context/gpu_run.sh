@@ -36,15 +36,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 RUN=experiments/long_context/run.py
 opt() { [ -n "${2:-}" ] && echo "$1 $2"; }
 MICRO=$(opt --micro-bp "${MICRO_BP:-}")
-SPECIES_CMD=(species --data .lcdata/strains/manifest.tsv --out "$WORK" --rows "$OUT" $(opt --windows "${SPECIES_WINDOWS:-}")
-         $(opt --test-windows "${TEST_WINDOWS:-}"))
+SPECIES_CMD=(species --data .lcdata/strains/manifest.tsv --out "$WORK" --rows "$OUT"
+             $(opt --windows "${SPECIES_WINDOWS:-}") $(opt --test-windows "${TEST_WINDOWS:-}"))
 KMER=""
 if [ "${SPECIES:-1}" != 0 ]; then
   OMP_NUM_THREADS=4 python3 $RUN "${SPECIES_CMD[@]}" --part kmer > "$WORK/kmer.log" 2>&1 &
   KMER=$!
 fi
 # CHRX_WINDOWS groups separated by "/" run as that many processes side by side (e.g. "12,11/14,13/16,15/18,17");
-# their rows go to the one chrx.jsonl (run.py locks it); CHRX_ARGS: more run.py arguments (e.g. --set data.num_workers=3)
+# their rows go to the one chrx.jsonl (run.py locks it); CHRX_ARGS: more run.py arguments of every chrX process
+# (e.g. --set data.num_workers=3)
 CHRX_PIDS=()
 IFS=/ read -r -a GROUPS_ <<< "${CHRX_WINDOWS:-}"
 [ ${#GROUPS_[@]} -gt 0 ] || GROUPS_=("")
@@ -60,11 +61,13 @@ if [ "${SPECIES:-1}" != 0 ]; then
   python3 $RUN "${SPECIES_CMD[@]}" --part models --deadline-s "$DEADLINE_S" ${SPECIES_ARGS:-} \
     $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species.log" 2>&1 &
   MODELS=$!
-  python3 $RUN "${SPECIES_CMD[@]}" --part models --deadline-s "$DEADLINE_S" ${VARIANT_ARGS:---windows 13 --species-lr 0.008} \
+  python3 $RUN "${SPECIES_CMD[@]}" --part models --deadline-s "$DEADLINE_S" \
+    ${VARIANT_ARGS:---windows 13 --species-lr 0.008} \
     $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_lr.log" 2>&1 &
   LR=$!
 fi
-if [ "${SPECIES:-1}" != 0 ] && [ -n "${VARIANT2_ARGS:-}" ]; then  # a fourth process: a second variant (e.g. "--windows 13,20 --pretrain-window 13")
+# a fourth process: a second variant (e.g. "--windows 13,20 --pretrain-window 13")
+if [ "${SPECIES:-1}" != 0 ] && [ -n "${VARIANT2_ARGS:-}" ]; then
   python3 $RUN "${SPECIES_CMD[@]}" --part models --deadline-s "$DEADLINE_S" $VARIANT2_ARGS \
     $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_v2.log" 2>&1 &
   V2=$!
