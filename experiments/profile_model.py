@@ -59,18 +59,19 @@ def profile_step(model, opt, l: int, clock: Clock) -> dict:
             train_step(model, opt, ids, "plain", clock, False)
         clock.sync()
     step_ms = (time.perf_counter() - began) * 1e3 / STEPS
-    per_name: dict[str, float] = {}
+    per_name = {}  # key_averages: one entry a kernel (op) name, summed over its calls
     for e in prof.key_averages():
         us = e.self_device_time_total if cuda else e.self_cpu_time_total
         if us > 0 and (cuda or not e.key.startswith("ProfilerStep")):
-            per_name[e.key] = per_name.get(e.key, 0.0) + us / 1e3 / STEPS
+            per_name[e.key] = us / 1e3 / STEPS
+    group = {name: group_of(name) for name in per_name}
     groups: dict[str, float] = {}
     for name, ms in per_name.items():
-        groups[group_of(name)] = groups.get(group_of(name), 0.0) + ms
+        groups[group[name]] = groups.get(group[name], 0.0) + ms
     top = sorted(per_name.items(), key=lambda kv: -kv[1])[:TOP]
     return dict(l=l, step_ms=step_ms, tok_s=l / step_ms * 1e3, kernel_ms=sum(per_name.values()),
                 groups=dict(sorted(groups.items(), key=lambda kv: -kv[1])),
-                top=[dict(name=n[:120], group=group_of(n), ms=ms) for n, ms in top])
+                top=[dict(name=n[:120], group=group[n], ms=ms) for n, ms in top])
 
 
 def report(rows: list[dict], env: str) -> str:

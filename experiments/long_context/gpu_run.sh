@@ -65,12 +65,12 @@ if [ "${SPECIES:-1}" != 0 ]; then
     ${VARIANT_ARGS:---windows 13 --species-lr 0.008} \
     $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_lr.log" 2>&1 &
   LR=$!
-fi
-# a fourth process: a second variant (e.g. "--windows 13,20 --pretrain-window 13")
-if [ "${SPECIES:-1}" != 0 ] && [ -n "${VARIANT2_ARGS:-}" ]; then
-  python3 $RUN "${SPECIES_CMD[@]}" --part models --deadline-s "$DEADLINE_S" $VARIANT2_ARGS \
-    $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_v2.log" 2>&1 &
-  V2=$!
+  # a fourth process: a second variant (e.g. "--windows 13,20 --pretrain-window 13")
+  if [ -n "${VARIANT2_ARGS:-}" ]; then
+    python3 $RUN "${SPECIES_CMD[@]}" --part models --deadline-s "$DEADLINE_S" $VARIANT2_ARGS \
+      $(opt --steps "${SPECIES_STEPS:-}") > "$WORK/species_v2.log" 2>&1 &
+    V2=$!
+  fi
 fi
 wait ${CHRX_PIDS[@]+"${CHRX_PIDS[@]}"} $MODELS $LR $V2
 if [ -n "$KMER" ]; then sleep 1; kill $KMER 2>/dev/null; wait $KMER 2>/dev/null; fi

@@ -91,6 +91,11 @@ def _block_d(dpg: int, want: int | None) -> int:
     return bd
 
 
+def _warps(columns: int) -> int:
+    """Warps of a program of `columns` threads (channels × lanes), one column a thread, at most 4."""
+    return max(1, min(4, columns // 32))
+
+
 class Plan(NamedTuple):
     T: int  # positions per tile (in registers)
     BD: int  # channels per program
@@ -138,8 +143,8 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
         raise ValueError("lanes and fwd_lanes: give one (lanes already splits the forward)")
     BD = _block_d(dpg, block_d or 128 // NL)
     M = ckpt_tiles or 8
-    fw = fwd_warps or max(1, min(4, BD * NL // 32))
-    bw = bwd_warps or max(1, min(4, BD * NL // 32))
+    fw = fwd_warps or _warps(BD * NL)
+    bw = bwd_warps or _warps(BD * NL)
     step = M * T
     n_steps = triton.cdiv(l, step)
     if chunk is None:
@@ -157,7 +162,7 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     FL = fwd_lanes or (FWD_LANES if NL == 1 and T % FWD_LANES == 0 else 1)
     if FL > 1:  # the same threads a program as the backward's: BD / FL channels
         fbd = _block_d(dpg, max(1, BD // FL))
-        p = p._replace(fwd=p._replace(BD=fbd, lanes=FL, fwd_warps=fwd_warps or max(1, min(4, fbd * FL // 32))))
+        p = p._replace(fwd=p._replace(BD=fbd, lanes=FL, fwd_warps=fwd_warps or _warps(fbd * FL)))
     return p
 
 
