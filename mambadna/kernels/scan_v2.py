@@ -109,11 +109,12 @@ class Plan(NamedTuple):
     stop_summaries: bool = False  # chunk summaries (F1, B1) walked from the end each depends on, stopped early
     lanes: int = 1  # threads per channel, each with n / lanes of its states (tiles.lane_columns)
     fwd: "Plan | None" = None  # the forward's own launch (fwd_lanes): same chunks, its channels on more threads
+    bwd_unroll: int = 1  # the backward's loop over states unrolled this many times (scan_v2_bwd._bwd_states)
 
 
 def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, ckpt_tiles=None, chunk=None,
          unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None, full_warps=None,
-         stop_summaries=None, lanes=None, fwd_lanes=None) -> Plan:
+         stop_summaries=None, lanes=None, fwd_lanes=None, bwd_unroll=None) -> Plan:
     """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
 
     A sequence is cut into chunks only when b · d/BD programs fill fewer than `full_warps` (FULL_WARPS_PER_SM)
@@ -131,6 +132,9 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     checkpoints, chunk decays and final state are the same (b, ·, NP, d) buffers in the same layout, so the backward
     (lanes 1) reads them unchanged. The forward's threads then carry n / fwd_lanes states each and fewer registers.
     Its default is FWD_LANES (measured); fwd_lanes=1 runs the forward on one thread a channel.
+
+    `bwd_unroll` unrolls the backward's loop over states (1: not unrolled): two states' independent exps, scans and
+    sums in flight per thread hide latency that the few resident warps do not, for more registers.
     """
     NL = lanes or 1
     T = tile or 8
@@ -158,7 +162,7 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     else:
         CL = triton.cdiv(chunk, step) * step
     p = Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0,
-             STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries), NL)
+             STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries), NL, bwd_unroll=bwd_unroll or 1)
     FL = fwd_lanes or (FWD_LANES if NL == 1 and T % FWD_LANES == 0 else 1)
     if FL > 1:  # the same threads a program as the backward's: BD / FL channels
         fbd = _block_d(dpg, max(1, BD // FL))
@@ -307,7 +311,7 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
         dD_part if dD_part is not None else dummy, dbias_part if dbias_part is not None else dummy,
         dh0 if dh0 is not None else dummy, l, CL, nc, nck, bpg, *st, *pst, *hst, 1,
         *_strides(du), *_strides(ddelta), *_strides(dz if dz is not None else du),
-        M=M, HAS_D=Df is not None, HAS_PIN=pin is not None, HAS_H0=has_h0, REDUCE_ASM=asm,
+        M=M, HAS_D=Df is not None, HAS_PIN=pin is not None, HAS_H0=has_h0, REDUCE_ASM=asm, UNROLL=cfg.bwd_unroll,
         CPT=max(1, BD * cfg.lanes // (32 * warps)), VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=vec_rows(z, T),
         VY=vec_rows(dy, T), VOU=vec_rows(du, T), VOT=vec_rows(ddelta, T), VOZ=vec_rows(dz, T), **flags,
     )

@@ -150,6 +150,13 @@ def test_forward_alone_on_lanes_bf16_model_layout_grouped():
     compare(1, 16, 40, 4, groups=2, dtype=torch.bfloat16, layout="bld", block_d=8, fwd_lanes=4, **SMALL)
 
 
+@pytest.mark.parametrize("n, fma_exps", [(4, 0), (3, 1)])
+def test_backward_state_loop_unrolled(n, fma_exps):
+    """bwd_unroll: the backward's loop over states unrolled twice, over an odd count of them (3 states, padded to
+    4; with one exp on the FMA pipe the first loop walks 3 of them), with the warp butterfly's rows."""
+    compare(1, 32, 37, n, block_d=32, bwd_unroll=2, fma_exps=fma_exps, **SMALL)
+
+
 def test_warp_reduction_path():
     """Channel blocks of whole warps take the butterfly reduction of dB/dC (emulated in the interpreter) and its
     cross-warp sum: 2 warps of one channel each, and 1 warp of two channels a thread."""
