@@ -27,7 +27,7 @@ exception: they are staged once per call as one fp32 (b, g, tiles, 2, n, T) buff
 elements, 6% at d 512): a tile's B and C rows are then 16-byte broadcast loads at fixed offsets, with no bf16
 conversion in the inner loop, where reading them in place from (b, l, n) storage costs a scalar load per (position,
 state). Saved for the backward: the inputs, the staged B/C and fp32 states every M·T positions (4·n/(M·T) bytes per
-(b, d, l) element: 1 byte at n 16, T 8, M 8).
+(b, d, l) element: 2 bytes at n 16, T 8, M 4).
 """
 
 from __future__ import annotations
@@ -60,6 +60,12 @@ SUMMARY_STOP = 160.0
 # (8, 512, 2^17), 5.02 -> 4.79 at (8, 1536, 4096), 11.40 -> 10.76 at (32, 2048, 2048) ((b, d, l) inputs; 2 lanes
 # between the two), and exact in the GPU check.
 FWD_LANES = 4
+# Tiles per checkpoint interval: 4 since one same-run measurement (NVIDIA H100, 2026-12-07 11:50 UTC,
+# experiments/results/gpu_scan_h100_2026-12-07f/) found it faster than 8 at every benchmarked shape and layout,
+# fwd+bwd 46.3 -> 44.5 ms at (1, 512, 2^20), 45.9 -> 44.3 at (8, 512, 2^17), 4.79 -> 4.57 at (8, 1536, 4096), 10.69
+# -> 10.44 at (32, 2048, 2048) ((b, d, l) inputs; 6.6-7.4% on the model's views), exact in the GPU check, for 0.5 GiB
+# more peak memory at 2^20 (9.9 against 9.4; checkpoints of 2 bytes an element instead of 1).
+CKPT_TILES = 4
 
 
 def vec_rows(x: torch.Tensor | None, T: int) -> bool:
@@ -120,9 +126,9 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     A sequence is cut into chunks only when b · d/BD programs fill fewer than `full_warps` (FULL_WARPS_PER_SM)
     warps per SM, and then into enough for `sm_warps` (WARPS_PER_SM): chunks cost a summary pass (one more exp per
     element) in each direction, but at batch 1 they are the only parallelism along the sequence
-    (experiments/BENCHMARKS.md). The defaults (T 8, BD 128 on 4 warps, M 8) are those whose compiled kernels spill
-    no registers (tests/kernels/test_scan_v2_layout.py); checkpoints every 64 positions cost 1 byte per (b, d, l)
-    element at n 16.
+    (experiments/BENCHMARKS.md). T 8 and BD 128 on 4 warps are those whose compiled kernels spill no registers
+    (tests/kernels/test_scan_v2_layout.py); M is CKPT_TILES (measured): checkpoints every 32 positions cost 2 bytes
+    per (b, d, l) element at n 16, and the backward recomputes 3 tile-start states an interval, not 7.
 
     `lanes` (1, the default, 2, 4 or 8) splits each channel's states over that many threads (tiles.py): a
     program then holds 128 / lanes channels by default, still 128 threads, so b·d·lanes threads count towards the
@@ -146,7 +152,7 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     if NL > 1 and (fwd_lanes or 1) > 1:
         raise ValueError("lanes and fwd_lanes: give one (lanes already splits the forward)")
     BD = _block_d(dpg, block_d or 128 // NL)
-    M = ckpt_tiles or 8
+    M = ckpt_tiles or CKPT_TILES
     fw = fwd_warps or _warps(BD * NL)
     bw = bwd_warps or _warps(BD * NL)
     step = M * T
