@@ -35,7 +35,7 @@ def model_scan_views(b: int, d: int, l: int, n: int, dtype: torch.dtype, device)
     model_module.selective_scan = capture
     try:
         with torch.no_grad(), amp:
-            mixer.ssm(torch.zeros(b, l, 2 * d, device=device, dtype=dtype))
+            mixer.ssm(*mixer.project(torch.zeros(b, l, d // 2, device=device, dtype=dtype)))
     except _Captured:
         pass
     finally:
