@@ -26,6 +26,7 @@ SCRIPT = f"LANES = {LANES}\n" + textwrap.dedent(r'''
     import triton
     from triton.backends.compiler import GPUTarget
     from mambadna.kernels import scan_v2_bwd, scan_v2_fwd
+    from mambadna.kernels.scan_v2 import CKPT_TILES
 
     BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     BF16 = {"p_u", "p_dt", "p_z", "p_y", "p_dy", "p_du", "p_ddt", "p_dz"}
@@ -59,7 +60,7 @@ SCRIPT = f"LANES = {LANES}\n" + textwrap.dedent(r'''
                                                                             for NL in LANES):
         BD, sfx = 128 // NL, "" if NL == 1 else f" lanes{NL}"
         for name, sl, vec in layouts:
-            base = dict(N=16, NP=16, T=T, BD=BD, M=8, NFMA=0, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True, HAS_D=True,
+            base = dict(N=16, NP=16, T=T, BD=BD, M=CKPT_TILES, NFMA=0, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True, HAS_D=True,
                         s_ul=sl, s_tl=sl, s_zl=sl, s_yl=sl, VU=vec, VT=vec, VZ=vec, VY=vec, NL=NL)
             name += sfx
             out["F3 " + name] = build(scan_v2_fwd._fwd_scan, dict(base, UNROLL_N=True, SUMMARY=False, HAS_H0=True), W)
@@ -71,7 +72,7 @@ SCRIPT = f"LANES = {LANES}\n" + textwrap.dedent(r'''
                 s_tl=sl, s_zl=sl, s_yl=sl, s_oul=sl, s_otl=sl, s_ozl=sl, VT=vec, VZ=vec, VY=vec, NL=NL), W)
             out["B3 " + name] = build(scan_v2_bwd._bwd_scan, dict(
                 base, HAS_PIN=True, HAS_H0=True, REDUCE_ASM=T * NL <= 32, CPT=1, s_oul=sl, s_otl=sl, s_ozl=sl,
-                VOU=vec, VOT=vec, VOZ=vec), W)
+                VOU=vec, VOT=vec, VOZ=vec, UNROLL=1), W)
     print(json.dumps(out))
 ''')
 
