@@ -23,6 +23,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from mambadna.kernels.buffers import alloc  # NaN-poisoned when tests ask (kernels/buffers.py)
+
 ACTIVATIONS = (None, "silu")
 BLOCK_L = 32  # positions a tile
 BLOCK_D = 128  # channels a tile: 256 B of bf16 a row, two cache lines
@@ -149,12 +151,6 @@ def _check(x, weight, bias, initial, activation) -> None:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
 
 
-def _alloc(shape, dtype, device) -> torch.Tensor:
-    from mambadna.kernels.buffers import alloc  # NaN-poisoned when tests ask (kernels/buffers.py)
-
-    return alloc(shape, dtype, device)
-
-
 def _strides(t, n=3):
     return t.stride() if t is not None else (0,) * n
 
@@ -170,7 +166,7 @@ class _CausalConv1d(torch.autograd.Function):
         k = weight.shape[1]
         init = initial if initial is not None and k > 1 else None  # K = 1 reads nothing before position 0
         bl, bd = _blocks(d, launch)
-        y = _alloc((b, l, d), x.dtype, x.device).transpose(1, 2)  # (b, d, l) channels-last
+        y = alloc((b, l, d), x.dtype, x.device).transpose(1, 2)  # (b, d, l) channels-last
         # positions on grid axis 0: axes 1 and 2 stop at 65535 and l reaches 2^23
         _causal_conv_fwd[(triton.cdiv(l, bl), triton.cdiv(d, bd), b)](
             x, x if init is None else init, weight, weight if bias is None else bias, y, l, d, *x.stride(),
@@ -194,12 +190,12 @@ class _CausalConv1d(torch.autograd.Function):
         # of dweight stay small
         steps = max(1, n_blocks * n_d * b // launch.get("max_programs", MAX_PROGRAMS))
         n_l = triton.cdiv(n_blocks, steps)
-        dx = _alloc((b, l, d), x.dtype, x.device).transpose(1, 2)  # (b, d, l) channels-last
-        dinit = None if initial is None else _alloc(tuple(initial.shape), initial.dtype, x.device)
+        dx = alloc((b, l, d), x.dtype, x.device).transpose(1, 2)  # (b, d, l) channels-last
+        dinit = None if initial is None else alloc(tuple(initial.shape), initial.dtype, x.device)
         if initial is not None and init is None:
             dinit.zero_()
-        dw_part = _alloc((b * n_l, k, d), torch.float32, x.device)
-        db_part = _alloc((b * n_l, d), torch.float32, x.device)
+        dw_part = alloc((b * n_l, k, d), torch.float32, x.device)
+        db_part = alloc((b * n_l, d), torch.float32, x.device)
         _causal_conv_bwd[(n_l, n_d, b)](
             x, x if init is None else init, weight, weight if bias is None else bias, dy, dx,
             dx if init is None else dinit, dw_part, db_part, l, d, start, steps, *x.stride(), *_strides(init),
