@@ -22,6 +22,7 @@ from mambadna.kernels import buffers  # noqa: E402
 from mambadna.kernels.conv_triton import causal_conv1d, causal_conv1d_ref  # noqa: E402
 from mambadna.model import MambaLM  # noqa: E402
 from mambadna.objective import lm_loss  # noqa: E402
+from mambadna.tbptt import tbptt_step  # noqa: E402
 
 SMALL = dict(block_l=16, block_d=4, max_programs=2)  # blocks end inside the inputs; backward programs loop
 NAMES = ("x", "weight", "bias", "initial")
@@ -188,6 +189,20 @@ def test_model_with_the_triton_conv_equals_the_torch_conv(monkeypatch, chunk_bp)
     want_loss, want_grads = _loss_and_grads(torch_model, ids)
     got_loss, got_grads = _loss_and_grads(triton_model, ids, chunk_bp)
     assert calls and all(s[1] == 1 for s in calls), "the model hands the kernel channels-last views"
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-5)
+    _assert_grads_between(got_grads, want_grads)
+
+
+@pytest.mark.parametrize("chunk_bp", [None, 6])
+def test_truncated_bptt_with_the_triton_conv_equals_the_torch_conv(chunk_bp):
+    """Two TBPTT windows, the second from the first's detached states: its loss and gradients."""
+    seq = torch.randint(5, 10, (2, 27), generator=torch.Generator().manual_seed(4))
+    results = []
+    for model in _pair():
+        _, _, states = tbptt_step(model, seq[:, :13], seq[:, 1:14], chunk_bp=chunk_bp)
+        loss, _, _ = tbptt_step(model, seq[:, 13:26], seq[:, 14:], states, chunk_bp=chunk_bp)
+        results.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+    (want_loss, want_grads), (got_loss, got_grads) = results
     torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-5)
     _assert_grads_between(got_grads, want_grads)
 
