@@ -7,11 +7,14 @@
 x as a (b, d, l) view of in_proj's (b, l, 2d) output (channel stride 1, position stride 2d); the kernels read it in
 place and write y, and dx, channels-last ((b, d, l) views of (b, l, d) storage), the layout x_proj and the scan read.
 
-Tiling: one program per (channel block, position block, batch row), a (BLOCK_L, BLOCK_D) tile with channels
-fastest, so each of the K shifted loads of the window is coalesced on channels-last input; the shifted loads
-overlap and hit cache. The backward recomputes the pre-activation instead of saving it, and reduces dweight and
-dbias from per-program partial sums in PyTorch, in a fixed order (deterministic, no atomics).
-`causal_conv1d_ref` is the plain PyTorch definition the tests hold the kernels to.
+Tiling: programs over (position blocks, channel blocks, batch rows), each a (BLOCK_L, BLOCK_D) tile with channels
+fastest, so the window of BLOCK_L + K - 1 rows is read as K shifted tiles, each coalesced on channels-last input
+(the shifted tiles overlap and hit cache). The backward recomputes the pre-activation instead of saving it, passes
+it through a small per-program scratch tile to shift it (`_causal_conv_bwd`), and reduces dweight and dbias from
+per-program partial sums in PyTorch, in a fixed order (deterministic, no atomics). Only the first positions read
+`initial`: the forward branches on it, the backward runs them as a launch of their own, so the rest of the work
+does not hold the registers of those loads. `causal_conv1d_ref` is the PyTorch definition the tests hold the
+kernels to.
 
 Names: ``i_`` ids, ``o_`` offsets, ``m_`` masks, ``p_`` pointers, ``s_`` strides, ``b_`` blocks.
 """
@@ -26,9 +29,12 @@ import triton.language as tl
 from mambadna.kernels.buffers import alloc  # NaN-poisoned when tests ask (kernels/buffers.py)
 
 ACTIVATIONS = (None, "silu")
-BLOCK_L = 32  # positions a tile
-BLOCK_D = 128  # channels a tile: 256 B of bf16 a row, two cache lines
-MAX_PROGRAMS = 8192  # the backward loops over position blocks beyond this many programs (fewer partial sums)
+# Launch defaults (each also a `causal_conv1d` keyword). Tiles are channels-last, a row's 8 bf16 channels one
+# 128-bit load. Picked from the sm_90 build's register counts (forward 78, backward 185; no spills), not from GPU
+# timings yet.
+BLOCK_L, BLOCK_D, FWD_WARPS = 16, 128, 4  # forward tile (positions, channels)
+BWD_BLOCK_L, BWD_BLOCK_D, BWD_WARPS = 16, 128, 4  # backward tile: a step writes dx for BLOCK_L - (K-1) positions
+MAX_PROGRAMS = 2048  # backward programs beyond which each loops over several steps: bounds its scratch tiles
 
 
 def causal_conv1d_ref(x, weight, bias=None, initial=None, activation=None):
@@ -42,8 +48,8 @@ def causal_conv1d_ref(x, weight, bias=None, initial=None, activation=None):
 
 @triton.jit
 def _window(p_x, p_init, o_p, o_d, m_d, L, s_xd, s_xl, s_id, s_il, K: tl.constexpr, HAS_INIT: tl.constexpr):
-    """xp at positions o_p (BLOCK_L,) of x's row, fp32 (BLOCK_L, BLOCK_D): x for 0 <= p < L, `initial` (or zeros)
-    for -(K-1) <= p < 0, zeros past L. p_x and p_init already point at this batch row."""
+    """xp at positions o_p (BLOCK_L,) of x's row, fp32 (BLOCK_L, BLOCK_D): x for 0 <= p < L, `initial` for
+    -(K-1) <= p < 0 with HAS_INIT, else zeros. p_x and p_init already point at this batch row."""
     m_x = ((o_p >= 0) & (o_p < L))[:, None] & m_d[None, :]
     b_x = tl.load(p_x + o_p[:, None] * s_xl + o_d[None, :] * s_xd, mask=m_x, other=0.0).to(tl.float32)
     if HAS_INIT:
@@ -54,17 +60,16 @@ def _window(p_x, p_init, o_p, o_d, m_d, L, s_xd, s_xl, s_id, s_il, K: tl.constex
 
 
 @triton.jit
-def _pre(p_x, p_init, p_w, p_bias, o_t, o_d, m_d, L, s_xd, s_xl, s_id, s_il, s_wd, s_wk,
-         K: tl.constexpr, HAS_INIT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_L: tl.constexpr,
-         BLOCK_D: tl.constexpr):
+def _pre(p_x, p_init, p_w, p_bias, o_t, o_d, m_d, L, s_xd, s_xl, s_id, s_il, s_wd, s_wk, K: tl.constexpr,
+         HAS_INIT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
     """The pre-activation at positions o_t: bias + sum_k w[k] * xp[t + k - (K-1)], fp32 (BLOCK_L, BLOCK_D)."""
     b_acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     if HAS_BIAS:
         b_acc += tl.load(p_bias + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
     for k in tl.static_range(K):
         b_w = tl.load(p_w + o_d * s_wd + k * s_wk, mask=m_d, other=0.0).to(tl.float32)
-        b_acc += b_w[None, :] * _window(p_x, p_init, o_t + (k - (K - 1)), o_d, m_d, L, s_xd, s_xl, s_id, s_il,
-                                        K, HAS_INIT)
+        b_acc += b_w[None, :] * _window(p_x, p_init, o_t + (k - (K - 1)), o_d, m_d, L, s_xd, s_xl, s_id, s_il, K,
+                                        HAS_INIT)
     return b_acc
 
 
@@ -76,8 +81,16 @@ def _causal_conv_fwd(p_x, p_init, p_w, p_bias, p_y, L, D, s_xb, s_xd, s_xl, s_ib
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
     o_t = i_l * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
     m_d = o_d < D
-    b_pre = _pre(p_x + i_b * s_xb, p_init + i_b * s_ib, p_w, p_bias, o_t, o_d, m_d, L, s_xd, s_xl, s_id, s_il,
-                 s_wd, s_wk, K, HAS_INIT, HAS_BIAS, BLOCK_L, BLOCK_D)
+    p_x += i_b * s_xb
+    p_init += i_b * s_ib
+    # Only the first block reaches before position 0: the others take the path without `initial`'s loads, whose
+    # registers they would otherwise hold too.
+    if HAS_INIT and i_l * BLOCK_L < K - 1:
+        b_pre = _pre(p_x, p_init, p_w, p_bias, o_t, o_d, m_d, L, s_xd, s_xl, s_id, s_il, s_wd, s_wk, K, True,
+                     HAS_BIAS, BLOCK_L, BLOCK_D)
+    else:
+        b_pre = _pre(p_x, p_init, p_w, p_bias, o_t, o_d, m_d, L, s_xd, s_xl, s_id, s_il, s_wd, s_wk, K, False,
+                     HAS_BIAS, BLOCK_L, BLOCK_D)
     if SILU:
         b_pre = b_pre * tl.sigmoid(b_pre)
     tl.store(p_y + i_b * s_yb + o_t[:, None] * s_yl + o_d[None, :] * s_yd, b_pre.to(p_y.dtype.element_ty),
@@ -85,47 +98,60 @@ def _causal_conv_fwd(p_x, p_init, p_w, p_bias, p_y, L, D, s_xb, s_xd, s_xl, s_ib
 
 
 @triton.jit
-def _causal_conv_bwd(p_x, p_init, p_w, p_bias, p_dy, p_dx, p_dinit, p_dw, p_db, L, D, START, STEPS,
+def _causal_conv_bwd(p_x, p_init, p_w, p_bias, p_dy, p_dx, p_dinit, p_dw, p_db, p_scr, L, D, START, STEPS,
                      s_xb, s_xd, s_xl, s_ib, s_id, s_il, s_wd, s_wk, s_dyb, s_dyd, s_dyl, s_dxb, s_dxd, s_dxl,
                      s_dib, s_did, s_dil, K: tl.constexpr, HAS_INIT: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
-    """dx[s] = sum_m w[K-1-m] * dpre[s + m] is gathered (each program writes only its own positions), so every
-    program recomputes dpre at its positions shifted by 0..K-1. With `initial` the positions start at START = -(K-1)
-    and those below 0 are dinitial. The shift-0 dpre are this program's own positions: dweight and dbias partials."""
+    """dx[s] = sum_m w[K-1-m] dpre[s + m] needs dpre K-1 positions ahead, and a register tile cannot be shifted: a
+    step computes dpre at positions s = s0 + (0..BLOCK_L-1), parks it in this program's scratch tile (it stays in
+    cache) and reads it back shifted by m = 0..K-1 rows, for the dx of its first OWN = BLOCK_L - (K-1) positions;
+    steps advance by OWN. dweight[K-1-m] += xp[s] dpre[s + m] reads the same shifted rows, so each (s, s + m) pair
+    is counted once, by the step that owns s; dweight and dbias are summed per program (partials). A program runs
+    STEPS steps from START + i_l * STEPS * OWN; negative positions are `initial`'s (dinitial's), and only a launch
+    whose steps read them has HAS_INIT."""
+    OWN: tl.constexpr = BLOCK_L - (K - 1)
     i_l, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    o_k = tl.arange(0, BLOCK_K)
-    m_d = o_d < D
+    o_r, o_k = tl.arange(0, BLOCK_L), tl.arange(0, BLOCK_K)
+    m_d, m_own = o_d < D, o_r < OWN
     p_x += i_b * s_xb
     p_init += i_b * s_ib
+    i_prog = (i_b * tl.num_programs(1) + i_d) * tl.num_programs(0) + i_l
+    p_s = p_scr + (i_prog * BLOCK_L + o_r[:, None]) * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]  # (BLOCK_L, BLOCK_D)
     b_dw = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)  # row k: this program's share of dweight[:, k]
     b_db = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for step in range(STEPS):
-        o_s = START + (i_l * STEPS + step) * BLOCK_L + tl.arange(0, BLOCK_L).to(tl.int64)
+        o_s = START + (i_l * STEPS + step) * OWN + o_r.to(tl.int64)
+        m_s = (o_s >= 0) & (o_s < L)
+        p_dys = p_dy + i_b * s_dyb + o_s[:, None] * s_dyl + o_d[None, :] * s_dyd
+        b_dp = tl.load(p_dys, mask=m_s[:, None] & m_d[None, :], other=0.0).to(tl.float32)  # 0: no output there
+        if SILU:
+            b_pre = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+            if HAS_BIAS:
+                b_pre += tl.load(p_bias + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+            for k in tl.static_range(K):  # as `_pre`, keeping the last window: xp at the step's own positions
+                b_x = _window(p_x, p_init, o_s + (k - (K - 1)), o_d, m_d, L, s_xd, s_xl, s_id, s_il, K, HAS_INIT)
+                b_pre += tl.load(p_w + o_d * s_wd + k * s_wk, mask=m_d, other=0.0).to(tl.float32)[None, :] * b_x
+            b_sig = tl.sigmoid(b_pre)
+            b_dp = b_dp * b_sig * (1.0 + b_pre * (1.0 - b_sig))  # silu'(p) = s(p) (1 + p (1 - s(p)))
+        else:
+            b_x = _window(p_x, p_init, o_s, o_d, m_d, L, s_xd, s_xl, s_id, s_il, K, HAS_INIT)
+        tl.store(p_s, b_dp)
+        b_db += tl.sum(tl.where(m_own[:, None], b_dp, 0.0), axis=0)  # the next step owns the rest
+        tl.debug_barrier()  # the whole tile is in the scratch before any thread reads other threads' rows
         b_dx = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
         for m in tl.static_range(K):
-            o_t = o_s + m
-            m_t = ((o_t >= 0) & (o_t < L))[:, None] & m_d[None, :]
-            p_dyt = p_dy + i_b * s_dyb + o_t[:, None] * s_dyl + o_d[None, :] * s_dyd
-            b_dp = tl.load(p_dyt, mask=m_t, other=0.0).to(tl.float32)  # zero outside [0, L): no output there
-            if SILU:
-                b_pre = _pre(p_x, p_init, p_w, p_bias, o_t, o_d, m_d, L, s_xd, s_xl, s_id, s_il, s_wd, s_wk,
-                             K, HAS_INIT, HAS_BIAS, BLOCK_L, BLOCK_D)
-                b_sig = tl.sigmoid(b_pre)
-                b_dp = b_dp * b_sig * (1.0 + b_pre * (1.0 - b_sig))  # silu'(p) = s(p) (1 + p (1 - s(p)))
+            b_dpm = tl.load(p_s + m * BLOCK_D, mask=m_own[:, None], other=0.0)  # dpre[s + m]
             b_w = tl.load(p_w + o_d * s_wd + (K - 1 - m) * s_wk, mask=m_d, other=0.0).to(tl.float32)
-            b_dx += b_w[None, :] * b_dp
-            if m == 0:
-                b_db += tl.sum(b_dp, axis=0)
-                for k in tl.static_range(K):
-                    b_xk = _window(p_x, p_init, o_t + (k - (K - 1)), o_d, m_d, L, s_xd, s_xl, s_id, s_il, K, HAS_INIT)
-                    b_dw += tl.where((o_k == k)[:, None], tl.sum(b_dp * b_xk, axis=0)[None, :], 0.0)
-        m_s = (o_s >= 0) & (o_s < L)
+            b_dx += b_w[None, :] * b_dpm
+            b_dw += tl.where((o_k == K - 1 - m)[:, None], tl.sum(b_x * b_dpm, axis=0)[None, :], 0.0)
+        tl.debug_barrier()  # every thread has read the scratch before the next step overwrites it
+        m_out = m_own[:, None] & m_d[None, :]
         tl.store(p_dx + i_b * s_dxb + o_s[:, None] * s_dxl + o_d[None, :] * s_dxd, b_dx.to(p_dx.dtype.element_ty),
-                 mask=m_s[:, None] & m_d[None, :])
+                 mask=m_out & m_s[:, None])
         if HAS_INIT:
             tl.store(p_dinit + i_b * s_dib + (o_s + K - 1)[:, None] * s_dil + o_d[None, :] * s_did,
-                     b_dx.to(p_dinit.dtype.element_ty), mask=(o_s < 0)[:, None] & m_d[None, :])
+                     b_dx.to(p_dinit.dtype.element_ty), mask=m_out & (o_s < 0)[:, None])
     i_row = i_b * tl.num_programs(0) + i_l  # partials are (b * position programs, K, D) and (.., D), fp32
     tl.store(p_dw + (i_row * K + o_k[:, None]) * D + o_d[None, :], b_dw, mask=(o_k < K)[:, None] & m_d[None, :])
     tl.store(p_db + i_row * D + o_d, b_db, mask=m_d)
@@ -155,8 +181,9 @@ def _strides(t, n=3):
     return t.stride() if t is not None else (0,) * n
 
 
-def _blocks(d: int, launch: dict):
-    return launch.get("block_l", BLOCK_L), launch.get("block_d", min(BLOCK_D, triton.next_power_of_2(d)))
+def _blocks(d: int, launch: dict, backward: bool = False):
+    block_l, block_d = (BWD_BLOCK_L, BWD_BLOCK_D) if backward else (BLOCK_L, BLOCK_D)
+    return launch.get("block_l", block_l), launch.get("block_d", min(block_d, triton.next_power_of_2(d)))
 
 
 class _CausalConv1d(torch.autograd.Function):
@@ -171,7 +198,7 @@ class _CausalConv1d(torch.autograd.Function):
         _causal_conv_fwd[(triton.cdiv(l, bl), triton.cdiv(d, bd), b)](
             x, x if init is None else init, weight, weight if bias is None else bias, y, l, d, *x.stride(),
             *_strides(init), *weight.stride(), *y.stride(), K=k, HAS_INIT=init is not None,
-            HAS_BIAS=bias is not None, SILU=silu, BLOCK_L=bl, BLOCK_D=bd, num_warps=launch.get("fwd_warps", 4))
+            HAS_BIAS=bias is not None, SILU=silu, BLOCK_L=bl, BLOCK_D=bd, num_warps=launch.get("fwd_warps", FWD_WARPS))
         ctx.save_for_backward(x, weight, bias, initial)
         ctx.silu, ctx.launch = silu, launch
         return y
@@ -183,25 +210,39 @@ class _CausalConv1d(torch.autograd.Function):
         b, d, l = x.shape
         k = weight.shape[1]
         init = initial if initial is not None and k > 1 else None
-        bl, bd = _blocks(d, launch)
-        start = 0 if init is None else 1 - k  # with initial, dinitial's K-1 positions come first
-        n_blocks, n_d = triton.cdiv(l - start, bl), triton.cdiv(d, bd)
-        # enough programs to fill the GPU; past that each loops over `steps` position blocks, so the partial sums
-        # of dweight stay small
-        steps = max(1, n_blocks * n_d * b // launch.get("max_programs", MAX_PROGRAMS))
-        n_l = triton.cdiv(n_blocks, steps)
+        bl, bd = _blocks(d, launch, backward=True)
+        own = bl - (k - 1)  # positions a step writes
+        if own < k - 1:
+            raise ValueError(f"block_l {bl} is too short for width {k}: the backward's steps advance block_l - (K-1)")
+        n_d = triton.cdiv(d, bd)
+        # With `initial`, a first launch of one program per row and channel block runs the steps that read it (from
+        # position -(K-1), for dinitial); the main launch runs the rest without its registers.
+        head = 0 if init is None else min(triton.cdiv(2 * (k - 1), own), triton.cdiv(l + k - 1, own))
+        start = 0 if init is None else 1 - k + head * own
+        rest = triton.cdiv(l - start, own) if l > start else 0
+        # enough programs to fill the GPU; past that each loops over `steps` steps, so that the scratch tiles and
+        # the partial sums of dweight stay small
+        steps = max(1, rest * n_d * b // launch.get("max_programs", MAX_PROGRAMS))
+        n_l = triton.cdiv(rest, steps)
         dx = alloc((b, l, d), x.dtype, x.device).transpose(1, 2)  # (b, d, l) channels-last
         dinit = None if initial is None else alloc(tuple(initial.shape), initial.dtype, x.device)
         if initial is not None and init is None:
             dinit.zero_()
-        dw_part = alloc((b * n_l, k, d), torch.float32, x.device)
-        db_part = alloc((b * n_l, d), torch.float32, x.device)
-        _causal_conv_bwd[(n_l, n_d, b)](
-            x, x if init is None else init, weight, weight if bias is None else bias, dy, dx,
-            dx if init is None else dinit, dw_part, db_part, l, d, start, steps, *x.stride(), *_strides(init),
-            *weight.stride(), *dy.stride(), *dx.stride(), *_strides(None if init is None else dinit),
-            K=k, HAS_INIT=init is not None, HAS_BIAS=bias is not None, SILU=ctx.silu, BLOCK_L=bl, BLOCK_D=bd,
-            BLOCK_K=triton.next_power_of_2(k), num_warps=launch.get("bwd_warps", 8))
+        rows = b * n_l + (b if head else 0)
+        dw_part, db_part = alloc((rows, k, d), torch.float32, x.device), alloc((rows, d), torch.float32, x.device)
+        scratch = torch.empty(rows * n_d * bl * bd, dtype=torch.float32, device=x.device)
+        args = (weight, weight if bias is None else bias, dy, dx)
+        strides = (*weight.stride(), *dy.stride(), *dx.stride())
+        consts = dict(K=k, HAS_BIAS=bias is not None, SILU=ctx.silu, BLOCK_L=bl, BLOCK_D=bd,
+                      BLOCK_K=triton.next_power_of_2(k), num_warps=launch.get("bwd_warps", BWD_WARPS))
+        if n_l:
+            _causal_conv_bwd[(n_l, n_d, b)](x, x, *args, dx, dw_part, db_part, scratch, l, d, start, steps,
+                                            *x.stride(), 0, 0, 0, *strides, 0, 0, 0, HAS_INIT=False, **consts)
+        if head:
+            main = b * n_l
+            _causal_conv_bwd[(1, n_d, b)](
+                x, init, *args, dinit, dw_part[main:], db_part[main:], scratch[main * n_d * bl * bd:], l, d, 1 - k,
+                head, *x.stride(), *init.stride(), *strides, *dinit.stride(), HAS_INIT=True, **consts)
         dw = dw_part.sum(0).t().contiguous().to(weight.dtype)  # (d, K), summed in a fixed order
         db = None if bias is None else db_part.sum(0).to(bias.dtype)
         return dx, dw, db, dinit, None, None

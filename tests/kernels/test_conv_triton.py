@@ -1,9 +1,9 @@
 """The Triton causal depthwise conv (kernels/conv_triton.py) against its PyTorch definition, and the model setting
 `conv_kernel` that runs it.
 
-In Triton's interpreter on a CPU-only machine (root conftest.py). Tiles are shrunk (16 or 32 positions, 4 channels,
-6 channels in all) so that position and channel blocks end inside the inputs, and the backward's grid is capped so
-its programs loop over several position blocks; outputs are NaN-poisoned, so an unwritten element fails. The
+In Triton's interpreter on a CPU-only machine (root conftest.py). Tiles are shrunk (16 positions, 4 channels, 6
+channels in all) so that position and channel blocks end inside the inputs, and the backward's grid is capped so
+that its programs loop over several steps; outputs are NaN-poisoned, so an unwritten element fails. The
 interpreter does not check coalescing or speed: those need a GPU (experiments/bench_model.py --conv-kernels).
 """
 
@@ -24,7 +24,8 @@ from mambadna.model import MambaLM  # noqa: E402
 from mambadna.objective import lm_loss  # noqa: E402
 from mambadna.tbptt import tbptt_step  # noqa: E402
 
-SMALL = dict(block_l=16, block_d=4, max_programs=2)  # blocks end inside the inputs; backward programs loop
+# blocks end inside the inputs; at l = 130 the backward's programs loop over several steps each
+SMALL = dict(block_l=16, block_d=4, max_programs=8)
 NAMES = ("x", "weight", "bias", "initial")
 
 
@@ -88,9 +89,8 @@ OPTIONS = [(True, True, "silu"), (False, False, None), (True, False, None), (Fal
 @pytest.mark.parametrize("l", [1, 3, 37, 130])
 def test_output_and_every_gradient_equal_the_definition(l, dtype, layout, bias, initial, activation):
     x = make(l=l, dtype=dtype, layout=layout, bias=bias, initial=initial)
-    launch = SMALL if l < 100 else dict(SMALL, block_l=32)
     dy = make_dy(x["x"], layout)
-    got = run(causal_conv1d, x, activation, dy, **launch)
+    got = run(causal_conv1d, x, activation, dy, **SMALL)
     assert_close_to_float64(got, run(causal_conv1d_ref, as_float64(x), activation, dy))
     for name in NAMES:
         if x[name] is not None:
@@ -98,11 +98,12 @@ def test_output_and_every_gradient_equal_the_definition(l, dtype, layout, bias, 
     assert got["y"].dtype == dtype and got["y"].stride(1) == 1, "y is a (b, d, l) view of (b, l, d) storage"
 
 
-@pytest.mark.parametrize("k", [1, 2, 3, 5])
-def test_other_widths(k):
-    """d_conv 4 is the model's default; the kernels take any width (K = 1 has nothing before position 0)."""
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_other_widths_and_short_backward_steps(k):
+    """d_conv 4 is the model's default; the kernels take any width (K = 1 has nothing before position 0). Steps of
+    8 positions advance by 8 - (K-1), so at K >= 4 the positions that read `initial` take two steps."""
     x = make(l=21, k=k)
-    got = run(causal_conv1d, x, "silu", make_dy(x["x"]), **SMALL)
+    got = run(causal_conv1d, x, "silu", make_dy(x["x"]), **dict(SMALL, block_l=8))
     assert_close_to_float64(got, run(causal_conv1d_ref, as_float64(x), "silu", make_dy(x["x"])))
 
 
