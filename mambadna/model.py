@@ -40,7 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from mambadna import inference, strands
 from mambadna.checkpoint import Pretrained
 from mambadna.config import POOLINGS, MambaConfig
-from mambadna.kernels import conv_kernel, selective_scan, step_kernels
+from mambadna.kernels import causal_conv, selective_scan, step_kernels
 from mambadna.pooling import check_mask, check_pooling, pool, pooled_chunked
 from mambadna.strands import Reverser
 from mambadna.tokenizer import PAD_ID
@@ -191,21 +191,8 @@ class MambaMixer(nn.Module):
         """Causal depthwise conv. x (b, d_inner, l) -> (y (b, d_inner, l), last d_conv inputs (b, d_inner, d_conv)).
 
         The state holds the last d_conv *inputs* (left zero-padded), the same layout `step` uses. `silu` applies
-        SiLU to y; the `conv_kernel` setting picks nn.Conv1d or the Triton kernel (bias and SiLU fused)."""
-        l, k = x.shape[-1], self.d_conv
-        initial = None if conv_state is None else conv_state[..., 1:].to(x.dtype)  # (b, d_inner, d_conv - 1)
-        tail = x[..., -k:] if initial is None else torch.cat([initial, x[..., -k:]], dim=-1)  # the last <= k inputs
-        new_state = F.pad(tail, (k - tail.shape[-1], 0))[..., -k:]  # (b, d_inner, d_conv)
-        fused = conv_kernel(self.config.conv_kernel, x)
-        if fused is not None:
-            y = fused.causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, initial, "silu" if silu else None)
-            return y, new_state
-        if initial is None:
-            y = self.conv1d(x)[..., :l]  # (b, d_inner, l + d_conv - 1) -> (b, d_inner, l)
-        else:
-            history = torch.cat([initial, x], dim=-1)  # (b, d_inner, d_conv - 1 + l)
-            y = F.conv1d(history, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)  # (b, d_inner, l)
-        return F.silu(y) if silu else y, new_state
+        SiLU to y; the `conv_kernel` setting picks F.conv1d or the Triton kernel (kernels.causal_conv)."""
+        return causal_conv(x, self.conv1d.weight, self.conv1d.bias, conv_state, silu, self.config.conv_kernel)
 
     def ssm_params(self, x: torch.Tensor):
         """x (b, d_inner, l) -> low-rank Δ before dt_proj's bias (b, d_inner, l), B (b, n, l), C (b, n, l)."""
