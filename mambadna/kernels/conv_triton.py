@@ -4,8 +4,9 @@
     y[:, c, t] = act(bias[c] + sum_k weight[c, k] * xp[:, c, t + k]),  xp = cat(initial or zeros, x)   (b, d, l)
 
 `initial` is the K-1 inputs before position 0: the carried conv state of chunked and TBPTT runs. The model hands
-x as a (b, d, l) view of in_proj's (b, l, 2d) output (channel stride 1, position stride 2d); the kernels read it in
-place and write y, and dx, channels-last ((b, d, l) views of (b, l, d) storage), the layout x_proj and the scan read.
+x as a (b, d, l) view of in_proj's (b, l, d) x half (channel stride 1; a fused (b, l, 2d) projection's half works
+the same); the kernels read it in place and write y and dx channels-last ((b, d, l) views of (b, l, d) storage),
+the layout x_proj and the scan read.
 
 Tiling: programs over (position blocks, channel blocks, batch rows), each a (BLOCK_L, BLOCK_D) tile with channels
 fastest, so the window of BLOCK_L + K - 1 rows is read as K shifted tiles, each coalesced on channels-last input

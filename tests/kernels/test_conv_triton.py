@@ -35,8 +35,9 @@ def poison_outputs(monkeypatch):
 
 
 def make(b=2, d=6, l=37, k=4, dtype=torch.float32, layout="model", bias=True, initial=True, seed=0):
-    """x as the model hands it ("model": the first d channels of a (b, l, 2d) tensor, viewed as (b, d, l)) or
-    (b, d, l) contiguous ("bdl"); weight and bias fp32 like the model's parameters; initial in x's dtype."""
+    """x channels-last as the model hands it ("model": the first d channels of a (b, l, 2d) tensor viewed as
+    (b, d, l), a fused in_proj's x half; the model's own (b, l, d) half is the same kind of view) or (b, d, l)
+    contiguous ("bdl"); weight and bias fp32 like the model's parameters; initial in x's dtype."""
     gen = torch.Generator().manual_seed(seed)
     if layout == "model":
         x = torch.randn(b, l, 2 * d, generator=gen).to(dtype).transpose(1, 2)[:, :d]
