@@ -17,7 +17,9 @@ budget cut trims the least needed):
    Each configuration: one warm-up step, then 2 timed steps (1 when the warm-up took over 3 s). A CUDA OOM is
    recorded as "OOM" and ends that series; so does a step over --step-limit-s, or the --budget-s being spent.
    --modes picks the Mamba modes and --scan-kernels runs each Mamba series once per value of the model's
-   `scan_kernel` setting (auto, v1, v2), named e.g. mamba-base[v2] (experiments/gpu_scan.sh uses both).
+   `scan_kernel` setting (auto, v1, v2), named e.g. mamba-base[v2] (experiments/gpu_scan.sh uses both), and
+   --conv-kernels once per value of `conv_kernel` (torch, triton, auto), named e.g. mamba-base[conv=triton] or
+   mamba-base[v2,conv=triton] (torch rows keep the plain names).
 
 Writes bench_model.md (tables), bench_model.json (raw rows) and bench_model.png (time per token vs context,
 log-log) to --out, and prints the tables. Decoding speed is measured by experiments/bench_serving.py.
@@ -128,10 +130,37 @@ GRAD_NAMES = ("embedding.weight", "layers.0.mixer.in_proj.weight", "layers.3.mix
               "layers.7.mixer.A_log", "layers.7.mixer.out_proj.weight", "norm_f.weight")
 
 
-def exactness(clock: Clock) -> list[dict]:
+def exactness(clock: Clock, conv_kernels=("torch",)) -> list[dict]:
+    """The comparisons once per conv kernel (rows name a non-torch one); a non-torch conv kernel is also compared
+    with the torch conv, unchunked in fp32, when both are asked for."""
+    rows, fp32 = [], {}
+    for conv in conv_kernels:
+        tag = "" if conv == "torch" else f" [conv={conv}]"
+        got, fp32[conv] = _exactness_rows(clock, conv, tag)
+        free_memory()
+        rows += got
+    for conv in [c for c in fp32 if c != "torch" and "torch" in fp32]:
+        (loss_a, grads_a), (loss_b, grads_b) = fp32[conv], fp32["torch"]
+        rows.append(dict(comparison=f"conv={conv} vs conv=torch, unchunked fp32", loss_a=loss_a, loss_b=loss_b,
+                         loss_rel=abs(loss_a - loss_b) / abs(loss_b), grad_rel=_grad_rel(grads_a, grads_b),
+                         grads=len(grads_a)))
+        rows[-1]["ok"] = rows[-1]["loss_rel"] < 1e-5 and rows[-1]["grad_rel"] < 1e-3
+    s = clock.s
+    for r in rows:
+        log(f"exactness l={s.exact_l} chunk={s.chunk_bp}: {r['comparison']}: loss rel {r['loss_rel']:.2e}, "
+            f"max grad rel {r['grad_rel']:.2e} over {r['grads']} tensors -> {'PASS' if r['ok'] else 'FAIL'}")
+    return rows
+
+
+def _grad_rel(a: dict, b: dict) -> float:
+    return max(float((a[n] - b[n]).norm() / b[n].norm().clamp_min(1e-30)) for n in a)
+
+
+def _exactness_rows(clock: Clock, conv: str, tag: str):
+    """-> (the rows of one conv kernel, its unchunked fp32 (loss, grads))."""
     s = clock.s
     torch.manual_seed(0)
-    model = MambaLM(s.models["base"]).to(s.device)
+    model = MambaLM(dataclasses.replace(s.models["base"], conv_kernel=conv)).to(s.device)
     names = [n for n in GRAD_NAMES if n in dict(model.named_parameters())]
     params = dict(model.named_parameters())
     ids = dna(1, s.exact_l, s.device, seed=1)
@@ -146,27 +175,20 @@ def exactness(clock: Clock) -> list[dict]:
         loss.backward()
         return float(loss), {n: params[n].grad.float().clone() for n in names}
 
-    def rel(a: dict, b: dict) -> float:
-        return max(float((a[n] - b[n]).norm() / b[n].norm().clamp_min(1e-30)) for n in names)
-
     ref32, chk32 = run(False, False), run(True, False)
-    rows = [dict(comparison="chunked vs unchunked, fp32", loss_a=chk32[0], loss_b=ref32[0],
-                 loss_rel=abs(chk32[0] - ref32[0]) / abs(ref32[0]), grad_rel=rel(chk32[1], ref32[1]))]
+    rows = [dict(comparison="chunked vs unchunked, fp32" + tag, loss_a=chk32[0], loss_b=ref32[0],
+                 loss_rel=abs(chk32[0] - ref32[0]) / abs(ref32[0]), grad_rel=_grad_rel(chk32[1], ref32[1]))]
     rows[-1]["ok"] = rows[-1]["loss_rel"] < 1e-5 and rows[-1]["grad_rel"] < 1e-3
     if s.amp is not None:
         ref16, chk16 = run(False, True), run(True, True)
-        floor = rel(ref16[1], ref32[1])
-        rows.append(dict(comparison="unchunked bf16 vs fp32 (rounding floor)", loss_a=ref16[0], loss_b=ref32[0],
-                         loss_rel=abs(ref16[0] - ref32[0]) / abs(ref32[0]), grad_rel=floor, ok=True))
-        rows.append(dict(comparison="chunked vs unchunked, bf16", loss_a=chk16[0], loss_b=ref16[0],
-                         loss_rel=abs(chk16[0] - ref16[0]) / abs(ref16[0]), grad_rel=rel(chk16[1], ref16[1])))
+        floor = _grad_rel(ref16[1], ref32[1])
+        rows.append(dict(comparison="unchunked bf16 vs fp32 (rounding floor)" + tag, loss_a=ref16[0],
+                         loss_b=ref32[0], loss_rel=abs(ref16[0] - ref32[0]) / abs(ref32[0]), grad_rel=floor, ok=True))
+        rows.append(dict(comparison="chunked vs unchunked, bf16" + tag, loss_a=chk16[0], loss_b=ref16[0],
+                         loss_rel=abs(chk16[0] - ref16[0]) / abs(ref16[0]), grad_rel=_grad_rel(chk16[1], ref16[1])))
         rows[-1]["ok"] = rows[-1]["loss_rel"] < 1e-3 and rows[-1]["grad_rel"] <= max(2 * floor, 1e-2)
-    for r in rows:
-        log(f"exactness l={s.exact_l} chunk={s.chunk_bp}: {r['comparison']}: loss rel {r['loss_rel']:.2e}, "
-            f"max grad rel {r['grad_rel']:.2e} over {len(names)} tensors -> {'PASS' if r['ok'] else 'FAIL'}")
-    del model
-    free_memory()
-    return rows
+    rows = [dict(r, grads=len(names)) for r in rows]
+    return rows, ref32  # the model goes with this frame: the caller frees the memory
 
 
 # 2. training -------------------------------------------------------------------------------------------------
@@ -260,11 +282,13 @@ def series(label: str, make_model, modes: list[str], lengths: list[int], clock: 
 MODES = ("plain", "block-ckpt", "chunked")
 
 
-def training(clock: Clock, which: list[str], modes=MODES, kernels=("auto",), progress=None) -> list[dict]:
+def training(clock: Clock, which: list[str], modes=MODES, kernels=("auto",), progress=None,
+             conv_kernels=("torch",)) -> list[dict]:
     """Series in the order of `which` (base, transformer, small by default: a budget cut trims the least needed);
-    each Mamba model in every mode of `modes`, once per scan kernel of `kernels` (the `scan_kernel` setting; rows
-    say which, and the model name carries it when more than one is asked for). `progress(rows)` is called after
-    every series, so a run cut short keeps what it measured."""
+    each Mamba model in every mode of `modes`, once per scan kernel of `kernels` (the `scan_kernel` setting) and
+    conv kernel of `conv_kernels` (`conv_kernel`). Rows say which; the model name carries the scan kernel when more
+    than one is asked for and the conv kernel when it is not torch, e.g. mamba-base[v2,conv=triton].
+    `progress(rows)` is called after every series, so a run cut short keeps what it measured."""
     s = clock.s
     rows = []
     for name in which:
@@ -277,13 +301,15 @@ def training(clock: Clock, which: list[str], modes=MODES, kernels=("auto",), pro
         elif name in s.models:
             for mode in modes:
                 for kernel in kernels:
-                    cfg = dataclasses.replace(s.models[name], scan_kernel=kernel)
-                    label = f"mamba-{name}" + (f"[{kernel}]" if len(kernels) > 1 else "")
-                    rows += [dict(r, scan_kernel=kernel) for r in
-                             series(label, lambda cfg=cfg, m=mode: mamba_for_mode(cfg, m), [mode], s.lengths, clock,
-                                    fallback=False)]
-                    if progress:
-                        progress(rows)
+                    for conv in conv_kernels:
+                        cfg = dataclasses.replace(s.models[name], scan_kernel=kernel, conv_kernel=conv)
+                        tags = ([kernel] if len(kernels) > 1 else []) + ([f"conv={conv}"] if conv != "torch" else [])
+                        label = f"mamba-{name}" + (f"[{','.join(tags)}]" if tags else "")
+                        rows += [dict(r, scan_kernel=kernel, conv_kernel=conv) for r in
+                                 series(label, lambda cfg=cfg, m=mode: mamba_for_mode(cfg, m), [mode], s.lengths,
+                                        clock, fallback=False)]
+                        if progress:
+                            progress(rows)
     return rows
 
 
@@ -383,15 +409,20 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help="Mamba training modes: subset of " + ",".join(MODES))
     parser.add_argument("--scan-kernels", default="auto",
                         help="the model's scan_kernel setting, one series per value: subset of auto,v1,v2")
+    parser.add_argument("--conv-kernels", default="torch",
+                        help="the model's conv_kernel setting, one series per value (inside each scan kernel's): "
+                             "subset of torch,triton,auto; the exactness section runs once per value too")
     parser.add_argument("--json-name", default="bench_model",
                         help="stem of the files written to --out (several runs can share a folder)")
     args = parser.parse_args()
     sections, which = set(args.sections.split(",")), args.models.split(",")
-    modes, kernels = args.modes.split(","), args.scan_kernels.split(",")
+    modes, kernels, convs = args.modes.split(","), args.scan_kernels.split(","), args.conv_kernels.split(",")
     if not set(modes) <= set(MODES):
         raise SystemExit(f"--modes takes {','.join(MODES)}; got {args.modes}")
     if not set(kernels) <= {"auto", "v1", "v2"}:
         raise SystemExit(f"--scan-kernels takes auto, v1, v2; got {args.scan_kernels}")
+    if not set(convs) <= {"torch", "triton", "auto"}:
+        raise SystemExit(f"--conv-kernels takes torch, triton, auto; got {args.conv_kernels}")
     if not sections <= {"exact", "train"}:
         raise SystemExit(f"--sections takes exact, train; got {args.sections}")
     if not set(which) <= {"base", "transformer", "small"}:
@@ -406,14 +437,14 @@ def main() -> None:
            f"chunk_bp {s.chunk_bp}, {'cpu-smoke' if args.cpu_smoke else 'quick' if args.quick else 'full'} run, "
            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_commit()}")
     log(env)
-    exact = exactness(clock) if "exact" in sections else []
+    exact = exactness(clock, convs) if "exact" in sections else []
     stem = args.out / args.json_name
 
     def save(train_rows):
         stem.with_suffix(".json").write_text(json.dumps(dict(env=env, exactness=exact, training=train_rows),
                                                         indent=1))
 
-    train = training(clock, which, modes, kernels, progress=save) if "train" in sections else []
+    train = training(clock, which, modes, kernels, progress=save, conv_kernels=convs) if "train" in sections else []
     text = report(s, exact, train, env + f", wall {clock.elapsed():.0f} s")
     stem.with_suffix(".md").write_text(text)
     save(train)

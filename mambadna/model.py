@@ -40,7 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from mambadna import inference, strands
 from mambadna.checkpoint import Pretrained
 from mambadna.config import POOLINGS, MambaConfig
-from mambadna.kernels import selective_scan, step_kernels
+from mambadna.kernels import causal_conv, selective_scan, step_kernels
 from mambadna.pooling import check_mask, check_pooling, pool, pooled_chunked
 from mambadna.strands import Reverser
 from mambadna.tokenizer import PAD_ID
@@ -142,8 +142,7 @@ class MambaMixer(nn.Module):
         """Everything between the two projections: in_proj's halves x, z (b, l, d_inner) -> (the gated scan
         output (b, l, d_inner), the state after it). Split out so a bidirectional block can share the projections."""
         x, z = x.transpose(1, 2), z.transpose(1, 2)  # (b, d_inner, l) each
-        x_conv, conv_state = self.conv(x, None if state is None else state.conv)
-        x_conv = F.silu(x_conv)
+        x_conv, conv_state = self.conv(x, None if state is None else state.conv, silu=True)
         delta, B, C = self.ssm_params(x_conv)
         y, ssm_state = selective_scan(
             x_conv, delta, self.A(), B, C, self.D.float(), z=z,
@@ -188,19 +187,12 @@ class MambaMixer(nn.Module):
     def A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.float())  # (d_inner, n)
 
-    def conv(self, x: torch.Tensor, conv_state: torch.Tensor | None = None):
+    def conv(self, x: torch.Tensor, conv_state: torch.Tensor | None = None, silu: bool = False):
         """Causal depthwise conv. x (b, d_inner, l) -> (y (b, d_inner, l), last d_conv inputs (b, d_inner, d_conv)).
 
-        The state holds the last d_conv *inputs* (left zero-padded), the same layout `step` uses."""
-        l = x.shape[-1]
-        if conv_state is None:
-            y = self.conv1d(x)[..., :l]  # (b, d_inner, l + d_conv - 1) -> (b, d_inner, l)
-            history = x
-        else:
-            history = torch.cat([conv_state[..., 1:].to(x.dtype), x], dim=-1)  # (b, d_inner, d_conv - 1 + l)
-            y = F.conv1d(history, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)  # (b, d_inner, l)
-        new_state = F.pad(history, (self.d_conv - history.shape[-1], 0))[..., -self.d_conv :]  # (b, d_inner, d_conv)
-        return y, new_state
+        The state holds the last d_conv *inputs* (left zero-padded), the same layout `step` uses. `silu` applies
+        SiLU to y; the `conv_kernel` setting picks F.conv1d or the Triton kernel (kernels.causal_conv)."""
+        return causal_conv(x, self.conv1d.weight, self.conv1d.bias, conv_state, silu, self.config.conv_kernel)
 
     def ssm_params(self, x: torch.Tensor):
         """x (b, d_inner, l) -> low-rank Δ before dt_proj's bias (b, d_inner, l), B (b, n, l), C (b, n, l)."""

@@ -3,7 +3,8 @@
 Backends: "ref" (sequential definition), "chunked" (exact two-level PyTorch scan, the CPU default) and
 "triton" (GPU kernels: v1, scan_triton.py, or v2, scan_v2.py; ``kernel`` pins one, "auto" lets choice.py pick by
 shape). Triton is imported lazily so that ``import mambadna`` never fails on machines where Triton or the kernel
-module is missing or broken; auto-selection then falls back to "chunked".
+module is missing or broken; auto-selection then falls back to "chunked". ``causal_conv`` is the model's causal
+conv, which runs F.conv1d or the Triton kernel (conv_triton.py) as ``conv_kernel`` says.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from mambadna.kernels.choice import SCAN_KERNELS
+from mambadna.kernels.choice import CONV_KERNELS, SCAN_KERNELS
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "available_backends", "BACKENDS",
-           "SCAN_KERNELS", "step_kernels"]
+           "SCAN_KERNELS", "step_kernels", "causal_conv", "conv_kernel", "CONV_KERNELS"]
 
 BACKENDS = ("ref", "chunked", "triton")
 # Loaded on first use, with torch: the config names the kernels (choice.py) and the CLI answers without torch.
@@ -66,6 +67,54 @@ def step_kernels():
         else:
             _step_module = step_triton
     return _step_module
+
+
+_conv_module = None
+_conv_error: str | None = None
+
+
+def conv_kernel(kernel: str, x: torch.Tensor):
+    """The Triton causal conv module (conv_triton.py) where the `conv_kernel` setting `kernel` runs it on x, else
+    None (the model's PyTorch conv). "triton" always (on CPU tensors that needs Triton's interpreter), "auto" on
+    CUDA tensors when it loads, "torch" never."""
+    global _conv_module, _conv_error
+    if kernel not in CONV_KERNELS:
+        raise ValueError(f"unknown conv kernel {kernel!r}; choose one of {', '.join(CONV_KERNELS)}")
+    if kernel == "torch" or (kernel == "auto" and not x.is_cuda):
+        return None
+    if _conv_module is None and _conv_error is None:
+        try:
+            from mambadna.kernels import conv_triton
+        except Exception as exc:  # as for the scan: Triton raises more than ImportError when unusable
+            _conv_error = f"{type(exc).__name__}: {exc}"
+        else:
+            _conv_module = conv_triton
+    if _conv_module is None and kernel == "triton":
+        raise ValueError(f"conv kernel 'triton' is unavailable: {_conv_error}")
+    return _conv_module
+
+
+def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv_state=None,
+                silu: bool = False, kernel: str = "torch"):
+    """The model's causal depthwise conv, `MambaMixer.conv`: x (b, d, l), nn.Conv1d's weight (d, 1, K) and bias,
+    conv_state (b, d, K) the last K inputs before x, left zero-padded (None: start of sequence) -> (y (b, d, l),
+    the state after x, the same layout). `silu` applies SiLU to y; `kernel` (the `conv_kernel` setting) runs
+    F.conv1d or the Triton kernel with bias and SiLU fused (conv_triton.py)."""
+    import torch
+    import torch.nn.functional as F
+
+    d, _, k = weight.shape
+    initial = None if conv_state is None else conv_state[..., 1:].to(x.dtype)  # (b, d, K - 1)
+    tail = x[..., -k:] if initial is None else torch.cat([initial, x[..., -k:]], dim=-1)  # the last <= K inputs
+    new_state = F.pad(tail, (k - tail.shape[-1], 0))[..., -k:]  # (b, d, K)
+    fused = conv_kernel(kernel, x)
+    if fused is not None:
+        return fused.causal_conv1d(x, weight[:, 0], bias, initial, "silu" if silu else None), new_state
+    if initial is None:
+        y = F.conv1d(x, weight, bias, padding=k - 1, groups=d)[..., :x.shape[-1]]  # as nn.Conv1d, cut to l
+    else:
+        y = F.conv1d(torch.cat([initial, x], dim=-1), weight, bias, groups=d)  # (b, d, K - 1 + l) -> (b, d, l)
+    return F.silu(y) if silu else y, new_state
 
 
 def available_backends() -> list[str]:
