@@ -18,7 +18,7 @@ budget cut trims the least needed):
    recorded as "OOM" and ends that series; so does a step over --step-limit-s, or the --budget-s being spent.
    --modes picks the Mamba modes and --scan-kernels runs each Mamba series once per value of the model's
    `scan_kernel` setting (auto, v1, v2), named e.g. mamba-base[v2] (experiments/gpu_scan.sh uses both), and
-   --conv-kernels once per value of `conv_kernel` (torch, triton, auto), named e.g. mamba-base[conv=triton] or
+   --conv-backends once per value of `conv_backend` (torch, triton, auto), named e.g. mamba-base[conv=triton] or
    mamba-base[v2,conv=triton] (torch rows keep the plain names).
 
 Writes bench_model.md (tables), bench_model.json (raw rows) and bench_model.png (time per token vs context,
@@ -130,11 +130,11 @@ GRAD_NAMES = ("embedding.weight", "layers.0.mixer.in_proj.weight", "layers.3.mix
               "layers.7.mixer.A_log", "layers.7.mixer.out_proj.weight", "norm_f.weight")
 
 
-def exactness(clock: Clock, conv_kernels=("torch",)) -> list[dict]:
+def exactness(clock: Clock, conv_backends=("torch",)) -> list[dict]:
     """The comparisons once per conv kernel (rows name a non-torch one); a non-torch conv kernel is also compared
     with the torch conv, unchunked in fp32, when both are asked for."""
     rows, fp32 = [], {}
-    for conv in conv_kernels:
+    for conv in conv_backends:
         tag = "" if conv == "torch" else f" [conv={conv}]"
         got, fp32[conv] = _exactness_rows(clock, conv, tag)
         free_memory()
@@ -160,7 +160,7 @@ def _exactness_rows(clock: Clock, conv: str, tag: str):
     """-> (the rows of one conv kernel, its unchunked fp32 (loss, grads))."""
     s = clock.s
     torch.manual_seed(0)
-    model = MambaLM(dataclasses.replace(s.models["base"], conv_kernel=conv)).to(s.device)
+    model = MambaLM(dataclasses.replace(s.models["base"], conv_backend=conv)).to(s.device)
     names = [n for n in GRAD_NAMES if n in dict(model.named_parameters())]
     params = dict(model.named_parameters())
     ids = dna(1, s.exact_l, s.device, seed=1)
@@ -283,10 +283,10 @@ MODES = ("plain", "block-ckpt", "chunked")
 
 
 def training(clock: Clock, which: list[str], modes=MODES, kernels=("auto",), progress=None,
-             conv_kernels=("torch",)) -> list[dict]:
+             conv_backends=("torch",)) -> list[dict]:
     """Series in the order of `which` (base, transformer, small by default: a budget cut trims the least needed);
     each Mamba model in every mode of `modes`, once per scan kernel of `kernels` (the `scan_kernel` setting) and
-    conv kernel of `conv_kernels` (`conv_kernel`). Rows say which; the model name carries the scan kernel when more
+    conv kernel of `conv_backends` (`conv_backend`). Rows say which; the model name carries the scan kernel when more
     than one is asked for and the conv kernel when it is not torch, e.g. mamba-base[v2,conv=triton].
     `progress(rows)` is called after every series, so a run cut short keeps what it measured."""
     s = clock.s
@@ -301,11 +301,11 @@ def training(clock: Clock, which: list[str], modes=MODES, kernels=("auto",), pro
         elif name in s.models:
             for mode in modes:
                 for kernel in kernels:
-                    for conv in conv_kernels:
-                        cfg = dataclasses.replace(s.models[name], scan_kernel=kernel, conv_kernel=conv)
+                    for conv in conv_backends:
+                        cfg = dataclasses.replace(s.models[name], scan_kernel=kernel, conv_backend=conv)
                         tags = ([kernel] if len(kernels) > 1 else []) + ([f"conv={conv}"] if conv != "torch" else [])
                         label = f"mamba-{name}" + (f"[{','.join(tags)}]" if tags else "")
-                        rows += [dict(r, scan_kernel=kernel, conv_kernel=conv) for r in
+                        rows += [dict(r, scan_kernel=kernel, conv_backend=conv) for r in
                                  series(label, lambda cfg=cfg, m=mode: mamba_for_mode(cfg, m), [mode], s.lengths,
                                         clock, fallback=False)]
                         if progress:
@@ -409,20 +409,20 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help="Mamba training modes: subset of " + ",".join(MODES))
     parser.add_argument("--scan-kernels", default="auto",
                         help="the model's scan_kernel setting, one series per value: subset of auto,v1,v2")
-    parser.add_argument("--conv-kernels", default="torch",
-                        help="the model's conv_kernel setting, one series per value (inside each scan kernel's): "
+    parser.add_argument("--conv-backends", default="torch",
+                        help="the model's conv_backend setting, one series per value (inside each scan kernel's): "
                              "subset of torch,triton,auto; the exactness section runs once per value too")
     parser.add_argument("--json-name", default="bench_model",
                         help="stem of the files written to --out (several runs can share a folder)")
     args = parser.parse_args()
     sections, which = set(args.sections.split(",")), args.models.split(",")
-    modes, kernels, convs = args.modes.split(","), args.scan_kernels.split(","), args.conv_kernels.split(",")
+    modes, kernels, convs = args.modes.split(","), args.scan_kernels.split(","), args.conv_backends.split(",")
     if not set(modes) <= set(MODES):
         raise SystemExit(f"--modes takes {','.join(MODES)}; got {args.modes}")
     if not set(kernels) <= {"auto", "v1", "v2"}:
         raise SystemExit(f"--scan-kernels takes auto, v1, v2; got {args.scan_kernels}")
     if not set(convs) <= {"torch", "triton", "auto"}:
-        raise SystemExit(f"--conv-kernels takes torch, triton, auto; got {args.conv_kernels}")
+        raise SystemExit(f"--conv-backends takes torch, triton, auto; got {args.conv_backends}")
     if not sections <= {"exact", "train"}:
         raise SystemExit(f"--sections takes exact, train; got {args.sections}")
     if not set(which) <= {"base", "transformer", "small"}:
@@ -444,7 +444,7 @@ def main() -> None:
         stem.with_suffix(".json").write_text(json.dumps(dict(env=env, exactness=exact, training=train_rows),
                                                         indent=1))
 
-    train = training(clock, which, modes, kernels, progress=save, conv_kernels=convs) if "train" in sections else []
+    train = training(clock, which, modes, kernels, progress=save, conv_backends=convs) if "train" in sections else []
     text = report(s, exact, train, env + f", wall {clock.elapsed():.0f} s")
     stem.with_suffix(".md").write_text(text)
     save(train)

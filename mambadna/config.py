@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from mambadna.kernels.choice import CONV_KERNELS, SCAN_KERNELS, V2_MAX_STATES
+from mambadna.kernels.choice import CONV_BACKENDS, SCAN_KERNELS, V2_MAX_STATES
 from mambadna.tokenizer import tokenizer_from_name
 
 
@@ -59,8 +59,8 @@ class MambaConfig:
         help="the GPU (triton) scan kernel: auto (the faster one measured for the shape, see "
              "experiments/BENCHMARKS.md), v1 (chunk-parallel) or v2 (state in registers, d_state <= 16); the "
              "results are the same up to rounding")
-    conv_kernel: str = setting(
-        "torch", choices=CONV_KERNELS,
+    conv_backend: str = setting(
+        "torch", choices=CONV_BACKENDS,
         help="the causal depthwise conv: torch (nn.Conv1d, then SiLU), triton (one Triton kernel with the bias and "
              "SiLU fused, mambadna/kernels/conv_triton.py) or auto (triton on CUDA tensors where it loads, else "
              "torch); the results are the same up to rounding")
@@ -112,8 +112,8 @@ class MambaConfig:
             raise ValueError(f"MambaConfig.scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
         if self.scan_kernel not in SCAN_KERNELS:
             raise ValueError(f"MambaConfig.scan_kernel must be one of {SCAN_KERNELS}, got {self.scan_kernel!r}")
-        if self.conv_kernel not in CONV_KERNELS:
-            raise ValueError(f"MambaConfig.conv_kernel must be one of {CONV_KERNELS}, got {self.conv_kernel!r}")
+        if self.conv_backend not in CONV_BACKENDS:
+            raise ValueError(f"MambaConfig.conv_backend must be one of {CONV_BACKENDS}, got {self.conv_backend!r}")
         if self.scan_kernel == "v2" and self.d_state > V2_MAX_STATES:
             raise ValueError(f"MambaConfig.scan_kernel v2 keeps at most {V2_MAX_STATES} states per channel in "
                              f"registers; d_state is {self.d_state}: use scan_kernel v1 or auto")

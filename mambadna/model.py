@@ -191,8 +191,8 @@ class MambaMixer(nn.Module):
         """Causal depthwise conv. x (b, d_inner, l) -> (y (b, d_inner, l), last d_conv inputs (b, d_inner, d_conv)).
 
         The state holds the last d_conv *inputs* (left zero-padded), the same layout `step` uses. `silu` applies
-        SiLU to y; the `conv_kernel` setting picks F.conv1d or the Triton kernel (kernels.causal_conv)."""
-        return causal_conv(x, self.conv1d.weight, self.conv1d.bias, conv_state, silu, self.config.conv_kernel)
+        SiLU to y; the `conv_backend` setting picks F.conv1d or the Triton kernel (kernels.causal_conv)."""
+        return causal_conv(x, self.conv1d.weight, self.conv1d.bias, conv_state, silu, self.config.conv_backend)
 
     def ssm_params(self, x: torch.Tensor):
         """x (b, d_inner, l) -> low-rank Δ before dt_proj's bias (b, d_inner, l), B (b, n, l), C (b, n, l)."""

@@ -29,7 +29,7 @@ def test_defaults_and_derived_sizes():
         ({"scan_backend": "cuda"}, "scan_backend must be one of"),
         ({"scan_kernel": "v3"}, "scan_kernel must be one of"),
         ({"scan_kernel": "v2", "d_state": 32}, "scan_kernel v2 keeps at most 16 states"),
-        ({"conv_kernel": "cuda"}, "conv_kernel must be one of"),
+        ({"conv_backend": "cuda"}, "conv_backend must be one of"),
         ({"tie_embeddings": 1}, "tie_embeddings must be a bool"),
     ],
 )

@@ -69,7 +69,7 @@ def _rel(a, b) -> float:
     {},
     {"tie_embeddings": False, "bias": True, "conv_bias": False, "dt_rank": 3, "d_conv": 3, "expand": 3,
      "norm_eps": 1e-6},
-    {"scan_kernel": "v2", "scan_backend": "chunked", "conv_kernel": "auto"},
+    {"scan_kernel": "v2", "scan_backend": "chunked", "conv_backend": "auto"},
 ], ids=["default", "untied-biases-shapes", "how-it-runs"])
 def test_export_loads_in_transformers_with_the_same_logits(tmp_path, real_dna, overrides):
     model = _lm(**overrides)

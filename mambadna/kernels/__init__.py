@@ -4,7 +4,7 @@ Backends: "ref" (sequential definition), "chunked" (exact two-level PyTorch scan
 "triton" (GPU kernels: v1, scan_triton.py, or v2, scan_v2.py; ``kernel`` pins one, "auto" lets choice.py pick by
 shape). Triton is imported lazily so that ``import mambadna`` never fails on machines where Triton or the kernel
 module is missing or broken; auto-selection then falls back to "chunked". ``causal_conv`` is the model's causal
-conv, which runs F.conv1d or the Triton kernel (conv_triton.py) as ``conv_kernel`` says.
+conv, which runs F.conv1d or the Triton kernel (conv_triton.py) as ``conv_backend`` says.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from mambadna.kernels.choice import CONV_KERNELS, SCAN_KERNELS
+from mambadna.kernels.choice import CONV_BACKENDS, SCAN_KERNELS
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "available_backends", "BACKENDS",
-           "SCAN_KERNELS", "step_kernels", "causal_conv", "conv_kernel", "CONV_KERNELS"]
+           "SCAN_KERNELS", "step_kernels", "causal_conv", "conv_backend", "CONV_BACKENDS"]
 
 BACKENDS = ("ref", "chunked", "triton")
 # Loaded on first use, with torch: the config names the kernels (choice.py) and the CLI answers without torch.
@@ -73,13 +73,13 @@ _conv_module = None
 _conv_error: str | None = None
 
 
-def conv_kernel(kernel: str, x: torch.Tensor):
-    """The Triton causal conv module (conv_triton.py) where the `conv_kernel` setting `kernel` runs it on x, else
+def conv_module(kernel: str, x: torch.Tensor):
+    """The Triton causal conv module (conv_triton.py) where the `conv_backend` setting `kernel` runs it on x, else
     None (the model's PyTorch conv). "triton" always (on CPU tensors that needs Triton's interpreter), "auto" on
     CUDA tensors when it loads, "torch" never."""
     global _conv_module, _conv_error
-    if kernel not in CONV_KERNELS:
-        raise ValueError(f"unknown conv kernel {kernel!r}; choose one of {', '.join(CONV_KERNELS)}")
+    if kernel not in CONV_BACKENDS:
+        raise ValueError(f"unknown conv kernel {kernel!r}; choose one of {', '.join(CONV_BACKENDS)}")
     if kernel == "torch" or (kernel == "auto" and not x.is_cuda):
         return None
     if _conv_module is None and _conv_error is None:
@@ -98,7 +98,7 @@ def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                 silu: bool = False, kernel: str = "torch"):
     """The model's causal depthwise conv, `MambaMixer.conv`: x (b, d, l), nn.Conv1d's weight (d, 1, K) and bias,
     conv_state (b, d, K) the last K inputs before x, left zero-padded (None: start of sequence) -> (y (b, d, l),
-    the state after x, the same layout). `silu` applies SiLU to y; `kernel` (the `conv_kernel` setting) runs
+    the state after x, the same layout). `silu` applies SiLU to y; `kernel` (the `conv_backend` setting) runs
     F.conv1d or the Triton kernel with bias and SiLU fused (conv_triton.py)."""
     import torch
     import torch.nn.functional as F
@@ -107,7 +107,7 @@ def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     initial = None if conv_state is None else conv_state[..., 1:].to(x.dtype)  # (b, d, K - 1)
     tail = x[..., -k:] if initial is None else torch.cat([initial, x[..., -k:]], dim=-1)  # the last <= K inputs
     new_state = F.pad(tail, (k - tail.shape[-1], 0))[..., -k:]  # (b, d, K)
-    fused = conv_kernel(kernel, x)
+    fused = conv_module(kernel, x)
     if fused is not None:
         return fused.causal_conv1d(x, weight[:, 0], bias, initial, "silu" if silu else None), new_state
     if initial is None:

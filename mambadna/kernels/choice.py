@@ -1,5 +1,5 @@
 """Which GPU scan kernel runs: the names the model setting `scan_kernel` takes, and the rule "auto" follows; and the
-names of `conv_kernel` (the causal conv: PyTorch's, or conv_triton.py; "auto" runs Triton on CUDA tensors).
+names of `conv_backend` (the causal conv: PyTorch's, or conv_triton.py; "auto" runs Triton on CUDA tensors).
 
 Plain Python (no Triton), so that the config can name the kernels and tests can check the rule on any machine.
 v1 = scan_triton.py (chunk-parallel, any number of states); v2 = scan_v2.py (state in registers, at most
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 SCAN_KERNELS = ("auto", "v1", "v2")
-CONV_KERNELS = ("torch", "triton", "auto")
+CONV_BACKENDS = ("torch", "triton", "auto")
 V2_MAX_STATES = 16  # a channel's states live in registers, unrolled
 
 # fwd+bwd ms of v1 and v2 in one run: one NVIDIA H100 80GB HBM3, 2026-12-07 09:11 UTC, experiments/gpu_scan.sh

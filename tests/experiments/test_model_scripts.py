@@ -38,14 +38,14 @@ def test_bench_model_runs_one_series_per_scan_kernel(tmp_path):
         ("mamba-base[v1]", "chunked", "v1", "ok"), ("mamba-base[v2]", "chunked", "v2", "ok")]
 
 
-def test_bench_model_runs_one_series_per_conv_kernel(tmp_path):
-    """--conv-kernels sets the model's conv_kernel per series, naming only the non-torch ones, and checks the Triton
+def test_bench_model_runs_one_series_per_conv_backend(tmp_path):
+    """--conv-backends sets the model's conv_backend per series, naming only the non-torch ones, and checks the Triton
     conv against the torch one in the exactness section (in Triton's interpreter here: root conftest.py)."""
     pytest.importorskip("triton")
     run_script("bench_model.py", "--out", str(tmp_path), "--cpu-smoke", "--models", "base", "--modes", "chunked",
-               "--conv-kernels", "torch,triton", "--log2-lengths", "8", "--json-name", "c")
+               "--conv-backends", "torch,triton", "--log2-lengths", "8", "--json-name", "c")
     result = json.loads((tmp_path / "c.json").read_text())
-    assert [(r["model"], r["conv_kernel"], r["status"]) for r in result["training"]] == [
+    assert [(r["model"], r["conv_backend"], r["status"]) for r in result["training"]] == [
         ("mamba-base", "torch", "ok"), ("mamba-base[conv=triton]", "triton", "ok")]
     assert [r["comparison"] for r in result["exactness"]] == [
         "chunked vs unchunked, fp32", "chunked vs unchunked, fp32 [conv=triton]",

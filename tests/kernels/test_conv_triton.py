@@ -1,10 +1,10 @@
 """The Triton causal depthwise conv (kernels/conv_triton.py) against its PyTorch definition, and the model setting
-`conv_kernel` that runs it.
+`conv_backend` that runs it.
 
 In Triton's interpreter on a CPU-only machine (root conftest.py). Tiles are shrunk (16 positions, 4 channels, 6
 channels in all) so that position and channel blocks end inside the inputs, and the backward's grid is capped so
 that its programs loop over several steps; outputs are NaN-poisoned, so an unwritten element fails. The
-interpreter does not check coalescing or speed: those need a GPU (experiments/bench_model.py --conv-kernels).
+interpreter does not check coalescing or speed: those need a GPU (experiments/bench_model.py --conv-backends).
 """
 
 from __future__ import annotations
@@ -143,22 +143,22 @@ def test_bad_inputs_are_named(change, match):
 # ---- the model setting ----
 
 def test_setting_is_validated_and_auto_runs_torch_on_the_cpu():
-    assert MambaConfig(d_model=16, n_layer=1).conv_kernel == "torch"
-    with pytest.raises(ValueError, match="conv_kernel must be one of"):
-        MambaConfig(d_model=16, n_layer=1, conv_kernel="cuda")
+    assert MambaConfig(d_model=16, n_layer=1).conv_backend == "torch"
+    with pytest.raises(ValueError, match="conv_backend must be one of"):
+        MambaConfig(d_model=16, n_layer=1, conv_backend="cuda")
     x = torch.randn(1, 4, 5)
-    assert kernels.conv_kernel("auto", x) is None and kernels.conv_kernel("torch", x) is None
-    assert kernels.conv_kernel("triton", x).causal_conv1d is causal_conv1d
+    assert kernels.conv_module("auto", x) is None and kernels.conv_module("torch", x) is None
+    assert kernels.conv_module("triton", x).causal_conv1d is causal_conv1d
     with pytest.raises(ValueError, match="unknown conv kernel 'fast'"):
-        kernels.conv_kernel("fast", x)
+        kernels.conv_module("fast", x)
 
 
 def _pair(**overrides):
     """Two copies of one small model (the same weights), running the torch and the Triton conv."""
     torch.manual_seed(0)
     cfg = dict(d_model=16, n_layer=2, d_state=4, **overrides)
-    torch_model = MambaLM(MambaConfig(**cfg, conv_kernel="torch"))
-    triton_model = MambaLM(MambaConfig(**cfg, conv_kernel="triton"))
+    torch_model = MambaLM(MambaConfig(**cfg, conv_backend="torch"))
+    triton_model = MambaLM(MambaConfig(**cfg, conv_backend="triton"))
     triton_model.load_state_dict(torch_model.state_dict())
     return torch_model, triton_model
 
