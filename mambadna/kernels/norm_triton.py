@@ -1,4 +1,4 @@
-"""RMSNorm forward and backward in Triton, for the model setting `norm_kernel` (mambadna/model.py, RMSNorm).
+"""RMSNorm forward and backward in Triton, for the model setting `norm_backend` (mambadna/model.py, RMSNorm).
 
     x (..., d), weight (d,)  ->  y = x · rstd · weight  (..., d) in weight's dtype,  rstd = rsqrt(mean(x²) + eps)
     backward: x̂ = x · rstd, g = dy · weight;  dx = rstd · (g − x̂ · mean(g · x̂)) in x's dtype;  dweight = Σ dy · x̂
@@ -71,7 +71,7 @@ def launch_shape(d: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_D, num_warps) for rows of width d; ValueError above MAX_D."""
     if d > MAX_D:
         raise ValueError(f"the Triton RMSNorm holds a row in registers, at most {MAX_D} wide; got d = {d}: use "
-                         "norm_kernel torch")
+                         "norm_backend torch")
     block_d = triton.next_power_of_2(d)
     block_m = max(1, TILE // block_d)
     num_warps = min(16, max(1, block_m * block_d // (32 * ELEMENTS_PER_THREAD)))

@@ -1,6 +1,6 @@
 """The Triton RMSNorm (mambadna/kernels/norm_triton.py) against its float64 reference: output and both gradients,
 at row counts and widths that are not powers of two, fp32 and bf16 x, strided inputs, NaN-poisoned outputs; its
-determinism.
+determinism; and the model setting `norm_backend` (MambaLM with the kernel equals MambaLM with the eager norm).
 
 On a machine without CUDA these run in Triton's CPU interpreter (the root conftest.py sets TRITON_INTERPRET=1).
 """
@@ -13,8 +13,11 @@ from scan_cases import TOLERANCE, rel_err
 
 triton = pytest.importorskip("triton")
 
+from mambadna import kernels  # noqa: E402
+from mambadna.config import MambaConfig  # noqa: E402
 from mambadna.kernels import buffers, norm_triton  # noqa: E402
 from mambadna.kernels.norm_triton import rms_norm, rms_norm_ref  # noqa: E402
+from mambadna.model import MambaLM  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 EPS = 1e-5
@@ -118,3 +121,60 @@ def test_backward_is_deterministic():
 def test_no_rows():
     y, dx, dw = run(rms_norm, *make((0, 16)))
     assert y.shape == dx.shape == (0, 16) and torch.equal(dw, torch.zeros(16, device=DEVICE))
+
+
+# ---- the model setting ----
+
+def test_setting_default_validation_and_choice(monkeypatch):
+    assert MambaConfig(d_model=32, n_layer=1).norm_backend == "torch"
+    with pytest.raises(ValueError, match="norm_backend must be one of"):
+        MambaConfig(d_model=32, n_layer=1, norm_backend="cuda")
+    x = torch.zeros(2, 4, device=DEVICE)
+    assert kernels.norm_module("torch", x) is None
+    assert (kernels.norm_module("auto", x) is norm_triton) == x.is_cuda  # auto: the kernel on CUDA only
+    assert kernels.norm_module("triton", x) is norm_triton  # in the interpreter, CPU tensors too
+    with pytest.raises(ValueError, match="unknown norm backend 'fast'"):
+        kernels.norm_module("fast", x)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if not x.is_cuda:
+        with pytest.raises(ValueError, match="needs CUDA tensors; x is on cpu"):
+            kernels.norm_module("triton", x)
+    monkeypatch.setattr(kernels, "_norm_module", None)
+    monkeypatch.setattr(kernels, "_norm_error", "ImportError: no triton")
+    with pytest.raises(ValueError, match="unavailable: ImportError: no triton"):
+        kernels.norm_module("triton", x)
+    assert kernels.norm_module("auto", x) is None
+
+
+def _loss_and_grads(model, ids, autocast):
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+        logits = model(ids)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("options, autocast", [({}, False), ({}, True), ({"rc_equivariant": True}, False)],
+                         ids=["fp32", "bf16-autocast", "rc_equivariant"])
+def test_model_with_the_kernel_equals_the_eager_norm(monkeypatch, options, autocast):
+    """norm_backend triton: every norm (the blocks' and the final one) runs the kernel, the weights keep their names,
+    and loss and every gradient match the eager norm's. rc_equivariant hands the final norm strided strand views."""
+    calls = []
+    fused = norm_triton.rms_norm
+    monkeypatch.setattr(norm_triton, "rms_norm", lambda *a: calls.append(a[0].shape) or fused(*a))
+    torch.manual_seed(0)
+    config = MambaConfig(d_model=24, n_layer=2, d_state=4, norm_backend="triton", **options)
+    model = MambaLM(config).to(DEVICE)
+    eager = MambaLM(MambaConfig(**{**config.to_dict(), "norm_backend": "torch"})).to(DEVICE)
+    eager.load_state_dict(model.state_dict())
+    assert [m.kernel for m in (*(layer.norm for layer in model.layers), model.norm_f)] == ["triton"] * 3
+    ids = torch.randint(5, 9, (2, 21), device=DEVICE)
+    got_loss, got = _loss_and_grads(model, ids, autocast)
+    assert len(calls) == 3 + options.get("rc_equivariant", False)  # rc: the final norm once a strand
+    want_loss, want = _loss_and_grads(eager, ids, autocast)
+    assert got.keys() == want.keys()
+    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-6)
+    tol = TOLERANCE["between"][torch.bfloat16 if autocast else torch.float32]
+    for name in got:
+        torch.testing.assert_close(got[name], want[name], rtol=tol[0], atol=tol[1] * want[name].abs().max().item(),
+                                   msg=name)
