@@ -73,7 +73,7 @@ def test_matches_the_eager_norm_in_its_own_precision(dtype):
         torch.testing.assert_close(g, r, rtol=rtol, atol=atol * r.abs().max().item())
 
 
-@pytest.mark.parametrize("d", [8192, norm_triton.MAX_D])
+@pytest.mark.parametrize("d", [5000, norm_triton.MAX_D])  # one row a program
 def test_wide_rows(d):
     check_against_float64(*make((3, d)))
 
