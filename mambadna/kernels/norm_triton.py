@@ -25,7 +25,7 @@ from mambadna.kernels.buffers import alloc
 # without spilling (tests/kernels/test_norm_triton_compile.py); at 16384 it spills.
 MAX_D = 8192
 TILE = 2048  # elements a program holds per tensor: BLOCK_M = TILE // BLOCK_D rows (one row when d > TILE)
-ELEMENTS_PER_THREAD = 8  # num_warps = tile / (32 · 8): the row reductions stay inside a warp or a few
+ELEMENTS_PER_THREAD = 8  # num_warps = tile / (32 · 8): a thread holds 8 values of a tile (two 128-bit fp32 accesses)
 BWD_PROGRAMS = 1024  # at most this many backward programs (so as many dweight partials), whatever the GPU
 
 
