@@ -20,6 +20,7 @@ budget cut trims the least needed):
    `scan_kernel` setting (auto, v1, v2), named e.g. mamba-base[v2] (experiments/gpu_scan.sh uses both), and
    --conv-backends once per value of `conv_backend` (torch, triton, auto), named e.g. mamba-base[conv=triton] or
    mamba-base[v2,conv=triton] (torch rows keep the plain names).
+   --norm-backends likewise per value of `norm_backend` (torch, triton, auto), named e.g. mamba-base[norm=triton].
 
 Writes bench_model.md (tables), bench_model.json (raw rows) and bench_model.png (time per token vs context,
 log-log) to --out, and prints the tables. Decoding speed is measured by experiments/bench_serving.py.
@@ -283,12 +284,13 @@ MODES = ("plain", "block-ckpt", "chunked")
 
 
 def training(clock: Clock, which: list[str], modes=MODES, kernels=("auto",), progress=None,
-             conv_backends=("torch",)) -> list[dict]:
+             conv_backends=("torch",), norm_backends=("torch",)) -> list[dict]:
     """Series in the order of `which` (base, transformer, small by default: a budget cut trims the least needed);
-    each Mamba model in every mode of `modes`, once per scan kernel of `kernels` (the `scan_kernel` setting) and
-    conv kernel of `conv_backends` (`conv_backend`). Rows say which; the model name carries the scan kernel when more
-    than one is asked for and the conv kernel when it is not torch, e.g. mamba-base[v2,conv=triton].
-    `progress(rows)` is called after every series, so a run cut short keeps what it measured."""
+    each Mamba model in every mode of `modes`, once per scan kernel of `kernels` (the `scan_kernel` setting), conv
+    kernel of `conv_backends` (`conv_backend`) and norm kernel of `norm_backends` (`norm_backend`). Rows say which; the
+    model name carries the scan kernel when more than one is asked for and the conv and norm kernels when they are
+    not torch, e.g. mamba-base[v2,conv=triton,norm=triton]. `progress(rows)` is called after every series, so a run
+    cut short keeps what it measured."""
     s = clock.s
     rows = []
     for name in which:
@@ -300,16 +302,16 @@ def training(clock: Clock, which: list[str], modes=MODES, kernels=("auto",), pro
                 progress(rows)
         elif name in s.models:
             for mode in modes:
-                for kernel in kernels:
-                    for conv in conv_backends:
-                        cfg = dataclasses.replace(s.models[name], scan_kernel=kernel, conv_backend=conv)
-                        tags = ([kernel] if len(kernels) > 1 else []) + ([f"conv={conv}"] if conv != "torch" else [])
-                        label = f"mamba-{name}" + (f"[{','.join(tags)}]" if tags else "")
-                        rows += [dict(r, scan_kernel=kernel, conv_backend=conv) for r in
-                                 series(label, lambda cfg=cfg, m=mode: mamba_for_mode(cfg, m), [mode], s.lengths,
-                                        clock, fallback=False)]
-                        if progress:
-                            progress(rows)
+                for kernel, conv, norm in ((k, c, n) for k in kernels for c in conv_backends for n in norm_backends):
+                    cfg = dataclasses.replace(s.models[name], scan_kernel=kernel, conv_backend=conv, norm_backend=norm)
+                    tags = ([kernel] if len(kernels) > 1 else []) + [
+                        f"{what}={value}" for what, value in (("conv", conv), ("norm", norm)) if value != "torch"]
+                    label = f"mamba-{name}" + (f"[{','.join(tags)}]" if tags else "")
+                    rows += [dict(r, scan_kernel=kernel, conv_backend=conv, norm_backend=norm) for r in
+                             series(label, lambda cfg=cfg, m=mode: mamba_for_mode(cfg, m), [mode], s.lengths, clock,
+                                    fallback=False)]
+                    if progress:
+                        progress(rows)
     return rows
 
 
@@ -412,6 +414,9 @@ def main() -> None:
     parser.add_argument("--conv-backends", default="torch",
                         help="the model's conv_backend setting, one series per value (inside each scan kernel's): "
                              "subset of torch,triton,auto; the exactness section runs once per value too")
+    parser.add_argument("--norm-backends", default="torch",
+                        help="the model's norm_backend setting, one series per value (inside each conv kernel's): "
+                             "subset of torch,triton,auto")
     parser.add_argument("--json-name", default="bench_model",
                         help="stem of the files written to --out (several runs can share a folder)")
     args = parser.parse_args()
@@ -423,6 +428,9 @@ def main() -> None:
         raise SystemExit(f"--scan-kernels takes auto, v1, v2; got {args.scan_kernels}")
     if not set(convs) <= {"torch", "triton", "auto"}:
         raise SystemExit(f"--conv-backends takes torch, triton, auto; got {args.conv_backends}")
+    norms = args.norm_backends.split(",")
+    if not set(norms) <= {"torch", "triton", "auto"}:
+        raise SystemExit(f"--norm-backends takes torch, triton, auto; got {args.norm_backends}")
     if not sections <= {"exact", "train"}:
         raise SystemExit(f"--sections takes exact, train; got {args.sections}")
     if not set(which) <= {"base", "transformer", "small"}:
@@ -444,7 +452,8 @@ def main() -> None:
         stem.with_suffix(".json").write_text(json.dumps(dict(env=env, exactness=exact, training=train_rows),
                                                         indent=1))
 
-    train = training(clock, which, modes, kernels, progress=save, conv_backends=convs) if "train" in sections else []
+    train = (training(clock, which, modes, kernels, progress=save, conv_backends=convs, norm_backends=norms)
+             if "train" in sections else [])
     text = report(s, exact, train, env + f", wall {clock.elapsed():.0f} s")
     stem.with_suffix(".md").write_text(text)
     save(train)

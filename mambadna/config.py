@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from mambadna.kernels.choice import CONV_BACKENDS, SCAN_KERNELS, V2_MAX_STATES
+from mambadna.kernels.choice import CONV_BACKENDS, NORM_BACKENDS, SCAN_KERNELS, V2_MAX_STATES
 from mambadna.tokenizer import tokenizer_from_name
 
 
@@ -64,6 +64,10 @@ class MambaConfig:
         help="the causal depthwise conv: torch (nn.Conv1d, then SiLU), triton (one Triton kernel with the bias and "
              "SiLU fused, mambadna/kernels/conv_triton.py) or auto (triton on CUDA tensors where it loads, else "
              "torch); the results are the same up to rounding")
+    norm_backend: str = setting(
+        "torch", choices=NORM_BACKENDS,
+        help="the RMSNorm: torch (eager), triton (one fused kernel each way, mambadna/kernels/norm_triton.py) or "
+             "auto (triton on CUDA when it loads, else torch); the results are the same up to rounding")
     bidirectional: bool = setting(
         False, flag="--bidirectional",
         help="BiMamba (Caduceus): every block also runs a mixer over each sequence reversed and adds the two "
@@ -117,6 +121,8 @@ class MambaConfig:
         if self.scan_kernel == "v2" and self.d_state > V2_MAX_STATES:
             raise ValueError(f"MambaConfig.scan_kernel v2 keeps at most {V2_MAX_STATES} states per channel in "
                              f"registers; d_state is {self.d_state}: use scan_kernel v1 or auto")
+        if self.norm_backend not in NORM_BACKENDS:
+            raise ValueError(f"MambaConfig.norm_backend must be one of {NORM_BACKENDS}, got {self.norm_backend!r}")
         for name in ("bidirectional", "bidirectional_weight_tie", "rc_equivariant"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"MambaConfig.{name} must be a bool, got {getattr(self, name)!r}")

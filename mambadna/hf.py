@@ -40,7 +40,7 @@ FIELDS = {
 # Fields that describe how mambadna checks or runs a model, not what it computes; the tokenizer goes into its own
 # files. Any other MambaConfig field (one added later) has no transformers equivalent: export refuses it unless it
 # holds its default.
-LOCAL_FIELDS = ("pad_vocab_multiple", "scan_backend", "scan_kernel", "conv_backend", "tokenizer")
+LOCAL_FIELDS = ("pad_vocab_multiple", "scan_backend", "scan_kernel", "conv_backend", "norm_backend", "tokenizer")
 
 # mambadna weight-name prefix -> transformers prefix (everything under a layer keeps its name: norm, mixer.in_proj,
 # mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D, mixer.out_proj).

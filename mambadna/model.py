@@ -40,7 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from mambadna import inference, strands
 from mambadna.checkpoint import Pretrained
 from mambadna.config import POOLINGS, MambaConfig
-from mambadna.kernels import causal_conv, selective_scan, step_kernels
+from mambadna.kernels import causal_conv, norm_module, selective_scan, step_kernels
 from mambadna.pooling import check_mask, check_pooling, pool, pooled_chunked
 from mambadna.strands import Reverser
 from mambadna.tokenizer import PAD_ID
@@ -68,12 +68,17 @@ class LayerState:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, d: int, eps: float = 1e-5):
+    """x (..., d) -> x·rsqrt(mean(x²) + eps)·weight in fp32, returned in weight's dtype; `kernel`: norm_backend."""
+
+    def __init__(self, d: int, eps: float = 1e-5, kernel: str = "torch"):
         super().__init__()
-        self.eps = eps
+        self.eps, self.kernel = eps, kernel
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = norm_module(self.kernel, x)  # the same math in one Triton kernel each way (kernels/norm_triton.py)
+        if fused is not None:
+            return fused.rms_norm(x, self.weight, self.eps)
         x32 = x.float()
         normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (normed * self.weight.float()).to(self.weight.dtype)
@@ -212,7 +217,7 @@ class MambaBlock(nn.Module):
 
     def __init__(self, config: MambaConfig):
         super().__init__()
-        self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.norm = RMSNorm(config.d_model, eps=config.norm_eps, kernel=config.norm_backend)
         self.mixer = MambaMixer(config)
         self.mixer_rev = MambaMixer(config) if config.bidirectional else None
         if config.bidirectional and config.bidirectional_weight_tie:
@@ -261,7 +266,7 @@ class MambaLM(Pretrained, nn.Module):
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layer))
-        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
+        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps, kernel=config.norm_backend)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.rc_equivariant:  # the reverse strand's logits, permuted to the forward strand's bases
             self.register_buffer("complement", strands.complement_ids(config.vocab_size), persistent=False)

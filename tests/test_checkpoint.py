@@ -30,10 +30,12 @@ def test_lm_round_trip_gives_identical_logits(tmp_path):
         assert torch.equal(model(_ids()), loaded(_ids()))
 
 
-def test_scan_kernel_setting_survives_a_round_trip(tmp_path):
-    MambaLM(tiny(d_model=32, scan_kernel="v2")).save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["config"]["scan_kernel"] == "v2"
-    assert MambaLM.from_pretrained(tmp_path).config.scan_kernel == "v2"
+def test_kernel_settings_survive_a_round_trip(tmp_path):
+    MambaLM(tiny(d_model=32, scan_kernel="v2", norm_backend="auto")).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["config"]
+    assert (saved["scan_kernel"], saved["norm_backend"]) == ("v2", "auto")
+    loaded = MambaLM.from_pretrained(tmp_path)
+    assert (loaded.config.scan_kernel, loaded.config.norm_backend, loaded.norm_f.kernel) == ("v2", "auto", "auto")
 
 
 def test_untied_lm_round_trip(tmp_path):

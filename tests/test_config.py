@@ -30,6 +30,7 @@ def test_defaults_and_derived_sizes():
         ({"scan_kernel": "v3"}, "scan_kernel must be one of"),
         ({"scan_kernel": "v2", "d_state": 32}, "scan_kernel v2 keeps at most 16 states"),
         ({"conv_backend": "cuda"}, "conv_backend must be one of"),
+        ({"norm_backend": "cuda"}, "norm_backend must be one of"),
         ({"tie_embeddings": 1}, "tie_embeddings must be a bool"),
     ],
 )
@@ -43,7 +44,7 @@ def test_byte_tokenizer_config_is_valid_with_its_vocab():
 
 
 def test_dict_round_trip_through_json():
-    cfg = small(dt_rank=4, scan_backend="ref", scan_kernel="v1")
+    cfg = small(dt_rank=4, scan_backend="ref", scan_kernel="v1", norm_backend="triton")
     again = MambaConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
 

@@ -69,7 +69,7 @@ def _rel(a, b) -> float:
     {},
     {"tie_embeddings": False, "bias": True, "conv_bias": False, "dt_rank": 3, "d_conv": 3, "expand": 3,
      "norm_eps": 1e-6},
-    {"scan_kernel": "v2", "scan_backend": "chunked", "conv_backend": "auto"},
+    {"scan_kernel": "v2", "scan_backend": "chunked", "conv_backend": "auto", "norm_backend": "auto"},
 ], ids=["default", "untied-biases-shapes", "how-it-runs"])
 def test_export_loads_in_transformers_with_the_same_logits(tmp_path, real_dna, overrides):
     model = _lm(**overrides)
@@ -77,7 +77,7 @@ def test_export_loads_in_transformers_with_the_same_logits(tmp_path, real_dna, o
     files = export_model(tmp_path / "m", tmp_path / "hf")
     assert set(files) == {"config", "weights", "tokenizer", "tokenizer_config"}
     exported = json.loads((tmp_path / "hf" / "config.json").read_text())
-    assert not {"scan_kernel", "scan_backend", "pad_vocab_multiple"} & set(exported)  # mambadna's own settings
+    assert not {"scan_kernel", "scan_backend", "norm_backend", "pad_vocab_multiple"} & set(exported)  # our settings
     assert exported["conv_kernel"] == model.config.d_conv  # transformers' name for the conv width, not the setting
     theirs = _load_transformers(tmp_path / "hf")
     ids = torch.from_numpy(NucleotideTokenizer().encode(real_dna[:300]))[None]  # (1, 300)

@@ -28,7 +28,7 @@ from mambadna.settings import flatten, leaf_settings, to_dict
 MODEL_REF = ", a transformers Mamba folder, or a Hub id (owner/name)"
 EXPORT_FORMATS = ("transformers", "mambadna")
 # model settings that choose how the model runs, not its weights: a resumed run may change them
-RUN_ONLY = ("model.scan_backend", "model.scan_kernel", "model.conv_backend")
+RUN_ONLY = ("model.scan_backend", "model.scan_kernel", "model.conv_backend", "model.norm_backend")
 
 
 def _positive_int(name: str, value, minimum: int = 1, allow_none: bool = False) -> None:

@@ -4,7 +4,8 @@ Backends: "ref" (sequential definition), "chunked" (exact two-level PyTorch scan
 "triton" (GPU kernels: v1, scan_triton.py, or v2, scan_v2.py; ``kernel`` pins one, "auto" lets choice.py pick by
 shape). Triton is imported lazily so that ``import mambadna`` never fails on machines where Triton or the kernel
 module is missing or broken; auto-selection then falls back to "chunked". ``causal_conv`` is the model's causal
-conv, which runs F.conv1d or the Triton kernel (conv_triton.py) as ``conv_backend`` says.
+conv, which runs F.conv1d or the Triton kernel (conv_triton.py) as ``conv_backend`` says; ``norm_module`` gives the
+Triton RMSNorm (norm_triton.py) where the `norm_backend` setting runs it.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from mambadna.kernels.choice import CONV_BACKENDS, SCAN_KERNELS
+from mambadna.kernels.choice import CONV_BACKENDS, NORM_BACKENDS, SCAN_KERNELS
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["selective_scan", "selective_scan_ref", "selective_scan_chunked", "available_backends", "BACKENDS",
-           "SCAN_KERNELS", "step_kernels", "causal_conv", "conv_backend", "CONV_BACKENDS"]
+           "SCAN_KERNELS", "step_kernels", "causal_conv", "conv_module", "CONV_BACKENDS", "norm_module",
+           "NORM_BACKENDS"]
 
 BACKENDS = ("ref", "chunked", "triton")
 # Loaded on first use, with torch: the config names the kernels (choice.py) and the CLI answers without torch.
@@ -115,6 +117,34 @@ def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     else:
         y = F.conv1d(torch.cat([initial, x], dim=-1), weight, bias, groups=d)  # (b, d, K - 1 + l) -> (b, d, l)
     return F.silu(y) if silu else y, new_state
+
+
+_norm_module = None
+_norm_error: str | None = None
+
+
+def norm_module(kernel: str, x: torch.Tensor):
+    """The Triton RMSNorm module (norm_triton.py) where the `norm_backend` setting `kernel` runs it on x, else None
+    (the model's eager norm): "torch" never, "auto" on CUDA tensors when it loads, "triton" always, with a
+    ValueError where it cannot (no Triton; CPU tensors outside Triton's interpreter, TRITON_INTERPRET=1)."""
+    global _norm_module, _norm_error
+    if kernel not in NORM_BACKENDS:
+        raise ValueError(f"unknown norm backend {kernel!r}; choose one of {', '.join(NORM_BACKENDS)}")
+    if kernel == "torch" or (kernel == "auto" and not x.is_cuda):
+        return None
+    if _norm_module is None and _norm_error is None:
+        try:
+            from mambadna.kernels import norm_triton
+        except Exception as exc:  # as for the scan: Triton raises more than ImportError when unusable
+            _norm_error = f"{type(exc).__name__}: {exc}"
+        else:
+            _norm_module = norm_triton
+    if kernel == "triton" and _norm_module is None:
+        raise ValueError(f"norm backend 'triton' is unavailable: {_norm_error}; use norm_backend torch")
+    if kernel == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"norm backend 'triton' needs CUDA tensors; x is on {x.device}: use norm_backend torch or "
+                         "auto")
+    return _norm_module
 
 
 def available_backends() -> list[str]:

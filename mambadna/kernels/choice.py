@@ -4,6 +4,7 @@ names of `conv_backend` (the causal conv: PyTorch's, or conv_triton.py; "auto" r
 Plain Python (no Triton), so that the config can name the kernels and tests can check the rule on any machine.
 v1 = scan_triton.py (chunk-parallel, any number of states); v2 = scan_v2.py (state in registers, at most
 V2_MAX_STATES states a channel). Both compute the same function; they differ in speed and peak memory only.
+NORM_BACKENDS: the model setting `norm_backend` (the RMSNorm: eager torch, or norm_triton.py; "auto" = triton on CUDA).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 
 SCAN_KERNELS = ("auto", "v1", "v2")
 CONV_BACKENDS = ("torch", "triton", "auto")
+NORM_BACKENDS = ("torch", "triton", "auto")
 V2_MAX_STATES = 16  # a channel's states live in registers, unrolled
 
 # fwd+bwd ms of v1 and v2 in one run: one NVIDIA H100 80GB HBM3, 2026-12-07 09:11 UTC, experiments/gpu_scan.sh

@@ -53,6 +53,20 @@ def test_bench_model_runs_one_series_per_conv_backend(tmp_path):
     assert all(r["ok"] for r in result["exactness"])
 
 
+def test_bench_model_runs_one_series_per_norm_backend(tmp_path):
+    """--norm-backends sets the model's norm_backend per series (inside each conv kernel's), naming only the non-torch
+    ones. On the CPU the Triton kernels run in the interpreter (TRITON_INTERPRET=1 from the root conftest.py)."""
+    pytest.importorskip("triton")
+    run_script("bench_model.py", "--out", str(tmp_path), "--cpu-smoke", "--sections", "train", "--models", "base",
+               "--modes", "plain", "--conv-backends", "torch,triton", "--norm-backends", "torch,triton",
+               "--log2-lengths", "8", "--json-name", "n")
+    rows = json.loads((tmp_path / "n.json").read_text())["training"]
+    assert [(r["model"], r["conv_backend"], r["norm_backend"], r["status"]) for r in rows] == [
+        ("mamba-base", "torch", "torch", "ok"), ("mamba-base[norm=triton]", "torch", "triton", "ok"),
+        ("mamba-base[conv=triton]", "triton", "torch", "ok"),
+        ("mamba-base[conv=triton,norm=triton]", "triton", "triton", "ok")]
+
+
 @pytest.mark.timeout(400)
 def test_bench_serving_cpu_smoke(tmp_path):
     run_script("bench_serving.py", "--out", str(tmp_path), "--cpu-smoke")
