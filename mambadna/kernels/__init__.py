@@ -54,46 +54,50 @@ def _load_triton():
     return _triton_fn
 
 
-_step_module = None
-_step_error: str | None = None
+# mambadna.kernels.<name> -> the module, or why importing it failed (a string); each tried once
+_optional: dict[str, object] = {}
+
+
+def _load(name: str):
+    """(module, None) or (None, why it cannot load) for an optional Triton module of this package."""
+    if name not in _optional:
+        try:
+            _optional[name] = importlib.import_module(f"mambadna.kernels.{name}")
+        except Exception as exc:  # as for the scan: Triton raises more than ImportError when unusable
+            _optional[name] = f"{type(exc).__name__}: {exc}"
+    got = _optional[name]
+    return (None, got) if isinstance(got, str) else (got, None)
 
 
 def step_kernels():
     """The fused one-token step kernels (mambadna/kernels/step_triton.py), or None where Triton cannot load."""
-    global _step_module, _step_error
-    if _step_module is None and _step_error is None:
-        try:
-            from mambadna.kernels import step_triton
-        except Exception as exc:  # as for the scan: Triton raises more than ImportError when unusable
-            _step_error = f"{type(exc).__name__}: {exc}"
-        else:
-            _step_module = step_triton
-    return _step_module
+    return _load("step_triton")[0]
 
 
-_conv_module = None
-_conv_error: str | None = None
-
-
-def conv_module(kernel: str, x: torch.Tensor):
-    """The Triton causal conv module (conv_triton.py) where the `conv_backend` setting `kernel` runs it on x, else
-    None (the model's PyTorch conv). "triton" always (on CPU tensors that needs Triton's interpreter), "auto" on
-    CUDA tensors when it loads, "torch" never."""
-    global _conv_module, _conv_error
-    if kernel not in CONV_BACKENDS:
-        raise ValueError(f"unknown conv kernel {kernel!r}; choose one of {', '.join(CONV_BACKENDS)}")
-    if kernel == "torch" or (kernel == "auto" and not x.is_cuda):
+def _backend_module(setting: str, name: str, choices: tuple, backend: str, x: torch.Tensor):
+    """The Triton module `name` where the setting's value `backend` runs it on x, else None (the PyTorch code):
+    "torch" never, "auto" on CUDA tensors when it loads, "triton" always, with a ValueError where it cannot (no
+    Triton; CPU tensors outside Triton's interpreter, TRITON_INTERPRET=1)."""
+    if backend not in choices:
+        raise ValueError(f"unknown {setting} {backend!r}; choose one of {', '.join(choices)}")
+    if backend == "torch" or (backend == "auto" and not x.is_cuda):
         return None
-    if _conv_module is None and _conv_error is None:
-        try:
-            from mambadna.kernels import conv_triton
-        except Exception as exc:  # as for the scan: Triton raises more than ImportError when unusable
-            _conv_error = f"{type(exc).__name__}: {exc}"
-        else:
-            _conv_module = conv_triton
-    if _conv_module is None and kernel == "triton":
-        raise ValueError(f"conv kernel 'triton' is unavailable: {_conv_error}")
-    return _conv_module
+    module, error = _load(name)
+    if backend == "triton" and module is None:
+        raise ValueError(f"{setting} 'triton' is unavailable: {error}; use {setting} torch")
+    if backend == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"{setting} 'triton' needs CUDA tensors; x is on {x.device}: use {setting} torch or auto")
+    return module
+
+
+def conv_module(backend: str, x: torch.Tensor):
+    """conv_triton.py where the `conv_backend` setting runs it on x, else None (F.conv1d)."""
+    return _backend_module("conv_backend", "conv_triton", CONV_BACKENDS, backend, x)
+
+
+def norm_module(backend: str, x: torch.Tensor):
+    """norm_triton.py where the `norm_backend` setting runs it on x, else None (the model's eager RMSNorm)."""
+    return _backend_module("norm_backend", "norm_triton", NORM_BACKENDS, backend, x)
 
 
 def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv_state=None,
@@ -117,34 +121,6 @@ def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     else:
         y = F.conv1d(torch.cat([initial, x], dim=-1), weight, bias, groups=d)  # (b, d, K - 1 + l) -> (b, d, l)
     return F.silu(y) if silu else y, new_state
-
-
-_norm_module = None
-_norm_error: str | None = None
-
-
-def norm_module(kernel: str, x: torch.Tensor):
-    """The Triton RMSNorm module (norm_triton.py) where the `norm_backend` setting `kernel` runs it on x, else None
-    (the model's eager norm): "torch" never, "auto" on CUDA tensors when it loads, "triton" always, with a
-    ValueError where it cannot (no Triton; CPU tensors outside Triton's interpreter, TRITON_INTERPRET=1)."""
-    global _norm_module, _norm_error
-    if kernel not in NORM_BACKENDS:
-        raise ValueError(f"unknown norm backend {kernel!r}; choose one of {', '.join(NORM_BACKENDS)}")
-    if kernel == "torch" or (kernel == "auto" and not x.is_cuda):
-        return None
-    if _norm_module is None and _norm_error is None:
-        try:
-            from mambadna.kernels import norm_triton
-        except Exception as exc:  # as for the scan: Triton raises more than ImportError when unusable
-            _norm_error = f"{type(exc).__name__}: {exc}"
-        else:
-            _norm_module = norm_triton
-    if kernel == "triton" and _norm_module is None:
-        raise ValueError(f"norm backend 'triton' is unavailable: {_norm_error}; use norm_backend torch")
-    if kernel == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"norm backend 'triton' needs CUDA tensors; x is on {x.device}: use norm_backend torch or "
-                         "auto")
-    return _norm_module
 
 
 def available_backends() -> list[str]:

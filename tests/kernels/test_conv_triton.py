@@ -149,7 +149,7 @@ def test_setting_is_validated_and_auto_runs_torch_on_the_cpu():
     x = torch.randn(1, 4, 5)
     assert kernels.conv_module("auto", x) is None and kernels.conv_module("torch", x) is None
     assert kernels.conv_module("triton", x).causal_conv1d is causal_conv1d
-    with pytest.raises(ValueError, match="unknown conv kernel 'fast'"):
+    with pytest.raises(ValueError, match="unknown conv_backend 'fast'"):
         kernels.conv_module("fast", x)
 
 

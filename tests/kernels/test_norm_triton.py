@@ -133,14 +133,13 @@ def test_setting_default_validation_and_choice(monkeypatch):
     assert kernels.norm_module("torch", x) is None
     assert (kernels.norm_module("auto", x) is norm_triton) == x.is_cuda  # auto: the kernel on CUDA only
     assert kernels.norm_module("triton", x) is norm_triton  # in the interpreter, CPU tensors too
-    with pytest.raises(ValueError, match="unknown norm backend 'fast'"):
+    with pytest.raises(ValueError, match="unknown norm_backend 'fast'"):
         kernels.norm_module("fast", x)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     if not x.is_cuda:
         with pytest.raises(ValueError, match="needs CUDA tensors; x is on cpu"):
             kernels.norm_module("triton", x)
-    monkeypatch.setattr(kernels, "_norm_module", None)
-    monkeypatch.setattr(kernels, "_norm_error", "ImportError: no triton")
+    monkeypatch.setitem(kernels._optional, "norm_triton", "ImportError: no triton")
     with pytest.raises(ValueError, match="unavailable: ImportError: no triton"):
         kernels.norm_module("triton", x)
     assert kernels.norm_module("auto", x) is None

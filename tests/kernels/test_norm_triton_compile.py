@@ -9,13 +9,10 @@ model's width x, dy are read and y, dx written as 128-bit vectors.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from sm90 import compile_script
 
 pytest.importorskip("triton")
 
@@ -59,18 +56,7 @@ SCRIPT = textwrap.dedent(r'''
 
 @pytest.fixture(scope="module")
 def compiled():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
-                                         env.get("PYTHONPATH", "")])
-    try:
-        res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired:
-        pytest.skip("compiling for sm_90 took over 10 minutes")
-    if res.returncode != 0:
-        if "ptxas" in res.stderr or "No such file" in res.stderr:
-            pytest.skip(f"this Triton cannot compile for sm_90 here: {res.stderr[-300:]}")
-        raise AssertionError(res.stderr[-3000:])
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return compile_script(SCRIPT)
 
 
 def test_kernels_compile_without_spills(compiled):
