@@ -1,8 +1,8 @@
 """Compiling kernels for an H100/H200 (sm_90) on a machine without a GPU, for the *_compile / layout tests.
 
-Each test module's SCRIPT builds its kernels with Triton's compiler (ptxas and cuobjdump ship with Triton) and prints
-one JSON line of what it measured (registers, spills, instruction counts, layouts). It runs in a subprocess: the
-interpreter, which the root conftest.py switches on, cannot compile.
+Each test module's SCRIPT builds its kernels with `build` (Triton's compiler; ptxas and cuobjdump ship with Triton)
+and prints one JSON line of what it measured (registers, spills, instruction counts, layouts). It runs in a
+subprocess (`compile_script`): the interpreter, which the root conftest.py switches on, cannot compile.
 """
 
 from __future__ import annotations
@@ -12,9 +12,39 @@ import os
 import subprocess
 import sys
 
+import re
+import tempfile
+
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def build(kern, constexprs: dict, warps: int, types: dict | None = None, divisible=(), **options) -> dict:
+    """Compile the @triton.jit `kern` for sm_90 -> dict(regs, spills, ops: the SASS opcodes with their modifiers,
+    e.g. LDG.E.128, ttgir). Arguments not in `constexprs` take `types` (name -> Triton type), else "*fp32" for the
+    p_* pointers and "i32"; the pointers and the names in `divisible` get the 16-divisibility Triton specialises
+    aligned arguments with."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    sig, attrs = {}, {}
+    for i, nm in enumerate(kern.arg_names):
+        sig[nm] = "constexpr" if nm in constexprs else (types or {}).get(nm, "*fp32" if nm.startswith("p_") else "i32")
+        if sig[nm] != "constexpr" and (nm.startswith("p_") or nm in divisible):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = triton.compiler.ASTSource(fn=kern, signature=sig, constexprs=constexprs, attrs=attrs)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, **options})
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(k.asm["cubin"])
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True).stdout
+    res = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    os.unlink(f.name)
+    return dict(regs=int(re.search(r"REG:(\d+)", res).group(1)), spills=int(re.search(r"STACK:(\d+)", res).group(1)),
+                ops=re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", sass, re.M),
+                ttgir=k.asm["ttgir"])
 
 
 def compile_script(script: str) -> dict:
@@ -22,7 +52,7 @@ def compile_script(script: str) -> dict:
     where this Triton cannot compile for sm_90, or takes over 10 minutes."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE, env.get("PYTHONPATH", "")])
     try:
         res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:

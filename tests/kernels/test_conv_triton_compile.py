@@ -16,32 +16,18 @@ from sm90 import compile_script
 pytest.importorskip("triton")
 
 SCRIPT = textwrap.dedent(r'''
-    import json, os, re, subprocess, tempfile
-    import triton
-    from triton.backends.compiler import GPUTarget
+    import json
+    import sm90
     from mambadna.kernels import conv_triton as ct
 
-    BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     BF16 = {"p_x", "p_init", "p_y", "p_dy", "p_dx", "p_dinit"}
     DIV16 = {"D", "s_xb", "s_xl", "s_yb", "s_yl", "s_dyb", "s_dyl", "s_dxb", "s_dxl"}
 
     def build(kern, cx, warps):
-        sig, attrs = {}, {}
-        for i, nm in enumerate(kern.arg_names):
-            sig[nm] = "constexpr" if nm in cx else ("*bf16" if nm in BF16 else "*fp32") if nm.startswith("p_") else "i32"
-            if sig[nm] != "constexpr" and (nm.startswith("p_") or nm in DIV16):
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        src = triton.compiler.ASTSource(fn=kern, signature=sig, constexprs=cx, attrs=attrs)
-        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 1})
-        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-            f.write(k.asm["cubin"])
-        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
-        res = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", f.name], capture_output=True,
-                             text=True).stdout
-        ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", sass, re.M)
-        return dict(regs=int(re.search(r"REG:(\d+)", res).group(1)), spills=int(re.search(r"STACK:(\d+)", res).group(1)),
-                    stl=sum(o.startswith("STL") for o in ops), ldg128=ops.count("LDG.E.128"),
-                    stg128=ops.count("STG.E.128"))
+        k = sm90.build(kern, cx, warps, {nm: "*bf16" for nm in BF16}, DIV16, num_stages=1)
+        ops = k["ops"]
+        return dict(regs=k["regs"], spills=k["spills"], stl=sum(o.startswith("STL") for o in ops),
+                    ldg128=ops.count("LDG.E.128"), stg128=ops.count("STG.E.128"))
 
     common = dict(K=4, HAS_BIAS=True, SILU=True, BLOCK_D=128)
     out = {"fwd": build(ct._causal_conv_fwd, dict(common, HAS_INIT=True, BLOCK_L=ct.BLOCK_L, s_xd=1, s_yd=1),

@@ -17,33 +17,17 @@ from sm90 import compile_script
 pytest.importorskip("triton")
 
 SCRIPT = textwrap.dedent(r'''
-    import json, os, re, subprocess, tempfile
-    import triton
-    from triton.backends.compiler import GPUTarget
+    import json
+    import sm90
     from mambadna.kernels import norm_triton as nt
-
-    BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
     def build(kern, d, x_dtype):
         block_m, block_d, warps = nt.launch_shape(d)
-        cx = dict(BLOCK_M=block_m, BLOCK_D=block_d)
-        types = {"p_x": x_dtype, "p_dx": x_dtype}
-        sig, attrs = {}, {}
-        for i, nm in enumerate(kern.arg_names):
-            sig[nm] = ("constexpr" if nm in cx else "*" + types.get(nm, "fp32") if nm.startswith("p_")
-                       else "fp32" if nm == "eps" else "i32")
-            if nm.startswith("p_") or nm in ("D", "s_x", "s_dy"):  # as Triton specialises them at d = 256
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        src = triton.compiler.ASTSource(fn=kern, signature=sig, constexprs=cx, attrs=attrs)
-        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
-        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-            f.write(k.asm["cubin"])
-        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
-        res = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", f.name], capture_output=True,
-                             text=True).stdout
-        ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", sass, re.M)
-        return dict(regs=int(re.search(r"REG:(\d+)", res).group(1)),
-                    spills=int(re.search(r"STACK:(\d+)", res).group(1)), stl=sum(o.startswith("STL") for o in ops),
+        types = {"p_x": "*" + x_dtype, "p_dx": "*" + x_dtype, "eps": "fp32"}
+        # D and the row strides: as Triton specialises them at d = 256
+        k = sm90.build(kern, dict(BLOCK_M=block_m, BLOCK_D=block_d), warps, types, ("D", "s_x", "s_dy"))
+        ops = k["ops"]
+        return dict(regs=k["regs"], spills=k["spills"], stl=sum(o.startswith("STL") for o in ops),
                     ldg128=ops.count("LDG.E.128"), stg128=ops.count("STG.E.128"))
 
     out = {}

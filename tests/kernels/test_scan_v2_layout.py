@@ -19,36 +19,21 @@ pytest.importorskip("triton")
 
 LANES = (2, 4, 8)
 SCRIPT = f"LANES = {LANES}\n" + textwrap.dedent(r'''
-    import json, os, re, subprocess, sys, tempfile
-    import triton
-    from triton.backends.compiler import GPUTarget
+    import json, re
+    import sm90
     from mambadna.kernels import scan_v2_bwd, scan_v2_fwd
     from mambadna.kernels.scan_v2 import CKPT_TILES
 
-    BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     BF16 = {"p_u", "p_dt", "p_z", "p_y", "p_dy", "p_du", "p_ddt", "p_dz"}
     DIV16 = {"L", "CL", "s_bb", "s_bg", "s_ub", "s_ud", "s_tb", "s_td", "s_zb", "s_zd", "s_yb", "s_yd",
              "s_oub", "s_oud", "s_otb", "s_otd", "s_ozb", "s_ozd"}
 
     def build(kern, cx, warps):
-        sig, attrs = {}, {}
-        for i, nm in enumerate(kern.arg_names):
-            ptr = "*bf16" if nm in BF16 else "*fp32"
-            sig[nm] = "constexpr" if nm in cx else ptr if nm.startswith("p_") else "i32"
-            if sig[nm] != "constexpr" and (nm.startswith("p_") or nm in DIV16):
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        src = triton.compiler.ASTSource(fn=kern, signature=sig, constexprs=cx, attrs=attrs)
-        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 1})
-        with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-            f.write(k.asm["cubin"])
-        sass = subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
-        res = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", f.name], capture_output=True,
-                             text=True).stdout
-        ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+)", sass, re.M)
+        k = sm90.build(kern, cx, warps, {nm: "*bf16" for nm in BF16}, DIV16, num_stages=1)
+        ops = [o.split(".")[0] for o in k["ops"]]
         two_d = re.findall(r"#ttg\.blocked<\{sizePerThread = \[(\d+), (\d+)\], threadsPerWarp = \[(\d+), (\d+)\], "
-                           r"warpsPerCTA = \[(\d+), (\d+)\]", k.asm["ttgir"])
-        regs, stack = re.search(r"REG:(\d+)", res), re.search(r"STACK:(\d+)", res)
-        return dict(regs=int(regs.group(1)), spills=int(stack.group(1)), shfl=ops.count("SHFL"), stl=ops.count("STL"),
+                           r"warpsPerCTA = \[(\d+), (\d+)\]", k["ttgir"])
+        return dict(regs=k["regs"], spills=k["spills"], shfl=ops.count("SHFL"), stl=ops.count("STL"),
                     mufu=ops.count("MUFU"), layouts=sorted(set(two_d)))
 
     out = {}
@@ -57,8 +42,8 @@ SCRIPT = f"LANES = {LANES}\n" + textwrap.dedent(r'''
                                                                             for NL in LANES):
         BD, sfx = 128 // NL, "" if NL == 1 else f" lanes{NL}"
         for name, sl, vec in layouts:
-            base = dict(N=16, NP=16, T=T, BD=BD, M=CKPT_TILES, NFMA=0, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True, HAS_D=True,
-                        s_ul=sl, s_tl=sl, s_zl=sl, s_yl=sl, VU=vec, VT=vec, VZ=vec, VY=vec, NL=NL)
+            base = dict(N=16, NP=16, T=T, BD=BD, M=CKPT_TILES, NFMA=0, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True,
+                        HAS_D=True, s_ul=sl, s_tl=sl, s_zl=sl, s_yl=sl, VU=vec, VT=vec, VZ=vec, VY=vec, NL=NL)
             name += sfx
             out["F3 " + name] = build(scan_v2_fwd._fwd_scan, dict(base, UNROLL_N=True, SUMMARY=False, HAS_H0=True), W)
             out["F1tail " + name] = build(scan_v2_fwd._fwd_summary_tail, dict(
