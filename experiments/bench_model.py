@@ -131,20 +131,21 @@ GRAD_NAMES = ("embedding.weight", "layers.0.mixer.in_proj.weight", "layers.3.mix
               "layers.7.mixer.A_log", "layers.7.mixer.out_proj.weight", "norm_f.weight")
 
 
-def exactness(clock: Clock, conv_backends=("torch",)) -> list[dict]:
-    """The comparisons once per conv kernel (rows name a non-torch one); a non-torch conv kernel is also compared
-    with the torch conv, unchunked in fp32, when both are asked for."""
+def exactness(clock: Clock, conv_backends=("torch",), norm_backends=("torch",)) -> list[dict]:
+    """The comparisons once per (conv, norm) backend pair (rows name the non-torch ones); a pair with a non-torch
+    backend is also compared with torch/torch, unchunked in fp32, when that pair is asked for too."""
     rows, fp32 = [], {}
-    for conv in conv_backends:
-        tag = "" if conv == "torch" else f" [conv={conv}]"
-        got, fp32[conv] = _exactness_rows(clock, conv, tag)
+    for pair in ((c, n) for c in conv_backends for n in norm_backends):
+        tag = ",".join(f"{k}={v}" for k, v in zip(("conv", "norm"), pair) if v != "torch")
+        got, fp32[pair] = _exactness_rows(clock, *pair, f" [{tag}]" if tag else "")
         free_memory()
         rows += got
-    for conv in [c for c in fp32 if c != "torch" and "torch" in fp32]:
-        (loss_a, grads_a), (loss_b, grads_b) = fp32[conv], fp32["torch"]
-        rows.append(dict(comparison=f"conv={conv} vs conv=torch, unchunked fp32", loss_a=loss_a, loss_b=loss_b,
-                         loss_rel=abs(loss_a - loss_b) / abs(loss_b), grad_rel=_grad_rel(grads_a, grads_b),
-                         grads=len(grads_a)))
+    base = ("torch", "torch")
+    for pair in [p for p in fp32 if p != base and base in fp32]:
+        (loss_a, grads_a), (loss_b, grads_b) = fp32[pair], fp32[base]
+        rows.append(dict(comparison=f"conv={pair[0]},norm={pair[1]} vs torch, unchunked fp32", loss_a=loss_a,
+                         loss_b=loss_b, loss_rel=abs(loss_a - loss_b) / abs(loss_b),
+                         grad_rel=_grad_rel(grads_a, grads_b), grads=len(grads_a)))
         rows[-1]["ok"] = rows[-1]["loss_rel"] < 1e-5 and rows[-1]["grad_rel"] < 1e-3
     s = clock.s
     for r in rows:
@@ -157,11 +158,11 @@ def _grad_rel(a: dict, b: dict) -> float:
     return max(float((a[n] - b[n]).norm() / b[n].norm().clamp_min(1e-30)) for n in a)
 
 
-def _exactness_rows(clock: Clock, conv: str, tag: str):
-    """-> (the rows of one conv kernel, its unchunked fp32 (loss, grads))."""
+def _exactness_rows(clock: Clock, conv: str, norm: str, tag: str):
+    """-> (the rows of one conv and norm backend, its unchunked fp32 (loss, grads))."""
     s = clock.s
     torch.manual_seed(0)
-    model = MambaLM(dataclasses.replace(s.models["base"], conv_backend=conv)).to(s.device)
+    model = MambaLM(dataclasses.replace(s.models["base"], conv_backend=conv, norm_backend=norm)).to(s.device)
     names = [n for n in GRAD_NAMES if n in dict(model.named_parameters())]
     params = dict(model.named_parameters())
     ids = dna(1, s.exact_l, s.device, seed=1)
@@ -445,7 +446,7 @@ def main() -> None:
            f"chunk_bp {s.chunk_bp}, {'cpu-smoke' if args.cpu_smoke else 'quick' if args.quick else 'full'} run, "
            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_commit()}")
     log(env)
-    exact = exactness(clock, convs) if "exact" in sections else []
+    exact = exactness(clock, convs, norms) if "exact" in sections else []
     stem = args.out / args.json_name
 
     def save(train_rows):

@@ -5,8 +5,9 @@
 #   2. the scans against mamba_ssm's CUDA kernel, same run, the issue's four shapes, fwd and fwd+bwd and peak memory,
 #      in the (b, d, l) and the model's own layouts (bench_scan.py), two interleaved rounds;
 #   3. the 3.5M "base" model, one training step, tokens/s at 2^16 and 2^18 plain and 2^20 chunked (2^16 chunks),
-#      with scan_kernel v1, v2 and auto (bench_model.py);
-#   4. that step at 2^16 and 2^18 by kernel group (profile_model.py: the scan, conv, matmuls, norm, optimizer, ...).
+#      with scan_kernel v2 and the PyTorch or Triton conv and norm, each pair (bench_model.py);
+#   4. that step at 2^16 and 2^18 by kernel group (profile_model.py: the scan, conv, matmuls, norm, optimizer, ...),
+#      with the PyTorch conv and norm and with the Triton ones.
 #
 # Stage mamba_ssm's kernel on this machine first, from the project root (it ships prebuilt for torch 2.11.0+cu130):
 #   ../shared/anchors/mamba_ssm/stage.sh .anchors && echo /.anchors/ >> .git/info/exclude
@@ -110,11 +111,16 @@ else
   done
   # the model's own layouts and the chunked mode's initial state, at lengths whose launch plans match phase 3's
   bg timeout "$T1" "$PY" experiments/bench_model.py --out "$OUT/warm_model" --sections train --models base \
-    --modes plain,chunked --scan-kernels v1,v2 --log2-lengths 15 --chunk-bp 16384 > "$OUT/warm_model.log" 2>&1
+    --modes plain,chunked --scan-kernels v1,v2 --conv-backends torch,triton --norm-backends torch,triton \
+    --log2-lengths 15 --chunk-bp 16384 > "$OUT/warm_model.log" 2>&1
+  # the Triton conv and norm on the GPU: the model with each against the PyTorch ops, chunked against whole, fp32
+  bg timeout "$T1" "$PY" experiments/bench_model.py --out "$OUT/exact_model" --json-name exact --sections exact \
+    --models base --conv-backends torch,triton --norm-backends torch,triton > "$OUT/exact_model.log" 2>&1
 fi
 wait "${pids[@]}"
 for f in "$OUT"/check_v*.log; do echo "$(basename "$f"): $(tail -n 1 "$f")"; done
 grep -h "FAIL\|NaN" "$OUT"/check_v*.log
+[ -z "$SMOKE" ] && grep -h "exactness" "$OUT/exact_model.log"
 
 stamp "2. scans against mamba_ssm (bench_scan.py)"
 if [ -n "$SMOKE" ]; then
@@ -127,24 +133,30 @@ fi
 echo "bench_scan exit $?"
 keep bench_scan.json bench_scan.log
 
-stamp "3. the 3.5M model, one training step, scan_kernel v1 / v2 / auto (bench_model.py)"
+stamp "3. the 3.5M model, one training step, scan_kernel v1 / v2, conv and norm torch / triton (bench_model.py)"
 if [ -n "$SMOKE" ]; then
   PLAIN=(--log2-lengths 8) CHUNKED=(--log2-lengths 9)
 else
   PLAIN=(--log2-lengths 16,18) CHUNKED=(--log2-lengths 20 --chunk-bp 65536)
 fi
+# v2 with the PyTorch conv and norm (the defaults), with each Triton kernel, and with both (v1: phase 2 has it)
+SERIES=(--scan-kernels v2 --conv-backends torch,triton --norm-backends torch,triton)
 timeout "$(cap 50 65)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --json-name model_plain --sections train \
-  --models base --modes plain --scan-kernels v1,v2,auto "${PLAIN[@]}" > "$OUT/model_plain.log" 2>&1
+  --models base --modes plain "${SERIES[@]}" "${PLAIN[@]}" > "$OUT/model_plain.log" 2>&1
 echo "bench_model plain exit $?"
 timeout "$(cap 60 30)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --json-name model_chunked --sections train \
-  --models base --modes chunked --scan-kernels v1,v2,auto "${CHUNKED[@]}" > "$OUT/model_chunked.log" 2>&1
+  --models base --modes chunked "${SERIES[@]}" "${CHUNKED[@]}" > "$OUT/model_chunked.log" 2>&1
 echo "bench_model chunked exit $?"
 keep model_plain.json model_chunked.json
 
 stamp "4. where the model's step goes, kernel by kernel (profile_model.py)"
-timeout "$(cap 45 0)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" > "$OUT/profile_model.log" 2>&1
+timeout "$(cap 45 25)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" > "$OUT/profile_model.log" 2>&1
 echo "profile_model exit $?"
 keep profile_model.json
+# the same step with the Triton conv and norm (in details.tgz: the eight files that come back are taken)
+timeout "$(cap 45 0)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" --json-name profile_model_fused \
+  --conv-backend triton --norm-backend triton > "$OUT/profile_model_fused.log" 2>&1
+echo "profile_model fused exit $?"
 tar czf "$FINAL/details.tgz" -C "$OUT" . 2>/dev/null
 
 stamp "summary"
@@ -152,7 +164,7 @@ cat "$OUT/env.txt"
 [ -z "$SMOKE" ] && nvidia-smi --query-gpu=clocks.sm,temperature.gpu --format=csv,noheader
 sed -n '/^(.*auto=v/p' "$OUT/bench_scan.log"
 grep -hE "^\| mamba-base.*\| (ok|OOM|skipped[^|]*) \|" "$OUT"/model_plain.md "$OUT"/model_chunked.md 2>/dev/null
-grep -hE "^## l = |^\| [a-z/ -]+ \| [0-9.]+ \| [0-9]+% \|$" "$OUT"/profile_model.md 2>/dev/null
+grep -hE "^## l = |^\| [a-z/ -]+ \| [0-9.]+ \| [0-9]+% \|$" "$OUT"/profile_model.md "$OUT"/profile_model_fused.md 2>/dev/null
 stamp "done"
 }
 

@@ -93,24 +93,31 @@ def main() -> None:
     parser.add_argument("--cpu-smoke", action="store_true", help="the tiny model and lengths on the CPU")
     parser.add_argument("--log2-lengths", default=None, help="lengths as log2 (default 16,18; --cpu-smoke: 8)")
     parser.add_argument("--scan-kernel", default="auto", choices=("auto", "v1", "v2"), help="the model's setting")
+    parser.add_argument("--conv-backend", default="torch", choices=("torch", "triton", "auto"),
+                        help="the model's setting (torch: nn.Conv1d then SiLU; triton: kernels/conv_triton.py)")
+    parser.add_argument("--norm-backend", default="torch", choices=("torch", "triton", "auto"),
+                        help="the model's setting (torch: the eager RMSNorm; triton: kernels/norm_triton.py)")
+    parser.add_argument("--json-name", default="profile_model", help="the output files' name (.json, .md)")
     args = parser.parse_args()
     args.quick, args.chunk_bp, args.step_limit_s, args.budget_s = True, 2**16, 60.0, 1e9  # settings_from_args'
     s = settings_from_args(args)
     lengths = [2 ** int(k) for k in (args.log2_lengths or ("8" if args.cpu_smoke else "16,18")).split(",")]
     clock = Clock(s)
     config = s.models["base"]
-    config.scan_kernel = args.scan_kernel
+    config.scan_kernel, config.conv_backend = args.scan_kernel, args.conv_backend
+    config.norm_backend = args.norm_backend
     model = MambaLM(config).to(s.device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     device = torch.cuda.get_device_name() if s.device.type == "cuda" else "CPU"
-    env = (f"device {device}, torch {torch.__version__}, scan_kernel {args.scan_kernel}, autocast {s.amp}, "
+    env = (f"device {device}, torch {torch.__version__}, scan_kernel {args.scan_kernel}, conv_backend "
+           f"{args.conv_backend}, norm_backend {args.norm_backend}, autocast {s.amp}, "
            f"{STEPS} profiled steps, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_commit()}")
     print(env, flush=True)
     rows = [profile_step(model, opt, l, clock) for l in lengths]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "profile_model.json").write_text(json.dumps(dict(env=env, rows=rows), indent=1))
+    (args.out / f"{args.json_name}.json").write_text(json.dumps(dict(env=env, rows=rows), indent=1))
     text = report(rows, env)
-    (args.out / "profile_model.md").write_text(text)
+    (args.out / f"{args.json_name}.md").write_text(text)
     print(text)
 
 

@@ -30,7 +30,7 @@ BWD_PROGRAMS = 1024  # at most this many backward programs (so as many dweight p
 
 
 @triton.jit
-def _fwd(p_x, p_w, p_y, p_rstd, M, D, s_x, eps, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+def _rms_norm_fwd(p_x, p_w, p_y, p_rstd, M, D, s_x, eps, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     o_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     o_d = tl.arange(0, BLOCK_D)
     m_m, m_d = o_m < M, o_d < D
@@ -44,7 +44,7 @@ def _fwd(p_x, p_w, p_y, p_rstd, M, D, s_x, eps, BLOCK_M: tl.constexpr, BLOCK_D: 
 
 
 @triton.jit
-def _bwd(p_x, p_w, p_dy, p_rstd, p_dx, p_dw, M, D, s_x, s_dy, BLOCKS, BLOCK_M: tl.constexpr,
+def _rms_norm_bwd(p_x, p_w, p_dy, p_rstd, p_dx, p_dw, M, D, s_x, s_dy, BLOCKS, BLOCK_M: tl.constexpr,
          BLOCK_D: tl.constexpr):
     # Program i takes row blocks i·BLOCKS ... (i+1)·BLOCKS − 1, so its dweight partial covers BLOCKS·BLOCK_M rows.
     i_p = tl.program_id(0)
@@ -104,8 +104,8 @@ def forward(x2: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.T
     y = alloc((m, d), weight.dtype, x2.device)
     rstd = alloc((m,), torch.float32, x2.device)
     if m:
-        _fwd[(triton.cdiv(m, block_m),)](x2, weight, y, rstd, m, d, x2.stride(0), eps, BLOCK_M=block_m,
-                                         BLOCK_D=block_d, num_warps=warps)
+        _rms_norm_fwd[(triton.cdiv(m, block_m),)](x2, weight, y, rstd, m, d, x2.stride(0), eps, BLOCK_M=block_m,
+                                                  BLOCK_D=block_d, num_warps=warps)
     return y, rstd
 
 
@@ -120,8 +120,8 @@ def backward(dy2: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, rstd: to
     dx = alloc((m, d), x2.dtype, x2.device)
     dw_part = alloc((programs, d), torch.float32, x2.device)
     if m:
-        _bwd[(programs,)](x2, weight, dy2, rstd, dx, dw_part, m, d, x2.stride(0), dy2.stride(0), per_program,
-                          BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps)
+        _rms_norm_bwd[(programs,)](x2, weight, dy2, rstd, dx, dw_part, m, d, x2.stride(0), dy2.stride(0),
+                                   per_program, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps)
     return dx, dw_part.sum(0).to(weight.dtype)  # a fixed-order reduction over programs (deterministic)
 
 

@@ -49,15 +49,16 @@ def test_bench_model_runs_one_series_per_conv_backend(tmp_path):
         ("mamba-base", "torch", "ok"), ("mamba-base[conv=triton]", "triton", "ok")]
     assert [r["comparison"] for r in result["exactness"]] == [
         "chunked vs unchunked, fp32", "chunked vs unchunked, fp32 [conv=triton]",
-        "conv=triton vs conv=torch, unchunked fp32"]
+        "conv=triton,norm=torch vs torch, unchunked fp32"]
     assert all(r["ok"] for r in result["exactness"])
 
 
 def test_bench_model_runs_one_series_per_norm_backend(tmp_path):
     """--norm-backends sets the model's norm_backend per series (inside each conv kernel's), naming only the non-torch
-    ones. On the CPU the Triton kernels run in the interpreter (TRITON_INTERPRET=1 from the root conftest.py)."""
+    ones, and the exactness section checks the Triton norm against the eager one. On the CPU the Triton kernels run
+    in the interpreter (TRITON_INTERPRET=1 from the root conftest.py)."""
     pytest.importorskip("triton")
-    run_script("bench_model.py", "--out", str(tmp_path), "--cpu-smoke", "--sections", "train", "--models", "base",
+    run_script("bench_model.py", "--out", str(tmp_path), "--cpu-smoke", "--sections", "exact,train", "--models", "base",
                "--modes", "plain", "--conv-backends", "torch,triton", "--norm-backends", "torch,triton",
                "--log2-lengths", "8", "--json-name", "n")
     rows = json.loads((tmp_path / "n.json").read_text())["training"]
@@ -65,6 +66,11 @@ def test_bench_model_runs_one_series_per_norm_backend(tmp_path):
         ("mamba-base", "torch", "torch", "ok"), ("mamba-base[norm=triton]", "torch", "triton", "ok"),
         ("mamba-base[conv=triton]", "triton", "torch", "ok"),
         ("mamba-base[conv=triton,norm=triton]", "triton", "triton", "ok")]
+    exact = json.loads((tmp_path / "n.json").read_text())["exactness"]
+    assert [r["comparison"] for r in exact if "vs torch" in r["comparison"]] == [
+        "conv=torch,norm=triton vs torch, unchunked fp32", "conv=triton,norm=torch vs torch, unchunked fp32",
+        "conv=triton,norm=triton vs torch, unchunked fp32"]
+    assert all(r["ok"] for r in exact)
 
 
 @pytest.mark.timeout(400)

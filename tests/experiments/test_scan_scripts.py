@@ -29,9 +29,9 @@ def test_script_runs_in_cpu_smoke_mode(script, tmp_path):
 
 
 def test_gpu_scan_script_runs_every_step_in_cpu_smoke_mode(tmp_path):
-    """experiments/gpu_scan.sh, the issue-20 GPU call, end to end at tiny sizes: the check, the scan benchmark and the
-    model series for scan_kernel v1, v2 and auto and the model's profile each leave their results, and the summary
-    names them."""
+    """experiments/gpu_scan.sh, the issue-20 GPU call, end to end at tiny sizes: the check, the scan benchmark, the
+    model series (scan_kernel v2 with the PyTorch or Triton conv and norm) and the model's two profiles each leave
+    their results, and the summary names them."""
     pytest.importorskip("triton")
     env = dict(os.environ, OUT=str(tmp_path), TRITON_INTERPRET="1", COMMIT="test")
     res = subprocess.run(["bash", str(ROOT / "experiments" / "gpu_scan.sh"), "--cpu-smoke"], cwd=ROOT, env=env,
@@ -42,6 +42,7 @@ def test_gpu_scan_script_runs_every_step_in_cpu_smoke_mode(tmp_path):
     for name in ("bench_scan.json", "model_plain.json", "model_chunked.json", "profile_model.json", "details.tgz"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert len(list(tmp_path.iterdir())) <= 8  # what the device tool brings back
-    for kernel in ("v1", "v2", "auto"):
-        assert f"| mamba-base[{kernel}] | chunked | 2^9 |" in res.stdout
+    for series in ("", "[norm=triton]", "[conv=triton]", "[conv=triton,norm=triton]"):
+        assert f"| mamba-base{series} | chunked | 2^9 |" in res.stdout
     assert "profile_model exit 0" in res.stdout and "| matmul |" in res.stdout  # phase 4's groups in the summary
+    assert "profile_model fused exit 0" in res.stdout

@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(r'''
 
     out = {}
     for d, x_dtype in ((256, "fp32"), (256, "bf16"), (nt.MAX_D, "fp32")):
-        for name, kern in (("fwd", nt._fwd), ("bwd", nt._bwd)):
+        for name, kern in (("fwd", nt._rms_norm_fwd), ("bwd", nt._rms_norm_bwd)):
             out[f"{name} d={d} x={x_dtype}"] = build(kern, d, x_dtype)
     print(json.dumps(out))
 ''')
