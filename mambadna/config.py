@@ -114,15 +114,13 @@ class MambaConfig:
             )
         if self.scan_backend not in SCAN_BACKENDS:
             raise ValueError(f"MambaConfig.scan_backend must be one of {SCAN_BACKENDS}, got {self.scan_backend!r}")
-        if self.scan_kernel not in SCAN_KERNELS:
-            raise ValueError(f"MambaConfig.scan_kernel must be one of {SCAN_KERNELS}, got {self.scan_kernel!r}")
-        if self.conv_backend not in CONV_BACKENDS:
-            raise ValueError(f"MambaConfig.conv_backend must be one of {CONV_BACKENDS}, got {self.conv_backend!r}")
+        for name, choices in (("scan_kernel", SCAN_KERNELS), ("conv_backend", CONV_BACKENDS),
+                              ("norm_backend", NORM_BACKENDS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"MambaConfig.{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.scan_kernel == "v2" and self.d_state > V2_MAX_STATES:
             raise ValueError(f"MambaConfig.scan_kernel v2 keeps at most {V2_MAX_STATES} states per channel in "
                              f"registers; d_state is {self.d_state}: use scan_kernel v1 or auto")
-        if self.norm_backend not in NORM_BACKENDS:
-            raise ValueError(f"MambaConfig.norm_backend must be one of {NORM_BACKENDS}, got {self.norm_backend!r}")
         for name in ("bidirectional", "bidirectional_weight_tie", "rc_equivariant"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"MambaConfig.{name} must be a bool, got {getattr(self, name)!r}")
