@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transformer_baseline import TransformerConfig, TransformerLM  # noqa: E402
 
 from mambadna.config import MambaConfig  # noqa: E402
+from mambadna.kernels.choice import CONV_BACKENDS, NORM_BACKENDS, SCAN_KERNELS  # noqa: E402
 from mambadna.model import MambaLM  # noqa: E402
 from mambadna.objective import lm_loss_mean, next_token_targets  # noqa: E402
 
@@ -136,7 +137,7 @@ def exactness(clock: Clock, conv_backends=("torch",), norm_backends=("torch",)) 
     backend is also compared with torch/torch, unchunked in fp32, when that pair is asked for too."""
     rows, fp32 = [], {}
     for pair in ((c, n) for c in conv_backends for n in norm_backends):
-        tag = ",".join(f"{k}={v}" for k, v in zip(("conv", "norm"), pair) if v != "torch")
+        tag = ",".join(backend_tags(*pair))
         got, fp32[pair] = _exactness_rows(clock, *pair, f" [{tag}]" if tag else "")
         free_memory()
         rows += got
@@ -152,6 +153,11 @@ def exactness(clock: Clock, conv_backends=("torch",), norm_backends=("torch",)) 
         log(f"exactness l={s.exact_l} chunk={s.chunk_bp}: {r['comparison']}: loss rel {r['loss_rel']:.2e}, "
             f"max grad rel {r['grad_rel']:.2e} over {r['grads']} tensors -> {'PASS' if r['ok'] else 'FAIL'}")
     return rows
+
+
+def backend_tags(conv: str, norm: str) -> list[str]:
+    """The non-torch conv and norm backends of a series, for its name: e.g. ["conv=triton"]."""
+    return [f"{what}={value}" for what, value in (("conv", conv), ("norm", norm)) if value != "torch"]
 
 
 def _grad_rel(a: dict, b: dict) -> float:
@@ -305,8 +311,7 @@ def training(clock: Clock, which: list[str], modes=MODES, kernels=("auto",), pro
             for mode in modes:
                 for kernel, conv, norm in ((k, c, n) for k in kernels for c in conv_backends for n in norm_backends):
                     cfg = dataclasses.replace(s.models[name], scan_kernel=kernel, conv_backend=conv, norm_backend=norm)
-                    tags = ([kernel] if len(kernels) > 1 else []) + [
-                        f"{what}={value}" for what, value in (("conv", conv), ("norm", norm)) if value != "torch"]
+                    tags = ([kernel] if len(kernels) > 1 else []) + backend_tags(conv, norm)
                     label = f"mamba-{name}" + (f"[{','.join(tags)}]" if tags else "")
                     rows += [dict(r, scan_kernel=kernel, conv_backend=conv, norm_backend=norm) for r in
                              series(label, lambda cfg=cfg, m=mode: mamba_for_mode(cfg, m), [mode], s.lengths, clock,
@@ -422,16 +427,15 @@ def main() -> None:
                         help="stem of the files written to --out (several runs can share a folder)")
     args = parser.parse_args()
     sections, which = set(args.sections.split(",")), args.models.split(",")
-    modes, kernels, convs = args.modes.split(","), args.scan_kernels.split(","), args.conv_backends.split(",")
+    modes = args.modes.split(",")
     if not set(modes) <= set(MODES):
         raise SystemExit(f"--modes takes {','.join(MODES)}; got {args.modes}")
-    if not set(kernels) <= {"auto", "v1", "v2"}:
-        raise SystemExit(f"--scan-kernels takes auto, v1, v2; got {args.scan_kernels}")
-    if not set(convs) <= {"torch", "triton", "auto"}:
-        raise SystemExit(f"--conv-backends takes torch, triton, auto; got {args.conv_backends}")
-    norms = args.norm_backends.split(",")
-    if not set(norms) <= {"torch", "triton", "auto"}:
-        raise SystemExit(f"--norm-backends takes torch, triton, auto; got {args.norm_backends}")
+    kernels, convs, norms = (args.scan_kernels.split(","), args.conv_backends.split(","),
+                             args.norm_backends.split(","))
+    for flag, given, choices in (("scan-kernels", kernels, SCAN_KERNELS), ("conv-backends", convs, CONV_BACKENDS),
+                                 ("norm-backends", norms, NORM_BACKENDS)):
+        if not set(given) <= set(choices):
+            raise SystemExit(f"--{flag} takes {', '.join(choices)}; got {','.join(given)}")
     if not sections <= {"exact", "train"}:
         raise SystemExit(f"--sections takes exact, train; got {args.sections}")
     if not set(which) <= {"base", "transformer", "small"}:

@@ -26,6 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import Clock, _commit, dna, settings_from_args, train_step  # noqa: E402
 
+from mambadna.kernels.choice import CONV_BACKENDS, NORM_BACKENDS, SCAN_KERNELS  # noqa: E402
 from mambadna.model import MambaLM  # noqa: E402
 
 STEPS, TOP = 3, 25
@@ -92,10 +93,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="directory for profile_model.{json,md}")
     parser.add_argument("--cpu-smoke", action="store_true", help="the tiny model and lengths on the CPU")
     parser.add_argument("--log2-lengths", default=None, help="lengths as log2 (default 16,18; --cpu-smoke: 8)")
-    parser.add_argument("--scan-kernel", default="auto", choices=("auto", "v1", "v2"), help="the model's setting")
-    parser.add_argument("--conv-backend", default="torch", choices=("torch", "triton", "auto"),
+    parser.add_argument("--scan-kernel", default="auto", choices=SCAN_KERNELS, help="the model's setting")
+    parser.add_argument("--conv-backend", default="torch", choices=CONV_BACKENDS,
                         help="the model's setting (torch: nn.Conv1d then SiLU; triton: kernels/conv_triton.py)")
-    parser.add_argument("--norm-backend", default="torch", choices=("torch", "triton", "auto"),
+    parser.add_argument("--norm-backend", default="torch", choices=NORM_BACKENDS,
                         help="the model's setting (torch: the eager RMSNorm; triton: kernels/norm_triton.py)")
     parser.add_argument("--json-name", default="profile_model", help="the output files' name (.json, .md)")
     args = parser.parse_args()
