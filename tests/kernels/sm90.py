@@ -47,6 +47,14 @@ def build(kern, constexprs: dict, warps: int, types: dict | None = None, divisib
                 ttgir=k.asm["ttgir"])
 
 
+def memory_counts(k: dict) -> dict:
+    """What the no-spill and vector-access tests read of a `build`: registers, spill bytes, local stores and the
+    128-bit global loads and stores."""
+    ops = k["ops"]
+    return dict(regs=k["regs"], spills=k["spills"], stl=sum(o.startswith("STL") for o in ops),
+                ldg128=ops.count("LDG.E.128"), stg128=ops.count("STG.E.128"))
+
+
 def compile_script(script: str) -> dict:
     """Run `script` without TRITON_INTERPRET, with the checkout importable; its last stdout line as JSON. Skips
     where this Triton cannot compile for sm_90, or takes over 10 minutes."""

@@ -24,10 +24,7 @@ SCRIPT = textwrap.dedent(r'''
     DIV16 = {"D", "s_xb", "s_xl", "s_yb", "s_yl", "s_dyb", "s_dyl", "s_dxb", "s_dxl"}
 
     def build(kern, cx, warps):
-        k = sm90.build(kern, cx, warps, {nm: "*bf16" for nm in BF16}, DIV16, num_stages=1)
-        ops = k["ops"]
-        return dict(regs=k["regs"], spills=k["spills"], stl=sum(o.startswith("STL") for o in ops),
-                    ldg128=ops.count("LDG.E.128"), stg128=ops.count("STG.E.128"))
+        return sm90.memory_counts(sm90.build(kern, cx, warps, {nm: "*bf16" for nm in BF16}, DIV16, num_stages=1))
 
     common = dict(K=4, HAS_BIAS=True, SILU=True, BLOCK_D=128)
     out = {"fwd": build(ct._causal_conv_fwd, dict(common, HAS_INIT=True, BLOCK_L=ct.BLOCK_L, s_xd=1, s_yd=1),

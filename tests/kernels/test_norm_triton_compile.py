@@ -25,10 +25,8 @@ SCRIPT = textwrap.dedent(r'''
         block_m, block_d, warps = nt.launch_shape(d)
         types = {"p_x": "*" + x_dtype, "p_dx": "*" + x_dtype, "eps": "fp32"}
         # D and the row strides: as Triton specialises them at d = 256
-        k = sm90.build(kern, dict(BLOCK_M=block_m, BLOCK_D=block_d), warps, types, ("D", "s_x", "s_dy"))
-        ops = k["ops"]
-        return dict(regs=k["regs"], spills=k["spills"], stl=sum(o.startswith("STL") for o in ops),
-                    ldg128=ops.count("LDG.E.128"), stg128=ops.count("STG.E.128"))
+        return sm90.memory_counts(sm90.build(kern, dict(BLOCK_M=block_m, BLOCK_D=block_d), warps, types,
+                                             ("D", "s_x", "s_dy")))
 
     out = {}
     for d, x_dtype in ((256, "fp32"), (256, "bf16"), (nt.MAX_D, "fp32")):
