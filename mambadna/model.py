@@ -68,15 +68,15 @@ class LayerState:
 
 
 class RMSNorm(nn.Module):
-    """x (..., d) -> x·rsqrt(mean(x²) + eps)·weight in fp32, returned in weight's dtype; `kernel`: norm_backend."""
+    """x (..., d) -> x·rsqrt(mean(x²) + eps)·weight in fp32, returned in weight's dtype; `backend`: norm_backend."""
 
-    def __init__(self, d: int, eps: float = 1e-5, kernel: str = "torch"):
+    def __init__(self, d: int, eps: float = 1e-5, backend: str = "torch"):
         super().__init__()
-        self.eps, self.kernel = eps, kernel
+        self.eps, self.backend = eps, backend
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = norm_module(self.kernel, x)  # the same math in one Triton kernel each way (kernels/norm_triton.py)
+        fused = norm_module(self.backend, x)  # the same math in one Triton kernel each way (kernels/norm_triton.py)
         if fused is not None:
             return fused.rms_norm(x, self.weight, self.eps)
         x32 = x.float()
@@ -217,7 +217,7 @@ class MambaBlock(nn.Module):
 
     def __init__(self, config: MambaConfig):
         super().__init__()
-        self.norm = RMSNorm(config.d_model, eps=config.norm_eps, kernel=config.norm_backend)
+        self.norm = RMSNorm(config.d_model, eps=config.norm_eps, backend=config.norm_backend)
         self.mixer = MambaMixer(config)
         self.mixer_rev = MambaMixer(config) if config.bidirectional else None
         if config.bidirectional and config.bidirectional_weight_tie:
@@ -266,7 +266,7 @@ class MambaLM(Pretrained, nn.Module):
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.n_layer))
-        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps, kernel=config.norm_backend)
+        self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps, backend=config.norm_backend)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.rc_equivariant:  # the reverse strand's logits, permuted to the forward strand's bases
             self.register_buffer("complement", strands.complement_ids(config.vocab_size), persistent=False)

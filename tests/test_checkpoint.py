@@ -35,7 +35,7 @@ def test_kernel_settings_survive_a_round_trip(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())["config"]
     assert (saved["scan_kernel"], saved["norm_backend"]) == ("v2", "auto")
     loaded = MambaLM.from_pretrained(tmp_path)
-    assert (loaded.config.scan_kernel, loaded.config.norm_backend, loaded.norm_f.kernel) == ("v2", "auto", "auto")
+    assert (loaded.config.scan_kernel, loaded.config.norm_backend, loaded.norm_f.backend) == ("v2", "auto", "auto")
 
 
 def test_untied_lm_round_trip(tmp_path):

@@ -101,10 +101,10 @@ def norm_module(backend: str, x: torch.Tensor):
 
 
 def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv_state=None,
-                silu: bool = False, kernel: str = "torch"):
+                silu: bool = False, backend: str = "torch"):
     """The model's causal depthwise conv, `MambaMixer.conv`: x (b, d, l), nn.Conv1d's weight (d, 1, K) and bias,
     conv_state (b, d, K) the last K inputs before x, left zero-padded (None: start of sequence) -> (y (b, d, l),
-    the state after x, the same layout). `silu` applies SiLU to y; `kernel` (the `conv_backend` setting) runs
+    the state after x, the same layout). `silu` applies SiLU to y; `backend` (the `conv_backend` setting) runs
     F.conv1d or the Triton kernel with bias and SiLU fused (conv_triton.py)."""
     import torch
     import torch.nn.functional as F
@@ -113,7 +113,7 @@ def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     initial = None if conv_state is None else conv_state[..., 1:].to(x.dtype)  # (b, d, K - 1)
     tail = x[..., -k:] if initial is None else torch.cat([initial, x[..., -k:]], dim=-1)  # the last <= K inputs
     new_state = F.pad(tail, (k - tail.shape[-1], 0))[..., -k:]  # (b, d, K)
-    fused = conv_module(kernel, x)
+    fused = conv_module(backend, x)
     if fused is not None:
         return fused.causal_conv1d(x, weight[:, 0], bias, initial, "silu" if silu else None), new_state
     if initial is None:

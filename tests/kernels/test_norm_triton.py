@@ -166,7 +166,7 @@ def test_model_with_the_kernel_equals_the_eager_norm(monkeypatch, options, autoc
     model = MambaLM(config).to(DEVICE)
     eager = MambaLM(MambaConfig(**{**config.to_dict(), "norm_backend": "torch"})).to(DEVICE)
     eager.load_state_dict(model.state_dict())
-    assert [m.kernel for m in (*(layer.norm for layer in model.layers), model.norm_f)] == ["triton"] * 3
+    assert [m.backend for m in (*(layer.norm for layer in model.layers), model.norm_f)] == ["triton"] * 3
     ids = torch.randint(5, 9, (2, 21), device=DEVICE)
     got_loss, got = _loss_and_grads(model, ids, autocast)
     assert len(calls) == 3 + options.get("rc_equivariant", False)  # rc: the final norm once a strand
