@@ -24,6 +24,7 @@ import argparse
 import fcntl
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -86,8 +87,9 @@ def environment() -> dict:
         info.update(lightning=pl.__version__, triton=triton.__version__)
     except ImportError:
         pass
+    # the GPU machine gets the tree with a stale .git: the caller passes the real commit as COMMIT
     commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H"], capture_output=True, text=True)
-    info["commit"] = commit.stdout.strip() or "unknown"
+    info["commit"] = os.environ.get("COMMIT") or commit.stdout.strip() or "unknown"
     return info
 
 
