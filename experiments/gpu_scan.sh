@@ -7,7 +7,9 @@
 #   3. the 3.5M "base" model, one training step, tokens/s at 2^16 and 2^18 plain and 2^20 chunked (2^16 chunks),
 #      with scan_kernel v2 and the PyTorch or Triton conv and norm, each pair (bench_model.py);
 #   4. that step at 2^16 and 2^18 by kernel group (profile_model.py: the scan, conv, matmuls, norm, optimizer, ...),
-#      with the PyTorch conv and norm and with the Triton ones.
+#      with the PyTorch conv and norm and with the Triton ones;
+#   5. v2's _fwd_scan and _bwd_scan under Nsight Compute (ncu_scan.py): stall reasons, issue and memory rates, in
+#      details.tgz (ncu_scan_*.txt).
 #
 # Stage mamba_ssm's kernel on this machine first, from the project root (it ships prebuilt for torch 2.11.0+cu130):
 #   ../shared/anchors/mamba_ssm/stage.sh .anchors && echo /.anchors/ >> .git/info/exclude
@@ -150,13 +152,28 @@ echo "bench_model chunked exit $?"
 keep model_plain.json model_chunked.json
 
 stamp "4. where the model's step goes, kernel by kernel (profile_model.py)"
-timeout "$(cap 45 25)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" > "$OUT/profile_model.log" 2>&1
+timeout "$(cap 45 85)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" > "$OUT/profile_model.log" 2>&1
 echo "profile_model exit $?"
 keep profile_model.json
 # the same step with the Triton conv and norm (in details.tgz: the eight files that come back are taken)
-timeout "$(cap 45 0)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" --json-name profile_model_fused \
+timeout "$(cap 45 60)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" --json-name profile_model_fused \
   --conv-backend triton --norm-backend triton > "$OUT/profile_model_fused.log" 2>&1
 echo "profile_model fused exit $?"
+
+stamp "5. inside the scan kernels: Nsight Compute's stall reasons, issue and memory rates (ncu_scan.py)"
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+if [ -z "$SMOKE" ] && [ -n "$NCU" ]; then
+  for shape in 1,512,262144,16 8,1536,4096,16; do
+    timeout "$(cap 40 0)" "$NCU" --clock-control none -k 'regex:_bwd_scan|_fwd_scan' --launch-skip 2 \
+      --launch-count 2 --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+      --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+      --section InstructionStats --section SourceCounters \
+      "$PY" experiments/ncu_scan.py --shape "$shape" > "$OUT/ncu_scan_${shape//,/x}.txt" 2>&1
+    echo "ncu $shape exit $?: $(grep -c 'Warp Cycles Per Issued Instruction' "$OUT/ncu_scan_${shape//,/x}.txt") kernels"
+  done
+elif [ -z "$SMOKE" ]; then
+  echo "no ncu on this machine: phase 5 skipped"
+fi
 tar czf "$FINAL/details.tgz" -C "$OUT" . 2>/dev/null
 
 stamp "summary"

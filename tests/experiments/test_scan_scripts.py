@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ["bench_scan.py", "check_scan_gpu.py", "profile_scan.py", "bench_cpu_scan.py"]
+SCRIPTS = ["bench_scan.py", "check_scan_gpu.py", "profile_scan.py", "bench_cpu_scan.py", "ncu_scan.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -19,13 +19,17 @@ def test_script_runs_in_cpu_smoke_mode(script, tmp_path):
     pytest.importorskip("triton")
     out = tmp_path / "out"
     args = {"bench_scan.py": ["--out", str(out)], "check_scan_gpu.py": ["--json", str(out)],
-            "profile_scan.py": ["--out", str(out)], "bench_cpu_scan.py": ["--out", str(out)]}[script]
+            "profile_scan.py": ["--out", str(out)], "bench_cpu_scan.py": ["--out", str(out)],
+            "ncu_scan.py": []}[script]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                TRITON_INTERPRET="1")
     res = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--cpu-smoke", *args], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"{script} --cpu-smoke failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
-    assert out.exists() and out.stat().st_size > 0, f"{script} wrote nothing to {out}"
+    if script == "ncu_scan.py":  # the program ncu profiles: it only runs the scan
+        assert "ran v2 fwd+bwd 2 times at (1, 32, 37, 4) bdl" in res.stdout
+    else:
+        assert out.exists() and out.stat().st_size > 0, f"{script} wrote nothing to {out}"
 
 
 def test_gpu_scan_script_runs_every_step_in_cpu_smoke_mode(tmp_path):
