@@ -141,7 +141,8 @@ if [ -n "$SMOKE" ]; then
 else
   PLAIN=(--log2-lengths 16,18) CHUNKED=(--log2-lengths 20 --chunk-bp 65536)
 fi
-# v2 with the PyTorch conv and norm (the defaults), with each Triton kernel, and with both (v1: phase 2 has it)
+# v2 with the PyTorch conv and norm (the defaults until 12-07; auto, the default since, runs the Triton ones on CUDA),
+# with each Triton kernel, and with both (v1: phase 2 has it)
 SERIES=(--scan-kernels v2 --conv-backends torch,triton --norm-backends torch,triton)
 timeout "$(cap 50 65)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --json-name model_plain --sections train \
   --models base --modes plain "${SERIES[@]}" "${PLAIN[@]}" > "$OUT/model_plain.log" 2>&1

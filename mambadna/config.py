@@ -60,14 +60,15 @@ class MambaConfig:
              "experiments/BENCHMARKS.md), v1 (chunk-parallel) or v2 (state in registers, d_state <= 16); the "
              "results are the same up to rounding")
     conv_backend: str = setting(
-        "torch", choices=CONV_BACKENDS,
-        help="the causal depthwise conv: torch (nn.Conv1d, then SiLU), triton (one Triton kernel with the bias and "
-             "SiLU fused, mambadna/kernels/conv_triton.py) or auto (triton on CUDA tensors where it loads, else "
-             "torch); the results are the same up to rounding")
+        "auto", choices=CONV_BACKENDS,
+        help="the causal depthwise conv: auto (triton on CUDA tensors where it loads, else torch; with norm_backend "
+             "auto the 3.5M model trains 1.2-1.3x faster on an H100, experiments/BENCHMARKS.md), torch (nn.Conv1d, "
+             "then SiLU) or triton (one Triton kernel with the bias and SiLU fused, mambadna/kernels/conv_triton.py); "
+             "the results are the same up to rounding")
     norm_backend: str = setting(
-        "torch", choices=NORM_BACKENDS,
-        help="the RMSNorm: torch (eager), triton (one fused kernel each way, mambadna/kernels/norm_triton.py) or "
-             "auto (triton on CUDA when it loads, else torch); the results are the same up to rounding")
+        "auto", choices=NORM_BACKENDS,
+        help="the RMSNorm: auto (triton on CUDA when it loads, else torch), torch (eager) or triton (one fused kernel "
+             "each way, mambadna/kernels/norm_triton.py); the results are the same up to rounding")
     bidirectional: bool = setting(
         False, flag="--bidirectional",
         help="BiMamba (Caduceus): every block also runs a mixer over each sequence reversed and adds the two "

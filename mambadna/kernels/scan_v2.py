@@ -116,11 +116,12 @@ class Plan(NamedTuple):
     lanes: int = 1  # threads per channel, each with n / lanes of its states (tiles.lane_columns)
     fwd: "Plan | None" = None  # the forward's own launch (fwd_lanes): same chunks, its channels on more threads
     bwd_unroll: int = 1  # the backward's loop over states unrolled this many times (scan_v2_bwd._bwd_states)
+    bwd_maxnreg: int = 0  # registers a thread of the backward scan may take (0: ptxas's choice, 251 at the default)
 
 
 def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, ckpt_tiles=None, chunk=None,
          unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None, full_warps=None,
-         stop_summaries=None, lanes=None, fwd_lanes=None, bwd_unroll=None) -> Plan:
+         stop_summaries=None, lanes=None, fwd_lanes=None, bwd_unroll=None, bwd_maxnreg=None) -> Plan:
     """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
 
     A sequence is cut into chunks only when b · d/BD programs fill fewer than `full_warps` (FULL_WARPS_PER_SM)
@@ -141,6 +142,10 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
 
     `bwd_unroll` unrolls the backward's loop over states (1: not unrolled): two states' independent exps, scans and
     sums in flight per thread hide latency that the few resident warps do not, for more registers.
+
+    `bwd_maxnreg` caps the backward scan's registers a thread: at the default 251 only 2 programs (8 warps) fit an
+    SM, and Nsight Compute found its warps stalled on L1 loads 61% of the time with no other warp to issue
+    (experiments/BENCHMARKS.md, 12-07 14:52); 168 fits 3 programs for 184 bytes of spills (compiled for sm_90).
     """
     NL = lanes or 1
     T = tile or 8
@@ -168,7 +173,8 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     else:
         CL = triton.cdiv(chunk, step) * step
     p = Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0,
-             STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries), NL, bwd_unroll=bwd_unroll or 1)
+             STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries), NL, bwd_unroll=bwd_unroll or 1,
+             bwd_maxnreg=bwd_maxnreg or 0)
     FL = fwd_lanes or (FWD_LANES if NL == 1 and T % FWD_LANES == 0 else 1)
     if FL > 1:  # the same threads a program as the backward's: BD / FL channels
         fbd = _block_d(dpg, max(1, BD // FL))
@@ -320,6 +326,7 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
         M=M, HAS_D=Df is not None, HAS_PIN=pin is not None, HAS_H0=has_h0, REDUCE_ASM=asm, UNROLL=cfg.bwd_unroll,
         CPT=max(1, BD * cfg.lanes // (32 * warps)), VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=vec_rows(z, T),
         VY=vec_rows(dy, T), VOU=vec_rows(du, T), VOT=vec_rows(ddelta, T), VOZ=vec_rows(dz, T), **flags,
+        **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),
     )
     # channel blocks never straddle groups (BD divides d / g), so block i belongs to group i // (nblk / g)
     dB = _ungroup(dB_part[:, :, :n].reshape(b, g, nblk // g, n, l).sum(2), B_shape)

@@ -143,7 +143,7 @@ def test_bad_inputs_are_named(change, match):
 # ---- the model setting ----
 
 def test_setting_is_validated_and_auto_runs_torch_on_the_cpu():
-    assert MambaConfig(d_model=16, n_layer=1).conv_backend == "torch"
+    assert MambaConfig(d_model=16, n_layer=1).conv_backend == "auto"
     with pytest.raises(ValueError, match="conv_backend must be one of"):
         MambaConfig(d_model=16, n_layer=1, conv_backend="cuda")
     x = torch.randn(1, 4, 5)

@@ -126,7 +126,7 @@ def test_no_rows():
 # ---- the model setting ----
 
 def test_setting_default_validation_and_choice(monkeypatch):
-    assert MambaConfig(d_model=32, n_layer=1).norm_backend == "torch"
+    assert MambaConfig(d_model=32, n_layer=1).norm_backend == "auto"
     with pytest.raises(ValueError, match="norm_backend must be one of"):
         MambaConfig(d_model=32, n_layer=1, norm_backend="cuda")
     x = torch.zeros(2, 4, device=DEVICE)

@@ -157,6 +157,13 @@ def test_backward_state_loop_unrolled(n, fma_exps):
     compare(1, 32, 37, n, block_d=32, bwd_unroll=2, fma_exps=fma_exps, **SMALL)
 
 
+def test_backward_register_cap_is_a_launch_option():
+    """bwd_maxnreg reaches the backward's launch as Triton's maxnreg (the interpreter takes and ignores it; the GPU
+    check in experiments/gpu_scan.sh runs each timed variant): the same gradients, and the plan keeps it."""
+    assert scan_v2.plan(1, 32, 37, 32, torch.device("cpu"), bwd_maxnreg=168).bwd_maxnreg == 168
+    compare(1, 32, 37, 4, block_d=32, bwd_maxnreg=168, **SMALL)
+
+
 def test_warp_reduction_path():
     """Channel blocks of whole warps take the butterfly reduction of dB/dC (emulated in the interpreter) and its
     cross-warp sum: 2 warps of one channel each, and 1 warp of two channels a thread."""
