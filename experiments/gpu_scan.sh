@@ -6,6 +6,7 @@
 #      in the (b, d, l) and the model's own layouts (bench_scan.py), two interleaved rounds;
 #   3. the 3.5M "base" model, one training step, tokens/s at 2^16 and 2^18 plain and 2^20 chunked (2^16 chunks),
 #      with scan_kernel v2 and the PyTorch or Triton conv and norm, each pair (bench_model.py);
+#      then the conv alone, PyTorch's against conv_triton.py's launch variants (bench_conv.py);
 #   4. that step at 2^16 and 2^18 by kernel group (profile_model.py: the scan, conv, matmuls, norm, optimizer, ...),
 #      with the PyTorch conv and norm and with the Triton ones;
 #   5. v2's _fwd_scan and _bwd_scan under Nsight Compute (ncu_scan.py): stall reasons, issue and memory rates, in
@@ -151,6 +152,10 @@ timeout "$(cap 60 30)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --js
   --models base --modes chunked "${SERIES[@]}" "${CHUNKED[@]}" > "$OUT/model_chunked.log" 2>&1
 echo "bench_model chunked exit $?"
 keep model_plain.json model_chunked.json
+# the conv alone: PyTorch's against the Triton kernel's launch variants (bench_conv.py; in details.tgz)
+timeout "$(cap 40 100)" "$PY" experiments/bench_conv.py $SMOKE --out "$OUT" > "$OUT/bench_conv.log" 2>&1
+echo "bench_conv exit $?"
+grep -h "^l=" "$OUT/bench_conv.log"
 
 stamp "4. where the model's step goes, kernel by kernel (profile_model.py)"
 timeout "$(cap 45 85)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" > "$OUT/profile_model.log" 2>&1

@@ -36,6 +36,9 @@ ACTIVATIONS = (None, "silu")
 BLOCK_L, BLOCK_D, FWD_WARPS = 16, 128, 4  # forward tile (positions, channels)
 BWD_BLOCK_L, BWD_BLOCK_D, BWD_WARPS = 16, 128, 4  # backward tile: a step writes dx for BLOCK_L - (K-1) positions
 MAX_PROGRAMS = 2048  # backward programs beyond which each loops over several steps: bounds its scratch tiles
+# The backward's dweight sums per row in registers (K <= 4), over rows once a program: off until a GPU times it
+# against the per-step sums (the 12-07 14:52 profile: the backward 5.6 ms a step at 2^16, its forward 0.5).
+DW_ROWS = False
 
 
 def causal_conv1d_ref(x, weight, bias=None, initial=None, activation=None):
@@ -102,14 +105,17 @@ def _causal_conv_fwd(p_x, p_init, p_w, p_bias, p_y, L, D, s_xb, s_xd, s_xl, s_ib
 def _causal_conv_bwd(p_x, p_init, p_w, p_bias, p_dy, p_dx, p_dinit, p_dw, p_db, p_scr, L, D, START, STEPS,
                      s_xb, s_xd, s_xl, s_ib, s_id, s_il, s_wd, s_wk, s_dyb, s_dyd, s_dyl, s_dxb, s_dxd, s_dxl,
                      s_dib, s_did, s_dil, K: tl.constexpr, HAS_INIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+                     SILU: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+                     DW_ROWS: tl.constexpr):
     """dx[s] = sum_m w[K-1-m] dpre[s + m] needs dpre K-1 positions ahead, and a register tile cannot be shifted: a
     step computes dpre at positions s = s0 + (0..BLOCK_L-1), parks it in this program's scratch tile (it stays in
     cache) and reads it back shifted by m = 0..K-1 rows, for the dx of its first OWN = BLOCK_L - (K-1) positions;
     steps advance by OWN. dweight[K-1-m] += xp[s] dpre[s + m] reads the same shifted rows, so each (s, s + m) pair
     is counted once, by the step that owns s; dweight and dbias are summed per program (partials). A program runs
     STEPS steps from START + i_l * STEPS * OWN; negative positions are `initial`'s (dinitial's), and only a launch
-    whose steps read them has HAS_INIT."""
+    whose steps read them has HAS_INIT. DW_ROWS (K <= 4): dweight's products are added per (row, channel) in
+    registers and summed over rows once, after the last step, instead of one sum over the tile's rows per tap and
+    step (each a cross-warp reduction through shared memory and a barrier)."""
     OWN: tl.constexpr = BLOCK_L - (K - 1)
     i_l, i_d, i_b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
@@ -120,6 +126,10 @@ def _causal_conv_bwd(p_x, p_init, p_w, p_bias, p_dy, p_dx, p_dinit, p_dw, p_db, 
     i_prog = (i_b * tl.num_programs(1) + i_d) * tl.num_programs(0) + i_l
     p_s = p_scr + (i_prog * BLOCK_L + o_r[:, None]) * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]  # (BLOCK_L, BLOCK_D)
     b_dw = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)  # row k: this program's share of dweight[:, k]
+    b_r0 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)  # DW_ROWS: dweight[:, K-1-m]'s products, rows unsummed
+    b_r1 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    b_r2 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    b_r3 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     b_db = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for step in range(STEPS):
         o_s = START + (i_l * STEPS + step) * OWN + o_r.to(tl.int64)
@@ -145,7 +155,17 @@ def _causal_conv_bwd(p_x, p_init, p_w, p_bias, p_dy, p_dx, p_dinit, p_dw, p_db, 
             b_dpm = tl.load(p_s + m * BLOCK_D, mask=m_own[:, None], other=0.0)  # dpre[s + m]
             b_w = tl.load(p_w + o_d * s_wd + (K - 1 - m) * s_wk, mask=m_d, other=0.0).to(tl.float32)
             b_dx += b_w[None, :] * b_dpm
-            b_dw += tl.where((o_k == K - 1 - m)[:, None], tl.sum(b_x * b_dpm, axis=0)[None, :], 0.0)
+            if DW_ROWS:
+                if m == 0:
+                    b_r0 += b_x * b_dpm
+                elif m == 1:
+                    b_r1 += b_x * b_dpm
+                elif m == 2:
+                    b_r2 += b_x * b_dpm
+                else:
+                    b_r3 += b_x * b_dpm
+            else:
+                b_dw += tl.where((o_k == K - 1 - m)[:, None], tl.sum(b_x * b_dpm, axis=0)[None, :], 0.0)
         tl.debug_barrier()  # every thread has read the scratch before the next step overwrites it
         m_out = m_own[:, None] & m_d[None, :]
         tl.store(p_dx + i_b * s_dxb + o_s[:, None] * s_dxl + o_d[None, :] * s_dxd, b_dx.to(p_dx.dtype.element_ty),
@@ -153,6 +173,10 @@ def _causal_conv_bwd(p_x, p_init, p_w, p_bias, p_dy, p_dx, p_dinit, p_dw, p_db, 
         if HAS_INIT:
             tl.store(p_dinit + i_b * s_dib + (o_s + K - 1)[:, None] * s_dil + o_d[None, :] * s_did,
                      b_dx.to(p_dinit.dtype.element_ty), mask=m_out & (o_s < 0)[:, None])
+    if DW_ROWS:  # row K-1-m of b_dw is tap m's sum
+        for m in tl.static_range(K):
+            b_rm = b_r0 if m == 0 else b_r1 if m == 1 else b_r2 if m == 2 else b_r3
+            b_dw += tl.where((o_k == K - 1 - m)[:, None], tl.sum(b_rm, axis=0)[None, :], 0.0)
     i_row = i_b * tl.num_programs(0) + i_l  # partials are (b * position programs, K, D) and (.., D), fp32
     tl.store(p_dw + (i_row * K + o_k[:, None]) * D + o_d[None, :], b_dw, mask=(o_k < K)[:, None] & m_d[None, :])
     tl.store(p_db + i_row * D + o_d, b_db, mask=m_d)
@@ -235,7 +259,8 @@ class _CausalConv1d(torch.autograd.Function):
         args = (weight, weight if bias is None else bias, dy, dx)
         strides = (*weight.stride(), *dy.stride(), *dx.stride())
         consts = dict(K=k, HAS_BIAS=bias is not None, SILU=ctx.silu, BLOCK_L=bl, BLOCK_D=bd,
-                      BLOCK_K=triton.next_power_of_2(k), num_warps=launch.get("bwd_warps", BWD_WARPS))
+                      BLOCK_K=triton.next_power_of_2(k), DW_ROWS=bool(launch.get("dw_rows", DW_ROWS)) and k <= 4,
+                      num_warps=launch.get("bwd_warps", BWD_WARPS))
         if n_l:
             _causal_conv_bwd[(n_l, n_d, b)](x, x, *args, dx, dw_part, db_part, scratch, l, d, start, steps,
                                             *x.stride(), 0, 0, 0, *strides, 0, 0, 0, HAS_INIT=False, **consts)
@@ -252,6 +277,7 @@ class _CausalConv1d(torch.autograd.Function):
 def causal_conv1d(x, weight, bias=None, initial=None, activation=None, **launch):
     """act(conv(cat(initial, x)) + bias) as `causal_conv1d_ref`: y (b, d, l) in x's dtype, channels-last storage,
     computed in fp32 whatever the input dtypes. `launch` (tests and sweeps): block_l, block_d (powers of two),
-    fwd_warps, bwd_warps, and max_programs (the backward's grid size past which its programs loop)."""
+    fwd_warps, bwd_warps, max_programs (the backward's grid size past which its programs loop) and dw_rows
+    (`DW_ROWS`)."""
     _check(x, weight, bias, initial, activation)
     return _CausalConv1d.apply(x, weight, bias, initial, activation == "silu", launch)

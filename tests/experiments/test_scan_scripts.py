@@ -50,3 +50,4 @@ def test_gpu_scan_script_runs_every_step_in_cpu_smoke_mode(tmp_path):
         assert f"| mamba-base{series} | chunked | 2^9 |" in res.stdout
     assert "profile_model exit 0" in res.stdout and "| matmul |" in res.stdout  # phase 4's groups in the summary
     assert "profile_model fused exit 0" in res.stdout
+    assert "bench_conv exit 0" in res.stdout and 'triton {"dw_rows": true}' in res.stdout  # the conv variants

@@ -108,6 +108,17 @@ def test_other_widths_and_short_backward_steps(k):
     assert_close_to_float64(got, run(causal_conv1d_ref, as_float64(x), "silu", make_dy(x["x"])))
 
 
+@pytest.mark.parametrize("k", [2, 4, 5])
+@pytest.mark.parametrize("bias, initial, activation", OPTIONS[:2])
+def test_dweight_summed_per_row_equals_the_definition(k, bias, initial, activation):
+    """dw_rows: the backward's dweight products kept per row and summed once a program (K <= 4; K = 5 falls back to
+    the per-step sums), over several steps a program (max_programs 1) and the launch that reads `initial`."""
+    x = make(l=37, k=k, bias=bias, initial=initial)
+    dy = make_dy(x["x"])
+    got = run(causal_conv1d, x, activation, dy, **dict(SMALL, block_l=8, max_programs=1, dw_rows=True))
+    assert_close_to_float64(got, run(causal_conv1d_ref, as_float64(x), activation, dy))
+
+
 def test_default_launch_and_a_broadcast_gradient():
     """The default tile sizes (one block covering everything here), and dy with zero strides (from y.sum())."""
     x = make(l=45)

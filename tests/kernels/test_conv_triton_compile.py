@@ -29,9 +29,9 @@ SCRIPT = textwrap.dedent(r'''
     common = dict(K=4, HAS_BIAS=True, SILU=True, BLOCK_D=128)
     out = {"fwd": build(ct._causal_conv_fwd, dict(common, HAS_INIT=True, BLOCK_L=ct.BLOCK_L, s_xd=1, s_yd=1),
                         ct.FWD_WARPS)}
-    for init in (False, True):
-        cx = dict(common, HAS_INIT=init, BLOCK_L=ct.BWD_BLOCK_L, BLOCK_K=4, s_xd=1, s_dyd=1, s_dxd=1)
-        out[f"bwd init={init}"] = build(ct._causal_conv_bwd, cx, ct.BWD_WARPS)
+    for init, rows in ((False, False), (True, False), (False, True)):
+        cx = dict(common, HAS_INIT=init, BLOCK_L=ct.BWD_BLOCK_L, BLOCK_K=4, s_xd=1, s_dyd=1, s_dxd=1, DW_ROWS=rows)
+        out[f"bwd init={init}" + (" dw_rows" if rows else "")] = build(ct._causal_conv_bwd, cx, ct.BWD_WARPS)
     print(json.dumps(out))
 ''')
 
@@ -50,6 +50,6 @@ def test_channels_last_rows_are_vector_loads_and_stores(compiled):
     """The forward's K shifted x tiles (two rows of 8 channels a thread each) are 128-bit loads and y's rows 128-bit
     stores; the backward's x, dy and fp32 scratch tiles too, and its dx and scratch stores."""
     assert compiled["fwd"]["ldg128"] >= 8 and compiled["fwd"]["stg128"] >= 2, compiled["fwd"]
-    for init in (False, True):
-        k = compiled[f"bwd init={init}"]
-        assert k["ldg128"] >= 2 * (4 + 1) + 4 * 4 and k["stg128"] >= 2 + 4, (init, k)
+    for name in ("bwd init=False", "bwd init=True", "bwd init=False dw_rows"):
+        k = compiled[name]
+        assert k["ldg128"] >= 2 * (4 + 1) + 4 * 4 and k["stg128"] >= 2 + 4, (name, k)
