@@ -8,8 +8,8 @@
 #   logs.tgz                                       each experiment's output
 #   runs.tgz                                       every run's config, summary, metrics, curves (no checkpoints)
 #
-#   COMMIT=$(git rev-parse HEAD) OUT=/some/dir experiments/long_context/gpu_run.sh   (repository root; carry .lcdata
-#   and .whl; COMMIT because the GPU machine's copy of .git is stale)
+#   COMMIT=<sha> OUT=/some/dir experiments/long_context/gpu_run.sh   (repository root; carry .lcdata
+#   and .whl; <sha>: `git rev-parse HEAD` where the tree was made, because the GPU machine's copy of .git is stale)
 # Needs .lcdata/ from `python data/prepare_long_context.py --out .lcdata` and .whl/ with pyfaidx and biopython
 # wheels for the GPU image's Python (experiments/context_sweep/pack_data.sh fetches them).
 # A third GPU process fine-tunes a variant beside finetune's defaults: VARIANT_ARGS (run.py arguments; default
