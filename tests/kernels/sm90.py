@@ -70,3 +70,14 @@ def compile_script(script: str) -> dict:
             pytest.skip(f"this Triton cannot compile for sm_90 here: {res.stderr[-300:]}")
         raise AssertionError(res.stderr[-3000:])
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def compiled_fixture(script: str):
+    """The module-scoped `compiled` fixture of a compile-test module: `compile_script(script)`, run once."""
+    return pytest.fixture(scope="module", name="compiled")(lambda: compile_script(script))
+
+
+def assert_no_spills(compiled: dict) -> None:
+    """Every build of a `compile_script` result keeps its values in registers: no spill bytes, no local stores."""
+    for name, k in compiled.items():
+        assert k["spills"] == 0 and k["stl"] == 0, (name, k)

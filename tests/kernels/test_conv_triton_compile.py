@@ -11,7 +11,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from sm90 import compile_script
+from sm90 import assert_no_spills, compiled_fixture
 
 pytest.importorskip("triton")
 
@@ -36,14 +36,11 @@ SCRIPT = textwrap.dedent(r'''
 ''')
 
 
-@pytest.fixture(scope="module")
-def compiled():
-    return compile_script(SCRIPT)
+compiled = compiled_fixture(SCRIPT)
 
 
 def test_kernels_compile_without_spills(compiled):
-    for name, k in compiled.items():
-        assert k["spills"] == 0 and k["stl"] == 0, (name, k)
+    assert_no_spills(compiled)
 
 
 def test_channels_last_rows_are_vector_loads_and_stores(compiled):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from sm90 import compile_script
+from sm90 import compiled_fixture
 
 pytest.importorskip("triton")
 
@@ -59,9 +59,7 @@ SCRIPT = f"LANES = {LANES}\n" + textwrap.dedent(r'''
 ''')
 
 
-@pytest.fixture(scope="module")
-def compiled():
-    return compile_script(SCRIPT)
+compiled = compiled_fixture(SCRIPT)
 
 
 def test_tiles_put_positions_in_thread_and_channels_on_lanes(compiled):
