@@ -1,6 +1,7 @@
-"""The model's causal depthwise conv alone, forward and forward+backward: PyTorch's (F.conv1d on the mixer's x half,
-then SiLU, as `model.conv_backend=torch` runs it) against kernels/conv_triton.py at its default launch and at launch
-variants, on the 3.5M "base" model's shape (d_inner 512, K 4, bf16, x a channels-last view of in_proj's output).
+"""The model's causal depthwise conv alone, forward and forward+backward, under bf16 autocast as the model trains:
+PyTorch's (`kernels.causal_conv` with `conv_backend` torch, the model's own path: F.conv1d, then SiLU) against
+kernels/conv_triton.py at its default launch and at launch variants, on the 3.5M "base" model's shape (d_inner 512,
+K 4, bf16, x a channels-last view of in_proj's output).
 
 The 12-07 14:52 profile put the Triton backward at 5.6 ms a step of that model at 2^16 against its forward's 0.5
 (experiments/results/gpu_scan_h100_2026-12-07g/): this times the variants that may close it, one launch keyword
@@ -25,18 +26,13 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
+from bench_scan import bench  # noqa: E402
+from mambadna.kernels import causal_conv  # noqa: E402
 from mambadna.kernels.conv_triton import causal_conv1d  # noqa: E402
 
 D_INNER, K = 512, 4  # the 3.5M "base" model's mixer (d_model 256, expand 2, d_conv 4)
 VARIANTS = [{}, {"dw_rows": True}, {"dw_rows": True, "block_d": 64}]
-
-
-def torch_conv(x, weight, bias):
-    """model.conv_backend=torch: nn.Conv1d's padding, the causal part, then SiLU."""
-    return F.silu(F.conv1d(x, weight[:, None, :].to(x.dtype), bias.to(x.dtype), padding=K - 1,
-                           groups=x.shape[1])[..., : x.shape[-1]])
 
 
 def inputs(b, d, l, device):
@@ -54,21 +50,24 @@ def timed(fn, rep, cuda):
         t0 = time.perf_counter()
         fn()
         return (time.perf_counter() - t0) * 1e3
-    from triton.testing import do_bench
-
-    return do_bench(fn, warmup=10, rep=rep, return_mode="median")
+    return bench(fn, rep)
 
 
 def measure(l, variants, rep, device):
     x, weight, bias, dy = inputs(1, D_INNER, l, device)
     leaves = (x, weight, bias)
     cuda = device == "cuda"
-    runs = {"torch": lambda: torch_conv(x, weight, bias)}
+    # the model's own torch path (kernels.causal_conv, as MambaMixer.conv calls it with conv_backend torch)
+    runs = {"torch": lambda: causal_conv(x, weight[:, None], bias, None, True, backend="torch")[0]}
     runs.update({f"triton {json.dumps(v)}": (lambda v: lambda: causal_conv1d(x, weight, bias, activation="silu",
                                                                              **v))(v) for v in variants})
     want = None
     out = {}
-    for name, fwd in runs.items():
+    for name, run in runs.items():
+        def fwd(run=run):
+            with torch.autocast(device, dtype=torch.bfloat16):  # as the model trains: F.conv1d runs in bf16
+                return run()
+
         got = (fwd().detach(), *torch.autograd.grad(fwd(), leaves, dy))
         if want is None:
             want = got

@@ -88,8 +88,8 @@ def environment() -> dict:
     except ImportError:
         pass
     # the GPU machine gets the tree with a stale .git: the caller passes the real commit as COMMIT
-    commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%H"], capture_output=True, text=True)
-    info["commit"] = os.environ.get("COMMIT") or commit.stdout.strip() or "unknown"
+    info["commit"] = os.environ.get("COMMIT") or subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%H"], capture_output=True, text=True).stdout.strip() or "unknown"
     return info
 
 
