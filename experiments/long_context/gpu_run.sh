@@ -46,15 +46,18 @@ if [ "${SPECIES:-1}" != 0 ]; then
 fi
 # CHRX_WINDOWS groups separated by "/" run as that many processes side by side (e.g. "12,11/14,13/16,15/18,17");
 # their rows go to the one chrx.jsonl (run.py locks it); CHRX_ARGS: more run.py arguments of every chrX process
-# (e.g. --set data.num_workers=3)
+# (e.g. --set data.num_workers=3); CHRX_GROUP_ARGS: "/"-separated run.py arguments of each group in turn, for variants
+# side by side (e.g. CHRX_WINDOWS="20/20" CHRX_GROUP_ARGS="--first-fraction 0.5/--seed 1"; a variant's rows go to
+# chrx_<variant>.jsonl)
 CHRX_PIDS=()
 IFS=/ read -r -a GROUPS_ <<< "${CHRX_WINDOWS:-}"
+IFS=/ read -r -a GROUP_ARGS <<< "${CHRX_GROUP_ARGS:-}"
 [ ${#GROUPS_[@]} -gt 0 ] || GROUPS_=("")
 [ "${CHRX:-1}" != 0 ] || GROUPS_=()
 for i in "${!GROUPS_[@]}"; do
   python3 $RUN chrx --data .lcdata/chrX/chrX.fa.gz --out "$WORK" --rows "$OUT" --deadline-s "$DEADLINE_S" $MICRO \
     $(opt --windows "${GROUPS_[$i]}") $(opt --steps "${CHRX_STEPS:-}") $(opt --eval-windows "${CHRX_EVAL_WINDOWS:-}") \
-    ${CHRX_ARGS:-} > "$WORK/chrx$([ "$i" = 0 ] || echo "_$i").log" 2>&1 &
+    ${CHRX_ARGS:-} ${GROUP_ARGS[$i]:-} > "$WORK/chrx$([ "$i" = 0 ] || echo "_$i").log" 2>&1 &
   CHRX_PIDS+=($!)
 done
 MODELS=""; LR=""; V2=""

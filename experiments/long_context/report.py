@@ -63,7 +63,24 @@ def chrx_section(folder: Path) -> tuple[list[str], list[dict]]:
                          + " | ".join(f"{at[str(w)]:.4f}" if str(w) in at else "" for w in cross) + " |")
     lines += ["", "Commands (each row reruns alone):", ""]
     lines += [f"- {log2(r['window_bp'])}: `{r['command']}`" for r in sorted(done, key=lambda r: r["window_bp"])]
-    return lines, done
+    return lines + variant_lines(folder), done
+
+
+def variant_lines(folder: Path) -> list[str]:
+    """run.py's chrX variants (--seed, --first-fraction, --tag: chrx_<variant>.jsonl) beside the recipe's rows."""
+    ok = [r for f in sorted(folder.glob("chrx_*.jsonl")) for r in rows(f) if r.get("status") == "ok"]
+    if not ok:
+        return []
+    base = {r["window_bp"]: r["bits_per_base"] for r in rows(folder / "chrx.jsonl") if r.get("status") == "ok"}
+    lines = ["", "Variants of the recipe (same data, bases and held-out stretch):", "",
+             "| variant | window | bits/base (held-out) | the recipe's row | bases trained | train s |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(ok, key=lambda r: (r["variant"], r["window_bp"])):
+        recipe = f"{base[r['window_bp']]:.4f}" if r["window_bp"] in base else ""
+        lines.append(f"| {r['variant']} | {log2(r['window_bp'])} | {r['bits_per_base']:.4f} | {recipe} | "
+                     f"{r['bases_trained'] / 1e6:.1f} M | {r['train_s']} |")
+    lines += ["", "Commands:", ""] + [f"- {r['variant']} {log2(r['window_bp'])}: `{r['command']}`" for r in ok]
+    return lines
 
 
 def first_share(row: dict) -> str:
@@ -182,7 +199,13 @@ def plots(folder: Path, chrx: list[dict], species: list[dict], kmers: list[dict]
     if chrx:
         chrx = sorted(chrx, key=lambda r: r["window_bp"])
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([r["window_bp"] for r in chrx], [r["bits_per_base"] for r in chrx], "o-")
+        ax.plot([r["window_bp"] for r in chrx], [r["bits_per_base"] for r in chrx], "o-", label="recipe")
+        variants = [r for f in sorted(folder.glob("chrx_*.jsonl")) for r in rows(f) if r.get("status") == "ok"]
+        for name in sorted({r["variant"] for r in variants}):
+            mine = sorted((r for r in variants if r["variant"] == name), key=lambda r: r["window_bp"])
+            ax.plot([r["window_bp"] for r in mine], [r["bits_per_base"] for r in mine], "s", label=name)
+        if variants:
+            ax.legend(fontsize=8)
         ax.set_xscale("log", base=2)
         ax.set(xlabel="training (and scoring) window, bases", ylabel="held-out bits per base",
                title="human chrX: same model, same bases")

@@ -168,7 +168,10 @@ def run_chrx(args, scale: Scale) -> None:
     from mambadna.commands import pretrain
 
     out = Path(args.out)
-    rows = Path(args.rows or out) / "chrx.jsonl"
+    variant = variant_name(args)
+    rows = Path(args.rows or out) / f"chrx{variant}.jsonl"
+    extra = [*([f"train.seqlen_warmup_first_fraction={args.first_fraction}"] if args.first_fraction is not None else []),
+             *([f"train.seed={args.seed}"] if args.seed else []), *(args.set or [])]
     start, length = held_out_stretch(args.data, scale.eval_bp)
     print(f"held-out stretch: {start}..{start + length} ({length} bp)", flush=True)
     for log2 in scale.windows:
@@ -176,9 +179,10 @@ def run_chrx(args, scale: Scale) -> None:
         if time.time() > args.deadline:
             append(rows, {"window_bp": window, "status": "skipped: deadline"})
             continue
-        overrides = settings(scale, window, [f"data.genome={args.data}", f"out_dir={out / f'chrx_L{log2}'}",
-                                             "data.reverse_complement=true", *(args.set or [])])
-        summary_file = out / f"chrx_L{log2}" / "summary.json"
+        folder = out / f"chrx{variant}_L{log2}"
+        overrides = settings(scale, window, [f"data.genome={args.data}", f"out_dir={folder}",
+                                             "data.reverse_complement=true", *extra])
+        summary_file = folder / "summary.json"
         if args.rescore and summary_file.is_file():  # score the finished run again (other --eval-windows)
             summary = json.loads(summary_file.read_text())
             trained = summary.get("train_time_s")
@@ -193,7 +197,7 @@ def run_chrx(args, scale: Scale) -> None:
         cross = {str(2**e): score["bits_per_base"] if 2**e == window else
                  bits_per_base(model_dir, args.data, start, length, 2**e, scale.chunk_bp)["bits_per_base"]
                  for e in sorted(args.eval_windows or ())}
-        append(rows, {"window_bp": window, "status": "ok", **score, "eval_start": start, "eval_bp": length,
+        append(rows, {"window_bp": window, "status": "ok", "variant": variant.lstrip("_"), **score, "eval_start": start, "eval_bp": length,
                       "bases_trained": summary.get("bases_trained"), "steps": summary["steps"],
                       "train_s": trained, "val_bits": summary.get("val/bits_per_base"), "bits_at": cross,
                       "command": command_line("pretrain", overrides), "summary": summary})
@@ -269,17 +273,21 @@ def pretrain_backbone(args, scale: Scale) -> str:
     return summary["model_dir"]
 
 
+def variant_name(args) -> str:
+    """What a run varies from the scale's recipe, in its rows file's name and its run folders' names ("" for none)."""
+    return "".join(part for part, used in ((f"_lr{args.species_lr}", args.species_lr),
+                                           (f"_first{args.first_fraction}", args.first_fraction is not None),
+                                           (f"_pre{args.pretrain_window}", args.pretrain_window),
+                                           (f"_seed{args.seed}", args.seed), (f"_{args.tag}", args.tag)) if used)
+
+
 def run_species(args, scale: Scale) -> None:
     from mambadna.commands import finetune
     from mambadna.commands.probe import kmer_baseline
     from mambadna.commands.train import CLASSIFIER_FIRST_FRACTION
 
     out = Path(args.out)
-    # what the fine-tunes vary, in their rows file's name and their run folders' names
-    variant = "".join(part for part, used in ((f"_lr{args.species_lr}", args.species_lr),
-                                              (f"_first{args.first_fraction}", args.first_fraction is not None),
-                                              (f"_pre{args.pretrain_window}", args.pretrain_window),
-                                              (f"_seed{args.seed}", args.seed), (f"_{args.tag}", args.tag)) if used)
+    variant = variant_name(args)
     rows = Path(args.rows or out) / ("species_kmer.jsonl" if args.part == "kmer" else f"species{variant}.jsonl")
     # the test windows of every length, drawn once: the same for every model and for the k-mer baseline
     tested = [int(x) for x in args.test_windows.split(",")] if args.test_windows else scale.windows
@@ -374,16 +382,16 @@ def main(argv=None) -> int:
                         help="chrx: runs whose folder in --out holds a finished run are scored again, not retrained")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip rows that would start after this many s")
     parser.add_argument("--species-lr", type=float, help="species: optim.lr of the fine-tunes (default: finetune's)")
-    parser.add_argument("--first-fraction", type=float, help="species: train.seqlen_warmup_first_fraction")
+    parser.add_argument("--first-fraction", type=float, help="train.seqlen_warmup_first_fraction of every run")
     parser.add_argument("--pretrain-window", type=int,
                         help="species: log2 window of a backbone pretrained on the training strains first (the same "
                              "steps and bases per step); the fine-tunes start from it (default: from scratch)")
-    parser.add_argument("--seed", type=int, default=0, help="species: train.seed of the fine-tunes (another "
-                        "initialisation and window draw; the test windows stay the same)")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed of every run (another initialisation and "
+                        "window draw; the test windows and chrX's held-out stretch stay the same)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="one more setting of every run (repeatable), e.g. train.seqlen_warmup_from_bp=512 "
                         "or data.num_workers=3")
-    parser.add_argument("--tag", help="species: a name for the --set variant (its rows file and run folders)")
+    parser.add_argument("--tag", help="a name for the --set variant (its rows file and run folders)")
     parser.add_argument("--part", choices=("all", "models", "kmer"), default="all",
                         help="species: the models, the k-mer baseline (CPU; run it beside the models), or both")
     args = parser.parse_args(argv)
