@@ -36,9 +36,11 @@ ACTIVATIONS = (None, "silu")
 BLOCK_L, BLOCK_D, FWD_WARPS = 16, 128, 4  # forward tile (positions, channels)
 BWD_BLOCK_L, BWD_BLOCK_D, BWD_WARPS = 16, 128, 4  # backward tile: a step writes dx for BLOCK_L - (K-1) positions
 MAX_PROGRAMS = 2048  # backward programs beyond which each loops over several steps: bounds its scratch tiles
-# The backward's dweight sums per row in registers (K <= 4), over rows once a program: off until a GPU times it
-# against the per-step sums (the 12-07 14:52 profile: the backward 5.6 ms a step at 2^16, its forward 0.5).
-DW_ROWS = False
+# The backward's dweight sums per row in registers (K <= 4), over rows once a program, instead of a cross-warp sum
+# per tap per step: one same-run measurement (NVIDIA H100, 2026-12-07 16:28 UTC, experiments/bench_conv.py in
+# experiments/results/gpu_scan_h100_2026-12-07h/) found fwd+bwd 0.808 -> 0.681 ms at (1, 512, 2^16) and
+# 2.932 -> 1.498 at 2^18 (bf16, channels-last x, k 4), the same largest difference from PyTorch's conv (3.6e-3).
+DW_ROWS = True
 
 
 def causal_conv1d_ref(x, weight, bias=None, initial=None, activation=None):

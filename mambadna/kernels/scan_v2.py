@@ -60,6 +60,13 @@ SUMMARY_STOP = 160.0
 # (8, 512, 2^17), 5.02 -> 4.79 at (8, 1536, 4096), 11.40 -> 10.76 at (32, 2048, 2048) ((b, d, l) inputs; 2 lanes
 # between the two), and exact in the GPU check.
 FWD_LANES = 4
+# ... except where u's channels are contiguous ((b, d, l) views of (b, l, d) storage: what the Triton conv gives the
+# model), where 4 lanes read u with 4x-redundant scalar loads covering 8 channels a warp and one lane reads 32: the
+# same-run measurement of 2026-12-07 16:28 UTC (NVIDIA H100, experiments/results/gpu_scan_h100_2026-12-07h/) found
+# fwd_lanes 1 faster on the model's views at every benchmarked shape, fwd+bwd 49.4 -> 45.3 ms at (1, 512, 2^20),
+# 49.3 -> 45.1 at (8, 512, 2^17), 5.33 -> 4.47 at (8, 1536, 4096), 11.1 -> 9.76 at (32, 2048, 2048), and slower on
+# (b, d, l) inputs (45.2 -> 48.3 at 2^20), exact in the GPU check.
+FWD_LANES_CHANNELS_LAST = 1
 # Tiles per checkpoint interval: 4 since one same-run measurement (NVIDIA H100, 2026-12-07 11:50 UTC,
 # experiments/results/gpu_scan_h100_2026-12-07f/) found it faster than 8 at every benchmarked shape and layout,
 # fwd+bwd 46.3 -> 44.5 ms at (1, 512, 2^20), 45.9 -> 44.3 at (8, 512, 2^17), 4.79 -> 4.57 at (8, 1536, 4096), 10.69
@@ -121,7 +128,8 @@ class Plan(NamedTuple):
 
 def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, ckpt_tiles=None, chunk=None,
          unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None, full_warps=None,
-         stop_summaries=None, lanes=None, fwd_lanes=None, bwd_unroll=None, bwd_maxnreg=None) -> Plan:
+         stop_summaries=None, lanes=None, fwd_lanes=None, bwd_unroll=None, bwd_maxnreg=None,
+         channels_last=False) -> Plan:
     """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
 
     A sequence is cut into chunks only when b · d/BD programs fill fewer than `full_warps` (FULL_WARPS_PER_SM)
@@ -138,7 +146,8 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     `fwd_lanes` puts the forward alone on that many lanes (`Plan.fwd`), with the backward's chunks: its
     checkpoints, chunk decays and final state are the same (b, ·, NP, d) buffers in the same layout, so the backward
     (lanes 1) reads them unchanged. The forward's threads then carry n / fwd_lanes states each and fewer registers.
-    Its default is FWD_LANES (measured); fwd_lanes=1 runs the forward on one thread a channel.
+    Its default is FWD_LANES, or FWD_LANES_CHANNELS_LAST where u's channels are contiguous (`channels_last`, set by
+    the caller from u's strides), both measured; fwd_lanes=1 runs the forward on one thread a channel.
 
     `bwd_unroll` unrolls the backward's loop over states (1: not unrolled): two states' independent exps, scans and
     sums in flight per thread hide latency that the few resident warps do not, for more registers.
@@ -175,7 +184,8 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     p = Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0,
              STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries), NL, bwd_unroll=bwd_unroll or 1,
              bwd_maxnreg=bwd_maxnreg or 0)
-    FL = fwd_lanes or (FWD_LANES if NL == 1 and T % FWD_LANES == 0 else 1)
+    lanes_default = FWD_LANES_CHANNELS_LAST if channels_last else FWD_LANES
+    FL = fwd_lanes or (lanes_default if NL == 1 and T % lanes_default == 0 else 1)
     if FL > 1:  # the same threads a program as the backward's: BD / FL channels
         fbd = _block_d(dpg, max(1, BD // FL))
         p = p._replace(fwd=p._replace(BD=fbd, lanes=FL, fwd_warps=fwd_warps or _warps(fbd * FL)))
@@ -343,7 +353,8 @@ class _SelectiveScanV2(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, launch):
         b, d, l = u.shape
         g = max(B.shape[1] if B.dim() == 4 else 1, C.shape[1] if C.dim() == 4 else 1)
-        cfg = plan(b, d, l, d // g, u.device, **launch)
+        # u's channels contiguous (a (b, d, l) view of (b, l, d) storage) picks the forward's lanes (plan)
+        cfg = plan(b, d, l, d // g, u.device, **{"channels_last": u.stride(1) == 1 and d > 1, **launch})
         y, h_last, saved = forward(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus, cfg)
         ctx.save_for_backward(u, delta, A, D, z, delta_bias, *saved[:5], *([saved[5]] if saved[5] is not None else []))
         ctx.meta = (softplus, cfg, B.shape, C.shape, B.dtype, C.dtype,

@@ -228,6 +228,9 @@ def test_plan_with_lanes_counts_every_thread_of_a_channel():
     assert (f.BD, f.lanes, f.CL, f.NC) == (p.BD, 1, p.CL, p.NC) and p.fwd is None
     assert (f.fwd.BD, f.fwd.lanes, f.fwd.fwd_warps, f.fwd.CL, f.fwd.NC) == (32, scan_v2.FWD_LANES, 4, p.CL, p.NC)
     assert scan_v2.plan(1, 512, 2**20, 512, cpu, lanes=2).fwd is None  # lanes already splits the forward
+    # u's channels contiguous (the model's layout with the Triton conv): the forward on FWD_LANES_CHANNELS_LAST lanes
+    assert scan_v2.FWD_LANES_CHANNELS_LAST == 1 and scan_v2.plan(1, 512, 2**20, 512, cpu, channels_last=True).fwd is None
+    assert scan_v2.plan(1, 512, 2**20, 512, cpu, channels_last=True, fwd_lanes=4).fwd.lanes == 4
     assert scan_v2.plan(1, 512, 2**20, 512, cpu, tile=2).fwd is None  # 4 lanes need tiles of 4 or more
     with pytest.raises(ValueError, match="give one"):
         scan_v2.plan(1, 512, 4096, 512, cpu, lanes=2, fwd_lanes=2)
@@ -240,3 +243,16 @@ def test_rejects_empty_sequence():
     x = {k: (v[..., :0] if k in ("u", "delta", "z", "B", "C") else v) for k, v in x.items()}
     with pytest.raises(ValueError, match="at least 1"):
         selective_scan_triton_v2(**x)
+
+
+def test_the_forward_lanes_follow_the_layout_of_u(monkeypatch):
+    """The autograd function tells plan whether u's channels are contiguous, from u's strides alone."""
+    seen = []
+    real = scan_v2.plan
+    monkeypatch.setattr(scan_v2, "plan", lambda *a, **k: seen.append(k["channels_last"]) or real(*a, **k))
+    b, d, l, n = 1, 8, 19, 4
+    A = -torch.rand(d, n)
+    for u in (torch.randn(b, d, l), torch.randn(b, l, d).transpose(1, 2)):
+        delta = torch.rand(b, d, l)
+        selective_scan_triton_v2(u, delta, A, torch.randn(b, n, l), torch.randn(b, n, l), block_d=8)
+    assert seen == [False, True]
