@@ -124,11 +124,12 @@ class Plan(NamedTuple):
     fwd: "Plan | None" = None  # the forward's own launch (fwd_lanes): same chunks, its channels on more threads
     bwd_unroll: int = 1  # the backward's loop over states unrolled this many times (scan_v2_bwd._bwd_states)
     bwd_maxnreg: int = 0  # registers a thread of the backward scan may take (0: ptxas's choice, 251 at the default)
+    bwd_stages: int = 1  # software-pipelining stages of the backward's loop over states (1: none)
 
 
 def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, ckpt_tiles=None, chunk=None,
          unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None, full_warps=None,
-         stop_summaries=None, lanes=None, fwd_lanes=None, bwd_unroll=None, bwd_maxnreg=None,
+         stop_summaries=None, lanes=None, fwd_lanes=None, bwd_unroll=None, bwd_maxnreg=None, bwd_stages=None,
          channels_last=False) -> Plan:
     """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
 
@@ -154,7 +155,12 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
 
     `bwd_maxnreg` caps the backward scan's registers a thread: at the default 251 only 2 programs (8 warps) fit an
     SM, and Nsight Compute found its warps stalled on L1 loads 61% of the time with no other warp to issue
-    (experiments/BENCHMARKS.md, 12-07 14:52); 168 fits 3 programs for 184 bytes of spills (compiled for sm_90).
+    (experiments/BENCHMARKS.md, 12-07 14:52); 168 fits 3 programs for 184 bytes of spills (compiled for sm_90),
+    and was slower at every shape (12-07 16:28).
+
+    `bwd_stages` (2 or 3) software-pipelines the backward's loop over states: the next states' A, B, C and scratch
+    rows are loaded while this state computes, hiding the L1 latency those stalls wait on, for the registers that
+    hold them in flight.
     """
     NL = lanes or 1
     T = tile or 8
@@ -183,7 +189,7 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
         CL = triton.cdiv(chunk, step) * step
     p = Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0,
              STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries), NL, bwd_unroll=bwd_unroll or 1,
-             bwd_maxnreg=bwd_maxnreg or 0)
+             bwd_maxnreg=bwd_maxnreg or 0, bwd_stages=bwd_stages or 1)
     lanes_default = FWD_LANES_CHANNELS_LAST if channels_last else FWD_LANES
     FL = fwd_lanes or (lanes_default if NL == 1 and T % lanes_default == 0 else 1)
     if FL > 1:  # the same threads a program as the backward's: BD / FL channels
@@ -333,7 +339,7 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
         dD_part if dD_part is not None else dummy, dbias_part if dbias_part is not None else dummy,
         dh0 if dh0 is not None else dummy, l, CL, nc, nck, bpg, *st, *pst, *hst, 1,
         *_strides(du), *_strides(ddelta), *_strides(dz if dz is not None else du),
-        M=M, HAS_D=Df is not None, HAS_PIN=pin is not None, HAS_H0=has_h0, REDUCE_ASM=asm, UNROLL=cfg.bwd_unroll,
+        M=M, HAS_D=Df is not None, HAS_PIN=pin is not None, HAS_H0=has_h0, REDUCE_ASM=asm, UNROLL=cfg.bwd_unroll, STAGES=cfg.bwd_stages,
         CPT=max(1, BD * cfg.lanes // (32 * warps)), VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=vec_rows(z, T),
         VY=vec_rows(dy, T), VOU=vec_rows(du, T), VOT=vec_rows(ddelta, T), VOZ=vec_rows(dz, T), **flags,
         **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),

@@ -196,7 +196,7 @@ def _bwd_scan(
     NFMA: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_PIN: tl.constexpr, HAS_H0: tl.constexpr, REDUCE_ASM: tl.constexpr, CPT: tl.constexpr,
     VU: tl.constexpr, VT: tl.constexpr, VZ: tl.constexpr, VY: tl.constexpr, VOU: tl.constexpr, VOT: tl.constexpr,
-    VOZ: tl.constexpr, NL: tl.constexpr, UNROLL: tl.constexpr,
+    VOZ: tl.constexpr, NL: tl.constexpr, UNROLL: tl.constexpr, STAGES: tl.constexpr,
 ):
     i_db, i_c, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     NBLK = tl.num_programs(0)
@@ -286,7 +286,7 @@ def _bwd_scan(
             b_y, b_gB, b_gA = bwd_states(b_dt, b_dt * b_u, b_dyp, b_Dv[None, :] * b_u, p_A2,
                                          p_bcb + (t0 // T) * (2 * N * T), p_sc + j * NS, p_p, p_dAs, p_rC, p_rB,
                                          p_dCb + t0, p_dBb + t0, m_t, L, o_t, o_d, o_dl, D_, s_one, o_ln, N, NFMA, T,
-                                         BD, REDUCE_ASM, CPT, NL, UNROLL)
+                                         BD, REDUCE_ASM, CPT, NL, UNROLL, STAGES)
             if REDUCE_ASM:
                 # Lane l of every warp holds position t0 + l % T of each state's warp sum: add the warps. One
                 # (state, position) per thread, so the sum is W loads and adds, with no cross-lane step. With
@@ -339,8 +339,10 @@ def _bwd_scan(
 def _bwd_states(b_dt, b_du, b_dyp, b_y, b_gB, b_gA, p_A2, p_bc, p_h0, p_p, p_dAs, p_rC, p_rB, p_dC, p_dB, m_t, L,
                 o_t, o_dl, D_, o_d, s_one, o_ln, n0, n1, N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
                 REDUCE_ASM: tl.constexpr, CPT: tl.constexpr, FMA: tl.constexpr, NL: tl.constexpr,
-                UNROLL: tl.constexpr):
-    for i_s in tl.range(n0, n1, loop_unroll_factor=UNROLL):
+                UNROLL: tl.constexpr, STAGES: tl.constexpr):
+    # STAGES > 1: Triton's software pipeliner issues the next states' loads (A, B, C rows, the scratch rows)
+    # before this state's arithmetic; the rows a state stores are never read by a later state of the same tile
+    for i_s in tl.range(n0, n1, loop_unroll_factor=UNROLL, num_stages=STAGES):
         i_n = lane_state(o_ln, i_s, NL)
         b_a2 = load_a2(p_A2, i_n, D_, o_d, s_one, N, NL)
         b_a = exp2_on(b_dt * b_a2[None, :], FMA)
@@ -378,7 +380,7 @@ def _bwd_states(b_dt, b_du, b_dyp, b_y, b_gB, b_gA, p_A2, p_bc, p_h0, p_p, p_dAs
 def bwd_states(b_dt, b_du, b_dyp, b_y, p_A2, p_bc, p_h0, p_p, p_dAs, p_rC, p_rB, p_dC, p_dB, m_t, L,
                o_t, o_d, o_dl, D_, s_one, o_ln, N: tl.constexpr, NFMA: tl.constexpr, T: tl.constexpr,
                BD: tl.constexpr, REDUCE_ASM: tl.constexpr, CPT: tl.constexpr, NL: tl.constexpr,
-               UNROLL: tl.constexpr):
+               UNROLL: tl.constexpr, STAGES: tl.constexpr):
     """One tile of the backward, state by state (a loop, with the per-state carries in the scratch slots): a and
     h from the tile's start state p_h0, the adjoint g from the carried p, and every per-state gradient term.
     Returns the tile's output before the gate (b_y comes in as D·u; for dz), Σ_n g·B and Σ_n A·g·a·h_{t-1}
@@ -391,11 +393,11 @@ def bwd_states(b_dt, b_du, b_dyp, b_y, p_A2, p_bc, p_h0, p_p, p_dAs, p_rC, p_rB,
         b_y = tl.zeros(b_dt.shape, dtype=tl.float32)  # D·u joins after the lanes' sum
     b_y, b_gB, b_gA = _bwd_states(b_dt, b_du, b_dyp, b_y, b_gB, b_gA, p_A2, p_bc, p_h0, p_p, p_dAs, p_rC, p_rB,
                                   p_dC, p_dB, m_t, L, o_t, o_dl, D_, o_d, s_one, o_ln, 0, SN - NFMA, N, T, BD,
-                                  REDUCE_ASM, CPT, False, NL, UNROLL)
+                                  REDUCE_ASM, CPT, False, NL, UNROLL, STAGES)
     if NFMA > 0:
         b_y, b_gB, b_gA = _bwd_states(b_dt, b_du, b_dyp, b_y, b_gB, b_gA, p_A2, p_bc, p_h0, p_p, p_dAs, p_rC,
                                       p_rB, p_dC, p_dB, m_t, L, o_t, o_dl, D_, o_d, s_one, o_ln, SN - NFMA, SN, N,
-                                      T, BD, REDUCE_ASM, CPT, True, NL, UNROLL)
+                                      T, BD, REDUCE_ASM, CPT, True, NL, UNROLL, STAGES)
     if NL > 1:
         b_y = lane_sum(b_y, BD, NL) + b_y0
         b_gB = lane_sum(b_gB, BD, NL)

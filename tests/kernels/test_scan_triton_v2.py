@@ -164,6 +164,14 @@ def test_backward_register_cap_is_a_launch_option():
     compare(1, 32, 37, 4, block_d=32, bwd_maxnreg=168, **SMALL)
 
 
+def test_backward_pipeline_stages_are_a_launch_option():
+    """bwd_stages reaches the backward's state loop as tl.range's num_stages (the interpreter runs the loop as
+    written; the sm_90 build in test_scan_v2_layout.py shows the pipelined loads): the same gradients."""
+    assert scan_v2.plan(1, 32, 37, 32, torch.device("cpu"), bwd_stages=2).bwd_stages == 2
+    assert scan_v2.plan(1, 32, 37, 32, torch.device("cpu")).bwd_stages == 1
+    compare(1, 32, 37, 4, block_d=32, bwd_stages=2, **SMALL)
+
+
 def test_warp_reduction_path():
     """Channel blocks of whole warps take the butterfly reduction of dB/dC (emulated in the interpreter) and its
     cross-warp sum: 2 warps of one channel each, and 1 warp of two channels a thread."""

@@ -34,7 +34,7 @@ SCRIPT = f"LANES = {LANES}\n" + textwrap.dedent(r'''
         two_d = re.findall(r"#ttg\.blocked<\{sizePerThread = \[(\d+), (\d+)\], threadsPerWarp = \[(\d+), (\d+)\], "
                            r"warpsPerCTA = \[(\d+), (\d+)\]", k["ttgir"])
         return dict(regs=k["regs"], spills=k["spills"], shfl=ops.count("SHFL"), stl=ops.count("STL"),
-                    mufu=ops.count("MUFU"), layouts=sorted(set(two_d)))
+                    mufu=ops.count("MUFU"), cp_async=ops.count("LDGSTS"), layouts=sorted(set(two_d)))
 
     out = {}
     T, W = 8, 4  # scan_v2.plan's defaults: 128 threads a program, 128 / lanes channels
@@ -54,7 +54,11 @@ SCRIPT = f"LANES = {LANES}\n" + textwrap.dedent(r'''
                 s_tl=sl, s_zl=sl, s_yl=sl, s_oul=sl, s_otl=sl, s_ozl=sl, VT=vec, VZ=vec, VY=vec, NL=NL), W)
             out["B3 " + name] = build(scan_v2_bwd._bwd_scan, dict(
                 base, HAS_PIN=True, HAS_H0=True, REDUCE_ASM=T * NL <= 32, CPT=1, s_oul=sl, s_otl=sl, s_ozl=sl,
-                VOU=vec, VOT=vec, VOZ=vec, UNROLL=1), W)
+                VOU=vec, VOT=vec, VOZ=vec, UNROLL=1, STAGES=1), W)
+            if NL == 1 and name == "bdl":  # plan's bwd_stages: the loop over states software-pipelined
+                out["B3 bdl stages2"] = build(scan_v2_bwd._bwd_scan, dict(
+                    base, HAS_PIN=True, HAS_H0=True, REDUCE_ASM=True, CPT=1, s_oul=sl, s_otl=sl, s_ozl=sl,
+                    VOU=vec, VOT=vec, VOZ=vec, UNROLL=1, STAGES=2), W)
     print(json.dumps(out))
 ''')
 
@@ -120,3 +124,11 @@ def test_lanes_do_not_spill_and_compute_per_channel_work_once(compiled):
         if 8 * NL <= 32:
             want = 2 * (7 + 5 - log_nl - 3) + 3 * 8 * log_nl
             assert want <= compiled[f"B3 bdl lanes{NL}"]["shfl"] <= want + 16, NL
+
+
+def test_pipelined_backward_loads_ahead_without_spilling(compiled):
+    """bwd_stages 2: Triton's pipeliner turns the state loop's row loads into asynchronous copies (LDGSTS), issued
+    a state ahead, and the registers they take in flight still fit without spilling; the default has none."""
+    piped, plain = compiled["B3 bdl stages2"], compiled["B3 bdl"]
+    assert piped["cp_async"] > 0 and plain["cp_async"] == 0, (piped, plain)
+    assert piped["spills"] == 0 and piped["stl"] == 0, piped
