@@ -50,4 +50,20 @@ def test_gpu_scan_script_runs_every_step_in_cpu_smoke_mode(tmp_path):
         assert f"| mamba-base{series} | chunked | 2^9 |" in res.stdout
     assert "profile_model exit 0" in res.stdout and "| matmul |" in res.stdout  # phase 4's groups in the summary
     assert "profile_model fused exit 0" in res.stdout
-    assert "bench_conv exit 0" in res.stdout and 'triton {"dw_rows": true}' in res.stdout  # the conv variants
+    assert "bench_conv exit 0" in res.stdout and 'triton {"dw_rows": false}' in res.stdout  # the conv variants
+
+
+def test_kernel_defaults_ab_script_runs_both_arms_in_cpu_smoke_mode(tmp_path):
+    """ab_kernel_defaults.sh: the model step with the package's kernel defaults and with the ones they replaced, each
+    arm in its own process with its module defaults set as named (printed by the arm itself)."""
+    env = dict(os.environ, ROUNDS="1", OUT=str(tmp_path), OMP_NUM_THREADS="1",
+               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    res = subprocess.run(["bash", str(ROOT / "experiments" / "ab_kernel_defaults.sh"), "--cpu-smoke"], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    runs = [ln for ln in lines if " round 1 ab_" in ln]
+    assert len(runs) == 4 and all("exit 0" in ln and "| mamba-base" in ln for ln in runs), lines
+    assert all("DW_ROWS True FWD_LANES_CHANNELS_LAST 1" in ln for ln in runs if ln.startswith("new"))
+    assert all("DW_ROWS False FWD_LANES_CHANNELS_LAST 4" in ln for ln in runs if ln.startswith("old"))
+    assert (tmp_path / "ab.tgz").stat().st_size > 0
