@@ -170,8 +170,8 @@ def run_chrx(args, scale: Scale) -> None:
     out = Path(args.out)
     variant = variant_name(args)
     rows = Path(args.rows or out) / f"chrx{variant}.jsonl"
-    extra = [*([f"train.seqlen_warmup_first_fraction={args.first_fraction}"] if args.first_fraction is not None else []),
-             *([f"train.seed={args.seed}"] if args.seed else []), *(args.set or [])]
+    first = [] if args.first_fraction is None else [f"train.seqlen_warmup_first_fraction={args.first_fraction}"]
+    extra = [*first, *([f"train.seed={args.seed}"] if args.seed else []), *(args.set or [])]
     start, length = held_out_stretch(args.data, scale.eval_bp)
     print(f"held-out stretch: {start}..{start + length} ({length} bp)", flush=True)
     for log2 in scale.windows:
@@ -197,7 +197,8 @@ def run_chrx(args, scale: Scale) -> None:
         cross = {str(2**e): score["bits_per_base"] if 2**e == window else
                  bits_per_base(model_dir, args.data, start, length, 2**e, scale.chunk_bp)["bits_per_base"]
                  for e in sorted(args.eval_windows or ())}
-        append(rows, {"window_bp": window, "status": "ok", "variant": variant.lstrip("_"), **score, "eval_start": start, "eval_bp": length,
+        append(rows, {"window_bp": window, "status": "ok", "variant": variant.lstrip("_"), **score,
+                      "eval_start": start, "eval_bp": length,
                       "bases_trained": summary.get("bases_trained"), "steps": summary["steps"],
                       "train_s": trained, "val_bits": summary.get("val/bits_per_base"), "bits_at": cross,
                       "command": command_line("pretrain", overrides), "summary": summary})

@@ -237,7 +237,8 @@ def test_plan_with_lanes_counts_every_thread_of_a_channel():
     assert (f.fwd.BD, f.fwd.lanes, f.fwd.fwd_warps, f.fwd.CL, f.fwd.NC) == (32, scan_v2.FWD_LANES, 4, p.CL, p.NC)
     assert scan_v2.plan(1, 512, 2**20, 512, cpu, lanes=2).fwd is None  # lanes already splits the forward
     # u's channels contiguous (the model's layout with the Triton conv): the forward on FWD_LANES_CHANNELS_LAST lanes
-    assert scan_v2.FWD_LANES_CHANNELS_LAST == 1 and scan_v2.plan(1, 512, 2**20, 512, cpu, channels_last=True).fwd is None
+    assert scan_v2.FWD_LANES_CHANNELS_LAST == 1
+    assert scan_v2.plan(1, 512, 2**20, 512, cpu, channels_last=True).fwd is None
     assert scan_v2.plan(1, 512, 2**20, 512, cpu, channels_last=True, fwd_lanes=4).fwd.lanes == 4
     assert scan_v2.plan(1, 512, 2**20, 512, cpu, tile=2).fwd is None  # 4 lanes need tiles of 4 or more
     with pytest.raises(ValueError, match="give one"):
