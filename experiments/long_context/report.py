@@ -66,9 +66,14 @@ def chrx_section(folder: Path) -> tuple[list[str], list[dict]]:
     return lines + variant_lines(folder), done
 
 
+def variant_rows(folder: Path) -> list[dict]:
+    """The finished rows of run.py's chrX variants (--seed, --first-fraction, --tag: chrx_<variant>.jsonl)."""
+    return [r for f in sorted(folder.glob("chrx_*.jsonl")) for r in rows(f) if r.get("status") == "ok"]
+
+
 def variant_lines(folder: Path) -> list[str]:
-    """run.py's chrX variants (--seed, --first-fraction, --tag: chrx_<variant>.jsonl) beside the recipe's rows."""
-    ok = [r for f in sorted(folder.glob("chrx_*.jsonl")) for r in rows(f) if r.get("status") == "ok"]
+    """The chrX variants' table beside the recipe's rows, with each row's command."""
+    ok = variant_rows(folder)
     if not ok:
         return []
     base = {r["window_bp"]: r["bits_per_base"] for r in rows(folder / "chrx.jsonl") if r.get("status") == "ok"}
@@ -200,7 +205,7 @@ def plots(folder: Path, chrx: list[dict], species: list[dict], kmers: list[dict]
         chrx = sorted(chrx, key=lambda r: r["window_bp"])
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.plot([r["window_bp"] for r in chrx], [r["bits_per_base"] for r in chrx], "o-", label="recipe")
-        variants = [r for f in sorted(folder.glob("chrx_*.jsonl")) for r in rows(f) if r.get("status") == "ok"]
+        variants = variant_rows(folder)
         for name in sorted({r["variant"] for r in variants}):
             mine = sorted((r for r in variants if r["variant"] == name), key=lambda r: r["window_bp"])
             ax.plot([r["window_bp"] for r in mine], [r["bits_per_base"] for r in mine], "s", label=name)

@@ -170,8 +170,7 @@ def run_chrx(args, scale: Scale) -> None:
     out = Path(args.out)
     variant = variant_name(args)
     rows = Path(args.rows or out) / f"chrx{variant}.jsonl"
-    first = [] if args.first_fraction is None else [f"train.seqlen_warmup_first_fraction={args.first_fraction}"]
-    extra = [*first, *([f"train.seed={args.seed}"] if args.seed else []), *(args.set or [])]
+    extra = variant_settings(args)
     start, length = held_out_stretch(args.data, scale.eval_bp)
     print(f"held-out stretch: {start}..{start + length} ({length} bp)", flush=True)
     for log2 in scale.windows:
@@ -282,6 +281,12 @@ def variant_name(args) -> str:
                                            (f"_seed{args.seed}", args.seed), (f"_{args.tag}", args.tag)) if used)
 
 
+def variant_settings(args) -> list[str]:
+    """The `--set` overrides of the variant arguments both experiments take: --first-fraction, --seed, --set."""
+    first = [] if args.first_fraction is None else [f"train.seqlen_warmup_first_fraction={args.first_fraction}"]
+    return [*first, *([f"train.seed={args.seed}"] if args.seed else []), *(args.set or [])]
+
+
 def run_species(args, scale: Scale) -> None:
     from mambadna.commands import finetune
     from mambadna.commands.probe import kmer_baseline
@@ -309,11 +314,8 @@ def run_species(args, scale: Scale) -> None:
             append(rows, {"kind": "model", "train_bp": window, "status": "skipped: deadline"})
             continue
         extra = [f"optim.lr={args.species_lr}"] if args.species_lr else []
-        extra += ([f"train.seqlen_warmup_first_fraction={args.first_fraction}"]
-                  if args.first_fraction is not None else [])
         extra += [f"pretrained={backbone}"] if backbone else []
-        extra += [f"train.seed={args.seed}"] if args.seed else []
-        extra += list(args.set or [])
+        extra += variant_settings(args)
         overrides = settings(scale, window, [f"data.manifest={args.data}", f"out_dir={out / f'species_L{log2}{variant}'}",
                                              "data.test_fraction=0", f"data.test_windows={scale.test_windows}",
                                              "data.reverse_complement=true", *extra])

@@ -52,13 +52,11 @@ SCRIPT = f"LANES = {LANES}\n" + textwrap.dedent(r'''
             out["B1head " + name] = build(scan_v2_bwd._bwd_summary_head, dict(
                 N=16, NP=16, T=T, BD=BD, NFMA=0, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True, STOP=160.0, s_ul=sl,
                 s_tl=sl, s_zl=sl, s_yl=sl, s_oul=sl, s_otl=sl, s_ozl=sl, VT=vec, VZ=vec, VY=vec, NL=NL), W)
-            out["B3 " + name] = build(scan_v2_bwd._bwd_scan, dict(
-                base, HAS_PIN=True, HAS_H0=True, REDUCE_ASM=T * NL <= 32, CPT=1, s_oul=sl, s_otl=sl, s_ozl=sl,
-                VOU=vec, VOT=vec, VOZ=vec, UNROLL=1, STAGES=1), W)
-            if NL == 1 and name == "bdl":  # plan's bwd_stages: the loop over states software-pipelined
-                out["B3 bdl stages2"] = build(scan_v2_bwd._bwd_scan, dict(
-                    base, HAS_PIN=True, HAS_H0=True, REDUCE_ASM=True, CPT=1, s_oul=sl, s_otl=sl, s_ozl=sl,
-                    VOU=vec, VOT=vec, VOZ=vec, UNROLL=1, STAGES=2), W)
+            b3 = dict(base, HAS_PIN=True, HAS_H0=True, REDUCE_ASM=T * NL <= 32, CPT=1, s_oul=sl, s_otl=sl,
+                      s_ozl=sl, VOU=vec, VOT=vec, VOZ=vec, UNROLL=1, STAGES=1)
+            out["B3 " + name] = build(scan_v2_bwd._bwd_scan, b3, W)
+            if name == "bdl":  # plan's bwd_stages: the loop over states software-pipelined
+                out["B3 bdl stages2"] = build(scan_v2_bwd._bwd_scan, dict(b3, STAGES=2), W)
     print(json.dumps(out))
 ''')
 
