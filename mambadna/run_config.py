@@ -202,6 +202,10 @@ class OptimSpec:
     warmup_fraction: float = setting(0.1, help="warmup as a fraction of the run, when warmup_steps is none")
     min_lr_ratio: float = setting(0.1, help="the cosine schedule decays to lr * min_lr_ratio")
     grad_clip: float = setting(1.0, help="gradient-norm clipping (0: off)")
+    lr_full_windows: int | None = setting(
+        None, help="an optimizer step that sees fewer than N windows (a long window's step holds few, correlated "
+                   "ones: a noisier gradient) trains at lr * sqrt(windows / N), stage by stage of the length "
+                   "curriculum (none: the same lr at every window)")
 
     def __post_init__(self):
         _check("optim", self, "lr")
@@ -213,6 +217,7 @@ class OptimSpec:
             raise ValueError("optim: need 0 <= warmup_fraction < 1 and 0 <= min_lr_ratio <= 1")
         if self.warmup_steps is not None and (isinstance(self.warmup_steps, bool) or self.warmup_steps < 0):
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _check("optim", self, "lr_full_windows", allow_none=True)
 
 
 @dataclass

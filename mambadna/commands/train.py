@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import itertools
 import json
 import time
 import warnings
@@ -232,12 +233,25 @@ def curriculum(cfg, datamodule, min_windows: int, first_fraction: float | None =
     return SeqLenWarmup(stages)
 
 
-def announce_curriculum(warmup: SeqLenWarmup | None) -> None:
+def window_lr_scale(cfg, warmup: SeqLenWarmup | None, world_size: int):
+    """optim.lr_full_windows's factor of each step (see SeqLenWarmup.lr_scale), or None when it is off; a run
+    without a curriculum is one stage."""
+    full = cfg.optim.lr_full_windows
+    if not full:
+        return None
+    stages = warmup or SeqLenWarmup([(cfg.data.window_bp, cfg.data.batch_size, cfg.train.accumulate_grad_batches,
+                                      None)], world_size)
+    return stages.lr_scale(full)
+
+
+def announce_curriculum(warmup: SeqLenWarmup | None, lr_scale=None) -> None:
     """One line a stage, so that a user who asked for a long window sees how the run gets there."""
     if warmup is None or not is_rank_zero():
         return
+    starts = [0, *itertools.accumulate(s for *_, s in warmup.stages[:-1])]
+    lower = [lr_scale(step) if lr_scale else 1.0 for step in starts]
     parts = [f"{w} bp x {b}" + (f" x {k} accumulated" if k > 1 else "") + (f" for {s} steps" if s else " to the end")
-             for w, b, k, s in warmup.stages]
+             + (f" at lr x {f:.2g}" if f < 1 else "") for (w, b, k, s), f in zip(warmup.stages, lower)]
     print("length curriculum: " + " -> ".join(parts), flush=True)
 
 
@@ -261,8 +275,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
                             cfg.runtime)
     if warmup is not None:
         warmup.world_size = trainer.world_size
+    task.lr_scale = window_lr_scale(cfg, warmup, trainer.world_size)
     check_data(datamodule, cfg, trainer.world_size, curriculum=warmup)
-    announce_curriculum(warmup)
+    announce_curriculum(warmup, task.lr_scale)
     check_resume(trainer, task, run)
     if is_rank_zero():  # the other ranks of a DDP run re-run this command
         save_config(cfg, out_dir / "run_config.json")
@@ -360,8 +375,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
                             cfg.runtime, validate_at=first_end)
     if warmup is not None:
         warmup.world_size = trainer.world_size
+    task.lr_scale = window_lr_scale(cfg, warmup, trainer.world_size)
     check_data(datamodule, cfg, trainer.world_size, held_out=("val", "test"), curriculum=warmup)
-    announce_curriculum(warmup)
+    announce_curriculum(warmup, task.lr_scale)
     check_resume(trainer, task, run, datamodule.class_names)
     if is_rank_zero():  # the other ranks of a DDP run re-run this command
         save_config(cfg, out_dir / "run_config.json")

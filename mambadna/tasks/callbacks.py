@@ -3,6 +3,8 @@ and memory."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import time
 from pathlib import Path
@@ -83,6 +85,17 @@ class SeqLenWarmup(pl.Callback):
         """(window_bp, batch_size, accumulate, training windows of the epoch or None for the data's own count)."""
         window, batch, accumulate, steps = self.stages[min(epoch, len(self.stages) - 1)]
         return window, batch, accumulate, None if steps is None else steps * batch * accumulate * self.world_size
+
+    def lr_scale(self, full_windows: int):
+        """step -> sqrt(min(1, windows / full_windows)) for the windows an optimizer step sees in the stage that step
+        is in (optim.lr_full_windows); read at each step, so the world size set after construction counts."""
+        ends = list(itertools.accumulate(s for *_, s in self.stages[:-1]))
+
+        def scale(step: int) -> float:
+            _, batch, accumulate, _ = self.stages[bisect.bisect_right(ends, step)]
+            return math.sqrt(min(1.0, batch * accumulate * self.world_size / full_windows))
+
+        return scale
 
     def on_fit_start(self, trainer, pl_module):
         datamodule = trainer.datamodule

@@ -27,6 +27,7 @@ class ClassifyTask(pl.LightningModule):
             raise ValueError(f"classification needs at least 2 classes, the data has {len(class_names)}: "
                              f"{class_names}")
         self.model, self.optim, self.class_names = model, optim, list(class_names)
+        self.lr_scale = None  # step -> lr factor, set by the command (optim.lr_full_windows)
         self.freeze_backbone = freeze_backbone
         if freeze_backbone:
             for p in self.model.backbone.parameters():
@@ -87,4 +88,4 @@ class ClassifyTask(pl.LightningModule):
         self.confusion.reset()
 
     def configure_optimizers(self):
-        return build_optimizer(self.model, self.optim, int(self.trainer.max_steps))
+        return build_optimizer(self.model, self.optim, int(self.trainer.max_steps), self.lr_scale)

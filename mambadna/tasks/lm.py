@@ -48,6 +48,7 @@ class LMTask(pl.LightningModule):
             raise ValueError("tbptt trains next-base prediction over consecutive windows; it needs objective 'clm'")
         self.model.activation_checkpointing = activation_checkpointing
         self.optim = optim
+        self.lr_scale = None  # step -> lr factor, set by the command (optim.lr_full_windows)
         self.chunk_bp, self.tbptt, self.objective = chunk_bp, tbptt, objective
         # one runner per stream set: validation between training steps must not disturb the training streams
         self.runners = {"train": TBPTTRunner(), "val": TBPTTRunner()} if tbptt else {}
@@ -114,4 +115,4 @@ class LMTask(pl.LightningModule):
         return self._step("test", batch)
 
     def configure_optimizers(self):
-        return build_optimizer(self.model, self.optim, int(self.trainer.max_steps))
+        return build_optimizer(self.model, self.optim, int(self.trainer.max_steps), self.lr_scale)

@@ -37,10 +37,13 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_lr_ratio: float):
     return factor
 
 
-def build_optimizer(module: torch.nn.Module, spec: OptimSpec, total_steps: int):
-    """The Lightning `configure_optimizers` dict: AdamW + per-step LambdaLR."""
+def build_optimizer(module: torch.nn.Module, spec: OptimSpec, total_steps: int, lr_scale=None):
+    """The Lightning `configure_optimizers` dict: AdamW + per-step LambdaLR; `lr_scale(step)`, if given, multiplies
+    the schedule (optim.lr_full_windows: the length curriculum's factor of the stage a step is in)."""
     # Not fused: Lightning refuses gradient clipping under mixed precision with a fused optimizer (seen on an H100).
     optimizer = torch.optim.AdamW(param_groups(module, spec.weight_decay), lr=spec.lr, betas=tuple(spec.betas))
     warmup = spec.warmup_steps if spec.warmup_steps is not None else int(spec.warmup_fraction * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup, spec.min_lr_ratio))
+    schedule = warmup_cosine(total_steps, warmup, spec.min_lr_ratio)
+    factor = schedule if lr_scale is None else (lambda step: schedule(step) * lr_scale(step))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

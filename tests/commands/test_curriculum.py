@@ -5,10 +5,14 @@ region holds, and a classifier runs at windows longer than it was trained on."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
+import torch
 
 from mambadna import cli
+from mambadna.run_config import OptimSpec
+from mambadna.tasks.optim import warmup_cosine
 
 TINY = ["--set", "model.d_model=16", "--set", "model.d_state=4", "--set", "model.n_layer=1", "--no-progress",
         "--set", "train.log_every_n_steps=1"]
@@ -60,6 +64,22 @@ def test_curriculum_off_and_explicit_start(tmp_path, capsys):
     assert cli.main(["finetune", "--out", str(tmp_path / "bad"), "--set", "train.seqlen_warmup_from_bp=16384",
                      *common]) == 2
     assert "longer than data.window_bp" in capsys.readouterr().err
+
+
+def test_pretrain_lr_full_windows_lowers_the_rate_of_the_long_stages(tmp_path, capsys):
+    # 64 bp x 4 -> 128 x 2 -> 256 x 1, two steps a stage: full rate at 4 windows a step, sqrt(2/4), sqrt(1/4)
+    out = tmp_path / "pre"
+    assert cli.main(["pretrain", "--out", str(out), "--window-bp", "256", "--batch-size", "1", "--steps", "6",
+                     "--set", "train.seqlen_warmup_from_bp=64", "--set", "optim.lr_full_windows=4",
+                     "--set", "data.val_windows=2", *TINY]) == 0
+    assert ("length curriculum: 64 bp x 4 for 2 steps -> 128 bp x 2 for 2 steps at lr x 0.71 -> 256 bp x 1 to the "
+            "end at lr x 0.5") in capsys.readouterr().out
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    step = ckpt["lr_schedulers"][0]["last_epoch"]
+    plain = warmup_cosine(6, 0, OptimSpec().min_lr_ratio)(step)  # 10% warmup of 6 steps: none
+    assert step >= 4 and math.isclose(ckpt["optimizer_states"][0]["param_groups"][0]["lr"], 8e-3 * plain * 0.5)
+    assert cli.main(["pretrain", "--out", str(tmp_path / "bad"), "--set", "optim.lr_full_windows=0", *TINY]) == 2
+    assert "optim.lr_full_windows must be a positive number" in capsys.readouterr().err
 
 
 def test_long_window_validation_falls_back_to_the_held_out_region(tmp_path, capsys):

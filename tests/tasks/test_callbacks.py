@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -48,6 +50,17 @@ def test_length_curriculum_first_fraction_front_loads_the_first_window():
     stages = length_curriculum(1024, 8192, 4, max_steps=100, first_fraction=0.5)
     assert stages == [(1024, 32, 1, 50), (2048, 16, 1, 16), (4096, 8, 1, 16), (8192, 4, 1, None)]
     assert length_curriculum(1024, 1024, 4, max_steps=10, first_fraction=0.5) == [(1024, 4, 1, None)]
+
+
+def test_lr_scale_lowers_the_rate_of_stages_with_few_windows_a_step():
+    # stages of 16, 8 and 1 x 2 windows a step; full rate from 16 windows, sqrt of the share below
+    warmup = SeqLenWarmup([(1024, 16, 1, 10), (2048, 8, 1, 5), (4096, 1, 2, None)])
+    scale = warmup.lr_scale(16)
+    assert [scale(s) for s in (0, 9)] == [1.0, 1.0]
+    assert math.isclose(scale(10), math.sqrt(0.5)) and math.isclose(scale(14), math.sqrt(0.5))
+    assert math.isclose(scale(15), math.sqrt(2 / 16)) and math.isclose(scale(10_000), math.sqrt(2 / 16))
+    warmup.world_size = 2  # every rank adds its windows to the step: read when the schedule runs, not when built
+    assert scale(10) == 1.0 and math.isclose(scale(15), 0.5)
 
 
 def test_length_curriculum_holds_a_chunked_runs_memory():

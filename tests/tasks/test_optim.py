@@ -36,3 +36,18 @@ def test_build_optimizer_uses_paper_betas():
     opt = out["optimizer"]
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.95)
     assert out["lr_scheduler"]["interval"] == "step"
+
+
+def test_build_optimizer_multiplies_the_schedule_by_lr_scale():
+    model = MambaLM(tiny(d_model=16, d_state=4))
+    spec = OptimSpec(warmup_steps=0)
+    out = build_optimizer(model, spec, total_steps=10, lr_scale=lambda step: 0.5 if step >= 3 else 1.0)
+    opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
+    plain = warmup_cosine(10, 0, spec.min_lr_ratio)
+    seen = []
+    for step in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = [spec.lr * plain(s) * (0.5 if s >= 3 else 1.0) for s in range(6)]
+    assert all(math.isclose(a, b) for a, b in zip(seen, want)), (seen, want)
