@@ -6,7 +6,9 @@
 # bench_model json, md and log).
 #   COMMIT=<sha> OUT=/some/dir bash experiments/ab_kernel_defaults.sh
 # OLD: Python statements run before bench_model.py (default: the conv backward's per-step dweight sums and the
-# scan's forward on 4 lanes on channels-last u, the defaults before 12-07 16:28).
+# scan's forward on 4 lanes on channels-last u, the defaults before 12-07 16:28); NEW: the same for the "new" side
+# (default: none, the package's defaults). E.g. a candidate default against today's:
+#   NEW="import mambadna.kernels.scan_v2 as s; s.BWD_STAGES = 3" OLD=pass COMMIT=<sha> OUT=... bash <this script>
 set -uo pipefail
 OUT=${OUT:?set OUT to the output folder}
 cd "$(dirname "$0")/.."
@@ -21,7 +23,7 @@ ARGS=(--sections train --models base --scan-kernels v2 --conv-backends auto --no
 [ "${1:-}" = --cpu-smoke ] && ARGS+=(--cpu-smoke)
 for r in $(seq 1 "${ROUNDS:-2}"); do
   for v in new old; do
-    pre=$([ $v = old ] && echo "$OLD" || echo pass)
+    pre=$([ $v = old ] && echo "$OLD" || echo "${NEW:-pass}")
     for mode in "plain --log2-lengths ${PLAIN_L:-16,18}" "chunked --log2-lengths ${CHUNKED_L:-20} --chunk-bp 65536"; do
       name=ab_${mode%% *}
       [ "${1:-}" = --cpu-smoke ] && mode="${mode%% *}"
@@ -29,7 +31,8 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
 import runpy, sys
 $pre
 import mambadna.kernels.conv_triton as _c, mambadna.kernels.scan_v2 as _s
-print("defaults: DW_ROWS", _c.DW_ROWS, "FWD_LANES_CHANNELS_LAST", _s.FWD_LANES_CHANNELS_LAST, flush=True)
+print("defaults: DW_ROWS", _c.DW_ROWS, "FWD_LANES_CHANNELS_LAST", _s.FWD_LANES_CHANNELS_LAST, "BWD_STAGES",
+      _s.BWD_STAGES, flush=True)
 sys.argv = ["bench_model.py", *sys.argv[1:]]
 runpy.run_path("experiments/bench_model.py", run_name="__main__")
 PY

@@ -73,6 +73,13 @@ FWD_LANES_CHANNELS_LAST = 1
 # -> 10.44 at (32, 2048, 2048) ((b, d, l) inputs; 6.6-7.4% on the model's views), exact in the GPU check, for 0.5 GiB
 # more peak memory at 2^20 (9.9 against 9.4; checkpoints of 2 bytes an element instead of 1).
 CKPT_TILES = 4
+# The backward's loop over states is not software-pipelined (plan's bwd_stages). 3 stages were faster at every
+# benchmarked shape and layout in one same-run measurement (NVIDIA H100, 2026-12-07 19:47 UTC,
+# experiments/results/gpu_scan_h100_2026-12-07i/): fwd+bwd 45.1 -> 40.6 ms at (1, 512, 2^20), 44.6 -> 40.2 at
+# (8, 512, 2^17), 4.53 -> 4.20 at (8, 1536, 4096), 10.5 -> 8.8 at (32, 2048, 2048) ((b, d, l) inputs; 4-7% on the
+# model's views). But that call's GPU check of it stopped at its time limit before the (b, l, d) and model layouts
+# and the long lengths, so it is not yet the default.
+BWD_STAGES = 1
 
 
 def vec_rows(x: torch.Tensor | None, T: int) -> bool:
@@ -160,7 +167,7 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
 
     `bwd_stages` (2 or 3) software-pipelines the backward's loop over states: the next states' A, B, C and scratch
     rows are loaded while this state computes, hiding the L1 latency those stalls wait on, for the registers that
-    hold them in flight.
+    hold them in flight. Its default is BWD_STAGES.
     """
     NL = lanes or 1
     T = tile or 8
@@ -189,7 +196,7 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
         CL = triton.cdiv(chunk, step) * step
     p = Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0,
              STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries), NL, bwd_unroll=bwd_unroll or 1,
-             bwd_maxnreg=bwd_maxnreg or 0, bwd_stages=bwd_stages or 1)
+             bwd_maxnreg=bwd_maxnreg or 0, bwd_stages=bwd_stages or BWD_STAGES)
     lanes_default = FWD_LANES_CHANNELS_LAST if channels_last else FWD_LANES
     FL = fwd_lanes or (lanes_default if NL == 1 and T % lanes_default == 0 else 1)
     if FL > 1:  # the same threads a program as the backward's: BD / FL channels

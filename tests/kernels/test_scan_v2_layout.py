@@ -55,8 +55,9 @@ SCRIPT = f"LANES = {LANES}\n" + textwrap.dedent(r'''
             b3 = dict(base, HAS_PIN=True, HAS_H0=True, REDUCE_ASM=T * NL <= 32, CPT=1, s_oul=sl, s_otl=sl,
                       s_ozl=sl, VOU=vec, VOT=vec, VOZ=vec, UNROLL=1, STAGES=1)
             out["B3 " + name] = build(scan_v2_bwd._bwd_scan, b3, W)
-            if name == "bdl":  # plan's bwd_stages: the loop over states software-pipelined
-                out["B3 bdl stages2"] = build(scan_v2_bwd._bwd_scan, dict(b3, STAGES=2), W)
+            if name in ("bdl", "bld"):  # plan's bwd_stages: the loop over states software-pipelined
+                for stages in (2, 3):
+                    out[f"B3 {name} stages{stages}"] = build(scan_v2_bwd._bwd_scan, dict(b3, STAGES=stages), W)
     print(json.dumps(out))
 ''')
 
@@ -125,8 +126,13 @@ def test_lanes_do_not_spill_and_compute_per_channel_work_once(compiled):
 
 
 def test_pipelined_backward_loads_ahead_without_spilling(compiled):
-    """bwd_stages 2: Triton's pipeliner turns the state loop's row loads into asynchronous copies (LDGSTS), issued
-    a state ahead, and the registers they take in flight still fit without spilling; the default has none."""
-    piped, plain = compiled["B3 bdl stages2"], compiled["B3 bdl"]
-    assert piped["cp_async"] > 0 and plain["cp_async"] == 0, (piped, plain)
-    assert piped["spills"] == 0 and piped["stl"] == 0, piped
+    """bwd_stages 2 and 3: Triton's pipeliner turns the state loop's row loads into asynchronous copies (LDGSTS),
+    issued one or two states ahead, in both layouts, and the registers they take in flight still fit without
+    spilling; the default has none."""
+    for layout in ("bdl", "bld"):
+        plain = compiled[f"B3 {layout}"]
+        assert plain["cp_async"] == 0, plain
+        for stages in (2, 3):
+            piped = compiled[f"B3 {layout} stages{stages}"]
+            assert piped["cp_async"] > 0, (layout, stages, piped)
+            assert piped["spills"] == 0 and piped["stl"] == 0, (layout, stages, piped)
