@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
-import itertools
 import json
 import time
 import warnings
@@ -248,8 +247,7 @@ def announce_curriculum(warmup: SeqLenWarmup | None, lr_scale=None) -> None:
     """One line a stage, so that a user who asked for a long window sees how the run gets there."""
     if warmup is None or not is_rank_zero():
         return
-    starts = [0, *itertools.accumulate(s for *_, s in warmup.stages[:-1])]
-    lower = [lr_scale(step) if lr_scale else 1.0 for step in starts]
+    lower = [lr_scale(step) if lr_scale else 1.0 for step in warmup.stage_starts()]
     parts = [f"{w} bp x {b}" + (f" x {k} accumulated" if k > 1 else "") + (f" for {s} steps" if s else " to the end")
              + (f" at lr x {f:.2g}" if f < 1 else "") for (w, b, k, s), f in zip(warmup.stages, lower)]
     print("length curriculum: " + " -> ".join(parts), flush=True)

@@ -86,13 +86,17 @@ class SeqLenWarmup(pl.Callback):
         window, batch, accumulate, steps = self.stages[min(epoch, len(self.stages) - 1)]
         return window, batch, accumulate, None if steps is None else steps * batch * accumulate * self.world_size
 
+    def stage_starts(self) -> list[int]:
+        """The optimizer step at which each stage begins."""
+        return [0, *itertools.accumulate(s for *_, s in self.stages[:-1])]
+
     def lr_scale(self, full_windows: int):
         """step -> sqrt(min(1, windows / full_windows)) for the windows an optimizer step sees in the stage that step
         is in (optim.lr_full_windows); read at each step, so the world size set after construction counts."""
-        ends = list(itertools.accumulate(s for *_, s in self.stages[:-1]))
+        starts = self.stage_starts()
 
         def scale(step: int) -> float:
-            _, batch, accumulate, _ = self.stages[bisect.bisect_right(ends, step)]
+            _, batch, accumulate, _ = self.stages[bisect.bisect_right(starts, step) - 1]
             return math.sqrt(min(1.0, batch * accumulate * self.world_size / full_windows))
 
         return scale
