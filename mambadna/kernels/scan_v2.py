@@ -73,13 +73,13 @@ FWD_LANES_CHANNELS_LAST = 1
 # -> 10.44 at (32, 2048, 2048) ((b, d, l) inputs; 6.6-7.4% on the model's views), exact in the GPU check, for 0.5 GiB
 # more peak memory at 2^20 (9.9 against 9.4; checkpoints of 2 bytes an element instead of 1).
 CKPT_TILES = 4
-# The backward's loop over states is not software-pipelined (plan's bwd_stages). 3 stages were faster at every
-# benchmarked shape and layout in one same-run measurement (NVIDIA H100, 2026-12-07 19:47 UTC,
-# experiments/results/gpu_scan_h100_2026-12-07i/): fwd+bwd 45.1 -> 40.6 ms at (1, 512, 2^20), 44.6 -> 40.2 at
-# (8, 512, 2^17), 4.53 -> 4.20 at (8, 1536, 4096), 10.5 -> 8.8 at (32, 2048, 2048) ((b, d, l) inputs; 4-7% on the
-# model's views). But that call's GPU check of it stopped at its time limit before the (b, l, d) and model layouts
-# and the long lengths, so it is not yet the default.
-BWD_STAGES = 1
+# The backward's loop over states is software-pipelined in 3 stages (plan's bwd_stages): faster than none at every
+# benchmarked shape and layout in two same-run measurements (NVIDIA H100, 2026-12-07 19:47 and 21:43 UTC,
+# experiments/results/gpu_scan_h100_2026-12-07i/ and -j/): fwd+bwd 45.2 -> 40.9 ms at (1, 512, 2^20), 44.7 -> 40.3 at
+# (8, 512, 2^17), 4.57 -> 4.23 at (8, 1536, 4096), 10.4 -> 8.8 at (32, 2048, 2048) ((b, d, l) inputs at 21:43; 4-7%
+# on the model's views), the same peak memory, and every GPU check case (31) with the same worst error as 1 stage.
+# 2 stages were slower everywhere.
+BWD_STAGES = 3
 
 
 def vec_rows(x: torch.Tensor | None, T: int) -> bool:

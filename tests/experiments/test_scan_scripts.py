@@ -57,7 +57,7 @@ def test_kernel_defaults_ab_script_runs_both_arms_in_cpu_smoke_mode(tmp_path):
     """ab_kernel_defaults.sh: the model step with the package's kernel defaults (or a candidate, NEW) and with the
     ones they replaced, each arm in its own process with its module defaults set as named (printed by the arm)."""
     env = dict(os.environ, ROUNDS="1", OUT=str(tmp_path), OMP_NUM_THREADS="1",
-               NEW="import mambadna.kernels.scan_v2 as s; s.BWD_STAGES = 3",  # a candidate on the new side
+               NEW="import mambadna.kernels.scan_v2 as s; s.BWD_STAGES = 2",  # a candidate on the new side
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     res = subprocess.run(["bash", str(ROOT / "experiments" / "ab_kernel_defaults.sh"), "--cpu-smoke"], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=600)
@@ -65,6 +65,6 @@ def test_kernel_defaults_ab_script_runs_both_arms_in_cpu_smoke_mode(tmp_path):
     lines = (tmp_path / "summary.txt").read_text().splitlines()
     runs = [ln for ln in lines if " round 1 ab_" in ln]
     assert len(runs) == 4 and all("exit 0" in ln and "| mamba-base" in ln for ln in runs), lines
-    assert all("DW_ROWS True FWD_LANES_CHANNELS_LAST 1 BWD_STAGES 3" in ln for ln in runs if ln.startswith("new"))
+    assert all("DW_ROWS True FWD_LANES_CHANNELS_LAST 1 BWD_STAGES 2" in ln for ln in runs if ln.startswith("new"))
     assert all("DW_ROWS False FWD_LANES_CHANNELS_LAST 4 BWD_STAGES 1" in ln for ln in runs if ln.startswith("old"))
     assert (tmp_path / "ab.tgz").stat().st_size > 0

@@ -128,7 +128,7 @@ def test_lanes_do_not_spill_and_compute_per_channel_work_once(compiled):
 def test_pipelined_backward_loads_ahead_without_spilling(compiled):
     """bwd_stages 2 and 3: Triton's pipeliner turns the state loop's row loads into asynchronous copies (LDGSTS),
     issued one or two states ahead, in both layouts, and the registers they take in flight still fit without
-    spilling; the default has none."""
+    spilling; one stage (no pipelining) has none."""
     for layout in ("bdl", "bld"):
         plain = compiled[f"B3 {layout}"]
         assert plain["cp_async"] == 0, plain
