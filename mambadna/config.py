@@ -153,6 +153,15 @@ class MambaConfig:
     def dt_rank_resolved(self) -> int:
         return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else self.dt_rank
 
+    def with_memory(self, bases: float) -> "MambaConfig":
+        """This config with its initial Δ reaching down to 1 / `bases` (dt_init_floor a tenth of that), so the
+        scan's slowest channels (A = -1, decay exp(-Δ) a position) start out holding `bases` positions; itself
+        where dt_min already reaches that far. Only the initialisation of a new model differs."""
+        dt_min = 1.0 / bases
+        if dt_min >= self.dt_min:
+            return self
+        return dataclasses.replace(self, dt_min=dt_min, dt_init_floor=min(self.dt_init_floor, dt_min / 10))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -15,7 +15,6 @@ weight decay 0.1, cosine schedule with linear warmup, peak lr 8e-3).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import warnings
@@ -26,7 +25,8 @@ from typing import ClassVar
 from mambadna.config import OBJECTIVES, POOLINGS, MambaConfig, check_chunk_bp, check_objective, setting, tiny
 # the machinery that reads and changes these dataclasses, used as rc.apply_overrides(...), rc.load_recipe(...)
 from mambadna.settings import (apply_overrides, apply_recipe, changed_settings, check_label_regex,  # noqa: F401
-                               from_dict, leaf_settings, load_recipe, parse_value, read_recipe, to_dict, type_name)
+                               from_dict, leaf_settings, load_recipe, parse_value, read_recipe, save_config, to_dict,
+                               transient_keys, type_name)
 from mambadna.data.tables import is_table
 
 # "auto": bf16 autocast on a GPU, fp32 on the CPU; "bf16" is "bf16-mixed"; the rest are Lightning's names
@@ -257,6 +257,11 @@ class TrainSpec:
         None, help="gradient accumulation is raised so that an optimizer step sees at least this many windows "
                    "(none: a classifier's number of classes, so a step at a long window still sees every class "
                    "once on average; 1 for pretraining)")
+    init_memory_bp: int | None = setting(
+        None, runs=("pretrain",),
+        help="pretraining from scratch: the bases the initial step sizes reach (model.dt_min lowered to 1/N where "
+             "that is below it, dt_init_floor to a tenth of that). none: a tenth of data.window_bp, so windows of "
+             "10 kb and more (at 2^20 on human chrX: 0.011 bits/base lower); 0: off, model.dt_min as set")
     chunk_bp: int | None = setting(
         None, flag="--chunk-bp",
         help="run each sequence through all layers in chunks of this many bases, carrying conv and SSM state and "
@@ -271,6 +276,7 @@ class TrainSpec:
         _check("train", self, "max_steps", "accumulate_grad_batches", "ckpt_every_n_steps", "log_every_n_steps",
                "keep_checkpoints")
         _check("train", self, "val_every_n_steps", "chunk_bp", "min_windows_per_step", allow_none=True)
+        _check("train", self, "init_memory_bp", strict=False, allow_none=True)
         _check("train", self, "progress_every_s")
         _check("train", self, "seqlen_warmup_from_bp", strict=False, allow_none=True)
         if self.seqlen_warmup_first_fraction is not None and not 0 <= self.seqlen_warmup_first_fraction < 1:
@@ -466,21 +472,6 @@ class FinetuneConfig(RunFolderSettings):
                              f"stretch is classified by its mean); got {self.segment_bp!r}, pooling={self.pooling!r}")
         if self.train.chunk_bp is not None and not self.pretrained:  # a checkpoint's model is checked by the task
             check_chunk_bp(self.train.chunk_bp, self.model)
-
-
-def transient_keys(cls) -> list[str]:
-    """The settings of one invocation (--resume, --overwrite, ...): not saved with a run, not compared on resume."""
-    return [key for key, _, f in leaf_settings(cls) if f.metadata.get("transient")]
-
-
-def save_config(cfg, path: str | Path) -> None:
-    from mambadna.files import write_json
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    defaults = type(cfg)()
-    kept = dataclasses.replace(cfg, **{k: getattr(defaults, k) for k in transient_keys(type(cfg))})
-    write_json(path, {"kind": type(cfg).__name__, **to_dict(kept)})
 
 
 def load_config(path: str | Path):

@@ -254,6 +254,22 @@ def flatten(data: dict, prefix: str = "") -> dict:
     return out
 
 
+def transient_keys(cls) -> list[str]:
+    """The settings of one invocation (--resume, --overwrite, ...): not saved with a run, not compared on resume."""
+    return [key for key, _, f in leaf_settings(cls) if f.metadata.get("transient")]
+
+
+def save_config(cfg, path: str | Path) -> None:
+    """A run's settings as JSON, with its kind (the dataclass's name) and without its transient settings."""
+    from mambadna.files import write_json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    defaults = type(cfg)()
+    kept = dataclasses.replace(cfg, **{k: getattr(defaults, k) for k in transient_keys(type(cfg))})
+    write_json(path, {"kind": type(cfg).__name__, **to_dict(kept)})
+
+
 def check_label_regex(pattern: str, name: str = "data.label_regex") -> re.Pattern:
     """A label regex compiled, with exactly one group (the label), or a ValueError saying what is wrong."""
     try:

@@ -61,3 +61,13 @@ def test_presets():
     assert (small().d_model, small().n_layer) == (128, 6)
     assert (base().d_model, base().n_layer) == (256, 8)
     assert tiny(n_layer=3).n_layer == 3
+
+
+def test_with_memory_lowers_the_initial_delta_only_where_it_reaches_less_far():
+    cfg = tiny()
+    assert cfg.with_memory(1000) is cfg and cfg.with_memory(500) is cfg  # 1 / dt_min = 1000 already
+    long = cfg.with_memory(100_000)
+    assert long.dt_min == pytest.approx(1e-5) and long.dt_init_floor == pytest.approx(1e-6)
+    assert (long.dt_max, long.d_model, long.n_layer) == (cfg.dt_max, cfg.d_model, cfg.n_layer)
+    low_floor = MambaConfig(d_model=16, n_layer=1, dt_init_floor=1e-8).with_memory(100_000)
+    assert low_floor.dt_init_floor == 1e-8  # never raised

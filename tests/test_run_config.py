@@ -72,3 +72,9 @@ def test_a_run_config_saved_before_the_runtime_section_still_loads(tmp_path):
     data["train"].update(runtime)
     (tmp_path / "old.json").write_text(json.dumps(data))
     assert rc.load_config(tmp_path / "old.json") == rc.PretrainConfig(runtime=cfg.runtime)
+
+
+def test_initial_memory_must_be_a_number_of_bases():
+    assert rc.TrainSpec().init_memory_bp is None and rc.TrainSpec(init_memory_bp=0).init_memory_bp == 0
+    with pytest.raises(ValueError, match="train.init_memory_bp must be a non-negative number"):
+        rc.TrainSpec(init_memory_bp=-1)

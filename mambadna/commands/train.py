@@ -253,13 +253,26 @@ def announce_curriculum(warmup: SeqLenWarmup | None, lr_scale=None) -> None:
     print("length curriculum: " + " -> ".join(parts), flush=True)
 
 
+def initial_model(model: MambaConfig, memory_bp: float) -> MambaConfig:
+    """The model config a pretraining run initialises: its Δ reaching `memory_bp` bases (train.init_memory_bp; 0:
+    as set), said in one line when that lowers model.dt_min. A function of the settings alone, so a resume builds
+    the same config (the weights then come from the checkpoint)."""
+    if not memory_bp or (new := model.with_memory(memory_bp)) is model:
+        return model
+    if is_rank_zero():
+        print(f"initial memory: model.dt_min {model.dt_min:g} -> {new.dt_min:.3g}, so the slowest channels start out "
+              f"holding {memory_bp:,.0f} bases (train.init_memory_bp; 0 keeps model.dt_min)", flush=True)
+    return new
+
+
 def run_pretrain(cfg: PretrainConfig) -> dict:
     started = time.perf_counter()
     configure_torch_threads()
     run = start_run(cfg.out_dir, "pretrain", cfg.resume, cfg.resume_from or None, cfg.overwrite)
     out_dir = run.out_dir
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    model_config = cfg.model
+    memory = cfg.data.window_bp / 10 if cfg.train.init_memory_bp is None else cfg.train.init_memory_bp
+    model_config = initial_model(cfg.model, memory)
     d = cfg.data
     datamodule = d.datamodule("lm", tokenizer_from_name(model_config.tokenizer), out_dir, seed=cfg.train.seed,
                               masking=cfg.masking.as_tuple() if cfg.objective == "mlm" else None,

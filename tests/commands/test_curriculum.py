@@ -8,6 +8,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from mambadna import cli
@@ -80,6 +81,31 @@ def test_pretrain_lr_full_windows_lowers_the_rate_of_the_long_stages(tmp_path, c
     assert step >= 4 and math.isclose(ckpt["optimizer_states"][0]["param_groups"][0]["lr"], 8e-3 * plain * 0.5)
     assert cli.main(["pretrain", "--out", str(tmp_path / "bad"), "--set", "optim.lr_full_windows=0", *TINY]) == 2
     assert "optim.lr_full_windows must be a positive number" in capsys.readouterr().err
+
+
+def test_pretrain_initial_memory_lowers_dt_min_and_a_resume_keeps_it(tmp_path, capsys):
+    out = tmp_path / "pre"
+    argv = ["pretrain", "--out", str(out), "--window-bp", "256", "--batch-size", "2", "--steps", "2",
+            "--set", "train.init_memory_bp=5000", "--set", "data.val_windows=2", "--set", "train.ckpt_every_n_steps=1",
+            *TINY]
+    assert cli.main(argv) == 0
+    assert ("initial memory: model.dt_min 0.001 -> 0.0002, so the slowest channels start out holding 5,000 bases"
+            in capsys.readouterr().out)
+    saved = json.loads((out / "model" / "config.json").read_text())["config"]
+    assert saved["dt_min"] == pytest.approx(2e-4) and saved["dt_init_floor"] == pytest.approx(2e-5)
+    assert json.loads((out / "run_config.json").read_text())["model"]["dt_min"] == 1e-3  # the user's setting
+    argv[argv.index("--steps") + 1] = "3"
+    assert cli.main([*argv, "--resume"]) == 0  # the same model config again, so the checkpoint fits
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+    assert "initial memory: model.dt_min 0.001 -> 0.0002" in capsys.readouterr().out
+    # the default: a tenth of the window, which dt_min 1e-3 already reaches at 256 bases but not at 16 kb
+    for window, dt_min in ((256, 1e-3), (16384, 10 / 16384)):
+        assert cli.main(["pretrain", "--out", str(tmp_path / f"w{window}"), "--window-bp", str(window), "--batch-size",
+                         "1", "--steps", "1", "--set", "data.val_windows=1", "--set", "train.seqlen_warmup_from_bp=0",
+                         *TINY]) == 0
+        assert ("initial memory: model.dt_min 0.001 -> 0.00061" in capsys.readouterr().out) == (window == 16384)
+        saved = json.loads((tmp_path / f"w{window}" / "model" / "config.json").read_text())["config"]
+        assert saved["dt_min"] == pytest.approx(dt_min)
 
 
 def test_long_window_validation_falls_back_to_the_held_out_region(tmp_path, capsys):
