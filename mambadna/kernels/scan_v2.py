@@ -80,6 +80,8 @@ CKPT_TILES = 4
 # on the model's views), the same peak memory, and every GPU check case (31) with the same worst error as 1 stage.
 # 2 stages were slower everywhere.
 BWD_STAGES = 3
+# dB/dC as deterministic per-block partials (plan's bwd_atomic): atomic adds save memory but are not yet timed.
+BWD_ATOMIC = False
 
 
 def vec_rows(x: torch.Tensor | None, T: int) -> bool:
@@ -132,12 +134,13 @@ class Plan(NamedTuple):
     bwd_unroll: int = 1  # the backward's loop over states unrolled this many times (scan_v2_bwd._bwd_states)
     bwd_maxnreg: int = 0  # registers a thread of the backward scan may take (0: ptxas's choice, 251 at the default)
     bwd_stages: int = 1  # software-pipelining stages of the backward's loop over states (1: none)
+    bwd_atomic: bool = False  # dB/dC added atomically into one sum a group, not per-block partials (scan_v2_bwd)
 
 
 def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, ckpt_tiles=None, chunk=None,
          unroll=None, fwd_warps=None, bwd_warps=None, sm_warps=None, fma_exps=None, full_warps=None,
          stop_summaries=None, lanes=None, fwd_lanes=None, bwd_unroll=None, bwd_maxnreg=None, bwd_stages=None,
-         channels_last=False) -> Plan:
+         bwd_atomic=None, channels_last=False) -> Plan:
     """The launch shape; each keyword overrides one default (the benchmark sweeps them, tests shrink them).
 
     A sequence is cut into chunks only when b · d/BD programs fill fewer than `full_warps` (FULL_WARPS_PER_SM)
@@ -168,6 +171,10 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     `bwd_stages` (2 or 3) software-pipelines the backward's loop over states: the next states' A, B, C and scratch
     rows are loaded while this state computes, hiding the L1 latency those stalls wait on, for the registers that
     hold them in flight. Its default is BWD_STAGES.
+
+    `bwd_atomic` adds every channel block's dB/dC rows atomically into one fp32 (b, g, NP, l) sum instead of
+    writing (b, d/BD, NP, l) partials that are added afterwards: d/(g·BD) times less of that memory (4× at d 512),
+    but the adds' order, and so the last bits of dB/dC, vary from run to run. Its default is BWD_ATOMIC.
     """
     NL = lanes or 1
     T = tile or 8
@@ -196,7 +203,8 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
         CL = triton.cdiv(chunk, step) * step
     p = Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0,
              STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries), NL, bwd_unroll=bwd_unroll or 1,
-             bwd_maxnreg=bwd_maxnreg or 0, bwd_stages=bwd_stages or BWD_STAGES)
+             bwd_maxnreg=bwd_maxnreg or 0, bwd_stages=bwd_stages or BWD_STAGES,
+             bwd_atomic=BWD_ATOMIC if bwd_atomic is None else bool(bwd_atomic))
     lanes_default = FWD_LANES_CHANNELS_LAST if channels_last else FWD_LANES
     FL = fwd_lanes or (lanes_default if NL == 1 and T % lanes_default == 0 else 1)
     if FL > 1:  # the same threads a program as the backward's: BD / FL channels
@@ -332,8 +340,9 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
     scr = torch.empty(b * nc * d * (M + 4) * NP, dtype=torch.float32, device=dev)  # see _bwd_scan
     du, ddelta = alloc_like(u), alloc_like(delta)
     dz = alloc_like(z) if z is not None else None
-    dB_part = alloc((b, nblk, NP, l), torch.float32, dev)
-    dC_part = alloc((b, nblk, NP, l), torch.float32, dev)
+    rows = g if cfg.bwd_atomic else nblk  # the group's sum, or each channel block's partial
+    dB_part = (torch.zeros if cfg.bwd_atomic else alloc)((b, rows, NP, l), dtype=torch.float32, device=dev)
+    dC_part = (torch.zeros if cfg.bwd_atomic else alloc)((b, rows, NP, l), dtype=torch.float32, device=dev)
     dA_part = alloc((b, nc, NP, d), torch.float32, dev)
     dD_part = alloc((b, nc, d), torch.float32, dev) if Df is not None else None
     dbias_part = alloc((b, nc, d), torch.float32, dev) if bias is not None else None
@@ -347,15 +356,15 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
         dh0 if dh0 is not None else dummy, l, CL, nc, nck, bpg, *st, *pst, *hst, 1,
         *_strides(du), *_strides(ddelta), *_strides(dz if dz is not None else du),
         M=M, HAS_D=Df is not None, HAS_PIN=pin is not None, HAS_H0=has_h0, REDUCE_ASM=asm, UNROLL=cfg.bwd_unroll,
-        STAGES=cfg.bwd_stages,
+        STAGES=cfg.bwd_stages, ATOMIC=cfg.bwd_atomic,
         CPT=max(1, BD * cfg.lanes // (32 * warps)), VU=vec_rows(u, T), VT=vec_rows(delta, T), VZ=vec_rows(z, T),
         VY=vec_rows(dy, T), VOU=vec_rows(du, T), VOT=vec_rows(ddelta, T), VOZ=vec_rows(dz, T), **flags,
         **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),
     )
     # channel blocks never straddle groups (BD divides d / g), so block i belongs to group i // (nblk / g)
-    dB = _ungroup(dB_part[:, :, :n].reshape(b, g, nblk // g, n, l).sum(2), B_shape)
+    dB = _ungroup(dB_part[:, :, :n].reshape(b, g, rows // g, n, l).sum(2), B_shape)
     del dB_part
-    dC = _ungroup(dC_part[:, :, :n].reshape(b, g, nblk // g, n, l).sum(2), C_shape)
+    dC = _ungroup(dC_part[:, :, :n].reshape(b, g, rows // g, n, l).sum(2), C_shape)
     dA = dA_part[:, :, :n].sum((0, 1)).t()
     dD = dD_part.sum((0, 1)) if dD_part is not None else None
     dbias = dbias_part.sum((0, 1)) if dbias_part is not None else None

@@ -12,7 +12,8 @@ from a zero adjoint at its end) and scan_v2_fwd._carry, reversed, the adjoint en
 
 dB and dC sum over channels. REDUCE_ASM uses tiles.warp_reduce_scatter (about one shuffle per value), then one
 cross-warp sum per tile, into per-channel-block partials (b, blocks, NP, l) that the launcher adds in a fixed order:
-deterministic, no atomics. Without it (the interpreter, or blocks narrower than a warp) `tl.sum` does the same sum.
+deterministic, no atomics. ATOMIC (the plan's bwd_atomic) adds them into one (b, g, NP, l) sum instead: blocks / g
+times less memory, in an order that varies from run to run. Without it (the interpreter, or blocks narrower than a warp) `tl.sum` does the same sum.
 With lanes (NL > 1, tiles.py) each lane walks its own states; the sums over states that du, dΔ and dz need are added
 over a channel's lanes (tiles.lane_sum), and the butterfly sums dB/dC over the lanes holding the same state (it
 skips the low log2(NL) lane bits; T·NL <= 32, else `tl.sum`).
@@ -196,7 +197,7 @@ def _bwd_scan(
     NFMA: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_PIN: tl.constexpr, HAS_H0: tl.constexpr, REDUCE_ASM: tl.constexpr, CPT: tl.constexpr,
     VU: tl.constexpr, VT: tl.constexpr, VZ: tl.constexpr, VY: tl.constexpr, VOU: tl.constexpr, VOT: tl.constexpr,
-    VOZ: tl.constexpr, NL: tl.constexpr, UNROLL: tl.constexpr, STAGES: tl.constexpr,
+    VOZ: tl.constexpr, NL: tl.constexpr, UNROLL: tl.constexpr, STAGES: tl.constexpr, ATOMIC: tl.constexpr,
 ):
     i_db, i_c, i_b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     NBLK = tl.num_programs(0)
@@ -236,8 +237,13 @@ def _bwd_scan(
     t_c = i_c * CL
     n_tiles = tl.cdiv(tl.minimum(CL, L - t_c), T)
     p_bcb = p_BC + i_b * s_bb + i_g * s_bg  # staged B/C (b, g, tiles, 2, N, T)
-    p_dBb = p_dB + ((i_b * NBLK + i_db) * NP) * L
-    p_dCb = p_dC + ((i_b * NBLK + i_db) * NP) * L
+    # dB/dC rows: this block's own partial, or (ATOMIC) its group's sum, which every block of the group adds to
+    if ATOMIC:
+        i_row = i_b * (NBLK // BPG) + i_g
+    else:
+        i_row = i_b * NBLK + i_db
+    p_dBb = p_dB + (i_row * NP) * L
+    p_dCb = p_dC + (i_row * NP) * L
     for k in range(0, tl.cdiv(n_tiles, M)):
         j0 = (tl.cdiv(n_tiles, M) - 1 - k) * M  # first tile of the interval, counted from the chunk start
         nt = tl.minimum(M, n_tiles - j0)
@@ -286,7 +292,7 @@ def _bwd_scan(
             b_y, b_gB, b_gA = bwd_states(b_dt, b_dt * b_u, b_dyp, b_Dv[None, :] * b_u, p_A2,
                                          p_bcb + (t0 // T) * (2 * N * T), p_sc + j * NS, p_p, p_dAs, p_rC, p_rB,
                                          p_dCb + t0, p_dBb + t0, m_t, L, o_t, o_d, o_dl, D_, s_one, o_ln, N, NFMA, T,
-                                         BD, REDUCE_ASM, CPT, NL, UNROLL, STAGES)
+                                         BD, REDUCE_ASM, CPT, NL, UNROLL, STAGES, ATOMIC)
             if REDUCE_ASM:
                 # Lane l of every warp holds position t0 + l % T of each state's warp sum: add the warps. One
                 # (state, position) per thread, so the sum is W loads and adds, with no cross-lane step. With
@@ -306,8 +312,8 @@ def _bwd_scan(
                         b_sC += tl.load(p_rC + o_r + w * 32)
                         b_sB += tl.load(p_rB + o_r + w * 32)
                 m_k = (k_n < N) & (t0 + k_t < L)
-                tl.store(p_dCb + k_n.to(tl.int64) * L + t0 + k_t, b_sC, mask=m_k)
-                tl.store(p_dBb + k_n.to(tl.int64) * L + t0 + k_t, b_sB, mask=m_k)
+                put_sum(p_dCb + k_n.to(tl.int64) * L + t0 + k_t, b_sC, m_k, ATOMIC)
+                put_sum(p_dBb + k_n.to(tl.int64) * L + t0 + k_t, b_sB, m_k, ATOMIC)
                 tl.debug_barrier()  # the rows are rewritten by the next tile
             b_dun = b_dt * b_gB
             if HAS_D:
@@ -336,10 +342,19 @@ def _bwd_scan(
 
 
 @triton.jit
+def put_sum(ptr, value, mask, ATOMIC: tl.constexpr):
+    """A row of dB or dC sums: stored as this channel block's partial, or (ATOMIC) added into its group's sum."""
+    if ATOMIC:
+        tl.atomic_add(ptr, value, mask=mask, sem="relaxed")
+    else:
+        tl.store(ptr, value, mask=mask)
+
+
+@triton.jit
 def _bwd_states(b_dt, b_du, b_dyp, b_y, b_gB, b_gA, p_A2, p_bc, p_h0, p_p, p_dAs, p_rC, p_rB, p_dC, p_dB, m_t, L,
                 o_t, o_dl, D_, o_d, s_one, o_ln, n0, n1, N: tl.constexpr, T: tl.constexpr, BD: tl.constexpr,
                 REDUCE_ASM: tl.constexpr, CPT: tl.constexpr, FMA: tl.constexpr, NL: tl.constexpr,
-                UNROLL: tl.constexpr, STAGES: tl.constexpr):
+                UNROLL: tl.constexpr, STAGES: tl.constexpr, ATOMIC: tl.constexpr):
     # STAGES > 1: Triton's software pipeliner issues the next states' loads (A, B, C rows, the scratch rows)
     # before this state's arithmetic; the rows a state stores are never read by a later state of the same tile
     for i_s in tl.range(n0, n1, loop_unroll_factor=UNROLL, num_stages=STAGES):
@@ -367,12 +382,12 @@ def _bwd_states(b_dt, b_du, b_dyp, b_y, b_gB, b_gA, p_A2, p_bc, p_h0, p_p, p_dAs
             tl.store(p_rC + o_w, warp_reduce_scatter(b_dyp * b_hs, BD * NL, CPT, NL))
             tl.store(p_rB + o_w, warp_reduce_scatter(b_g * b_du, BD * NL, CPT, NL))
         elif NL == 1:
-            tl.store(p_dC + i_n * L + o_t, tl.sum(b_dyp * b_hs, axis=1), mask=m_t)
-            tl.store(p_dB + i_n * L + o_t, tl.sum(b_g * b_du, axis=1), mask=m_t)
+            put_sum(p_dC + i_n * L + o_t, tl.sum(b_dyp * b_hs, axis=1), m_t, ATOMIC)
+            put_sum(p_dB + i_n * L + o_t, tl.sum(b_g * b_du, axis=1), m_t, ATOMIC)
         else:  # the sum over the block's channels, per lane: states i_s·NL + k of every position
             o_r = (i_s * NL + tl.arange(0, NL))[None, :] * L + o_t[:, None]
-            tl.store(p_dC + o_r, tl.sum(tl.reshape(b_dyp * b_hs, (T, BD, NL)), axis=1), mask=m_t[:, None])
-            tl.store(p_dB + o_r, tl.sum(tl.reshape(b_g * b_du, (T, BD, NL)), axis=1), mask=m_t[:, None])
+            put_sum(p_dC + o_r, tl.sum(tl.reshape(b_dyp * b_hs, (T, BD, NL)), axis=1), m_t[:, None], ATOMIC)
+            put_sum(p_dB + o_r, tl.sum(tl.reshape(b_g * b_du, (T, BD, NL)), axis=1), m_t[:, None], ATOMIC)
     return b_y, b_gB, b_gA
 
 
@@ -380,7 +395,7 @@ def _bwd_states(b_dt, b_du, b_dyp, b_y, b_gB, b_gA, p_A2, p_bc, p_h0, p_p, p_dAs
 def bwd_states(b_dt, b_du, b_dyp, b_y, p_A2, p_bc, p_h0, p_p, p_dAs, p_rC, p_rB, p_dC, p_dB, m_t, L,
                o_t, o_d, o_dl, D_, s_one, o_ln, N: tl.constexpr, NFMA: tl.constexpr, T: tl.constexpr,
                BD: tl.constexpr, REDUCE_ASM: tl.constexpr, CPT: tl.constexpr, NL: tl.constexpr,
-               UNROLL: tl.constexpr, STAGES: tl.constexpr):
+               UNROLL: tl.constexpr, STAGES: tl.constexpr, ATOMIC: tl.constexpr):
     """One tile of the backward, state by state (a loop, with the per-state carries in the scratch slots): a and
     h from the tile's start state p_h0, the adjoint g from the carried p, and every per-state gradient term.
     Returns the tile's output before the gate (b_y comes in as D·u; for dz), Σ_n g·B and Σ_n A·g·a·h_{t-1}
@@ -393,11 +408,11 @@ def bwd_states(b_dt, b_du, b_dyp, b_y, p_A2, p_bc, p_h0, p_p, p_dAs, p_rC, p_rB,
         b_y = tl.zeros(b_dt.shape, dtype=tl.float32)  # D·u joins after the lanes' sum
     b_y, b_gB, b_gA = _bwd_states(b_dt, b_du, b_dyp, b_y, b_gB, b_gA, p_A2, p_bc, p_h0, p_p, p_dAs, p_rC, p_rB,
                                   p_dC, p_dB, m_t, L, o_t, o_dl, D_, o_d, s_one, o_ln, 0, SN - NFMA, N, T, BD,
-                                  REDUCE_ASM, CPT, False, NL, UNROLL, STAGES)
+                                  REDUCE_ASM, CPT, False, NL, UNROLL, STAGES, ATOMIC)
     if NFMA > 0:
         b_y, b_gB, b_gA = _bwd_states(b_dt, b_du, b_dyp, b_y, b_gB, b_gA, p_A2, p_bc, p_h0, p_p, p_dAs, p_rC,
                                       p_rB, p_dC, p_dB, m_t, L, o_t, o_dl, D_, o_d, s_one, o_ln, SN - NFMA, SN, N,
-                                      T, BD, REDUCE_ASM, CPT, True, NL, UNROLL, STAGES)
+                                      T, BD, REDUCE_ASM, CPT, True, NL, UNROLL, STAGES, ATOMIC)
     if NL > 1:
         b_y = lane_sum(b_y, BD, NL) + b_y0
         b_gB = lane_sum(b_gB, BD, NL)

@@ -173,6 +173,22 @@ def test_backward_pipeline_stages_are_a_launch_option():
     compare(1, 32, 37, 4, block_d=32, bwd_stages=2, **SMALL)
 
 
+@pytest.mark.parametrize("layout", ["bdl", "bld"])
+def test_atomic_dB_dC_sums_are_a_launch_option(layout):
+    """bwd_atomic adds every channel block's dB/dC into one sum a group (scan_v2_bwd.put_sum): the same gradients
+    with several blocks a group, groups, chunks, lanes, and lengths that are not powers of two."""
+    assert scan_v2.plan(1, 32, 37, 32, torch.device("cpu"), bwd_atomic=True).bwd_atomic
+    assert scan_v2.plan(1, 32, 37, 32, torch.device("cpu")).bwd_atomic is scan_v2.BWD_ATOMIC is False
+    compare(2, 64, 37, 4, block_d=16, bwd_atomic=True, layout=layout, **SMALL)  # 4 blocks add into one sum
+    compare(1, 64, 45, 4, groups=2, block_d=8, bwd_atomic=True, layout=layout, **SMALL)  # 4 blocks a group
+    compare(1, 32, 29, 8, block_d=8, lanes=2, bwd_atomic=True, dtype=torch.bfloat16, layout=layout, **SMALL)
+
+
+def test_atomic_dB_dC_sums_after_the_warp_reduction():
+    """The butterfly path's cross-warp sums, added atomically: two blocks of one warp each."""
+    compare(1, 64, 27, 2, block_d=32, bwd_warps=1, bwd_atomic=True, **SMALL)
+
+
 def test_warp_reduction_path():
     """Channel blocks of whole warps take the butterfly reduction of dB/dC (emulated in the interpreter) and its
     cross-warp sum: 2 warps of one channel each, and 1 warp of two channels a thread."""

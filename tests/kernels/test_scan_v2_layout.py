@@ -34,7 +34,8 @@ SCRIPT = f"LANES = {LANES}\n" + textwrap.dedent(r'''
         two_d = re.findall(r"#ttg\.blocked<\{sizePerThread = \[(\d+), (\d+)\], threadsPerWarp = \[(\d+), (\d+)\], "
                            r"warpsPerCTA = \[(\d+), (\d+)\]", k["ttgir"])
         return dict(regs=k["regs"], spills=k["spills"], shfl=ops.count("SHFL"), stl=ops.count("STL"),
-                    mufu=ops.count("MUFU"), cp_async=ops.count("LDGSTS"), layouts=sorted(set(two_d)))
+                    mufu=ops.count("MUFU"), cp_async=ops.count("LDGSTS"), red=ops.count("RED") + ops.count("REDG"),
+                    layouts=sorted(set(two_d)))
 
     out = {}
     T, W = 8, 4  # scan_v2.plan's defaults: 128 threads a program, 128 / lanes channels
@@ -53,11 +54,12 @@ SCRIPT = f"LANES = {LANES}\n" + textwrap.dedent(r'''
                 N=16, NP=16, T=T, BD=BD, NFMA=0, HAS_BIAS=True, SOFTPLUS=True, HAS_Z=True, STOP=160.0, s_ul=sl,
                 s_tl=sl, s_zl=sl, s_yl=sl, s_oul=sl, s_otl=sl, s_ozl=sl, VT=vec, VZ=vec, VY=vec, NL=NL), W)
             b3 = dict(base, HAS_PIN=True, HAS_H0=True, REDUCE_ASM=T * NL <= 32, CPT=1, s_oul=sl, s_otl=sl,
-                      s_ozl=sl, VOU=vec, VOT=vec, VOZ=vec, UNROLL=1, STAGES=1)
+                      s_ozl=sl, VOU=vec, VOT=vec, VOZ=vec, UNROLL=1, STAGES=1, ATOMIC=False)
             out["B3 " + name] = build(scan_v2_bwd._bwd_scan, b3, W)
             if name in ("bdl", "bld"):  # plan's bwd_stages: the loop over states software-pipelined
                 for stages in (2, 3):
                     out[f"B3 {name} stages{stages}"] = build(scan_v2_bwd._bwd_scan, dict(b3, STAGES=stages), W)
+                out[f"B3 {name} atomic"] = build(scan_v2_bwd._bwd_scan, dict(b3, STAGES=3, ATOMIC=True), W)
     print(json.dumps(out))
 ''')
 
@@ -123,6 +125,15 @@ def test_lanes_do_not_spill_and_compute_per_channel_work_once(compiled):
         if 8 * NL <= 32:
             want = 2 * (7 + 5 - log_nl - 3) + 3 * 8 * log_nl
             assert want <= compiled[f"B3 bdl lanes{NL}"]["shfl"] <= want + 16, NL
+
+
+def test_atomic_dB_dC_sums_compile_to_reductions_without_spilling(compiled):
+    """bwd_atomic (with the default 3 stages): the dB/dC rows become global reductions (RED), none in the default,
+    and the kernel still spills nothing, in both layouts."""
+    for layout in ("bdl", "bld"):
+        assert compiled[f"B3 {layout} stages3"]["red"] == 0
+        atomic = compiled[f"B3 {layout} atomic"]
+        assert atomic["red"] > 0 and atomic["spills"] == 0 and atomic["stl"] == 0, (layout, atomic)
 
 
 def test_pipelined_backward_loads_ahead_without_spilling(compiled):
