@@ -340,9 +340,10 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
     scr = torch.empty(b * nc * d * (M + 4) * NP, dtype=torch.float32, device=dev)  # see _bwd_scan
     du, ddelta = alloc_like(u), alloc_like(delta)
     dz = alloc_like(z) if z is not None else None
-    rows = g if cfg.bwd_atomic else nblk  # the group's sum, or each channel block's partial
-    dB_part = (torch.zeros if cfg.bwd_atomic else alloc)((b, rows, NP, l), dtype=torch.float32, device=dev)
-    dC_part = (torch.zeros if cfg.bwd_atomic else alloc)((b, rows, NP, l), dtype=torch.float32, device=dev)
+    # the group's sum, which every block adds into (so it starts at zero), or each channel block's partial
+    rows, sums = (g, torch.zeros) if cfg.bwd_atomic else (nblk, alloc)
+    dB_part = sums((b, rows, NP, l), dtype=torch.float32, device=dev)
+    dC_part = sums((b, rows, NP, l), dtype=torch.float32, device=dev)
     dA_part = alloc((b, nc, NP, d), torch.float32, dev)
     dD_part = alloc((b, nc, d), torch.float32, dev) if Df is not None else None
     dbias_part = alloc((b, nc, d), torch.float32, dev) if bias is not None else None
