@@ -7,7 +7,8 @@
 #   COMMIT=<sha> OUT=/some/dir bash experiments/ab_kernel_defaults.sh
 # OLD: Python statements run before bench_model.py (default: the conv backward's per-step dweight sums and the
 # scan's forward on 4 lanes on channels-last u, the defaults before 12-07 16:28, and the backward's
-# state loop unpipelined, the default before 21:43); NEW: the same for the "new" side
+# state loop unpipelined, the default before 12-07 21:43, with dB/dC as per-block partials, the default before 12-08
+# 00:01); NEW: the same for the "new" side
 # (default: none, the package's defaults). E.g. a candidate default against today's:
 #   NEW="import mambadna.kernels.scan_v2 as s; s.BWD_STAGES = 2" OLD=pass COMMIT=<sha> OUT=... bash <this script>
 set -uo pipefail
@@ -15,7 +16,7 @@ OUT=${OUT:?set OUT to the output folder}
 cd "$(dirname "$0")/.."
 WORK=$(mktemp -d)
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-OLD=${OLD:-"import mambadna.kernels.conv_triton as c, mambadna.kernels.scan_v2 as s; c.DW_ROWS = False; s.FWD_LANES_CHANNELS_LAST = 4; s.BWD_STAGES = 1"}
+OLD=${OLD:-"import mambadna.kernels.conv_triton as c, mambadna.kernels.scan_v2 as s; c.DW_ROWS = False; s.FWD_LANES_CHANNELS_LAST = 4; s.BWD_STAGES = 1; s.BWD_ATOMIC = False"}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/summary.txt") 2>&1
 echo "commit ${COMMIT:-unknown} $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo cpu) $(date -u '+%F %T UTC')"

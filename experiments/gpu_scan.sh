@@ -5,7 +5,8 @@
 #   2. the scans against mamba_ssm's CUDA kernel, same run, the issue's four shapes, fwd and fwd+bwd and peak memory,
 #      in the (b, d, l) and the model's own layouts (bench_scan.py), two interleaved rounds;
 #   3. the 3.5M "base" model, one training step, tokens/s at 2^16 and 2^18 plain and 2^20 chunked (2^16 chunks),
-#      with scan_kernel v2 and the PyTorch or Triton conv and norm, each pair (bench_model.py);
+#      with scan_kernel v2 and the PyTorch or Triton conv and norm, each pair, and 2^20 in 2^18 chunks with the
+#      Triton ones (bench_model.py);
 #      then the conv alone, PyTorch's against conv_triton.py's launch variants (bench_conv.py);
 #   4. that step at 2^16 and 2^18 by kernel group (profile_model.py: the scan, conv, matmuls, norm, optimizer, ...),
 #      with the PyTorch conv and norm and with the Triton ones;
@@ -19,7 +20,8 @@
 #   COMMIT=<git rev-parse HEAD> bash experiments/gpu_scan.sh
 # Results in $OUT (at most 8 files come back from the device tool): see WORK below.
 # Knobs (environment): BUDGET_S (default 330, the whole script's wall clock: later phases get what is left, each at
-# least a few seconds), V2_CONFIGS (JSON list of scan_v2.plan keywords: extra v2 variants timed beside the default).
+# least a few seconds), V2_CONFIGS (JSON list of scan_v2.plan keywords: extra v2 variants timed beside the default),
+# MODEL_CHUNK_BP (phase 3's longer chunk, default 262144; empty skips it).
 # `bash experiments/gpu_scan.sh --cpu-smoke` runs the same steps at tiny sizes in Triton's interpreter (CI).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -155,6 +157,15 @@ timeout "$(cap 60 30)" "$PY" experiments/bench_model.py $SMOKE --out "$OUT" --js
   --models base --modes chunked "${SERIES[@]}" "${CHUNKED[@]}" > "$OUT/model_chunked.log" 2>&1
 echo "bench_model chunked exit $?"
 keep model_plain.json model_chunked.json
+# the chunked mode at the package's default backends in longer chunks (MODEL_CHUNK_BP, 2^18 by default; plain 2^18
+# fits in 18 GiB): fewer chunks, each nearer plain's rate (details.tgz, model_chunked_long.json)
+if [ -z "$SMOKE" ] && [ -n "${MODEL_CHUNK_BP-262144}" ]; then
+  timeout "$(cap 40 60)" "$PY" experiments/bench_model.py --out "$OUT" --json-name model_chunked_long --sections train \
+    --models base --modes chunked --scan-kernels v2 --conv-backends triton --norm-backends triton --log2-lengths 20 \
+    --chunk-bp "${MODEL_CHUNK_BP-262144}" > "$OUT/model_chunked_long.log" 2>&1
+  echo "bench_model chunked ${MODEL_CHUNK_BP-262144} exit $?"
+  grep -h "^| mamba-base" "$OUT/model_chunked_long.md" 2>/dev/null
+fi
 # the conv alone: PyTorch's against the Triton kernel's launch variants (bench_conv.py; in details.tgz)
 timeout "$(cap 40 100)" "$PY" experiments/bench_conv.py $SMOKE --out "$OUT" > "$OUT/bench_conv.log" 2>&1
 echo "bench_conv exit $?"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -84,8 +85,31 @@ def variant_lines(folder: Path) -> list[str]:
         recipe = f"{base[r['window_bp']]:.4f}" if r["window_bp"] in base else ""
         lines.append(f"| {r['variant']} | {log2(r['window_bp'])} | {r['bits_per_base']:.4f} | {recipe} | "
                      f"{r['bases_trained'] / 1e6:.1f} M | {r['train_s']} |")
+    means = family_means(folder)
+    if any(len(v) > 1 for fam in means.values() for v in fam.values()):
+        lines += ["", "Means over seeds (a variant and its `seed<k>_` repeats; the recipe with its `seed<k>` ones):", "",
+                  "| variant | window | seeds | mean bits/base | min-max |", "|---|---|---|---|---|"]
+        for fam, by_window in sorted(means.items()):
+            for w, vals in sorted(by_window.items()):
+                lines.append(f"| {fam} | {log2(w)} | {len(vals)} | {sum(vals) / len(vals):.4f} | "
+                             f"{min(vals):.4f}-{max(vals):.4f} |")
     lines += ["", "Commands:", ""] + [f"- {r['variant']} {log2(r['window_bp'])}: `{r['command']}`" for r in ok]
     return lines
+
+
+def family(name: str) -> str:
+    """A variant's name without its seed: "seed1_mem" and "mem" are one variant, "seed1" is the recipe."""
+    return re.sub(r"^seed\d+_?", "", name) or "recipe"
+
+
+def family_means(folder: Path) -> dict[str, dict[int, list[float]]]:
+    """Every variant's (and the recipe's) bits/base by window, one value a seed."""
+    out: dict[str, dict[int, list[float]]] = {}
+    recipe = [dict(r, variant="recipe") for r in rows(folder / "chrx.jsonl") if r.get("status") == "ok"] \
+        if (folder / "chrx.jsonl").is_file() else []
+    for r in recipe + variant_rows(folder):
+        out.setdefault(family(r["variant"]), {}).setdefault(r["window_bp"], []).append(r["bits_per_base"])
+    return out
 
 
 def first_share(row: dict) -> str:
@@ -202,15 +226,22 @@ def plots(folder: Path, chrx: list[dict], species: list[dict], kmers: list[dict]
     import matplotlib.pyplot as plt
 
     if chrx:
-        chrx = sorted(chrx, key=lambda r: r["window_bp"])
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([r["window_bp"] for r in chrx], [r["bits_per_base"] for r in chrx], "o-", label="recipe")
-        variants = variant_rows(folder)
-        for name in sorted({r["variant"] for r in variants}):
-            mine = sorted((r for r in variants if r["variant"] == name), key=lambda r: r["window_bp"])
-            ax.plot([r["window_bp"] for r in mine], [r["bits_per_base"] for r in mine], "s", label=name)
-        if variants:
-            ax.legend(fontsize=8)
+        # a line through each variant's means over seeds where it has three windows or more, every seed a point
+        means = family_means(folder)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for i, (name, by_window) in enumerate(sorted(means.items(), key=lambda kv: (kv[0] != "recipe", kv[0]))):
+            color = f"C{i % 10}"
+            ws = sorted(by_window)
+            seeds = max(len(v) for v in by_window.values())
+            label = name + (f" (mean of up to {seeds} seeds)" if seeds > 1 else "")
+            if len(ws) >= 3:
+                ax.plot(ws, [sum(by_window[w]) / len(by_window[w]) for w in ws], "-", color=color, label=label)
+                label = None
+            xs = [w for w in ws for _ in by_window[w]]
+            ax.plot(xs, [v for w in ws for v in by_window[w]], "o" if name == "recipe" else "s", color=color,
+                    markersize=4, alpha=0.8, label=label)
+        if len(means) > 1:
+            ax.legend(fontsize=7)
         ax.set_xscale("log", base=2)
         ax.set(xlabel="training (and scoring) window, bases", ylabel="held-out bits per base",
                title="human chrX: same model, same bases")

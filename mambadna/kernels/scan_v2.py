@@ -80,8 +80,13 @@ CKPT_TILES = 4
 # on the model's views), the same peak memory, and every GPU check case (31) with the same worst error as 1 stage.
 # 2 stages were slower everywhere.
 BWD_STAGES = 3
-# dB/dC as deterministic per-block partials (plan's bwd_atomic): atomic adds save memory but are not yet timed.
-BWD_ATOMIC = False
+# dB/dC added atomically into one sum a group (plan's bwd_atomic) since one same-run measurement (NVIDIA H100,
+# 2026-12-08 00:01 UTC, experiments/results/gpu_scan_h100_2026-12-08a/): against per-block partials, fwd+bwd 40.8 ->
+# 40.7 ms at (1, 512, 2^20), 40.3 -> 40.0 at (8, 512, 2^17), 4.21 -> 4.18 at (8, 1536, 4096), 8.80 -> 8.76 at
+# (32, 2048, 2048) ((b, d, l) inputs; 0.7-3.3% on the model's views), peak memory 9.91 -> 9.54 GiB at 2^20, and every
+# GPU check case (31) with the partials' worst error to 5e-6 of its value. Under
+# torch.use_deterministic_algorithms the partials run instead (the adds' order varies from run to run).
+BWD_ATOMIC = True
 
 
 def vec_rows(x: torch.Tensor | None, T: int) -> bool:
@@ -174,7 +179,8 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
 
     `bwd_atomic` adds every channel block's dB/dC rows atomically into one fp32 (b, g, NP, l) sum instead of
     writing (b, d/BD, NP, l) partials that are added afterwards: d/(g·BD) times less of that memory (4× at d 512),
-    but the adds' order, and so the last bits of dB/dC, vary from run to run. Its default is BWD_ATOMIC.
+    but the adds' order, and so the last bits of dB/dC, vary from run to run. Its default is BWD_ATOMIC, unless
+    torch.use_deterministic_algorithms is on.
     """
     NL = lanes or 1
     T = tile or 8
@@ -204,7 +210,8 @@ def plan(b: int, d: int, l: int, dpg: int, device, *, tile=None, block_d=None, c
     p = Plan(T, BD, M, CL, triton.cdiv(l, CL), True if unroll is None else bool(unroll), fw, bw, fma_exps or 0,
              STOP_SUMMARIES if stop_summaries is None else bool(stop_summaries), NL, bwd_unroll=bwd_unroll or 1,
              bwd_maxnreg=bwd_maxnreg or 0, bwd_stages=bwd_stages or BWD_STAGES,
-             bwd_atomic=BWD_ATOMIC if bwd_atomic is None else bool(bwd_atomic))
+             bwd_atomic=(BWD_ATOMIC and not torch.are_deterministic_algorithms_enabled()) if bwd_atomic is None
+             else bool(bwd_atomic))
     lanes_default = FWD_LANES_CHANNELS_LAST if channels_last else FWD_LANES
     FL = fwd_lanes or (lanes_default if NL == 1 and T % lanes_default == 0 else 1)
     if FL > 1:  # the same threads a program as the backward's: BD / FL channels
@@ -225,10 +232,18 @@ def _stage_bc(B: torch.Tensor, C: torch.Tensor, b: int, g: int, n: int, l: int, 
     return out.view(b, g, nt, T, 2, n).permute(0, 1, 2, 4, 5, 3).contiguous()
 
 
+def _block_sum(part: torch.Tensor, b: int, g: int, n: int, l: int) -> torch.Tensor:
+    """(b, g, n, l) dB or dC from the backward's (b, rows, NP, l) buffer: a view where it holds one row a group
+    (bwd_atomic), else the channel blocks' partials added in a fixed order. Blocks never straddle groups (BD divides
+    d / g), so block i belongs to group i // (rows / g)."""
+    rows = part.shape[1]
+    return part[:, :, :n] if rows == g else part[:, :, :n].reshape(b, g, rows // g, n, l).sum(2)
+
+
 def _ungroup(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """(b, g, n, l) gradient back to the caller's B or C shape, summing groups a shared input was expanded to."""
     if len(shape) == 3:
-        return grad.sum(1)
+        return grad[:, 0] if grad.shape[1] == 1 else grad.sum(1)
     return grad.sum(1, keepdim=True) if shape[1] == 1 and grad.shape[1] > 1 else grad
 
 
@@ -362,10 +377,9 @@ def backward(dy, dh_last, u, delta, A, B_shape, C_shape, z, softplus, has_h0, cf
         VY=vec_rows(dy, T), VOU=vec_rows(du, T), VOT=vec_rows(ddelta, T), VOZ=vec_rows(dz, T), **flags,
         **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),
     )
-    # channel blocks never straddle groups (BD divides d / g), so block i belongs to group i // (nblk / g)
-    dB = _ungroup(dB_part[:, :, :n].reshape(b, g, rows // g, n, l).sum(2), B_shape)
-    del dB_part
-    dC = _ungroup(dC_part[:, :, :n].reshape(b, g, rows // g, n, l).sum(2), C_shape)
+    del scr  # before the sums below, which would otherwise add their copies to the kernel's peak
+    dB, dC = (_ungroup(_block_sum(part, b, g, n, l), shape) for part, shape in ((dB_part, B_shape), (dC_part, C_shape)))
+    del dB_part, dC_part
     dA = dA_part[:, :, :n].sum((0, 1)).t()
     dD = dD_part.sum((0, 1)) if dD_part is not None else None
     dbias = dbias_part.sum((0, 1)) if dbias_part is not None else None

@@ -11,10 +11,10 @@ With several chunks per sequence, `_bwd_summary` first computes each chunk's adj
 from a zero adjoint at its end) and scan_v2_fwd._carry, reversed, the adjoint entering each chunk's end.
 
 dB and dC sum over channels. REDUCE_ASM uses tiles.warp_reduce_scatter (about one shuffle per value), then one
-cross-warp sum per tile, into per-channel-block partials (b, blocks, NP, l) that the launcher adds in a fixed order:
-deterministic, no atomics. ATOMIC (the plan's bwd_atomic) adds them into one (b, g, NP, l) sum instead: blocks / g
-times less memory, in an order that varies from run to run. Without REDUCE_ASM (the interpreter, or blocks narrower
-than a warp) `tl.sum` does the same sum.
+cross-warp sum per tile. ATOMIC (the plan's bwd_atomic, the default) adds those into one (b, g, NP, l) sum, in an
+order that varies from run to run; without it (and under torch.use_deterministic_algorithms) they are per-channel-
+block partials (b, blocks, NP, l) that the launcher adds in a fixed order: deterministic, blocks / g times the
+memory. Without REDUCE_ASM (the interpreter, or blocks narrower than a warp) `tl.sum` does the same sum.
 With lanes (NL > 1, tiles.py) each lane walks its own states; the sums over states that du, dΔ and dz need are added
 over a channel's lanes (tiles.lane_sum), and the butterfly sums dB/dC over the lanes holding the same state (it
 skips the low log2(NL) lane bits; T·NL <= 32, else `tl.sum`).

@@ -173,20 +173,35 @@ def test_backward_pipeline_stages_are_a_launch_option():
     compare(1, 32, 37, 4, block_d=32, bwd_stages=2, **SMALL)
 
 
+def test_atomic_dB_dC_sums_are_the_default_unless_deterministic():
+    """bwd_atomic is the default launch, and torch.use_deterministic_algorithms picks the fixed-order partials."""
+    cpu = torch.device("cpu")
+    assert scan_v2.plan(1, 32, 37, 32, cpu).bwd_atomic is scan_v2.BWD_ATOMIC is True
+    assert not scan_v2.plan(1, 32, 37, 32, cpu, bwd_atomic=False).bwd_atomic
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not scan_v2.plan(1, 32, 37, 32, cpu).bwd_atomic
+        assert scan_v2.plan(1, 32, 37, 32, cpu, bwd_atomic=True).bwd_atomic  # asked for, still given
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+@pytest.mark.parametrize("atomic", [True, False])
 @pytest.mark.parametrize("layout", ["bdl", "bld"])
-def test_atomic_dB_dC_sums_are_a_launch_option(layout):
-    """bwd_atomic adds every channel block's dB/dC into one sum a group (scan_v2_bwd.put_sum): the same gradients
-    with several blocks a group, groups, chunks, lanes, and lengths that are not powers of two."""
-    assert scan_v2.plan(1, 32, 37, 32, torch.device("cpu"), bwd_atomic=True).bwd_atomic
-    assert scan_v2.plan(1, 32, 37, 32, torch.device("cpu")).bwd_atomic is scan_v2.BWD_ATOMIC is False
-    compare(2, 64, 37, 4, block_d=16, bwd_atomic=True, layout=layout, **SMALL)  # 4 blocks add into one sum
-    compare(1, 64, 45, 4, groups=2, block_d=8, bwd_atomic=True, layout=layout, **SMALL)  # 4 blocks a group
-    compare(1, 32, 29, 8, block_d=8, lanes=2, bwd_atomic=True, dtype=torch.bfloat16, layout=layout, **SMALL)
+def test_dB_dC_sums_added_atomically_or_as_partials(layout, atomic):
+    """Every channel block's dB/dC added into one sum a group (scan_v2_bwd.put_sum, the default) or kept as
+    partials that the launcher adds: the same gradients with several blocks a group, groups, chunks, lanes, and
+    lengths that are not powers of two."""
+    compare(2, 64, 37, 4, block_d=16, bwd_atomic=atomic, layout=layout, **SMALL)  # 4 blocks add into one sum
+    compare(1, 64, 45, 4, groups=2, block_d=8, bwd_atomic=atomic, layout=layout, **SMALL)  # 4 blocks a group
+    compare(1, 32, 29, 8, block_d=8, lanes=2, bwd_atomic=atomic, dtype=torch.bfloat16, layout=layout, **SMALL)
 
 
-def test_atomic_dB_dC_sums_after_the_warp_reduction():
-    """The butterfly path's cross-warp sums, added atomically: two blocks of one warp each."""
-    compare(1, 64, 27, 2, block_d=32, bwd_warps=1, bwd_atomic=True, **SMALL)
+@pytest.mark.parametrize("atomic", [True, False])
+def test_dB_dC_sums_after_the_warp_reduction(atomic):
+    """The butterfly path's cross-warp sums, added atomically or as partials: two blocks of one warp each."""
+    compare(1, 64, 27, 2, block_d=32, bwd_warps=1, bwd_atomic=atomic, **SMALL)
 
 
 def test_warp_reduction_path():

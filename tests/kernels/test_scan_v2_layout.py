@@ -128,8 +128,8 @@ def test_lanes_do_not_spill_and_compute_per_channel_work_once(compiled):
 
 
 def test_atomic_dB_dC_sums_compile_to_reductions_without_spilling(compiled):
-    """bwd_atomic (with the default 3 stages): the dB/dC rows become global reductions (RED), none in the default,
-    and the kernel still spills nothing, in both layouts."""
+    """bwd_atomic (the default, with the default 3 stages): the dB/dC rows become global reductions (RED), none in
+    the partials' launch, and the kernel still spills nothing, in both layouts."""
     for layout in ("bdl", "bld"):
         assert compiled[f"B3 {layout} stages3"]["red"] == 0
         atomic = compiled[f"B3 {layout} atomic"]
