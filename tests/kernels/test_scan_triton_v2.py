@@ -115,6 +115,13 @@ def test_stopped_summaries_equal_the_full_ones(a_scale, skips):
     assert scan_v2.plan(2, 4, 80, 4, torch.device("cpu"), block_d=4).stop_summaries  # the default since 12-06
 
 
+@pytest.mark.parametrize("ckpt_tiles, chunk, l", [(3, 48, 101), (6, 96, 200)])
+def test_checkpoint_intervals_of_any_tile_count(ckpt_tiles, chunk, l):
+    """ckpt_tiles need not be a power of two (the benchmark times 6, between the default's 4 and 8): intervals of
+    3 and 6 tiles, the last one cut short, over several chunks."""
+    compare(2, 8, l, 4, block_d=4, tile=8, ckpt_tiles=ckpt_tiles, chunk=chunk, dtype=torch.bfloat16)
+
+
 def test_stopped_summaries_bf16_model_layout_grouped():
     compare(1, 8, 40, 2, groups=2, dtype=torch.bfloat16, block_d=4, stop_summaries=True, fma_exps=1, **SMALL)
     compare(1, 4, 37, 2, dtype=torch.bfloat16, layout="bld", block_d=4, stop_summaries=True, **SMALL)
