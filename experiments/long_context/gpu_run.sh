@@ -20,6 +20,24 @@
 # there) (log2, comma-separated), CHRX_STEPS, SPECIES_STEPS; SPECIES=0 runs chrX alone, CHRX=0 the species
 # alone; MICRO_BP (log2, default 19) caps the bases of a micro-batch of every run, for more runs on one GPU (four
 # chrX processes fitted at 19 on an H100 on 12-07; seven processes, four chrX and three fine-tunes, did not).
+#
+# Runs longer than one call go in pieces (experiments/long_context/pieces.py): PAUSE_AFTER_S (default none) stops
+# every chrX run still training that many seconds after its run.py started, after the step in progress, with a
+# checkpoint (its row says "paused"), and each paused run folder comes back as piece_<run folder>.tgz (its run
+# config, newest checkpoint, best model so far and logs; about 10 MiB for the small model; a piece over 16 MiB cannot
+# come back, said with "!!!"). CHRX_PIECES=<folder in the repository, carried> unpacks its *.tgz into $WORK first;
+# the same chrX arguments then continue those runs to their train.max_steps (other settings are refused), and score
+# them once they finish. E.g. 1024 steps of a 2^20 window (about 25 minutes) over three calls, with .pieces/ (ignored
+# by git) carried beside .lcdata and .whl:
+#   call 1: SPECIES=0 CHRX_WINDOWS=20 CHRX_STEPS=1024 PAUSE_AFTER_S=520 COMMIT=<sha> OUT=$OUT \
+#             bash experiments/long_context/gpu_run.sh      -> chrx.jsonl: {"status": "paused", "step": k, ...};
+#           $OUT/piece_chrx_L20.tgz; then here: mkdir -p .pieces && cp <files_at>/piece_chrx_L20.tgz .pieces/
+#   call 2: the same with CHRX_PIECES=.pieces                 -> "continuing the paused run from step k of 1024" in
+#           logs.tgz's chrx.log; paused again: copy its piece_chrx_L20.tgz over .pieces/'s
+#   call 3: the same again                                    -> step 1024, scored: chrx.jsonl's "ok" row, with its
+#           "pieces" (steps, seconds, card of each); if the row says paused still, a fourth call the same way
+# PAUSE_AFTER_S=520 leaves the call time to save, pack and copy back the piece, or to score a run that finished. A call
+# returns at most 8 files: SPECIES=0 leaves room for a piece per chrX group.
 set -uo pipefail
 OUT=${OUT:?set OUT to the output folder}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -35,7 +53,11 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 RUN=experiments/long_context/run.py
+PIECES=experiments/long_context/pieces.py
 opt() { [ -n "${2:-}" ] && echo "$1 $2"; }
+if [ -n "${CHRX_PIECES:-}" ]; then
+  python3 $PIECES unpack "$CHRX_PIECES" "$WORK" || exit 1
+fi
 MICRO=$(opt --micro-bp "${MICRO_BP:-}")
 SPECIES_CMD=(species --data .lcdata/strains/manifest.tsv --out "$WORK" --rows "$OUT"
              $(opt --windows "${SPECIES_WINDOWS:-}") $(opt --test-windows "${TEST_WINDOWS:-}"))
@@ -57,7 +79,8 @@ IFS=/ read -r -a GROUP_ARGS <<< "${CHRX_GROUP_ARGS:-}"
 for i in "${!GROUPS_[@]}"; do
   python3 $RUN chrx --data .lcdata/chrX/chrX.fa.gz --out "$WORK" --rows "$OUT" --deadline-s "$DEADLINE_S" $MICRO \
     $(opt --windows "${GROUPS_[$i]}") $(opt --steps "${CHRX_STEPS:-}") $(opt --eval-windows "${CHRX_EVAL_WINDOWS:-}") \
-    ${CHRX_ARGS:-} ${GROUP_ARGS[$i]:-} > "$WORK/chrx$([ "$i" = 0 ] || echo "_$i").log" 2>&1 &
+    $(opt --pause-after-s "${PAUSE_AFTER_S:-}") ${CHRX_ARGS:-} ${GROUP_ARGS[$i]:-} \
+    > "$WORK/chrx$([ "$i" = 0 ] || echo "_$i").log" 2>&1 &
   CHRX_PIDS+=($!)
 done
 MODELS=""; LR=""; V2=""
@@ -84,4 +107,7 @@ done
 (cd "$WORK" && find . \( -name '*.json' -o -name '*.csv' -o -name '*.png' \) -not -path '*/checkpoints/*' -print0 \
    | tar czf "$OUT/runs.tgz" --null -T -)
 tar czf "$OUT/logs.tgz" -C "$WORK" $(cd "$WORK" && ls *.log)
+if [ -n "${PAUSE_AFTER_S:-}${CHRX_PIECES:-}" ]; then
+  python3 $PIECES pack "$WORK" "$OUT" || echo "!!! a paused run's piece cannot come back (see above)"
+fi
 ls -la "$OUT"

@@ -36,9 +36,17 @@ def env_line(folder: Path, name: str) -> str:
             f"lightning {env.get('lightning')}, commit {str(env.get('commit'))[:10]}")
 
 
+def status(row: dict) -> str:
+    if row["status"] == "paused":
+        return f"paused at step {row['step']} of {row['max_steps']}"
+    return row["status"]
+
+
 def chrx_section(folder: Path) -> tuple[list[str], list[dict]]:
     done = [r for r in rows(folder / "chrx.jsonl") if r.get("status") == "ok"]
-    skipped = [r for r in rows(folder / "chrx.jsonl") if r.get("status") != "ok"]
+    # not results, and no gap either where the window finished in a later call or piece (run.py --pause-after-s)
+    skipped = [r for r in rows(folder / "chrx.jsonl")
+               if r.get("status") != "ok" and r["window_bp"] not in {d["window_bp"] for d in done}]
     lines = ["## Pretraining on human chrX: bits per base against window", "", env_line(folder, "chrx"), ""]
     if not done:
         return lines + ["(no finished run)"], done
@@ -51,7 +59,7 @@ def chrx_section(folder: Path) -> tuple[list[str], list[dict]]:
         val = f"{r['val_bits']:.3f}" if r.get("val_bits") is not None else "-"
         lines.append(f"| {log2(r['window_bp'])} | {r['bits_per_base']:.4f} | {val} | {r['bases_trained'] / 1e6:.1f} M "
                      f"| {r['steps']} | {r['train_s']} |")
-    lines += [f"| {log2(r['window_bp'])} | {r['status']} | | | | |" for r in skipped]
+    lines += [f"| {log2(r['window_bp'])} | {status(r)} | | | | |" for r in skipped]
     cross = sorted({int(w) for r in done for w in r.get("bits_at") or {}})
     if cross:  # run.py --eval-windows: each model also scored at other windows, on the same bases
         lines += ["", "The same models scored at other windows (same held-out bases): a model that uses longer context "

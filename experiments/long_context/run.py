@@ -15,7 +15,9 @@
 
 Every finished row is appended at once to OUT/<experiment>.jsonl (a row names its command line, the settings,
 the run's summary and the metrics), so a call cut short keeps what it finished; `--deadline-s` skips the rows
-that would not fit. experiments/long_context/report.py turns the rows into RESULTS.md tables and plots.
+that would not fit. chrX runs longer than one call go in pieces (`--pause-after-s`; pieces.py): a paused run's row
+says "paused", and the same command again continues it. experiments/long_context/report.py turns the rows into
+RESULTS.md tables and plots.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from experiments.long_context import pieces  # noqa: E402
 from mambadna import run_config as rc  # noqa: E402
 
 
@@ -125,13 +128,13 @@ def bits_per_base(model_dir: Path, genome: str, start: int, length: int, window_
     of `window_bp` (each reads one more base for its last target); N bases are never scored."""
     import torch
 
-    from mambadna.checkpoint import load
     from mambadna.data.genome import Genome
+    from mambadna.model import MambaLM
     from mambadna.objective import lm_loss
     from mambadna.tokenizer import IGNORE_INDEX, tokenizer_from_name
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load(model_dir).to(device).eval()
+    model = MambaLM.from_pretrained(model_dir).to(device).eval()
     tok = tokenizer_from_name(model.config.tokenizer)
     g = Genome(genome)
     contig = max(g.contigs, key=g.contigs.get)
@@ -165,17 +168,16 @@ def held_out_stretch(genome: str, eval_bp: int) -> tuple[int, int]:
 
 
 def run_chrx(args, scale: Scale) -> None:
-    from mambadna.commands import pretrain
-
     out = Path(args.out)
     variant = variant_name(args)
     rows = Path(args.rows or out) / f"chrx{variant}.jsonl"
     extra = variant_settings(args)
     start, length = held_out_stretch(args.data, scale.eval_bp)
     print(f"held-out stretch: {start}..{start + length} ({length} bp)", flush=True)
+    paused = False
     for log2 in scale.windows:
         window = 2**log2
-        if time.time() > args.deadline:
+        if paused or time.time() > args.deadline:  # after a pause this call's time is up, whatever the deadline
             append(rows, {"window_bp": window, "status": "skipped: deadline"})
             continue
         folder = out / f"chrx{variant}_L{log2}"
@@ -184,11 +186,14 @@ def run_chrx(args, scale: Scale) -> None:
         summary_file = folder / "summary.json"
         if args.rescore and summary_file.is_file():  # score the finished run again (other --eval-windows)
             summary = json.loads(summary_file.read_text())
-            trained = summary.get("train_time_s")
-        else:
-            began = time.time()
-            summary = pretrain.run(rc.apply_overrides(rc.PretrainConfig(), overrides))
-            trained = round(time.time() - began, 1)
+            trained = pieces.finished_totals(folder, summary)
+        else:  # afresh, or the paused run in the folder continued (pieces.py)
+            summary, trained = pieces.train(folder, overrides, args.pause_at)
+            if summary is None:
+                paused = True
+                append(rows, {"window_bp": window, **trained, "variant": variant.lstrip("_"),
+                              "command": command_line("pretrain", overrides)})
+                continue
         model_dir = Path(summary["model_dir"])
         score = bits_per_base(model_dir, args.data, start, length, window, scale.chunk_bp)
         # the same model scored at other windows: does it use context longer than it was trained on? (its own
@@ -197,9 +202,8 @@ def run_chrx(args, scale: Scale) -> None:
                  bits_per_base(model_dir, args.data, start, length, 2**e, scale.chunk_bp)["bits_per_base"]
                  for e in sorted(args.eval_windows or ())}
         append(rows, {"window_bp": window, "status": "ok", "variant": variant.lstrip("_"), **score,
-                      "eval_start": start, "eval_bp": length,
-                      "bases_trained": summary.get("bases_trained"), "steps": summary["steps"],
-                      "train_s": trained, "val_bits": summary.get("val/bits_per_base"), "bits_at": cross,
+                      "eval_start": start, "eval_bp": length, "steps": summary["steps"], **trained,
+                      "val_bits": summary.get("val/bits_per_base"), "bits_at": cross,
                       "command": command_line("pretrain", overrides), "summary": summary})
 
 
@@ -384,6 +388,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rescore", action="store_true",
                         help="chrx: runs whose folder in --out holds a finished run are scored again, not retrained")
     parser.add_argument("--deadline-s", type=float, default=1e9, help="skip rows that would start after this many s")
+    parser.add_argument("--pause-after-s", type=float,
+                        help="chrx: a run still training this many s after run.py started stops with a checkpoint "
+                             "(its row says paused); the same command again continues it (pieces.py)")
     parser.add_argument("--species-lr", type=float, help="species: optim.lr of the fine-tunes (default: finetune's)")
     parser.add_argument("--first-fraction", type=float, help="train.seqlen_warmup_first_fraction of every run")
     parser.add_argument("--pretrain-window", type=int,
@@ -399,6 +406,7 @@ def main(argv=None) -> int:
                         help="species: the models, the k-mer baseline (CPU; run it beside the models), or both")
     args = parser.parse_args(argv)
     args.deadline = time.time() + args.deadline_s
+    args.pause_at = None if args.pause_after_s is None else time.time() + args.pause_after_s
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     chrx = args.experiment == "chrx"
@@ -416,6 +424,8 @@ def main(argv=None) -> int:
         scale = replace(scale, micro_bp=2**args.micro_bp)
     if not args.data:
         parser.error("--data is required (see data/prepare_long_context.py)")
+    if args.pause_after_s is not None and not chrx:
+        parser.error("--pause-after-s: chrx runs only (a fine-tune runs in one go)")
     if chrx and any(2**e > scale.eval_bp for e in args.eval_windows or ()):
         parser.error(f"--eval-windows: the held-out stretch is {scale.eval_bp} bases; a longer window would score "
                      "bases outside it")

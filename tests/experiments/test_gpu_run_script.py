@@ -51,3 +51,18 @@ def test_species_alone_and_the_default_plan(tmp_path):
     default = planned(tmp_path)
     assert sum(" chrx " in f" {r} " for r in default) == 1 and len(default) == 4
     assert all("--micro-bp" not in r for r in default)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_pieces_unpacked_before_the_runs_and_packed_after(tmp_path):
+    runs = planned(tmp_path, SPECIES="0", CHRX_WINDOWS="20/17", CHRX_STEPS="1024", PAUSE_AFTER_S="520",
+                   CHRX_PIECES=".pieces")
+    assert len(runs) == 2 and all("--pause-after-s 520" in r and "--steps 1024" in r for r in runs)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    work, out = tmp_path / "work", tmp_path / "out"
+    unpack = calls.index(f"experiments/long_context/pieces.py unpack .pieces {work}")
+    pack = calls.index(f"experiments/long_context/pieces.py pack {work} {out}")
+    assert unpack < min(calls.index(r) for r in runs) and pack == len(calls) - 1
+    # without the knobs nothing is unpacked, paused or packed
+    assert planned(tmp_path, SPECIES="0")
+    assert not any("pieces.py" in c or "--pause-after-s" in c for c in (tmp_path / "calls").read_text().splitlines())

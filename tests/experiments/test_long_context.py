@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "experiments" / "long_context"
+sys.path.insert(0, str(REPO))
+
+from experiments.long_context import pieces as P  # noqa: E402
+from mambadna import run_config as rc  # noqa: E402
 
 
 def run(script: str, *args: str) -> str:
@@ -90,3 +96,48 @@ def test_chrx_processes_side_by_side_share_one_rows_file(tmp_path):
     assert "data.batch_size=4 " in chrx[128]["command"] and "accumulate_grad_batches=2 " in chrx[128]["command"]
     assert "--set train.seed=3" in chrx[64]["command"] and "train.seed" not in chrx[128]["command"]
     assert chrx[64]["bases_trained"] == chrx[128]["bases_trained"]
+
+
+
+@pytest.mark.timeout(300)
+def test_chrx_run_in_pieces_resumes_to_the_same_model(tmp_path):
+    """run.py --pause-after-s stops a chrX run with a checkpoint and a "paused" row; the same command continues it
+    (not afresh), in place or from what pieces.py packed, to the same step and the same model as a run in one go."""
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    whole = subprocess.Popen([sys.executable, str(SCRIPTS / "run.py"), "chrx", "--cpu-smoke", "--out",
+                              str(tmp_path / "whole"), "--rows", str(tmp_path / "whole_rows"), "--steps", "4",
+                              "--windows", "6"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    runs, rows, packed = tmp_path / "runs", tmp_path / "rows", tmp_path / "pieces"
+    chrx = ["run.py", "chrx", "--cpu-smoke", "--out", str(runs), "--rows", str(rows), "--steps", "4"]
+    # due at once: each piece stops after its first step, and the window after a pause waits for the next call
+    run(*chrx, "--windows", "6,7", "--pause-after-s", "0")
+    assert "chrx_L6: continuing the paused run from step 1 of 4" in run(*chrx, "--windows", "6", "--pause-after-s", "0")
+    # a piece with other settings than the first is refused in one line, before it trains
+    other = rc.apply_overrides(rc.load_config(runs / "chrx_L6" / "run_config.json"), ["optim.lr=0.002"])
+    with pytest.raises(SystemExit, match=r"started with other settings \(optim.lr [0-9.e-]+ -> 0.002\)"):
+        P.check_same_settings(runs / "chrx_L6", other)
+    run("pieces.py", "pack", str(runs), str(packed))
+    with tarfile.open(packed / "piece_chrx_L6.tgz") as tar:  # the newest checkpoint only, no data
+        names = tar.getnames()
+    assert [n for n in names if n.endswith(".ckpt")] == ["chrx_L6/checkpoints/step-00000002.ckpt"]
+    assert "chrx_L6/run_config.json" in names and "chrx_L6/pieces.json" in names
+    assert (runs / "chrx_L6" / "checkpoints" / "step-00000001.ckpt").is_file()
+    shutil.rmtree(runs / "chrx_L6")  # the next call's machine has only the piece
+    run("pieces.py", "unpack", str(packed), str(runs))
+    assert "continuing the paused run from step 2 of 4" in run(*chrx, "--windows", "6")
+    got = [json.loads(line) for line in (rows / "chrx.jsonl").read_text().splitlines()]
+    assert [(r["window_bp"], r["status"], r.get("step")) for r in got] == [
+        (64, "paused", 1), (128, "skipped: deadline", None), (64, "paused", 2), (64, "ok", None)]
+    assert "bits_per_base" not in got[0] and "bits_per_base" not in got[2]
+    done = got[-1]
+    assert [(p["from_step"], p["to_step"]) for p in done["pieces"]] == [(0, 1), (1, 2), (2, 4)]
+    # the last piece trained steps 3 and 4 only (afresh it would have trained four); the row counts every piece
+    assert done["steps"] == 4 and done["summary"]["bases_trained"] == 2 * 1024 and done["bases_trained"] == 4 * 1024
+    _, err = whole.communicate(timeout=280)
+    assert whole.returncode == 0, err[-3000:]
+    one_go = json.loads((tmp_path / "whole_rows" / "chrx.jsonl").read_text())
+    assert one_go["bases_trained"] == done["bases_trained"]
+    assert abs(one_go["bits_per_base"] - done["bits_per_base"]) < 1e-6
+    report = run("report.py", str(rows))
+    assert "| 2^6 | " in report and "paused" not in report and "| 2^7 | skipped: deadline |" in report
