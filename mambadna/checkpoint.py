@@ -12,6 +12,7 @@ mambadna/hf.py into a MambaLM) and, wherever a folder is expected, an `owner/nam
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -29,8 +30,10 @@ from mambadna.version import __version__
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
-# model class name -> class, filled by `Pretrained.__init_subclass__` when mambadna.model is imported
+# model class name -> class, filled by `Pretrained.__init_subclass__` when MODEL_MODULE is imported (`load` imports
+# it if nothing has)
 MODEL_CLASSES: dict[str, type] = {}
+MODEL_MODULE = "mambadna.model"
 
 
 class Pretrained:
@@ -52,6 +55,9 @@ def load(directory, map_location="cpu"):
     """The model saved in `directory`, as the class it was saved from (a MambaLM, a MambaClassifier, ...)."""
     directory = hf.locate(directory)
     kind = read_config(directory)["model_class"]
+    if kind not in MODEL_CLASSES:
+        # the classes register when their module loads; named, not imported at the top: model (rank 4) imports this
+        importlib.import_module(MODEL_MODULE)
     if kind not in MODEL_CLASSES:
         raise ValueError(f"{directory} holds a {kind}, which this version of mambadna does not know "
                          f"(known: {', '.join(sorted(MODEL_CLASSES))})")

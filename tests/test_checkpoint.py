@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -73,6 +75,17 @@ def test_class_mismatch_and_missing_directory(tmp_path):
         MambaLM.from_pretrained(tmp_path / "clf")
     with pytest.raises(FileNotFoundError, match="config.json"):
         MambaLM.from_pretrained(tmp_path / "nowhere")
+
+
+def test_load_alone_finds_the_class_in_a_fresh_interpreter(tmp_path):
+    """`checkpoint.load` as the docs show it, with nothing else of mambadna imported: the classes register when
+    mambadna.model loads, which load imports itself."""
+    MambaClassifier(tiny(d_model=32), num_classes=3).save_pretrained(tmp_path / "clf")
+    code = ("import sys; import mambadna.checkpoint as c; assert 'mambadna.model' not in sys.modules; "
+            f"m = c.load({str(tmp_path / 'clf')!r}); print(type(m).__name__, m.num_classes)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["MambaClassifier", "3"]
 
 
 def test_classifier_round_trip_and_backbone_loading(tmp_path):
