@@ -98,7 +98,6 @@ def test_chrx_processes_side_by_side_share_one_rows_file(tmp_path):
     assert chrx[64]["bases_trained"] == chrx[128]["bases_trained"]
 
 
-
 @pytest.mark.timeout(300)
 def test_chrx_run_in_pieces_resumes_to_the_same_model(tmp_path):
     """run.py --pause-after-s stops a chrX run with a checkpoint and a "paused" row; the same command continues it
