@@ -113,8 +113,7 @@ def family(name: str) -> str:
 def family_means(folder: Path) -> dict[str, dict[int, list[float]]]:
     """Every variant's (and the recipe's) bits/base by window, one value a seed."""
     out: dict[str, dict[int, list[float]]] = {}
-    recipe = [dict(r, variant="recipe") for r in rows(folder / "chrx.jsonl") if r.get("status") == "ok"] \
-        if (folder / "chrx.jsonl").is_file() else []
+    recipe = [dict(r, variant="recipe") for r in rows(folder / "chrx.jsonl") if r.get("status") == "ok"]
     for r in recipe + variant_rows(folder):
         out.setdefault(family(r["variant"]), {}).setdefault(r["window_bp"], []).append(r["bits_per_base"])
     return out
