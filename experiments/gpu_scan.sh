@@ -175,9 +175,12 @@ stamp "4. where the model's step goes, kernel by kernel (profile_model.py)"
 timeout "$(cap 45 85)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" > "$OUT/profile_model.log" 2>&1
 echo "profile_model exit $?"
 keep profile_model.json
-# the same step with the Triton conv and norm (in details.tgz: the eight files that come back are taken)
-timeout "$(cap 45 60)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" --json-name profile_model_fused \
-  --conv-backend triton --norm-backend triton > "$OUT/profile_model_fused.log" 2>&1
+# the same step with the Triton conv and norm (in details.tgz: the eight files that come back are taken), and the
+# chunked step at 2^20 (2^16 chunks; the smoke: 2^10 in 2^8), whose wall time against its kernel time is the chunk
+# loop's cost on the host
+timeout "$(cap 75 60)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" --json-name profile_model_fused \
+  --conv-backend triton --norm-backend triton --chunked-log2 "$([ -n "$SMOKE" ] && echo 10 || echo 20)" \
+  > "$OUT/profile_model_fused.log" 2>&1
 echo "profile_model fused exit $?"
 
 stamp "5. inside the scan kernels: Nsight Compute's stall reasons, issue and memory rates (ncu_scan.py)"

@@ -4,7 +4,9 @@
     python experiments/profile_model.py --out /tmp/prof --cpu-smoke                   # tiny model on the CPU (CI)
 
 The step is bench_model.py's plain one (batch 1, bf16 autocast, fp32 weights, AdamW, the model's `scan_kernel`),
-warmed up, then profiled over STEPS steps with torch.profiler. Every device kernel (on the CPU: every top-level op)
+warmed up, then profiled over STEPS steps with torch.profiler; `--chunked-log2` adds bench_model.py's chunked step
+(the package's chunked loss, 2^16-base chunks, each recomputed in the backward) at those lengths, where the gap
+between wall time and kernel time shows what the chunk loop costs on the host. Every device kernel (on the CPU: every top-level op)
 falls in one group by its name (GROUPS, first match): the scan, the depthwise convolution, matrix products,
 normalisation, the loss, the optimizer, copies and layout changes, other element-wise work. Writes
 profile_model.json (per length: ms a step of every group, and of the TOP slowest kernels with their group) and
@@ -18,6 +20,7 @@ import json
 import re
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -48,16 +51,16 @@ def group_of(name: str) -> str:
     return next((g for g, pat in GROUPS if re.search(pat, low)), "other")
 
 
-def profile_step(model, opt, l: int, clock: Clock) -> dict:
+def profile_step(model, opt, l: int, clock: Clock, mode: str = "plain") -> dict:
     """ms a step per group and the slowest kernels, over STEPS profiled steps after one warm-up step."""
     ids = dna(1, l, clock.s.device, seed=l)
-    train_step(model, opt, ids, "plain", clock, False)
+    train_step(model, opt, ids, mode, clock, False)
     clock.sync()
     cuda = clock.s.device.type == "cuda"
     began = time.perf_counter()
     with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
         for _ in range(STEPS):
-            train_step(model, opt, ids, "plain", clock, False)
+            train_step(model, opt, ids, mode, clock, False)
         clock.sync()
     step_ms = (time.perf_counter() - began) * 1e3 / STEPS
     per_name = {}  # key_averages: one entry a kernel (op) name, summed over its calls
@@ -70,7 +73,8 @@ def profile_step(model, opt, l: int, clock: Clock) -> dict:
     for name, ms in per_name.items():
         groups[group[name]] = groups.get(group[name], 0.0) + ms
     top = sorted(per_name.items(), key=lambda kv: -kv[1])[:TOP]
-    return dict(l=l, step_ms=step_ms, tok_s=l / step_ms * 1e3, kernel_ms=sum(per_name.values()),
+    return dict(l=l, mode=mode, chunk_bp=clock.s.chunk_bp if mode == "chunked" else None, step_ms=step_ms,
+                tok_s=l / step_ms * 1e3, kernel_ms=sum(per_name.values()),
                 groups=dict(sorted(groups.items(), key=lambda kv: -kv[1])),
                 top=[dict(name=n[:120], group=group[n], ms=ms) for n, ms in top])
 
@@ -78,7 +82,8 @@ def profile_step(model, opt, l: int, clock: Clock) -> dict:
 def report(rows: list[dict], env: str) -> str:
     out = [f"# One training step of the 3.5M model, by kernel group\n\n{env}\n"]
     for r in rows:
-        out += [f"## l = 2^{r['l'].bit_length() - 1}: {r['step_ms']:.1f} ms a step (wall, {r['tok_s'] / 1e6:.3f} M "
+        mode = f", chunked in 2^{r['chunk_bp'].bit_length() - 1}" if r.get("mode") == "chunked" else ""
+        out += [f"## l = 2^{r['l'].bit_length() - 1}{mode}: {r['step_ms']:.1f} ms a step (wall, {r['tok_s'] / 1e6:.3f} M "
                 f"tokens/s), {r['kernel_ms']:.1f} ms in kernels\n", "| group | ms a step | share of kernel time |",
                 "|---|---|---|"]
         out += [f"| {g} | {ms:.2f} | {ms / r['kernel_ms']:.0%} |" for g, ms in r["groups"].items()]
@@ -93,6 +98,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="directory for profile_model.{json,md}")
     parser.add_argument("--cpu-smoke", action="store_true", help="the tiny model and lengths on the CPU")
     parser.add_argument("--log2-lengths", default=None, help="lengths as log2 (default 16,18; --cpu-smoke: 8)")
+    parser.add_argument("--chunked-log2", default="", help="lengths (log2) also profiled chunked, e.g. 20 "
+                        "(--cpu-smoke: 10 runs in 2^8 chunks)")
     parser.add_argument("--scan-kernel", default="auto", choices=SCAN_KERNELS, help="the model's setting")
     parser.add_argument("--conv-backend", default="torch", choices=CONV_BACKENDS,
                         help="the model's setting (torch: nn.Conv1d then SiLU; triton: kernels/conv_triton.py)")
@@ -102,6 +109,8 @@ def main() -> None:
     args = parser.parse_args()
     args.quick, args.chunk_bp, args.step_limit_s, args.budget_s = True, 2**16, 60.0, 1e9  # settings_from_args'
     s = settings_from_args(args)
+    if args.cpu_smoke:
+        s = replace(s, chunk_bp=2**8)
     lengths = [2 ** int(k) for k in (args.log2_lengths or ("8" if args.cpu_smoke else "16,18")).split(",")]
     clock = Clock(s)
     config = s.models["base"]
@@ -115,6 +124,7 @@ def main() -> None:
            f"{STEPS} profiled steps, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {_commit()}")
     print(env, flush=True)
     rows = [profile_step(model, opt, l, clock) for l in lengths]
+    rows += [profile_step(model, opt, 2 ** int(k), clock, "chunked") for k in args.chunked_log2.split(",") if k]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.json_name}.json").write_text(json.dumps(dict(env=env, rows=rows), indent=1))
     text = report(rows, env)

@@ -112,9 +112,12 @@ def test_transformer_baseline_static_step_equals_its_step():
 
 def test_profile_model_cpu_smoke(tmp_path):
     """profile_model.py: one step's time by kernel group; every op lands in a group and the groups add up."""
-    run_script("profile_model.py", "--out", str(tmp_path), "--cpu-smoke")
-    (row,) = json.loads((tmp_path / "profile_model.json").read_text())["rows"]
-    assert row["l"] == 256 and row["step_ms"] > 0
-    assert abs(sum(row["groups"].values()) - row["kernel_ms"]) < 1e-6 * max(1.0, row["kernel_ms"])
-    assert {"matmul", "scan"} <= set(row["groups"]) and len(row["top"]) > 5
-    assert "| group | ms a step |" in (tmp_path / "profile_model.md").read_text()
+    run_script("profile_model.py", "--out", str(tmp_path), "--cpu-smoke", "--chunked-log2", "10")
+    row, chunked = json.loads((tmp_path / "profile_model.json").read_text())["rows"]
+    assert row["l"] == 256 and row["mode"] == "plain" and row["step_ms"] > 0
+    assert chunked["l"] == 1024 and chunked["mode"] == "chunked" and chunked["chunk_bp"] == 256
+    for r in (row, chunked):
+        assert abs(sum(r["groups"].values()) - r["kernel_ms"]) < 1e-6 * max(1.0, r["kernel_ms"])
+        assert {"matmul", "scan"} <= set(r["groups"]) and len(r["top"]) > 5
+    text = (tmp_path / "profile_model.md").read_text()
+    assert "| group | ms a step |" in text and "## l = 2^10, chunked in 2^8:" in text
