@@ -6,9 +6,9 @@
 The step is bench_model.py's plain one (batch 1, bf16 autocast, fp32 weights, AdamW, the model's `scan_kernel`),
 warmed up, then profiled over STEPS steps with torch.profiler; `--chunked-log2` adds bench_model.py's chunked step
 (the package's chunked loss, 2^16-base chunks, each recomputed in the backward) at those lengths, where the gap
-between wall time and kernel time shows what the chunk loop costs on the host. Every device kernel (on the CPU: every top-level op)
-falls in one group by its name (GROUPS, first match): the scan, the depthwise convolution, matrix products,
-normalisation, the loss, the optimizer, copies and layout changes, other element-wise work. Writes
+between wall time and kernel time shows what the chunk loop costs on the host. Every device kernel (on the CPU:
+every top-level op) falls in one group by its name (GROUPS, first match): the scan, the depthwise convolution,
+matrix products, normalisation, the loss, the optimizer, copies and layout changes, other element-wise work. Writes
 profile_model.json (per length: ms a step of every group, and of the TOP slowest kernels with their group) and
 profile_model.md (the same as tables), and prints the tables.
 """
@@ -83,8 +83,9 @@ def report(rows: list[dict], env: str) -> str:
     out = [f"# One training step of the 3.5M model, by kernel group\n\n{env}\n"]
     for r in rows:
         mode = f", chunked in 2^{r['chunk_bp'].bit_length() - 1}" if r.get("mode") == "chunked" else ""
-        out += [f"## l = 2^{r['l'].bit_length() - 1}{mode}: {r['step_ms']:.1f} ms a step (wall, {r['tok_s'] / 1e6:.3f} M "
-                f"tokens/s), {r['kernel_ms']:.1f} ms in kernels\n", "| group | ms a step | share of kernel time |",
+        out += [f"## l = 2^{r['l'].bit_length() - 1}{mode}: {r['step_ms']:.1f} ms a step (wall, "
+                f"{r['tok_s'] / 1e6:.3f} M tokens/s), {r['kernel_ms']:.1f} ms in kernels\n",
+                "| group | ms a step | share of kernel time |",
                 "|---|---|---|"]
         out += [f"| {g} | {ms:.2f} | {ms / r['kernel_ms']:.0%} |" for g, ms in r["groups"].items()]
         out += ["", "| kernel | group | ms a step |", "|---|---|---|"]
