@@ -288,9 +288,13 @@ def main(argv=None) -> None:
 
     from mambadna.data.genome import Genome
     from mambadna.data.regions import split_regions
+    from mambadna.data.errors import DataError
 
     t0 = time.time()
-    g = Genome(args.data)
+    try:
+        g = Genome(args.data)
+    except DataError as e:
+        raise SystemExit(f"context_baseline.py: {e}") from None
     contig = max(g.contigs, key=g.contigs.get)
     s = codes_of(g.fetch(contig, 0, g.contigs[contig]))
     parts = {k: max((iv for iv in v if iv.contig == contig), key=lambda iv: iv.length_bp)

@@ -112,3 +112,12 @@ def test_adaptive_copier_counts_hits_inside_each_window_only():
             ph = (sum(guess[k] == x[k] for k in seen) + kappa * prior[bucket[i]]) / (len(seen) + kappa)
             want = ph if guess[i] == x[i] else (1 - ph) * p[i, x[i]] / (1 - p[i, guess[i]])
         assert np.isclose(got[i], -np.log2(want)), i
+
+
+def test_a_missing_genome_is_one_line(tmp_path):
+    try:
+        cb.main(["--data", str(tmp_path / "none.fa"), "--out", str(tmp_path / "out")])
+    except SystemExit as e:
+        assert str(e) == f"context_baseline.py: {tmp_path / 'none.fa'}: no such file"
+    else:
+        raise AssertionError("no SystemExit")
