@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -115,9 +116,6 @@ def test_adaptive_copier_counts_hits_inside_each_window_only():
 
 
 def test_a_missing_genome_is_one_line(tmp_path):
-    try:
+    with pytest.raises(SystemExit) as e:
         cb.main(["--data", str(tmp_path / "none.fa"), "--out", str(tmp_path / "out")])
-    except SystemExit as e:
-        assert str(e) == f"context_baseline.py: {tmp_path / 'none.fa'}: no such file"
-    else:
-        raise AssertionError("no SystemExit")
+    assert str(e.value) == f"context_baseline.py: {tmp_path / 'none.fa'}: no such file"
