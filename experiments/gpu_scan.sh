@@ -176,7 +176,7 @@ timeout "$(cap 45 85)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" > 
 echo "profile_model exit $?"
 keep profile_model.json
 # the same step with the Triton conv and norm (in details.tgz: the eight files that come back are taken), and the
-# chunked step at 2^20 (2^16 chunks; the smoke: 2^10 in 2^8), whose wall time against its kernel time is the chunk
+# chunked step at 2^20 (2^16 chunks; the smoke: 2^10 in 2^7), whose wall time against its kernel time is the chunk
 # loop's cost on the host
 timeout "$(cap 75 60)" "$PY" experiments/profile_model.py $SMOKE --out "$OUT" --json-name profile_model_fused \
   --conv-backend triton --norm-backend triton --chunked-log2 "$([ -n "$SMOKE" ] && echo 10 || echo 20)" \

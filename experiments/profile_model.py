@@ -20,7 +20,6 @@ import json
 import re
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -100,7 +99,7 @@ def main() -> None:
     parser.add_argument("--cpu-smoke", action="store_true", help="the tiny model and lengths on the CPU")
     parser.add_argument("--log2-lengths", default=None, help="lengths as log2 (default 16,18; --cpu-smoke: 8)")
     parser.add_argument("--chunked-log2", default="", help="lengths (log2) also profiled chunked, e.g. 20 "
-                        "(--cpu-smoke: 10 runs in 2^8 chunks)")
+                        "(--cpu-smoke: 10, in bench_model.py's smoke chunks of 2^7)")
     parser.add_argument("--scan-kernel", default="auto", choices=SCAN_KERNELS, help="the model's setting")
     parser.add_argument("--conv-backend", default="torch", choices=CONV_BACKENDS,
                         help="the model's setting (torch: nn.Conv1d then SiLU; triton: kernels/conv_triton.py)")
@@ -110,8 +109,6 @@ def main() -> None:
     args = parser.parse_args()
     args.quick, args.chunk_bp, args.step_limit_s, args.budget_s = True, 2**16, 60.0, 1e9  # settings_from_args'
     s = settings_from_args(args)
-    if args.cpu_smoke:
-        s = replace(s, chunk_bp=2**8)
     lengths = [2 ** int(k) for k in (args.log2_lengths or ("8" if args.cpu_smoke else "16,18")).split(",")]
     clock = Clock(s)
     config = s.models["base"]

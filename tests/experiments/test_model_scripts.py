@@ -115,9 +115,9 @@ def test_profile_model_cpu_smoke(tmp_path):
     run_script("profile_model.py", "--out", str(tmp_path), "--cpu-smoke", "--chunked-log2", "10")
     row, chunked = json.loads((tmp_path / "profile_model.json").read_text())["rows"]
     assert row["l"] == 256 and row["mode"] == "plain" and row["step_ms"] > 0
-    assert chunked["l"] == 1024 and chunked["mode"] == "chunked" and chunked["chunk_bp"] == 256
+    assert chunked["l"] == 1024 and chunked["mode"] == "chunked" and chunked["chunk_bp"] == 128
     for r in (row, chunked):
         assert abs(sum(r["groups"].values()) - r["kernel_ms"]) < 1e-6 * max(1.0, r["kernel_ms"])
         assert {"matmul", "scan"} <= set(r["groups"]) and len(r["top"]) > 5
     text = (tmp_path / "profile_model.md").read_text()
-    assert "| group | ms a step |" in text and "## l = 2^10, chunked in 2^8:" in text
+    assert "| group | ms a step |" in text and "## l = 2^10, chunked in 2^7:" in text
