@@ -50,9 +50,6 @@ def kmer_codes(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     n = len(s)
     code = np.zeros(n + 1, dtype=np.int64)
     ok = np.zeros(n + 1, dtype=bool)
-    if k == 0:
-        ok[:] = True
-        return code, ok
     if n < k:
         return code, ok
     base = np.where(s < NBASE, s, 0).astype(np.int64)

@@ -45,8 +45,8 @@ def status(row: dict) -> str:
 def chrx_section(folder: Path) -> tuple[list[str], list[dict]]:
     done = [r for r in rows(folder / "chrx.jsonl") if r.get("status") == "ok"]
     # not results, and no gap either where the window finished in a later call or piece (run.py --pause-after-s)
-    skipped = [r for r in rows(folder / "chrx.jsonl")
-               if r.get("status") != "ok" and r["window_bp"] not in {d["window_bp"] for d in done}]
+    finished = {d["window_bp"] for d in done}
+    skipped = [r for r in rows(folder / "chrx.jsonl") if r.get("status") != "ok" and r["window_bp"] not in finished]
     lines = ["## Pretraining on human chrX: bits per base against window", "", env_line(folder, "chrx"), ""]
     if not done:
         return lines + ["(no finished run)"], done
